@@ -1,0 +1,22 @@
+//! stepgraph-core: task templates and their validation, the task and step
+//! state machines, the [`Store`] and [`Queue`] traits with their in-memory
+//! backends, and the [`Orchestrator`] that drives tasks. It knows nothing of
+//! handler languages or FFI.
+
+pub mod evaluate;
+pub mod model;
+pub mod orchestrator;
+pub mod queue;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod template;
+pub mod txn;
+
+pub use model::*;
+pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest};
+pub use queue::{MemoryQueue, Queue, QueueError};
+pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
+pub use state::{IllegalTransition, StepState, TaskState};
+pub use store::{MemoryStore, Store, StoreError};
+pub use template::{TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry};

@@ -1,0 +1,335 @@
+//! The orchestrator: creates tasks, consumes step results and timers from the
+//! orchestration queue, and drives each task through its state machine.
+
+use crate::evaluate::{self, Trigger};
+use crate::model::*;
+use crate::queue::{encode_all, worker_queue, Delivery, Queue, QueueError, ORCHESTRATION_QUEUE};
+use crate::shutdown::Shutdown;
+use crate::state::{StepState, TaskState};
+use crate::store::{Store, StoreError};
+use crate::template::{TaskTemplate, TemplateRegistry};
+use crate::txn::TaskTxn;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error("no template {namespace}/{name}{}", version.as_ref().map(|v| format!("@{v}")).unwrap_or_default())]
+    TemplateNotFound {
+        namespace: String,
+        name: String,
+        version: Option<String>,
+    },
+    #[error("context does not match the input_schema of {template}: {message}")]
+    InvalidContext { template: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Illegal(#[from] crate::state::IllegalTransition),
+    #[error("task {task_id} keeps conflicting with concurrent updates")]
+    Contention { task_id: TaskId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub context: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl TaskRequest {
+    pub fn new(namespace: &str, name: &str, context: Value) -> Self {
+        TaskRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            version: None,
+            context,
+            idempotency_key: None,
+            priority: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCreated {
+    pub task_id: TaskId,
+    /// False when the idempotency key named an existing task.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Result messages processed at once.
+    pub concurrency: usize,
+    pub visibility_timeout: Duration,
+    /// How long one receive waits before checking for shutdown.
+    pub receive_wait: Duration,
+    /// Re-reads of a task after a compare-and-swap conflict.
+    pub conflict_retries: u32,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            concurrency: 64,
+            visibility_timeout: Duration::from_secs(30),
+            receive_wait: Duration::from_secs(1),
+            conflict_retries: 20,
+        }
+    }
+}
+
+pub struct Orchestrator {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    templates: Arc<TemplateRegistry>,
+    config: OrchestratorConfig,
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        templates: Arc<TemplateRegistry>,
+        config: OrchestratorConfig,
+    ) -> Self {
+        Orchestrator {
+            store,
+            queue,
+            templates,
+            config,
+        }
+    }
+
+    pub fn templates(&self) -> &TemplateRegistry {
+        &self.templates
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Validates the context, creates the task with its initial steps and
+    /// dispatches the first ready steps, all before returning.
+    pub async fn create_task(&self, req: TaskRequest) -> Result<TaskCreated, OrchestratorError> {
+        let template = self
+            .templates
+            .get(&req.namespace, &req.name, req.version.as_deref())
+            .ok_or_else(|| OrchestratorError::TemplateNotFound {
+                namespace: req.namespace.clone(),
+                name: req.name.clone(),
+                version: req.version.clone(),
+            })?;
+        template
+            .validate_context(&req.context)
+            .map_err(|message| OrchestratorError::InvalidContext {
+                template: template.key(),
+                message,
+            })?;
+        if let Some(key) = &req.idempotency_key {
+            if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
+                return Ok(TaskCreated { task_id, created: false });
+            }
+        }
+        let now = Utc::now();
+        let task = Task {
+            id: new_id(),
+            namespace: template.namespace.clone(),
+            name: template.name.clone(),
+            version: template.version.clone(),
+            context: req.context,
+            state: TaskState::Pending,
+            idempotency_key: req.idempotency_key,
+            priority: req.priority,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        };
+        let task_id = task.id;
+        let mut txn = TaskTxn::create(task);
+        txn.task_to(TaskState::Initializing, json!({}))?;
+        let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
+        match txn.commit(self.store.as_ref()).await {
+            Ok(()) => {}
+            Err(StoreError::DuplicateIdempotencyKey { existing, .. }) => {
+                return Ok(TaskCreated {
+                    task_id: existing,
+                    created: false,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.dispatch(&template.namespace, &messages).await?;
+        Ok(TaskCreated { task_id, created: true })
+    }
+
+    async fn dispatch(&self, namespace: &str, messages: &[StepMessage]) -> Result<(), QueueError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.queue
+            .send(&worker_queue(namespace), encode_all(messages, Duration::ZERO)?)
+            .await
+    }
+
+    fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
+        self.templates
+            .get(&task.namespace, &task.name, Some(&task.version))
+            .ok_or_else(|| OrchestratorError::TemplateNotFound {
+                namespace: task.namespace.clone(),
+                name: task.name.clone(),
+                version: Some(task.version.clone()),
+            })
+    }
+
+    /// Processes one orchestration message; safe to call again with the same one.
+    pub async fn handle(&self, message: &OrchestrationMessage) -> Result<(), OrchestratorError> {
+        let task_id = match message {
+            OrchestrationMessage::StepResult { task_id, .. } | OrchestrationMessage::Wake { task_id } => *task_id,
+        };
+        for _ in 0..=self.config.conflict_retries {
+            match self.try_handle(task_id, message).await {
+                Err(OrchestratorError::Store(StoreError::Conflict(why))) => {
+                    tracing::debug!(%task_id, %why, "compare-and-swap conflict, re-evaluating");
+                    tokio::task::yield_now().await;
+                }
+                other => return other,
+            }
+        }
+        Err(OrchestratorError::Contention { task_id })
+    }
+
+    async fn try_handle(&self, task_id: TaskId, message: &OrchestrationMessage) -> Result<(), OrchestratorError> {
+        let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
+        let template = self.template_for(txn.task())?;
+        let mut wake_at = None;
+        let trigger = match message {
+            OrchestrationMessage::StepResult { step_id, attempt, .. } => {
+                let Some(idx) = txn.step_index(*step_id) else {
+                    return Err(StoreError::StepNotFound(*step_id).into());
+                };
+                let step = txn.step(idx);
+                if step.state != StepState::EnqueuedForOrchestration || step.attempts != *attempt {
+                    tracing::debug!(step = %step.name, state = %step.state, "duplicate result message dropped");
+                    txn.commit(self.store.as_ref()).await?;
+                    return Ok(());
+                }
+                if txn.task().state.is_terminal() {
+                    txn.step_to(idx, StepState::Cancelled, json!({ "reason": "task is terminal" }), |_| {})?;
+                    txn.commit(self.store.as_ref()).await?;
+                    return Ok(());
+                }
+                wake_at = evaluate::apply_result(&mut txn, &template, idx)?;
+                Trigger::Result
+            }
+            OrchestrationMessage::Wake { .. } => Trigger::Wake,
+        };
+        let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
+        let namespace = txn.task().namespace.clone();
+        txn.commit(self.store.as_ref()).await?;
+        self.dispatch(&namespace, &messages).await?;
+        if let Some(at) = wake_at {
+            let delay = (at - Utc::now()).to_std().unwrap_or_default();
+            let wake = OrchestrationMessage::Wake { task_id };
+            self.queue
+                .send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels a task: steps not yet started never run. Returns its new state.
+    pub async fn cancel(&self, task_id: TaskId, reason: &str) -> Result<TaskState, OrchestratorError> {
+        for _ in 0..=self.config.conflict_retries {
+            let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
+            evaluate::cancel(&mut txn, reason)?;
+            let state = txn.task().state;
+            match txn.commit(self.store.as_ref()).await {
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(()) => return Ok(state),
+            }
+        }
+        Err(OrchestratorError::Contention { task_id })
+    }
+
+    /// Consumes the orchestration queue until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait() => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+            };
+            let credits = 1 + slots.available_permits();
+            let received = tokio::select! {
+                _ = shutdown.wait() => break,
+                r = self.queue.receive(ORCHESTRATION_QUEUE, credits, self.config.visibility_timeout, self.config.receive_wait) => r,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "orchestration queue receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for d in deliveries {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => slots.clone().acquire_owned().await.expect("semaphore open"),
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.process(d).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Let in-flight result processing finish.
+        let _ = slots.acquire_many(self.config.concurrency.max(1) as u32).await;
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        let message: OrchestrationMessage = match delivery.decode() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable orchestration message dropped");
+                let _ = self.queue.ack(ORCHESTRATION_QUEUE, &[delivery.receipt]).await;
+                return;
+            }
+        };
+        match self.handle(&message).await {
+            Ok(()) => {}
+            Err(OrchestratorError::Store(StoreError::TaskNotFound(_) | StoreError::StepNotFound(_))) => {
+                tracing::error!(?message, "message for an unknown task or step dropped");
+            }
+            Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
+                // Transient: the message comes back after its visibility timeout.
+                tracing::warn!(?message, "orchestration failed; will retry");
+                let _ = self.queue.release(ORCHESTRATION_QUEUE, delivery.receipt, Duration::from_millis(100)).await;
+                return;
+            }
+            Err(e) => tracing::error!(?message, error = %e, "orchestration failed"),
+        }
+        if let Err(e) = self.queue.ack(ORCHESTRATION_QUEUE, &[delivery.receipt]).await {
+            tracing::warn!(error = %e, "ack failed; message will be redelivered");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Message transport behind one trait: claim with a visibility timeout, ack,
+//! release, and a receive that sleeps until a message arrives (no fixed polling).
+
+mod memory;
+
+pub use memory::MemoryQueue;
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// The queue the orchestrators consume: step results and timers.
+pub const ORCHESTRATION_QUEUE: &str = "orchestration";
+
+/// The queue the workers of one namespace consume.
+pub fn worker_queue(namespace: &str) -> String {
+    format!("worker.{namespace}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue backend: {0}")]
+    Backend(String),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub payload: Vec<u8>,
+    /// Invisible to consumers until this has passed.
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub receipt: u64,
+    pub payload: Vec<u8>,
+    /// 1 on first delivery; more after visibility timeouts or releases.
+    pub delivery_count: u32,
+}
+
+impl Delivery {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    async fn send(&self, queue: &str, messages: Vec<Outgoing>) -> Result<(), QueueError>;
+
+    /// Claims up to `max` messages, each invisible to others for `visibility`.
+    /// Waits up to `wait` for the first one; returns empty when none came.
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Deletes claimed messages.
+    async fn ack(&self, queue: &str, receipts: &[u64]) -> Result<(), QueueError>;
+
+    /// Gives a claimed message back, visible again after `delay`.
+    async fn release(&self, queue: &str, receipt: u64, delay: Duration) -> Result<(), QueueError>;
+
+    /// Messages waiting or claimed.
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError>;
+}
+
+/// Encodes each message as JSON.
+pub fn encode_all<T: Serialize>(messages: &[T], delay: Duration) -> Result<Vec<Outgoing>, QueueError> {
+    messages
+        .iter()
+        .map(|m| {
+            serde_json::to_vec(m)
+                .map(|payload| Outgoing { payload, delay })
+                .map_err(|e| QueueError::Encode(e.to_string()))
+        })
+        .collect()
+}

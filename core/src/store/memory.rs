@@ -1,0 +1,367 @@
+//! In-memory store for the embedded mode. One mutex guards the data; a
+//! per-task async mutex is the orchestrator's exclusive task lock.
+
+use super::{Store, StoreError, TaskLock};
+use crate::model::*;
+use crate::state::{StepState, TaskState};
+use async_trait::async_trait;
+use chrono::Utc;
+use parking_lot::Mutex;
+use serde_json::{json, Map};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, OwnedMutexGuard};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<TaskId, TaskEntry>,
+    step_index: HashMap<StepId, (TaskId, usize)>,
+    idempotency: HashMap<String, TaskId>,
+}
+
+struct TaskEntry {
+    task: Task,
+    steps: Vec<Step>,
+    edges: Vec<Edge>,
+    transitions: Transitions,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    state_tx: watch::Sender<TaskState>,
+}
+
+struct MemoryLock {
+    task_id: TaskId,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.inner.lock().tasks.len()
+    }
+}
+
+fn conflict(msg: String) -> StoreError {
+    StoreError::Conflict(msg)
+}
+
+/// Checks every compare-and-swap of `ops` in order against `entry` (None when
+/// the batch creates the task), without changing anything.
+fn check_ops(entry: Option<&TaskEntry>, ops: &[WriteOp]) -> Result<(), StoreError> {
+    let mut task_state = entry.map(|e| e.task.state);
+    let mut steps: HashMap<StepId, StepState> = HashMap::new();
+    let current = |steps: &HashMap<StepId, StepState>, id: &StepId| {
+        steps.get(id).copied().or_else(|| {
+            entry.and_then(|e| e.steps.iter().find(|s| s.id == *id).map(|s| s.state))
+        })
+    };
+    for op in ops {
+        match op {
+            WriteOp::InsertTask(t) => {
+                if entry.is_some() || task_state.is_some() {
+                    return Err(conflict(format!("task {} exists", t.id)));
+                }
+                task_state = Some(t.state);
+            }
+            WriteOp::InsertStep(s) => {
+                let dup = entry.is_some_and(|e| e.steps.iter().any(|x| x.name == s.name));
+                if dup || current(&steps, &s.id).is_some() {
+                    return Err(conflict(format!("step {} exists", s.name)));
+                }
+                steps.insert(s.id, s.state);
+            }
+            WriteOp::InsertEdge(_) => {}
+            WriteOp::Task { transition, .. } => {
+                if let Some(from) = transition.from {
+                    if task_state != Some(from) {
+                        return Err(conflict(format!(
+                            "task is {:?}, expected {from}",
+                            task_state.map(|s| s.to_string())
+                        )));
+                    }
+                }
+                task_state = Some(transition.to);
+            }
+            WriteOp::Step { transition, .. } => {
+                let cur = current(&steps, &transition.step_id);
+                if let Some(from) = transition.from {
+                    if cur != Some(from) {
+                        return Err(conflict(format!(
+                            "step {} is {:?}, expected {from}",
+                            transition.step_name,
+                            cur.map(|s| s.to_string())
+                        )));
+                    }
+                }
+                steps.insert(transition.step_id, transition.to);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn apply(&mut self, task_id: TaskId, ops: Vec<WriteOp>) {
+        for op in ops {
+            if let WriteOp::InsertTask(task) = op {
+                let (state_tx, _) = watch::channel(task.state);
+                if let Some(key) = &task.idempotency_key {
+                    self.idempotency.insert(key.clone(), task.id);
+                }
+                self.tasks.insert(
+                    task.id,
+                    TaskEntry {
+                        task,
+                        steps: Vec::new(),
+                        edges: Vec::new(),
+                        transitions: Transitions::default(),
+                        lock: Arc::new(tokio::sync::Mutex::new(())),
+                        state_tx,
+                    },
+                );
+                continue;
+            }
+            let entry = self.tasks.get_mut(&task_id).expect("checked");
+            match op {
+                WriteOp::InsertTask(_) => unreachable!(),
+                WriteOp::InsertStep(step) => {
+                    self.step_index.insert(step.id, (task_id, entry.steps.len()));
+                    entry.steps.push(step);
+                }
+                WriteOp::InsertEdge(edge) => entry.edges.push(edge),
+                WriteOp::Task {
+                    transition,
+                    result,
+                    error,
+                } => {
+                    let t = &mut entry.task;
+                    t.state = transition.to;
+                    t.updated_at = transition.at;
+                    if result.is_some() {
+                        t.result = result;
+                    }
+                    if error.is_some() {
+                        t.error = error;
+                    }
+                    if transition.to.is_terminal() {
+                        t.completed_at = Some(transition.at);
+                    }
+                    entry.state_tx.send_replace(transition.to);
+                    entry.transitions.task.push(transition);
+                }
+                WriteOp::Step {
+                    transition,
+                    attempts,
+                    backoff_until,
+                    outcome,
+                } => {
+                    let (_, idx) = self.step_index[&transition.step_id];
+                    let s = &mut entry.steps[idx];
+                    s.state = transition.to;
+                    s.attempts = attempts;
+                    s.backoff_until = backoff_until;
+                    s.outcome = outcome;
+                    entry.transitions.steps.push(transition);
+                }
+            }
+        }
+    }
+
+    fn locate(&mut self, step_id: StepId) -> Result<(&mut TaskEntry, usize), StoreError> {
+        let (task_id, idx) = *self.step_index.get(&step_id).ok_or(StoreError::StepNotFound(step_id))?;
+        let entry = self.tasks.get_mut(&task_id).ok_or(StoreError::TaskNotFound(task_id))?;
+        Ok((entry, idx))
+    }
+}
+
+impl TaskEntry {
+    fn graph(&self) -> TaskGraph {
+        TaskGraph {
+            task: self.task.clone(),
+            steps: self.steps.clone(),
+            edges: self.edges.clone(),
+        }
+    }
+
+    fn step_transition(&mut self, idx: usize, to: StepState, metadata: serde_json::Value) {
+        let s = &mut self.steps[idx];
+        let from = s.state;
+        s.state = to;
+        self.transitions.steps.push(StepTransition {
+            task_id: s.task_id,
+            step_id: s.id,
+            step_name: s.name.clone(),
+            from: Some(from),
+            to,
+            attempt: s.attempts,
+            at: Utc::now(),
+            metadata,
+        });
+    }
+
+    fn work(&self, idx: usize) -> StepWork {
+        let s = &self.steps[idx];
+        let mut deps = Map::new();
+        for e in self.edges.iter().filter(|e| e.to == s.id) {
+            if let Some(p) = self.steps.iter().find(|p| p.id == e.from) {
+                deps.insert(p.name.clone(), p.result_value().unwrap_or_default());
+            }
+        }
+        StepWork {
+            task_id: s.task_id,
+            step_id: s.id,
+            namespace: self.task.namespace.clone(),
+            task_name: self.task.name.clone(),
+            step_name: s.name.clone(),
+            handler: s.handler.clone(),
+            config: s.config.clone(),
+            context: self.task.context.clone(),
+            dependency_results: deps,
+            attempt: s.attempts,
+            max_attempts: s.max_attempts,
+            timeout_seconds: s.timeout_seconds,
+            batch_size: s.batch_size,
+            cursor: s.cursor.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_task(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let Some(WriteOp::InsertTask(task)) = ops.first() else {
+            return Err(StoreError::Backend("create_task must start with InsertTask".into()));
+        };
+        let task_id = task.id;
+        let mut inner = self.inner.lock();
+        if let Some(key) = &task.idempotency_key {
+            if let Some(existing) = inner.idempotency.get(key) {
+                return Err(StoreError::DuplicateIdempotencyKey {
+                    key: key.clone(),
+                    existing: *existing,
+                });
+            }
+        }
+        check_ops(None, &ops)?;
+        inner.apply(task_id, ops);
+        Ok(())
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
+        Ok(self.inner.lock().idempotency.get(key).copied())
+    }
+
+    async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError> {
+        let lock = {
+            let inner = self.inner.lock();
+            inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.lock.clone()
+        };
+        let guard = lock.lock_owned().await;
+        let graph = self.inner.lock().tasks[&task_id].graph();
+        Ok((
+            graph,
+            TaskLock(Box::new(MemoryLock {
+                task_id,
+                _guard: guard,
+            })),
+        ))
+    }
+
+    async fn commit(&self, lock: TaskLock, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let lock = lock
+            .0
+            .downcast::<MemoryLock>()
+            .map_err(|_| StoreError::Backend("lock from another store".into()))?;
+        let mut inner = self.inner.lock();
+        let entry = inner.tasks.get(&lock.task_id).ok_or(StoreError::TaskNotFound(lock.task_id))?;
+        check_ops(Some(entry), &ops)?;
+        inner.apply(lock.task_id, ops);
+        Ok(())
+    }
+
+    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
+        let mut inner = self.inner.lock();
+        let (entry, idx) = inner.locate(step_id)?;
+        let s = &entry.steps[idx];
+        let (state, attempts) = (s.state, s.attempts);
+        if entry.task.state.is_terminal() || attempts != attempt {
+            return Ok(StartOutcome::Stale { state, attempts });
+        }
+        match state {
+            StepState::Enqueued => {
+                entry.step_transition(idx, StepState::InProgress, json!({}));
+                Ok(StartOutcome::Started(Box::new(entry.work(idx))))
+            }
+            // The worker that held this attempt died: run it again.
+            StepState::InProgress => Ok(StartOutcome::Started(Box::new(entry.work(idx)))),
+            StepState::EnqueuedForOrchestration => Ok(StartOutcome::AlreadySubmitted),
+            _ => Ok(StartOutcome::Stale { state, attempts }),
+        }
+    }
+
+    async fn submit_result(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        outcome: StepOutcome,
+    ) -> Result<SubmitOutcome, StoreError> {
+        let mut inner = self.inner.lock();
+        let (entry, idx) = inner.locate(step_id)?;
+        let s = &mut entry.steps[idx];
+        if s.attempts != attempt {
+            return Ok(SubmitOutcome::Refused {
+                state: s.state,
+                attempts: s.attempts,
+            });
+        }
+        match s.state {
+            StepState::InProgress => {
+                let status = match &outcome {
+                    StepOutcome::Success { .. } => "success",
+                    StepOutcome::Decision { .. } => "decision",
+                    StepOutcome::Batch { .. } => "batch",
+                    StepOutcome::Failure { .. } => "failure",
+                };
+                s.outcome = Some(outcome);
+                entry.step_transition(idx, StepState::EnqueuedForOrchestration, json!({ "outcome": status }));
+                Ok(SubmitOutcome::Accepted)
+            }
+            StepState::EnqueuedForOrchestration
+            | StepState::Complete
+            | StepState::Error
+            | StepState::WaitingForRetry => Ok(SubmitOutcome::Duplicate),
+            state => Ok(SubmitOutcome::Refused {
+                state,
+                attempts: s.attempts,
+            }),
+        }
+    }
+
+    async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError> {
+        let inner = self.inner.lock();
+        Ok(inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.graph())
+    }
+
+    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
+        let inner = self.inner.lock();
+        Ok(inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.transitions.clone())
+    }
+
+    async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError> {
+        let mut rx = {
+            let inner = self.inner.lock();
+            inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.state_tx.subscribe()
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_terminal())).await;
+        let inner = self.inner.lock();
+        Ok(inner.tasks[&task_id].task.clone())
+    }
+}

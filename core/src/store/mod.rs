@@ -1,0 +1,63 @@
+//! Durable state behind one trait. The orchestrator reads a task's whole graph
+//! under an exclusive per-task lock, decides, and hands back a batch of
+//! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::model::*;
+use async_trait::async_trait;
+use std::any::Any;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    #[error("step {0} not found")]
+    StepNotFound(StepId),
+    #[error("a task with idempotency key {key:?} already exists: {existing}")]
+    DuplicateIdempotencyKey { key: String, existing: TaskId },
+    /// A compare-and-swap found another state than expected; re-read and decide again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// Proof that the caller holds a task's exclusive lock; given back on commit.
+pub struct TaskLock(pub Box<dyn Any + Send>);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or nothing.
+    async fn create_task(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError>;
+
+    /// Takes the task's exclusive lock (waiting for it) and reads its graph.
+    async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError>;
+
+    /// Applies `ops` atomically and releases the lock.
+    async fn commit(&self, lock: TaskLock, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    /// Worker: Enqueued -> InProgress for `attempt`, returning what the handler needs.
+    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError>;
+
+    /// Worker: InProgress -> EnqueuedForOrchestration with the attempt's outcome.
+    async fn submit_result(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        outcome: StepOutcome,
+    ) -> Result<SubmitOutcome, StoreError>;
+
+    /// A consistent read without taking the lock.
+    async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError>;
+
+    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError>;
+
+    /// Waits until the task is in a terminal state or `timeout` passes; returns it either way.
+    async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError>;
+}

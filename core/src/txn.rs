@@ -1,0 +1,187 @@
+//! A unit of orchestration work on one task: a snapshot of its graph, kept
+//! current as decisions are made, and the write batch a store commits atomically.
+
+use crate::model::*;
+use crate::state::{IllegalTransition, StepState, TaskState};
+use crate::store::{Store, StoreError, TaskLock};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub struct TaskTxn {
+    graph: TaskGraph,
+    index: HashMap<StepId, usize>,
+    ops: Vec<WriteOp>,
+    lock: Option<TaskLock>,
+    pub now: DateTime<Utc>,
+}
+
+impl TaskTxn {
+    /// A txn that creates `task` (in `Pending`).
+    pub fn create(task: Task) -> TaskTxn {
+        let now = task.created_at;
+        let initial = TaskTransition {
+            task_id: task.id,
+            from: None,
+            to: task.state,
+            at: now,
+            metadata: json!({}),
+        };
+        let ops = vec![
+            WriteOp::InsertTask(task.clone()),
+            WriteOp::Task {
+                transition: initial,
+                result: None,
+                error: None,
+            },
+        ];
+        TaskTxn {
+            graph: TaskGraph {
+                task,
+                steps: Vec::new(),
+                edges: Vec::new(),
+            },
+            index: HashMap::new(),
+            ops,
+            lock: None,
+            now,
+        }
+    }
+
+    /// Locks an existing task and reads its graph.
+    pub async fn open(store: &dyn Store, task_id: TaskId) -> Result<TaskTxn, StoreError> {
+        let (graph, lock) = store.lock_task(task_id).await?;
+        let index = graph.steps.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        Ok(TaskTxn {
+            graph,
+            index,
+            ops: Vec::new(),
+            lock: Some(lock),
+            now: Utc::now(),
+        })
+    }
+
+    pub fn graph(&self) -> &TaskGraph {
+        &self.graph
+    }
+
+    pub fn task(&self) -> &Task {
+        &self.graph.task
+    }
+
+    pub fn step_index(&self, id: StepId) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    pub fn step(&self, idx: usize) -> &Step {
+        &self.graph.steps[idx]
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    pub fn task_to(&mut self, to: TaskState, metadata: Value) -> Result<(), IllegalTransition> {
+        self.finish_task(to, metadata, None, None)
+    }
+
+    /// A task transition that also records the task's result or error.
+    pub fn finish_task(
+        &mut self,
+        to: TaskState,
+        metadata: Value,
+        result: Option<Value>,
+        error: Option<Value>,
+    ) -> Result<(), IllegalTransition> {
+        let task = &mut self.graph.task;
+        task.state.check(to)?;
+        let transition = TaskTransition {
+            task_id: task.id,
+            from: Some(task.state),
+            to,
+            at: self.now,
+            metadata,
+        };
+        task.state = to;
+        task.updated_at = self.now;
+        if result.is_some() {
+            task.result = result.clone();
+        }
+        if error.is_some() {
+            task.error = error.clone();
+        }
+        self.ops.push(WriteOp::Task {
+            transition,
+            result,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Moves a step; `change` may set its attempts, backoff and outcome.
+    pub fn step_to(
+        &mut self,
+        idx: usize,
+        to: StepState,
+        metadata: Value,
+        change: impl FnOnce(&mut Step),
+    ) -> Result<(), IllegalTransition> {
+        let step = &mut self.graph.steps[idx];
+        step.state.check(to)?;
+        let from = step.state;
+        change(step);
+        step.state = to;
+        self.ops.push(WriteOp::Step {
+            transition: StepTransition {
+                task_id: step.task_id,
+                step_id: step.id,
+                step_name: step.name.clone(),
+                from: Some(from),
+                to,
+                attempt: step.attempts,
+                at: self.now,
+                metadata,
+            },
+            attempts: step.attempts,
+            backoff_until: step.backoff_until,
+            outcome: step.outcome.clone(),
+        });
+        Ok(())
+    }
+
+    /// Adds a new (Pending) step with edges from `parents`.
+    pub fn add_step(&mut self, step: Step, parents: &[StepId]) {
+        let initial = StepTransition {
+            task_id: step.task_id,
+            step_id: step.id,
+            step_name: step.name.clone(),
+            from: None,
+            to: step.state,
+            attempt: 0,
+            at: self.now,
+            metadata: json!({}),
+        };
+        self.index.insert(step.id, self.graph.steps.len());
+        self.ops.push(WriteOp::InsertStep(step.clone()));
+        self.ops.push(WriteOp::Step {
+            transition: initial,
+            attempts: 0,
+            backoff_until: None,
+            outcome: None,
+        });
+        for &from in parents {
+            let edge = Edge { from, to: step.id };
+            self.ops.push(WriteOp::InsertEdge(edge));
+            self.graph.edges.push(edge);
+        }
+        self.graph.steps.push(step);
+    }
+
+    /// Writes everything (creating the task when this txn made it) and releases the lock.
+    pub async fn commit(self, store: &dyn Store) -> Result<(), StoreError> {
+        match self.lock {
+            Some(lock) => store.commit(lock, self.ops).await,
+            None => store.create_task(self.ops).await,
+        }
+    }
+}
