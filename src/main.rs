@@ -1,1 +1,151 @@
-fn main(){}
+//! The `stepgraph` command line: run a template, validate templates, bench.
+
+mod bench;
+mod fixtures;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use stepgraph_core::{TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
+use stepgraph_worker::{examples, Engine, EngineConfig};
+
+#[derive(Parser)]
+#[command(name = "stepgraph", version, about = "Workflow orchestration with polyglot step handlers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one task of a template in embedded mode and prints its result and timeline.
+    Run {
+        /// The template file (YAML).
+        template: PathBuf,
+        /// The task context, as JSON.
+        #[arg(long, default_value = "{}")]
+        context: String,
+        /// Gives up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Checks template files; prints every problem and exits non-zero on any.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Runs every seed workflow shape in embedded mode and prints a latency table.
+    Bench {
+        /// Measured runs per scenario.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        iterations: usize,
+        /// Unmeasured runs per scenario first.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Only this scenario (template name: linear, diamond, complex_dag, tree, conditional_approval, csv_batch).
+        #[arg(long)]
+        scenario: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STEPGRAPH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                template,
+                context,
+                timeout_secs,
+            } => run(template, &context, Duration::from_secs(timeout_secs)).await,
+            Command::Validate { files } => validate(&files),
+            Command::Bench {
+                iterations,
+                warmup,
+                scenario,
+            } => bench::run(iterations.max(1), warmup, scenario.as_deref()).await.map(|()| true),
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> Result<bool> {
+    let mut ok = true;
+    for f in files {
+        match TaskTemplate::from_file(f) {
+            Ok(t) => println!("ok    {} ({}, {} steps)", f.display(), t.key(), t.steps.len()),
+            Err(errors) => {
+                ok = false;
+                for e in errors.0 {
+                    println!("error {e}");
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+async fn run(path: PathBuf, context: &str, timeout: Duration) -> Result<bool> {
+    let context: Value = serde_json::from_str(context).context("--context is not valid JSON")?;
+    let template = TaskTemplate::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (namespace, name) = (template.namespace.clone(), template.name.clone());
+    let mut templates = TemplateRegistry::new();
+    templates.register(template).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::embedded(templates, examples::registry(), EngineConfig::default());
+    let created = engine.submit(TaskRequest::new(&namespace, &name, context)).await?;
+    let report = engine.wait(created.task_id, timeout).await?;
+    engine.shutdown().await;
+
+    println!("task {} {namespace}/{name}: {}", report.task.id, report.task.state);
+    match report.task.state {
+        TaskState::Complete => println!(
+            "result: {}",
+            serde_json::to_string_pretty(report.result().unwrap_or(&Value::Null))?
+        ),
+        _ => {
+            if let Some(err) = &report.task.error {
+                println!("error: {}", serde_json::to_string_pretty(err)?);
+            }
+        }
+    }
+    println!();
+    println!("{:<28} {:<27} {:>8} {:>12} {:>12}", "step", "state", "attempts", "started", "duration");
+    let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+    for row in report.timeline() {
+        println!(
+            "{:<28} {:<27} {:>8} {:>12} {:>12}",
+            row.step,
+            row.state.to_string(),
+            row.attempts,
+            ms(row.started),
+            ms(row.duration())
+        );
+    }
+    if report.task.state != TaskState::Complete {
+        bail!("task ended {}", report.task.state);
+    }
+    Ok(true)
+}

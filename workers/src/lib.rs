@@ -1,1 +1,13 @@
+//! stepgraph-worker: the worker runtime (claims steps, runs handlers with a
+//! concurrency limit and per-step timeouts, catches panics), the handler
+//! registry and the native Rust [`StepHandler`] trait, the embedded
+//! [`Engine`], and the example handlers the fixture workflows use.
 
+pub mod engine;
+pub mod examples;
+pub mod handler;
+pub mod runtime;
+
+pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
+pub use handler::{HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput};
+pub use runtime::{Worker, WorkerConfig};

@@ -1,0 +1,26 @@
+//! The seed's workflow shapes, built into the binary so `stepgraph bench`
+//! runs from any directory.
+
+use stepgraph_core::{TaskTemplate, TemplateErrors, TemplateRegistry};
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("linear.yaml", include_str!("../tests/fixtures/templates/linear.yaml")),
+    ("diamond.yaml", include_str!("../tests/fixtures/templates/diamond.yaml")),
+    ("complex_dag.yaml", include_str!("../tests/fixtures/templates/complex_dag.yaml")),
+    ("tree.yaml", include_str!("../tests/fixtures/templates/tree.yaml")),
+    (
+        "conditional_approval.yaml",
+        include_str!("../tests/fixtures/templates/conditional_approval.yaml"),
+    ),
+    ("csv_batch.yaml", include_str!("../tests/fixtures/templates/csv_batch.yaml")),
+];
+
+pub const PRODUCTS_CSV: &[u8] = include_bytes!("../tests/fixtures/products.csv");
+
+pub fn registry() -> Result<TemplateRegistry, TemplateErrors> {
+    let mut reg = TemplateRegistry::new();
+    for (file, text) in TEMPLATES {
+        reg.register(TaskTemplate::from_yaml(text, file)?)?;
+    }
+    Ok(reg)
+}

@@ -1,0 +1,215 @@
+//! The embedded mode: orchestrator, in-memory store and queue, and a worker
+//! with this process's handlers, all in one process with nothing installed.
+
+use crate::handler::HandlerRegistry;
+use crate::runtime::{Worker, WorkerConfig};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::{
+    shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig, OrchestratorError, ShutdownTrigger,
+    Step, StepState, Store, StoreError, Task, TaskCreated, TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
+};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub worker: WorkerConfig,
+    pub orchestrator: OrchestratorConfig,
+    /// How long [`Engine::run`] waits for a task.
+    pub run_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            worker: WorkerConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
+            run_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Orchestrator(#[from] OrchestratorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("task {task_id} did not finish within {timeout:?} (state {state})")]
+    Timeout {
+        task_id: TaskId,
+        timeout: Duration,
+        state: TaskState,
+    },
+}
+
+pub struct Engine {
+    orchestrator: Arc<Orchestrator>,
+    store: Arc<MemoryStore>,
+    trigger: ShutdownTrigger,
+    loops: Vec<JoinHandle<()>>,
+    run_timeout: Duration,
+}
+
+impl Engine {
+    /// Starts the engine on the current tokio runtime. The worker serves every
+    /// namespace of `templates` unless `config.worker.namespaces` names some.
+    pub fn embedded(templates: TemplateRegistry, handlers: HandlerRegistry, mut config: EngineConfig) -> Engine {
+        let store = Arc::new(MemoryStore::new());
+        let queue = Arc::new(MemoryQueue::new());
+        if config.worker.namespaces.is_empty() {
+            config.worker.namespaces = templates.namespaces();
+        }
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            queue.clone(),
+            Arc::new(templates),
+            config.orchestrator,
+        ));
+        let worker = Worker::new(store.clone(), queue, Arc::new(handlers), config.worker);
+        let (trigger, shutdown) = shutdown_channel();
+        let loops = vec![
+            tokio::spawn(orchestrator.clone().run(shutdown.clone())),
+            tokio::spawn(worker.run(shutdown)),
+        ];
+        Engine {
+            orchestrator,
+            store,
+            trigger,
+            loops,
+            run_timeout: config.run_timeout,
+        }
+    }
+
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orchestrator
+    }
+
+    pub async fn submit(&self, request: TaskRequest) -> Result<TaskCreated, EngineError> {
+        Ok(self.orchestrator.create_task(request).await?)
+    }
+
+    /// Waits for a terminal state; the task as it then is.
+    pub async fn wait_task(&self, task_id: TaskId, timeout: Duration) -> Result<Task, EngineError> {
+        let task = self.store.wait_terminal(task_id, timeout).await?;
+        if task.state.is_terminal() {
+            Ok(task)
+        } else {
+            Err(EngineError::Timeout {
+                task_id,
+                timeout,
+                state: task.state,
+            })
+        }
+    }
+
+    /// Waits for a terminal state, then reports the whole task.
+    pub async fn wait(&self, task_id: TaskId, timeout: Duration) -> Result<TaskReport, EngineError> {
+        self.wait_task(task_id, timeout).await?;
+        self.report(task_id).await
+    }
+
+    /// Creates a task and waits for it (up to the configured run timeout).
+    pub async fn run(&self, namespace: &str, name: &str, context: Value) -> Result<TaskReport, EngineError> {
+        let created = self.submit(TaskRequest::new(namespace, name, context)).await?;
+        self.wait(created.task_id, self.run_timeout).await
+    }
+
+    pub async fn report(&self, task_id: TaskId) -> Result<TaskReport, EngineError> {
+        let graph = self.store.graph(task_id).await?;
+        let transitions = self.store.transitions(task_id).await?;
+        Ok(TaskReport {
+            task: graph.task,
+            steps: graph.steps,
+            edges: graph.edges,
+            transitions,
+        })
+    }
+
+    pub async fn cancel(&self, task_id: TaskId) -> Result<TaskState, EngineError> {
+        Ok(self.orchestrator.cancel(task_id, "cancelled by request").await?)
+    }
+
+    /// Stops taking work and waits for running steps to finish.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        for l in self.loops {
+            let _ = l.await;
+        }
+    }
+}
+
+/// A finished (or running) task: its steps and its audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task: Task,
+    pub steps: Vec<Step>,
+    pub edges: Vec<Edge>,
+    pub transitions: Transitions,
+}
+
+/// One step's line in a timeline; times are offsets from the task's creation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineRow {
+    pub step: String,
+    pub state: StepState,
+    pub attempts: u32,
+    /// When the last attempt started running.
+    pub started: Option<Duration>,
+    /// When the last attempt's outcome was submitted.
+    pub finished: Option<Duration>,
+}
+
+impl TimelineRow {
+    pub fn duration(&self) -> Option<Duration> {
+        Some(self.finished?.saturating_sub(self.started?))
+    }
+}
+
+impl TaskReport {
+    pub fn state(&self) -> TaskState {
+        self.task.state
+    }
+
+    pub fn result(&self) -> Option<&Value> {
+        self.task.result.as_ref()
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    pub fn step_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    fn offset(&self, at: DateTime<Utc>) -> Duration {
+        (at - self.task.created_at).to_std().unwrap_or_default()
+    }
+
+    /// Steps in the order they started.
+    pub fn timeline(&self) -> Vec<TimelineRow> {
+        let mut rows: Vec<TimelineRow> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mine = || self.transitions.steps.iter().filter(|t| t.step_id == s.id);
+                let last_to = |state: StepState| mine().filter(|t| t.to == state).map(|t| t.at).next_back();
+                TimelineRow {
+                    step: s.name.clone(),
+                    state: s.state,
+                    attempts: s.attempts,
+                    started: last_to(StepState::InProgress).map(|t| self.offset(t)),
+                    finished: last_to(StepState::EnqueuedForOrchestration).map(|t| self.offset(t)),
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| (r.started.is_none(), r.started));
+        rows
+    }
+}

@@ -1,0 +1,202 @@
+//! The native Rust handler contract: a [`StepHandler`] receives a
+//! [`StepContext`] and returns a [`StepOutput`] or a [`HandlerError`].
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::{BatchCursor, BatchOutcome, ErrorKind, StepError, StepId, StepOutcome, StepWork, TaskId};
+
+/// What a handler sees of its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepContext {
+    pub task_id: TaskId,
+    pub step_id: StepId,
+    pub namespace: String,
+    pub task_name: String,
+    pub step_name: String,
+    pub handler: String,
+    /// The task context (validated against the template's input_schema).
+    pub input: Value,
+    /// `handler.config` from the template.
+    pub config: Value,
+    /// Results of the steps this one depends on, by step name.
+    pub dependency_results: Map<String, Value>,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// For batchable steps: the template's `batch.batch_size`.
+    pub batch_size: Option<u64>,
+    /// For batch workers: the slice of the work this step owns.
+    pub cursor: Option<BatchCursor>,
+}
+
+impl StepContext {
+    pub fn dependency(&self, step_name: &str) -> Option<&Value> {
+        self.dependency_results.get(step_name)
+    }
+}
+
+impl From<StepWork> for StepContext {
+    fn from(w: StepWork) -> Self {
+        StepContext {
+            task_id: w.task_id,
+            step_id: w.step_id,
+            namespace: w.namespace,
+            task_name: w.task_name,
+            step_name: w.step_name,
+            handler: w.handler,
+            input: w.context,
+            config: w.config,
+            dependency_results: w.dependency_results,
+            attempt: w.attempt,
+            max_attempts: w.max_attempts,
+            batch_size: w.batch_size,
+            cursor: w.cursor.and_then(|c| serde_json::from_value(c).ok()),
+        }
+    }
+}
+
+/// A successful attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutput {
+    /// The step's JSON result.
+    Success(Value),
+    /// A decision step's chosen branches (step names).
+    Decision(Vec<String>),
+    /// A batchable step's split of the work.
+    Batch(BatchOutcome),
+}
+
+impl From<Value> for StepOutput {
+    fn from(v: Value) -> Self {
+        StepOutput::Success(v)
+    }
+}
+
+impl From<StepOutput> for StepOutcome {
+    fn from(o: StepOutput) -> Self {
+        match o {
+            StepOutput::Success(result) => StepOutcome::Success { result },
+            StepOutput::Decision(branches) => StepOutcome::Decision { branches },
+            StepOutput::Batch(batch) => StepOutcome::Batch { batch },
+        }
+    }
+}
+
+/// A failed attempt: retryable (the default for unexpected errors) or permanent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Overrides the template's backoff for the next attempt.
+    pub retry_after: Option<Duration>,
+}
+
+impl HandlerError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+}
+
+impl From<HandlerError> for StepError {
+    fn from(e: HandlerError) -> Self {
+        StepError {
+            kind: e.kind,
+            message: e.message,
+            code: None,
+            error_type: None,
+            backtrace: None,
+            retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+pub type HandlerResult = Result<StepOutput, HandlerError>;
+
+#[async_trait]
+pub trait StepHandler: Send + Sync + 'static {
+    async fn call(&self, ctx: &StepContext) -> HandlerResult;
+}
+
+/// A handler made from an async closure.
+pub struct FnHandler<F>(F);
+
+#[async_trait]
+impl<F, Fut> StepHandler for FnHandler<F>
+where
+    F: Fn(StepContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    async fn call(&self, ctx: &StepContext) -> HandlerResult {
+        (self.0)(ctx.clone()).await
+    }
+}
+
+/// Handlers by the name templates use in `handler.callable`.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn StepHandler>>,
+}
+
+impl HandlerRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, name: &str, handler: impl StepHandler) -> &mut Self {
+        self.handlers.insert(name.to_string(), Arc::new(handler));
+        self
+    }
+
+    pub fn register_arc(&mut self, name: &str, handler: Arc<dyn StepHandler>) -> &mut Self {
+        self.handlers.insert(name.to_string(), handler);
+        self
+    }
+
+    pub fn register_fn<F, Fut>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(StepContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.register(name, FnHandler(f))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn StepHandler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort();
+        names
+    }
+
+    /// Adds every handler of `other`, replacing same-named ones.
+    pub fn extend(&mut self, other: &HandlerRegistry) -> &mut Self {
+        for (k, v) in &other.handlers {
+            self.handlers.insert(k.clone(), v.clone());
+        }
+        self
+    }
+}

@@ -1,0 +1,228 @@
+//! The worker: claims step messages for its namespaces (never more than it has
+//! free handler slots), runs each attempt with its timeout, catches panics,
+//! makes the outcome durable, then notifies the orchestration and acks.
+
+use crate::handler::{HandlerRegistry, StepContext};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::queue::{encode_all, worker_queue, Delivery, ORCHESTRATION_QUEUE};
+use stepgraph_core::{
+    OrchestrationMessage, Queue, Shutdown, StartOutcome, StepError, StepMessage, StepOutcome, StepWork, Store,
+    SubmitOutcome,
+};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub namespaces: Vec<String>,
+    /// Steps run at once.
+    pub concurrency: usize,
+    pub visibility_timeout: Duration,
+    /// For steps whose template sets no `timeout_seconds`.
+    pub default_step_timeout: Duration,
+    pub receive_wait: Duration,
+    /// How long shutdown waits for running steps.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            visibility_timeout: Duration::from_secs(330),
+            default_step_timeout: Duration::from_secs(300),
+            receive_wait: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    handlers: Arc<HandlerRegistry>,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    #[error(transparent)]
+    Store(#[from] stepgraph_core::StoreError),
+    #[error(transparent)]
+    Queue(#[from] stepgraph_core::QueueError),
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        handlers: Arc<HandlerRegistry>,
+        config: WorkerConfig,
+    ) -> Arc<Worker> {
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Arc::new(Worker {
+            store,
+            queue,
+            handlers,
+            config,
+            slots,
+        })
+    }
+
+    /// Serves every configured namespace until shutdown, then waits (up to the
+    /// grace period) for running steps; unfinished ones are redelivered later.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let loops: Vec<_> = self
+            .config
+            .namespaces
+            .iter()
+            .map(|ns| tokio::spawn(self.clone().consume(worker_queue(ns), shutdown.clone())))
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+        let all = self.config.concurrency.max(1) as u32;
+        if tokio::time::timeout(self.config.shutdown_grace, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; unfinished steps will be redelivered");
+        }
+    }
+
+    async fn consume(self: Arc<Self>, queue: String, mut shutdown: Shutdown) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait() => return,
+                p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
+            };
+            let credits = 1 + self.slots.available_permits();
+            let received = tokio::select! {
+                _ = shutdown.wait() => return,
+                r = self.queue.receive(&queue, credits, self.config.visibility_timeout, self.config.receive_wait) => r,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for d in deliveries {
+                // Another namespace loop may have taken the slot counted as a credit.
+                let permit = match first.take().map(Ok).unwrap_or_else(|| self.slots.clone().try_acquire_owned()) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let _ = self.queue.release(&queue, d.receipt, Duration::ZERO).await;
+                        continue;
+                    }
+                };
+                let this = self.clone();
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.process(&queue, &d).await {
+                        tracing::warn!(%queue, error = %e, "step processing failed; message will be redelivered");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn process(&self, queue: &str, delivery: &Delivery) -> Result<(), ProcessError> {
+        let msg: StepMessage = match delivery.decode() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(%queue, error = %e, "undecodable step message dropped");
+                self.queue.ack(queue, &[delivery.receipt]).await?;
+                return Ok(());
+            }
+        };
+        let started = match self.store.start_step(msg.step_id, msg.attempt).await {
+            Ok(s) => s,
+            Err(stepgraph_core::StoreError::StepNotFound(_)) => {
+                tracing::error!(step_id = %msg.step_id, "message for an unknown step dropped");
+                self.queue.ack(queue, &[delivery.receipt]).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let notify = match started {
+            StartOutcome::Started(work) => {
+                let outcome = self.execute(*work).await;
+                match self.store.submit_result(msg.step_id, msg.attempt, outcome).await? {
+                    SubmitOutcome::Accepted | SubmitOutcome::Duplicate => true,
+                    SubmitOutcome::Refused { state, attempts } => {
+                        tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
+                        false
+                    }
+                }
+            }
+            StartOutcome::AlreadySubmitted => true,
+            StartOutcome::Stale { state, attempts } => {
+                tracing::debug!(step = %msg.step_name, %state, attempts, "stale step message dropped");
+                false
+            }
+        };
+        if notify {
+            let result = OrchestrationMessage::StepResult {
+                task_id: msg.task_id,
+                step_id: msg.step_id,
+                attempt: msg.attempt,
+            };
+            self.queue
+                .send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?)
+                .await?;
+        }
+        self.queue.ack(queue, &[delivery.receipt]).await?;
+        Ok(())
+    }
+
+    /// Runs one attempt; every way it can go wrong becomes a failure outcome.
+    pub async fn execute(&self, work: StepWork) -> StepOutcome {
+        execute(&self.handlers, work, self.config.default_step_timeout).await
+    }
+}
+
+pub async fn execute(handlers: &HandlerRegistry, work: StepWork, default_timeout: Duration) -> StepOutcome {
+    let failure = |error: StepError| StepOutcome::Failure { error };
+    let Some(handler) = handlers.get(&work.handler) else {
+        return failure(
+            StepError::permanent(format!(
+                "no handler registered for `{}` (step `{}`)",
+                work.handler, work.step_name
+            ))
+            .with_code("handler_not_found"),
+        );
+    };
+    let timeout = work
+        .timeout_seconds
+        .map(Duration::from_secs_f64)
+        .unwrap_or(default_timeout);
+    let ctx = StepContext::from(work);
+    let run = AssertUnwindSafe(handler.call(&ctx)).catch_unwind();
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => failure(
+            StepError::retryable(format!("step `{}` timed out after {:?}", ctx.step_name, timeout)).with_code("timeout"),
+        ),
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            failure(
+                StepError::retryable(format!("handler `{}` panicked in step `{}`: {what}", ctx.handler, ctx.step_name))
+                    .with_code("panic"),
+            )
+        }
+        Ok(Ok(Ok(output))) => output.into(),
+        Ok(Ok(Err(e))) => failure(e.into()),
+    }
+}
