@@ -101,7 +101,7 @@ fn fmt_latency(d: Duration) -> String {
     }
 }
 
-pub async fn run(iterations: usize, warmup: usize, only: Option<&str>) -> Result<()> {
+pub async fn run(iterations: usize, warmup: usize, only: Option<&str>, runtime: &str) -> Result<()> {
     let csv_path = std::env::temp_dir().join(format!("stepgraph-bench-{}.csv", std::process::id()));
     std::fs::write(&csv_path, fixtures::PRODUCTS_CSV).context("writing the benchmark CSV")?;
     let csv = csv_path.display().to_string();
@@ -144,7 +144,10 @@ pub async fn run(iterations: usize, warmup: usize, only: Option<&str>) -> Result
     let _ = std::fs::remove_file(&csv_path);
     engine.shutdown().await;
 
-    println!("stepgraph bench: embedded mode (in-memory store and queue, Rust handlers), {iterations} runs per scenario after {warmup} warm-up runs");
+    println!(
+        "stepgraph bench: embedded mode (in-memory store and queue, Rust handlers, {runtime} tokio runtime), \
+         {iterations} runs per scenario after {warmup} warm-up runs"
+    );
     println!();
     println!(
         "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",

@@ -48,7 +48,16 @@ enum Command {
         /// Only this scenario (template name: linear, diamond, complex_dag, tree, conditional_approval, csv_batch).
         #[arg(long)]
         scenario: Option<String>,
+        /// The tokio runtime the embedded engine runs on.
+        #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
+        runtime: RuntimeKind,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    CurrentThread,
+    MultiThread,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +69,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The embedded engine is fastest when orchestrator, worker and handlers
+    // share one thread: no cross-thread wake-ups between the stages.
+    let single_thread = matches!(&cli.command, Command::Bench { runtime, .. } if *runtime == RuntimeKind::CurrentThread);
+    let mut builder = if single_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -79,7 +96,16 @@ fn main() -> ExitCode {
                 iterations,
                 warmup,
                 scenario,
-            } => bench::run(iterations.max(1), warmup, scenario.as_deref()).await.map(|()| true),
+                runtime,
+            } => {
+                let label = match runtime {
+                    RuntimeKind::CurrentThread => "current-thread",
+                    RuntimeKind::MultiThread => "multi-thread",
+                };
+                bench::run(iterations.max(1), warmup, scenario.as_deref(), label)
+                    .await
+                    .map(|()| true)
+            }
         }
     });
     match outcome {
