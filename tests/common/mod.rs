@@ -1,0 +1,71 @@
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use stepgraph_core::{TaskTemplate, TemplateRegistry, Transitions};
+use stepgraph_worker::{examples, Engine, EngineConfig, HandlerRegistry, TaskReport};
+
+pub const SIX_16: u64 = 2821109907456;
+pub const SIX_64: &str = "63340286662973277706162286946811886609896461828096";
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn fixture_templates() -> TemplateRegistry {
+    TemplateRegistry::load_dir(&fixtures_dir().join("templates")).expect("fixture templates are valid")
+}
+
+pub fn products_csv() -> String {
+    fixtures_dir().join("products.csv").display().to_string()
+}
+
+pub fn engine_with(templates: TemplateRegistry, handlers: HandlerRegistry) -> Engine {
+    let mut config = EngineConfig::default();
+    config.run_timeout = Duration::from_secs(30);
+    Engine::embedded(templates, handlers, config)
+}
+
+pub fn fixture_engine() -> Engine {
+    engine_with(fixture_templates(), examples::registry())
+}
+
+/// A registry holding one template written in YAML.
+pub fn templates_from(yaml: &str) -> TemplateRegistry {
+    let mut reg = TemplateRegistry::new();
+    reg.register(TaskTemplate::from_yaml(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}")))
+        .unwrap();
+    reg
+}
+
+/// Every audit chain is continuous: each transition starts where the previous one of its entity ended.
+pub fn assert_audit_chains(t: &Transitions) {
+    let mut prev = None;
+    for tr in &t.task {
+        assert_eq!(tr.from, prev, "task transition {:?} breaks the chain", tr);
+        prev = Some(tr.to);
+    }
+    let mut last: std::collections::HashMap<_, _> = Default::default();
+    for tr in &t.steps {
+        let p = last.insert(tr.step_id, tr.to);
+        assert_eq!(tr.from, p, "step {} transition {:?} breaks the chain", tr.step_name, tr);
+    }
+    for w in t.task.windows(2) {
+        assert!(w[0].at <= w[1].at);
+    }
+}
+
+pub fn step_states(report: &TaskReport) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.state.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn result(report: &TaskReport) -> &Value {
+    report.result().expect("task has a result")
+}

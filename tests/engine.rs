@@ -1,0 +1,545 @@
+//! End-to-end behaviour of the embedded engine: the seed's shapes with exact
+//! results, retries, failures, bad handler output, cancellation, concurrency.
+
+mod common;
+
+use common::*;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::{
+    ErrorKind, OrchestratorError, StepOutcome, StepState, TaskRequest, TaskState,
+};
+use stepgraph_worker::{examples, EngineError, HandlerError, HandlerRegistry, StepOutput};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn math_shapes_give_exact_results() {
+    let engine = fixture_engine();
+    let cases = [
+        ("linear", json!(SIX_16), 4),
+        ("diamond", json!(SIX_16), 4),
+        ("complex_dag", json!(SIX_64), 7),
+        ("tree", json!(SIX_64), 8),
+    ];
+    for (name, expected, steps) in cases {
+        let report = engine.run("e2e", name, json!({"even_number": 6})).await.unwrap();
+        assert_eq!(report.state(), TaskState::Complete, "{name}: {:?}", report.task.error);
+        assert_eq!(result(&report), &expected, "{name}");
+        assert_eq!(report.steps.len(), steps, "{name}");
+        for s in &report.steps {
+            assert_eq!(s.state, StepState::Complete, "{name}/{}", s.name);
+            assert_eq!(s.attempts, 1, "{name}/{}", s.name);
+        }
+        assert_audit_chains(&report.transitions);
+        // Pending, Enqueued, InProgress, EnqueuedForOrchestration, Complete.
+        assert_eq!(report.transitions.steps.len(), steps * 5, "{name}");
+    }
+    let linear = engine.run("e2e", "linear", json!({"even_number": 6})).await.unwrap();
+    assert_eq!(linear.step("step_1").unwrap().result_value(), Some(json!(36)));
+    assert_eq!(linear.step("step_2").unwrap().result_value(), Some(json!(1296)));
+    assert_eq!(linear.step("step_3").unwrap().result_value(), Some(json!(1679616)));
+    let states: Vec<TaskState> = linear.transitions.task.iter().map(|t| t.to).collect();
+    assert_eq!(states.first(), Some(&TaskState::Pending));
+    assert_eq!(states.last(), Some(&TaskState::Complete));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_approval_creates_exactly_the_chosen_branches() {
+    let engine = fixture_engine();
+    let cases: [(u64, &[&str]); 3] = [
+        (500, &["auto_approve"]),
+        (2500, &["manager_approval"]),
+        (7500, &["finance_review", "manager_approval"]),
+    ];
+    for (amount, branches) in cases {
+        let report = engine
+            .run("e2e", "conditional_approval", json!({"amount": amount, "requester": "test"}))
+            .await
+            .unwrap();
+        assert_eq!(report.state(), TaskState::Complete, "{amount}");
+        let mut expected: Vec<&str> = vec!["finalize_approval", "routing_decision", "validate_request"];
+        expected.extend(branches);
+        expected.sort();
+        assert_eq!(report.step_names(), expected, "amount {amount}");
+        assert_eq!(result(&report), &json!({"approved": true, "approvals": branches}), "{amount}");
+        let Some(StepOutcome::Decision { branches: mut chosen }) = report.step("routing_decision").unwrap().outcome.clone()
+        else {
+            panic!("routing_decision did not decide")
+        };
+        chosen.sort();
+        assert_eq!(chosen, branches.to_vec());
+        // finalize waits for exactly the created branches.
+        let finalize = report.step("finalize_approval").unwrap();
+        let parents: Vec<&str> = report
+            .edges
+            .iter()
+            .filter(|e| e.to == finalize.id)
+            .map(|e| report.steps.iter().find(|s| s.id == e.from).unwrap().name.as_str())
+            .collect();
+        assert_eq!(parents.len(), branches.len());
+        for b in branches {
+            assert!(parents.contains(b));
+        }
+        assert_audit_chains(&report.transitions);
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_batch_creates_five_workers_and_exact_aggregates() {
+    let engine = fixture_engine();
+    let report = engine
+        .run("e2e", "csv_batch", json!({"csv_file_path": products_csv()}))
+        .await
+        .unwrap();
+    assert_eq!(report.state(), TaskState::Complete, "{:?}", report.task.error);
+    assert_eq!(
+        report.step_names(),
+        vec![
+            "aggregate_csv_results",
+            "analyze_csv",
+            "process_csv_batch_001",
+            "process_csv_batch_002",
+            "process_csv_batch_003",
+            "process_csv_batch_004",
+            "process_csv_batch_005",
+        ]
+    );
+    let r = result(&report);
+    assert_eq!(r["total_processed"], json!(1000));
+    assert_eq!(r["worker_count"], json!(5));
+    assert_eq!(r["total_inventory_value_cents"], json!(12745576047u64));
+    assert_eq!(r["max_price_cents"], json!(99840));
+    assert_eq!(r["total_stock"], json!(242577));
+    assert_eq!(r["rating_sum_tenths"], json!(29806));
+    assert_eq!(
+        r["per_batch_inventory_value_cents"],
+        json!([2689657180u64, 2659996406u64, 2490667723u64, 2438397631u64, 2466857107u64])
+    );
+    let third = report.step("process_csv_batch_003").unwrap();
+    assert_eq!(third.cursor, Some(json!({"batch_no": 3, "start": 400, "end": 600})));
+    assert_eq!(third.template_step, "process_csv_batch");
+    engine.shutdown().await;
+}
+
+const RETRY_YAML: &str = r#"
+namespace: t
+name: retry
+version: "1"
+steps:
+  - name: flaky
+    handler: { callable: flaky }
+    retry: { max_attempts: 3, backoff: linear, backoff_base_ms: 60, max_backoff_ms: 1000 }
+  - name: after
+    dependencies: [flaky]
+    handler: { callable: echo }
+"#;
+
+fn echo(reg: &mut HandlerRegistry) {
+    reg.register_fn("echo", |ctx| async move { Ok(StepOutput::Success(json!({"step": ctx.step_name}))) });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_retry_with_backoff_then_succeed() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    handlers.register_fn("flaky", |ctx| async move {
+        if ctx.attempt < 3 {
+            Err(HandlerError::retryable(format!("try {} failed", ctx.attempt)))
+        } else {
+            Ok(StepOutput::Success(json!({"attempt": ctx.attempt})))
+        }
+    });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Complete);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 3);
+    assert_eq!(flaky.result_value(), Some(json!({"attempt": 3})));
+    assert_audit_chains(&report.transitions);
+
+    use StepState::*;
+    let trail: Vec<(Option<StepState>, StepState, u32)> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.step_name == "flaky")
+        .map(|t| (t.from, t.to, t.attempt))
+        .collect();
+    let mut expected = vec![(None, Pending, 0), (Some(Pending), Enqueued, 1)];
+    for attempt in 1..=2 {
+        expected.extend([
+            (Some(Enqueued), InProgress, attempt),
+            (Some(InProgress), EnqueuedForOrchestration, attempt),
+            (Some(EnqueuedForOrchestration), WaitingForRetry, attempt),
+            (Some(WaitingForRetry), Enqueued, attempt + 1),
+        ]);
+    }
+    expected.extend([
+        (Some(Enqueued), InProgress, 3),
+        (Some(InProgress), EnqueuedForOrchestration, 3),
+        (Some(EnqueuedForOrchestration), Complete, 3),
+    ]);
+    assert_eq!(trail, expected);
+
+    // Linear backoff: 60 ms after attempt 1, 120 ms after attempt 2.
+    let steps: Vec<_> = report.transitions.steps.iter().filter(|t| t.step_name == "flaky").collect();
+    let waits: Vec<_> = steps.windows(2).filter(|w| w[0].to == WaitingForRetry).map(|w| w[1].at - w[0].at).collect();
+    assert_eq!(waits.len(), 2);
+    assert!(waits[0] >= chrono::Duration::milliseconds(60), "{:?}", waits);
+    assert!(waits[1] >= chrono::Duration::milliseconds(120), "{:?}", waits);
+    let task_states: Vec<TaskState> = report.transitions.task.iter().map(|t| t.to).collect();
+    assert!(task_states.contains(&TaskState::WaitingForRetry));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_error_fails_the_task_after_one_attempt() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    handlers.register_fn("flaky", |_| async move { Err(HandlerError::permanent("card declined")) });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 1);
+    assert_eq!(flaky.state, StepState::Error);
+    assert_eq!(flaky.error().unwrap().kind, ErrorKind::Permanent);
+    assert_eq!(report.task.error.as_ref().unwrap()["step"], json!("flaky"));
+    assert_eq!(report.task.error.as_ref().unwrap()["error"]["message"], json!("card declined"));
+    // The dependent step never started.
+    assert_eq!(report.step("after").unwrap().state, StepState::Pending);
+    assert_eq!(report.step("after").unwrap().attempts, 0);
+    assert_audit_chains(&report.transitions);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_attempts_fail_the_task_with_the_last_error() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    let c = calls.clone();
+    handlers.register_fn("flaky", move |ctx| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move { Err(HandlerError::retryable(format!("down on attempt {}", ctx.attempt))) }
+    });
+    let yaml = RETRY_YAML.replace("backoff: linear, backoff_base_ms: 60", "backoff: none, backoff_base_ms: 0");
+    let engine = engine_with(templates_from(&yaml), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 3);
+    assert_eq!(flaky.error().unwrap().message, "down on attempt 3");
+    let last = report.transitions.steps.iter().rfind(|t| t.step_name == "flaky").unwrap();
+    assert_eq!(last.to, StepState::Error);
+    assert_eq!(last.metadata["reason"], json!("attempts exhausted"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_handler_fails_the_step_permanently_naming_it() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let err = report.step("flaky").unwrap().error().unwrap().clone();
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert_eq!(err.code.as_deref(), Some("handler_not_found"));
+    assert!(err.message.contains("`flaky`"), "{}", err.message);
+    assert_eq!(report.step("flaky").unwrap().attempts, 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_become_failures() {
+    let yaml = r#"
+namespace: t
+name: bad
+version: "1"
+steps:
+  - name: boom
+    handler: { callable: boom }
+    retry: { retryable: false, max_attempts: 1 }
+"#;
+    let hang = r#"
+namespace: t
+name: hang
+version: "1"
+steps:
+  - name: sleepy
+    handler: { callable: sleepy }
+    timeout_seconds: 0.1
+    retry: { max_attempts: 2, backoff: none }
+"#;
+    let mut templates = templates_from(yaml);
+    templates.register(stepgraph_core::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap()).unwrap();
+    let mut handlers = HandlerRegistry::new();
+    handlers.register_fn("boom", |_| async move {
+        let v: Vec<u8> = Vec::new();
+        let _ = v[3];
+        Ok(StepOutput::Success(json!(null)))
+    });
+    handlers.register_fn("sleepy", |_| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(StepOutput::Success(json!(null)))
+    });
+    let engine = engine_with(templates, handlers);
+
+    let report = engine.run("t", "bad", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let err = report.step("boom").unwrap().error().unwrap().clone();
+    assert_eq!(err.code.as_deref(), Some("panic"));
+    assert!(err.message.contains("index out of bounds"), "{}", err.message);
+    assert!(err.message.contains("`boom`"), "{}", err.message);
+
+    let report = engine.run("t", "hang", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let sleepy = report.step("sleepy").unwrap();
+    assert_eq!(sleepy.attempts, 2, "a timeout is retryable");
+    let err = sleepy.error().unwrap();
+    assert_eq!(err.code.as_deref(), Some("timeout"));
+    assert!(err.message.contains("timed out"), "{}", err.message);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_does_not_fit_the_step_is_a_failure_naming_it() {
+    let yaml = r#"
+namespace: t
+name: shapes
+version: "1"
+steps:
+  - name: pick
+    type: decision
+    handler: { callable: pick }
+  - name: yes
+    dependencies: [pick]
+    handler: { callable: echo }
+  - name: "no"
+    dependencies: [pick]
+    handler: { callable: echo }
+"#;
+    let run = |decision: StepOutput| {
+        let mut handlers = HandlerRegistry::new();
+        echo(&mut handlers);
+        handlers.register_fn("pick", move |_| {
+            let d = decision.clone();
+            async move { Ok(d) }
+        });
+        engine_with(templates_from(yaml), handlers)
+    };
+    let cases = [
+        (StepOutput::Success(json!(1)), "a decision step must return a decision"),
+        (StepOutput::Decision(vec!["maybe".into()]), "unknown branch `maybe`; branches are: yes, no"),
+        (
+            StepOutput::Batch(stepgraph_core::BatchOutcome::even(10, 5)),
+            "a decision step must return a decision",
+        ),
+    ];
+    for (output, message) in cases {
+        let engine = run(output);
+        let report = engine.run("t", "shapes", json!({})).await.unwrap();
+        assert_eq!(report.state(), TaskState::Error);
+        let err = report.step("pick").unwrap().error().unwrap().clone();
+        assert_eq!(err.code.as_deref(), Some("invalid_output"));
+        assert!(err.message.starts_with("step `pick`"), "{}", err.message);
+        assert!(err.message.contains(message), "{}", err.message);
+        engine.shutdown().await;
+    }
+    // A plain step returning a decision is refused too.
+    let mut handlers = HandlerRegistry::new();
+    handlers.register_fn("flaky", |_| async move { Ok(StepOutput::Decision(vec!["x".into()])) });
+    echo(&mut handlers);
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    let err = report.step("flaky").unwrap().error().unwrap().clone();
+    assert_eq!(err.message, "step `flaky`: returned a decision but is not a decision step");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_failing_the_input_schema_is_refused_at_creation() {
+    let engine = fixture_engine();
+    let err = engine
+        .submit(TaskRequest::new("e2e", "linear", json!({"even_number": "six"})))
+        .await
+        .unwrap_err();
+    match err {
+        EngineError::Orchestrator(OrchestratorError::InvalidContext { template, message }) => {
+            assert_eq!(template, "e2e/linear@1.0.0");
+            assert!(message.contains("/even_number"), "{message}");
+            assert!(message.contains("integer"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let err = engine
+        .submit(TaskRequest::new("e2e", "conditional_approval", json!({"amount": 5})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requester"), "{err}");
+    let err = engine.submit(TaskRequest::new("e2e", "nope", json!({}))).await.unwrap_err();
+    assert_eq!(err.to_string(), "no template e2e/nope");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_existing_task() {
+    let engine = fixture_engine();
+    let mut req = TaskRequest::new("e2e", "linear", json!({"even_number": 6}));
+    req.idempotency_key = Some("order-42".into());
+    let first = engine.submit(req.clone()).await.unwrap();
+    let second = engine.submit(req).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.task_id, second.task_id);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_task_never_starts_its_pending_steps() {
+    let ran = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut handlers = HandlerRegistry::new();
+    let r = ran.clone();
+    handlers.register_fn("flaky", move |ctx| {
+        r.lock().push(ctx.step_name.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(StepOutput::Success(json!(1)))
+        }
+    });
+    let r = ran.clone();
+    handlers.register_fn("echo", move |ctx| {
+        r.lock().push(ctx.step_name.clone());
+        async move { Ok(StepOutput::Success(json!(2))) }
+    });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let created = engine.submit(TaskRequest::new("t", "retry", json!({}))).await.unwrap();
+    while ran.lock().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.cancel(created.task_id).await.unwrap(), TaskState::Cancelled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = engine.report(created.task_id).await.unwrap();
+    assert_eq!(report.state(), TaskState::Cancelled);
+    assert_eq!(report.step("after").unwrap().state, StepState::Cancelled);
+    // The running step finished, and its result was discarded.
+    assert_eq!(report.step("flaky").unwrap().state, StepState::Cancelled);
+    assert_eq!(*ran.lock(), vec!["flaky".to_string()]);
+    assert_audit_chains(&report.transitions);
+    engine.shutdown().await;
+}
+
+/// Handlers that record when each step ran, on one global sequence.
+fn recording(handlers: &mut HandlerRegistry, names: &[&str], sleep: Duration) -> Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>> {
+    let log: Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>> = Default::default();
+    let seq = Arc::new(AtomicU64::new(0));
+    for name in names {
+        let (log, seq) = (log.clone(), seq.clone());
+        let square = Arc::new(examples::math::Square);
+        let multiply = Arc::new(examples::math::MultiplyAndSquare);
+        let name_owned = name.to_string();
+        handlers.register_fn(name, move |ctx| {
+            let (log, seq, square, multiply, name) = (log.clone(), seq.clone(), square.clone(), multiply.clone(), name_owned.clone());
+            async move {
+                let start = seq.fetch_add(1, Ordering::SeqCst);
+                if !sleep.is_zero() {
+                    tokio::time::sleep(sleep).await;
+                }
+                use stepgraph_worker::StepHandler;
+                let out = if name == "math.square" { square.call(&ctx).await } else { multiply.call(&ctx).await };
+                let end = seq.fetch_add(1, Ordering::SeqCst);
+                log.lock().entry(format!("{}/{}", ctx.task_id, ctx.step_name)).or_default().push((start, end));
+                out
+            }
+        });
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_overlap_and_convergence_waits_for_all_parents() {
+    let mut handlers = HandlerRegistry::new();
+    let log = recording(&mut handlers, &["math.square", "math.multiply_and_square"], Duration::from_millis(50));
+    let engine = engine_with(fixture_templates(), handlers);
+    let report = engine.run("e2e", "diamond", json!({"even_number": 6})).await.unwrap();
+    assert_eq!(result(&report), &json!(SIX_16));
+    let timeline = report.timeline();
+    let row = |n: &str| timeline.iter().find(|r| r.step == n).unwrap().clone();
+    let (b, c, end) = (row("diamond_branch_b"), row("diamond_branch_c"), row("diamond_end"));
+    assert!(b.started < c.finished && c.started < b.finished, "branches did not overlap: {b:?} {c:?}");
+    assert!(end.started > b.finished && end.started > c.finished);
+    let tree = engine.run("e2e", "tree", json!({"even_number": 6})).await.unwrap();
+    let tl = tree.timeline();
+    let leaves: Vec<_> = tl.iter().filter(|r| r.step.starts_with("tree_leaf")).collect();
+    let latest_start = leaves.iter().map(|r| r.started.unwrap()).max().unwrap();
+    let earliest_end = leaves.iter().map(|r| r.finished.unwrap()).min().unwrap();
+    assert!(latest_start < earliest_end, "the four leaves did not all run at once");
+    engine.shutdown().await;
+    drop(log);
+
+    // Many runs without sleeping: a step never starts before its parents end.
+    let mut handlers = HandlerRegistry::new();
+    let log = recording(&mut handlers, &["math.square", "math.multiply_and_square"], Duration::ZERO);
+    let engine = engine_with(fixture_templates(), handlers);
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        for name in ["diamond", "tree", "complex_dag"] {
+            let created = engine.submit(TaskRequest::new("e2e", name, json!({"even_number": 6}))).await.unwrap();
+            ids.push(created.task_id);
+        }
+    }
+    let mut reports = Vec::new();
+    for id in ids {
+        reports.push(engine.wait(id, Duration::from_secs(30)).await.unwrap());
+    }
+    let log = log.lock().clone();
+    for report in reports {
+        let id = report.task.id;
+        assert_eq!(report.state(), TaskState::Complete);
+        let runs = |name: &str| log[&format!("{id}/{name}")].clone();
+        for e in &report.edges {
+            let parent = report.steps.iter().find(|s| s.id == e.from).unwrap();
+            let child = report.steps.iter().find(|s| s.id == e.to).unwrap();
+            let (p, c) = (runs(&parent.name), runs(&child.name));
+            assert_eq!((p.len(), c.len()), (1, 1));
+            assert!(p[0].1 < c[0].0, "{} started before {} ended", child.name, parent.name);
+        }
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_versions_coexist() {
+    let v1 = "namespace: t\nname: v\nversion: 1.2.0\nsteps:\n  - name: a\n    handler: { callable: echo }\n";
+    let v2 = "namespace: t\nname: v\nversion: 1.10.0\nsteps:\n  - name: a\n    handler: { callable: echo }\n  - name: b\n    dependencies: [a]\n    handler: { callable: echo }\n";
+    let mut templates = templates_from(v1);
+    templates.register(stepgraph_core::TaskTemplate::from_yaml(v2, "v2").unwrap()).unwrap();
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    let engine = engine_with(templates, handlers);
+    let latest = engine.run("t", "v", json!({})).await.unwrap();
+    assert_eq!(latest.task.version, "1.10.0");
+    assert_eq!(latest.steps.len(), 2);
+    let mut req = TaskRequest::new("t", "v", json!({}));
+    req.version = Some("1.2.0".into());
+    let created = engine.submit(req).await.unwrap();
+    let old = engine.wait(created.task_id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(old.steps.len(), 1);
+    assert_eq!(result(&old), &json!({"step": "a"}));
+    engine.shutdown().await;
+}
+
+#[test]
+fn handlers_returning_values_are_exact_for_big_integers() {
+    let v: Value = examples::math::int_to_json(&"340282366920938463463374607431768211456".parse().unwrap());
+    assert_eq!(v, json!("340282366920938463463374607431768211456"));
+    assert_eq!(examples::math::parse_int(&v).unwrap().to_string(), "340282366920938463463374607431768211456");
+    assert_eq!(examples::math::int_to_json(&36.into()), json!(36));
+}
