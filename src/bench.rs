@@ -101,11 +101,20 @@ fn fmt_latency(d: Duration) -> String {
     }
 }
 
-pub async fn run(iterations: usize, warmup: usize, only: Option<&str>, runtime: &str) -> Result<()> {
+pub async fn run(
+    iterations: usize,
+    warmup: usize,
+    only: Option<&str>,
+    runtime: &str,
+) -> Result<()> {
     let csv_path = std::env::temp_dir().join(format!("stepgraph-bench-{}.csv", std::process::id()));
     std::fs::write(&csv_path, fixtures::PRODUCTS_CSV).context("writing the benchmark CSV")?;
     let csv = csv_path.display().to_string();
-    let engine = Engine::embedded(fixtures::registry()?, examples::registry(), EngineConfig::default());
+    let engine = Engine::embedded(
+        fixtures::registry()?,
+        examples::registry(),
+        EngineConfig::default(),
+    );
     let chosen: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| only.is_none_or(|o| s.template == o))
@@ -114,7 +123,10 @@ pub async fn run(iterations: usize, warmup: usize, only: Option<&str>, runtime: 
         bail!("no scenario named {:?}", only.unwrap_or_default());
     }
     let bar = ProgressBar::new(((iterations + warmup) * chosen.len()) as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?
+            .progress_chars("=> "),
+    );
     let mut rows = Vec::new();
     for s in &chosen {
         bar.set_prefix(s.label);
@@ -123,7 +135,9 @@ pub async fn run(iterations: usize, warmup: usize, only: Option<&str>, runtime: 
             let request = TaskRequest::new("e2e", s.template, context(s.template, &csv));
             let start = Instant::now();
             let created = engine.submit(request).await?;
-            let task = engine.wait_task(created.task_id, Duration::from_secs(30)).await?;
+            let task = engine
+                .wait_task(created.task_id, Duration::from_secs(30))
+                .await?;
             let elapsed = start.elapsed();
             if task.state != TaskState::Complete {
                 bail!("{}: task ended {} ({:?})", s.label, task.state, task.error);
@@ -153,7 +167,10 @@ pub async fn run(iterations: usize, warmup: usize, only: Option<&str>, runtime: 
         "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
         "Scenario", "Steps", "P50", "P95", "P99", "Per stage", "Seed P50", "Speed-up"
     );
-    println!("|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|", "", ":", ":", ":", ":", ":", ":", ":");
+    println!(
+        "|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|",
+        "", ":", ":", ":", ":", ":", ":", ":"
+    );
     for (s, samples) in rows {
         let p50 = percentile(&samples, 0.50);
         let per_stage = p50 / s.stages as u32;

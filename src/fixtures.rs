@@ -4,15 +4,30 @@
 use stepgraph_core::{TaskTemplate, TemplateErrors, TemplateRegistry};
 
 const TEMPLATES: &[(&str, &str)] = &[
-    ("linear.yaml", include_str!("../tests/fixtures/templates/linear.yaml")),
-    ("diamond.yaml", include_str!("../tests/fixtures/templates/diamond.yaml")),
-    ("complex_dag.yaml", include_str!("../tests/fixtures/templates/complex_dag.yaml")),
-    ("tree.yaml", include_str!("../tests/fixtures/templates/tree.yaml")),
+    (
+        "linear.yaml",
+        include_str!("../tests/fixtures/templates/linear.yaml"),
+    ),
+    (
+        "diamond.yaml",
+        include_str!("../tests/fixtures/templates/diamond.yaml"),
+    ),
+    (
+        "complex_dag.yaml",
+        include_str!("../tests/fixtures/templates/complex_dag.yaml"),
+    ),
+    (
+        "tree.yaml",
+        include_str!("../tests/fixtures/templates/tree.yaml"),
+    ),
     (
         "conditional_approval.yaml",
         include_str!("../tests/fixtures/templates/conditional_approval.yaml"),
     ),
-    ("csv_batch.yaml", include_str!("../tests/fixtures/templates/csv_batch.yaml")),
+    (
+        "csv_batch.yaml",
+        include_str!("../tests/fixtures/templates/csv_batch.yaml"),
+    ),
 ];
 
 pub const PRODUCTS_CSV: &[u8] = include_bytes!("../tests/fixtures/products.csv");

@@ -13,7 +13,11 @@ use stepgraph_core::{TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 #[derive(Parser)]
-#[command(name = "stepgraph", version, about = "Workflow orchestration with polyglot step handlers")]
+#[command(
+    name = "stepgraph",
+    version,
+    about = "Workflow orchestration with polyglot step handlers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,12 @@ fn validate(files: &[PathBuf]) -> Result<bool> {
     let mut ok = true;
     for f in files {
         match TaskTemplate::from_file(f) {
-            Ok(t) => println!("ok    {} ({}, {} steps)", f.display(), t.key(), t.steps.len()),
+            Ok(t) => println!(
+                "ok    {} ({}, {} steps)",
+                f.display(),
+                t.key(),
+                t.steps.len()
+            ),
             Err(errors) => {
                 ok = false;
                 for e in errors.0 {
@@ -139,13 +148,20 @@ async fn run(path: PathBuf, context: &str, timeout: Duration) -> Result<bool> {
     let template = TaskTemplate::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (namespace, name) = (template.namespace.clone(), template.name.clone());
     let mut templates = TemplateRegistry::new();
-    templates.register(template).map_err(|e| anyhow::anyhow!("{e}"))?;
+    templates
+        .register(template)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Engine::embedded(templates, examples::registry(), EngineConfig::default());
-    let created = engine.submit(TaskRequest::new(&namespace, &name, context)).await?;
+    let created = engine
+        .submit(TaskRequest::new(&namespace, &name, context))
+        .await?;
     let report = engine.wait(created.task_id, timeout).await?;
     engine.shutdown().await;
 
-    println!("task {} {namespace}/{name}: {}", report.task.id, report.task.state);
+    println!(
+        "task {} {namespace}/{name}: {}",
+        report.task.id, report.task.state
+    );
     match report.task.state {
         TaskState::Complete => println!(
             "result: {}",
@@ -158,8 +174,15 @@ async fn run(path: PathBuf, context: &str, timeout: Duration) -> Result<bool> {
         }
     }
     println!();
-    println!("{:<28} {:<27} {:>8} {:>12} {:>12}", "step", "state", "attempts", "started", "duration");
-    let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+    println!(
+        "{:<28} {:<27} {:>8} {:>12} {:>12}",
+        "step", "state", "attempts", "started", "duration"
+    );
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.3} ms", d.as_secs_f64() * 1e3)
+        })
+    };
     for row in report.timeline() {
         println!(
             "{:<28} {:<27} {:>8} {:>12} {:>12}",

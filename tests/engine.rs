@@ -6,14 +6,15 @@ mod common;
 use common::*;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
     ErrorKind, OrchestratorError, StepOutcome, StepState, TaskRequest, TaskState,
 };
-use stepgraph_worker::{examples, EngineError, HandlerError, HandlerRegistry, StepOutput};
+use stepgraph_worker::{
+    examples, EngineError, HandlerError, HandlerRegistry, StepHandler, StepOutput,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn math_shapes_give_exact_results() {
@@ -25,8 +26,16 @@ async fn math_shapes_give_exact_results() {
         ("tree", json!(SIX_64), 8),
     ];
     for (name, expected, steps) in cases {
-        let report = engine.run("e2e", name, json!({"even_number": 6})).await.unwrap();
-        assert_eq!(report.state(), TaskState::Complete, "{name}: {:?}", report.task.error);
+        let report = engine
+            .run("e2e", name, json!({"even_number": 6}))
+            .await
+            .unwrap();
+        assert_eq!(
+            report.state(),
+            TaskState::Complete,
+            "{name}: {:?}",
+            report.task.error
+        );
         assert_eq!(result(&report), &expected, "{name}");
         assert_eq!(report.steps.len(), steps, "{name}");
         for s in &report.steps {
@@ -37,10 +46,22 @@ async fn math_shapes_give_exact_results() {
         // Pending, Enqueued, InProgress, EnqueuedForOrchestration, Complete.
         assert_eq!(report.transitions.steps.len(), steps * 5, "{name}");
     }
-    let linear = engine.run("e2e", "linear", json!({"even_number": 6})).await.unwrap();
-    assert_eq!(linear.step("step_1").unwrap().result_value(), Some(json!(36)));
-    assert_eq!(linear.step("step_2").unwrap().result_value(), Some(json!(1296)));
-    assert_eq!(linear.step("step_3").unwrap().result_value(), Some(json!(1679616)));
+    let linear = engine
+        .run("e2e", "linear", json!({"even_number": 6}))
+        .await
+        .unwrap();
+    assert_eq!(
+        linear.step("step_1").unwrap().result_value(),
+        Some(json!(36))
+    );
+    assert_eq!(
+        linear.step("step_2").unwrap().result_value(),
+        Some(json!(1296))
+    );
+    assert_eq!(
+        linear.step("step_3").unwrap().result_value(),
+        Some(json!(1679616))
+    );
     let states: Vec<TaskState> = linear.transitions.task.iter().map(|t| t.to).collect();
     assert_eq!(states.first(), Some(&TaskState::Pending));
     assert_eq!(states.last(), Some(&TaskState::Complete));
@@ -57,16 +78,27 @@ async fn conditional_approval_creates_exactly_the_chosen_branches() {
     ];
     for (amount, branches) in cases {
         let report = engine
-            .run("e2e", "conditional_approval", json!({"amount": amount, "requester": "test"}))
+            .run(
+                "e2e",
+                "conditional_approval",
+                json!({"amount": amount, "requester": "test"}),
+            )
             .await
             .unwrap();
         assert_eq!(report.state(), TaskState::Complete, "{amount}");
-        let mut expected: Vec<&str> = vec!["finalize_approval", "routing_decision", "validate_request"];
+        let mut expected: Vec<&str> =
+            vec!["finalize_approval", "routing_decision", "validate_request"];
         expected.extend(branches);
         expected.sort();
         assert_eq!(report.step_names(), expected, "amount {amount}");
-        assert_eq!(result(&report), &json!({"approved": true, "approvals": branches}), "{amount}");
-        let Some(StepOutcome::Decision { branches: mut chosen }) = report.step("routing_decision").unwrap().outcome.clone()
+        assert_eq!(
+            result(&report),
+            &json!({"approved": true, "approvals": branches}),
+            "{amount}"
+        );
+        let Some(StepOutcome::Decision {
+            branches: mut chosen,
+        }) = report.step("routing_decision").unwrap().outcome.clone()
         else {
             panic!("routing_decision did not decide")
         };
@@ -78,7 +110,15 @@ async fn conditional_approval_creates_exactly_the_chosen_branches() {
             .edges
             .iter()
             .filter(|e| e.to == finalize.id)
-            .map(|e| report.steps.iter().find(|s| s.id == e.from).unwrap().name.as_str())
+            .map(|e| {
+                report
+                    .steps
+                    .iter()
+                    .find(|s| s.id == e.from)
+                    .unwrap()
+                    .name
+                    .as_str()
+            })
             .collect();
         assert_eq!(parents.len(), branches.len());
         for b in branches {
@@ -96,7 +136,12 @@ async fn csv_batch_creates_five_workers_and_exact_aggregates() {
         .run("e2e", "csv_batch", json!({"csv_file_path": products_csv()}))
         .await
         .unwrap();
-    assert_eq!(report.state(), TaskState::Complete, "{:?}", report.task.error);
+    assert_eq!(
+        report.state(),
+        TaskState::Complete,
+        "{:?}",
+        report.task.error
+    );
     assert_eq!(
         report.step_names(),
         vec![
@@ -118,10 +163,19 @@ async fn csv_batch_creates_five_workers_and_exact_aggregates() {
     assert_eq!(r["rating_sum_tenths"], json!(29806));
     assert_eq!(
         r["per_batch_inventory_value_cents"],
-        json!([2689657180u64, 2659996406u64, 2490667723u64, 2438397631u64, 2466857107u64])
+        json!([
+            2689657180u64,
+            2659996406u64,
+            2490667723u64,
+            2438397631u64,
+            2466857107u64
+        ])
     );
     let third = report.step("process_csv_batch_003").unwrap();
-    assert_eq!(third.cursor, Some(json!({"batch_no": 3, "start": 400, "end": 600})));
+    assert_eq!(
+        third.cursor,
+        Some(json!({"batch_no": 3, "start": 400, "end": 600}))
+    );
     assert_eq!(third.template_step, "process_csv_batch");
     engine.shutdown().await;
 }
@@ -140,7 +194,9 @@ steps:
 "#;
 
 fn echo(reg: &mut HandlerRegistry) {
-    reg.register_fn("echo", |ctx| async move { Ok(StepOutput::Success(json!({"step": ctx.step_name}))) });
+    reg.register_fn("echo", |ctx| async move {
+        Ok(StepOutput::Success(json!({"step": ctx.step_name})))
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +205,10 @@ async fn retryable_failures_retry_with_backoff_then_succeed() {
     echo(&mut handlers);
     handlers.register_fn("flaky", |ctx| async move {
         if ctx.attempt < 3 {
-            Err(HandlerError::retryable(format!("try {} failed", ctx.attempt)))
+            Err(HandlerError::retryable(format!(
+                "try {} failed",
+                ctx.attempt
+            )))
         } else {
             Ok(StepOutput::Success(json!({"attempt": ctx.attempt})))
         }
@@ -187,11 +246,28 @@ async fn retryable_failures_retry_with_backoff_then_succeed() {
     assert_eq!(trail, expected);
 
     // Linear backoff: 60 ms after attempt 1, 120 ms after attempt 2.
-    let steps: Vec<_> = report.transitions.steps.iter().filter(|t| t.step_name == "flaky").collect();
-    let waits: Vec<_> = steps.windows(2).filter(|w| w[0].to == WaitingForRetry).map(|w| w[1].at - w[0].at).collect();
+    let steps: Vec<_> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.step_name == "flaky")
+        .collect();
+    let waits: Vec<_> = steps
+        .windows(2)
+        .filter(|w| w[0].to == WaitingForRetry)
+        .map(|w| w[1].at - w[0].at)
+        .collect();
     assert_eq!(waits.len(), 2);
-    assert!(waits[0] >= chrono::Duration::milliseconds(60), "{:?}", waits);
-    assert!(waits[1] >= chrono::Duration::milliseconds(120), "{:?}", waits);
+    assert!(
+        waits[0] >= chrono::Duration::milliseconds(60),
+        "{:?}",
+        waits
+    );
+    assert!(
+        waits[1] >= chrono::Duration::milliseconds(120),
+        "{:?}",
+        waits
+    );
     let task_states: Vec<TaskState> = report.transitions.task.iter().map(|t| t.to).collect();
     assert!(task_states.contains(&TaskState::WaitingForRetry));
     engine.shutdown().await;
@@ -201,7 +277,9 @@ async fn retryable_failures_retry_with_backoff_then_succeed() {
 async fn permanent_error_fails_the_task_after_one_attempt() {
     let mut handlers = HandlerRegistry::new();
     echo(&mut handlers);
-    handlers.register_fn("flaky", |_| async move { Err(HandlerError::permanent("card declined")) });
+    handlers.register_fn("flaky", |_| async move {
+        Err(HandlerError::permanent("card declined"))
+    });
     let engine = engine_with(templates_from(RETRY_YAML), handlers);
     let report = engine.run("t", "retry", json!({})).await.unwrap();
     assert_eq!(report.state(), TaskState::Error);
@@ -210,7 +288,10 @@ async fn permanent_error_fails_the_task_after_one_attempt() {
     assert_eq!(flaky.state, StepState::Error);
     assert_eq!(flaky.error().unwrap().kind, ErrorKind::Permanent);
     assert_eq!(report.task.error.as_ref().unwrap()["step"], json!("flaky"));
-    assert_eq!(report.task.error.as_ref().unwrap()["error"]["message"], json!("card declined"));
+    assert_eq!(
+        report.task.error.as_ref().unwrap()["error"]["message"],
+        json!("card declined")
+    );
     // The dependent step never started.
     assert_eq!(report.step("after").unwrap().state, StepState::Pending);
     assert_eq!(report.step("after").unwrap().attempts, 0);
@@ -226,9 +307,17 @@ async fn exhausted_attempts_fail_the_task_with_the_last_error() {
     let c = calls.clone();
     handlers.register_fn("flaky", move |ctx| {
         c.fetch_add(1, Ordering::SeqCst);
-        async move { Err(HandlerError::retryable(format!("down on attempt {}", ctx.attempt))) }
+        async move {
+            Err(HandlerError::retryable(format!(
+                "down on attempt {}",
+                ctx.attempt
+            )))
+        }
     });
-    let yaml = RETRY_YAML.replace("backoff: linear, backoff_base_ms: 60", "backoff: none, backoff_base_ms: 0");
+    let yaml = RETRY_YAML.replace(
+        "backoff: linear, backoff_base_ms: 60",
+        "backoff: none, backoff_base_ms: 0",
+    );
     let engine = engine_with(templates_from(&yaml), handlers);
     let report = engine.run("t", "retry", json!({})).await.unwrap();
     assert_eq!(report.state(), TaskState::Error);
@@ -236,7 +325,12 @@ async fn exhausted_attempts_fail_the_task_with_the_last_error() {
     let flaky = report.step("flaky").unwrap();
     assert_eq!(flaky.attempts, 3);
     assert_eq!(flaky.error().unwrap().message, "down on attempt 3");
-    let last = report.transitions.steps.iter().rfind(|t| t.step_name == "flaky").unwrap();
+    let last = report
+        .transitions
+        .steps
+        .iter()
+        .rfind(|t| t.step_name == "flaky")
+        .unwrap();
     assert_eq!(last.to, StepState::Error);
     assert_eq!(last.metadata["reason"], json!("attempts exhausted"));
     engine.shutdown().await;
@@ -279,7 +373,9 @@ steps:
     retry: { max_attempts: 2, backoff: none }
 "#;
     let mut templates = templates_from(yaml);
-    templates.register(stepgraph_core::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap()).unwrap();
+    templates
+        .register(stepgraph_core::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap())
+        .unwrap();
     let mut handlers = HandlerRegistry::new();
     handlers.register_fn("boom", |_| async move {
         let v: Vec<u8> = Vec::new();
@@ -296,7 +392,11 @@ steps:
     assert_eq!(report.state(), TaskState::Error);
     let err = report.step("boom").unwrap().error().unwrap().clone();
     assert_eq!(err.code.as_deref(), Some("panic"));
-    assert!(err.message.contains("index out of bounds"), "{}", err.message);
+    assert!(
+        err.message.contains("index out of bounds"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("`boom`"), "{}", err.message);
 
     let report = engine.run("t", "hang", json!({})).await.unwrap();
@@ -336,8 +436,14 @@ steps:
         engine_with(templates_from(yaml), handlers)
     };
     let cases = [
-        (StepOutput::Success(json!(1)), "a decision step must return a decision"),
-        (StepOutput::Decision(vec!["maybe".into()]), "unknown branch `maybe`; branches are: yes, no"),
+        (
+            StepOutput::Success(json!(1)),
+            "a decision step must return a decision",
+        ),
+        (
+            StepOutput::Decision(vec!["maybe".into()]),
+            "unknown branch `maybe`; branches are: yes, no",
+        ),
         (
             StepOutput::Batch(stepgraph_core::BatchOutcome::even(10, 5)),
             "a decision step must return a decision",
@@ -355,12 +461,17 @@ steps:
     }
     // A plain step returning a decision is refused too.
     let mut handlers = HandlerRegistry::new();
-    handlers.register_fn("flaky", |_| async move { Ok(StepOutput::Decision(vec!["x".into()])) });
+    handlers.register_fn("flaky", |_| async move {
+        Ok(StepOutput::Decision(vec!["x".into()]))
+    });
     echo(&mut handlers);
     let engine = engine_with(templates_from(RETRY_YAML), handlers);
     let report = engine.run("t", "retry", json!({})).await.unwrap();
     let err = report.step("flaky").unwrap().error().unwrap().clone();
-    assert_eq!(err.message, "step `flaky`: returned a decision but is not a decision step");
+    assert_eq!(
+        err.message,
+        "step `flaky`: returned a decision but is not a decision step"
+    );
     engine.shutdown().await;
 }
 
@@ -368,7 +479,11 @@ steps:
 async fn context_failing_the_input_schema_is_refused_at_creation() {
     let engine = fixture_engine();
     let err = engine
-        .submit(TaskRequest::new("e2e", "linear", json!({"even_number": "six"})))
+        .submit(TaskRequest::new(
+            "e2e",
+            "linear",
+            json!({"even_number": "six"}),
+        ))
         .await
         .unwrap_err();
     match err {
@@ -380,11 +495,18 @@ async fn context_failing_the_input_schema_is_refused_at_creation() {
         other => panic!("unexpected {other:?}"),
     }
     let err = engine
-        .submit(TaskRequest::new("e2e", "conditional_approval", json!({"amount": 5})))
+        .submit(TaskRequest::new(
+            "e2e",
+            "conditional_approval",
+            json!({"amount": 5}),
+        ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("requester"), "{err}");
-    let err = engine.submit(TaskRequest::new("e2e", "nope", json!({}))).await.unwrap_err();
+    let err = engine
+        .submit(TaskRequest::new("e2e", "nope", json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "no template e2e/nope");
     engine.shutdown().await;
 }
@@ -420,11 +542,17 @@ async fn cancelled_task_never_starts_its_pending_steps() {
         async move { Ok(StepOutput::Success(json!(2))) }
     });
     let engine = engine_with(templates_from(RETRY_YAML), handlers);
-    let created = engine.submit(TaskRequest::new("t", "retry", json!({}))).await.unwrap();
+    let created = engine
+        .submit(TaskRequest::new("t", "retry", json!({})))
+        .await
+        .unwrap();
     while ran.lock().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(engine.cancel(created.task_id).await.unwrap(), TaskState::Cancelled);
+    assert_eq!(
+        engine.cancel(created.task_id).await.unwrap(),
+        TaskState::Cancelled
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = engine.report(created.task_id).await.unwrap();
     assert_eq!(report.state(), TaskState::Cancelled);
@@ -436,62 +564,82 @@ async fn cancelled_task_never_starts_its_pending_steps() {
     engine.shutdown().await;
 }
 
-/// Handlers that record when each step ran, on one global sequence.
-fn recording(handlers: &mut HandlerRegistry, names: &[&str], sleep: Duration) -> Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>> {
-    let log: Arc<Mutex<HashMap<String, Vec<(u64, u64)>>>> = Default::default();
-    let seq = Arc::new(AtomicU64::new(0));
-    for name in names {
-        let (log, seq) = (log.clone(), seq.clone());
-        let square = Arc::new(examples::math::Square);
-        let multiply = Arc::new(examples::math::MultiplyAndSquare);
-        let name_owned = name.to_string();
+/// The math handlers, recording when each step of each task ran.
+fn recording(handlers: &mut HandlerRegistry, sleep: Duration) -> Recorder {
+    let recorder = Recorder::default();
+    let inner: [(&str, Arc<dyn StepHandler>); 2] = [
+        ("math.square", Arc::new(examples::math::Square)),
+        (
+            "math.multiply_and_square",
+            Arc::new(examples::math::MultiplyAndSquare),
+        ),
+    ];
+    for (name, handler) in inner {
+        let r = recorder.clone();
         handlers.register_fn(name, move |ctx| {
-            let (log, seq, square, multiply, name) = (log.clone(), seq.clone(), square.clone(), multiply.clone(), name_owned.clone());
+            let (r, handler) = (r.clone(), handler.clone());
             async move {
-                let start = seq.fetch_add(1, Ordering::SeqCst);
-                if !sleep.is_zero() {
-                    tokio::time::sleep(sleep).await;
-                }
-                use stepgraph_worker::StepHandler;
-                let out = if name == "math.square" { square.call(&ctx).await } else { multiply.call(&ctx).await };
-                let end = seq.fetch_add(1, Ordering::SeqCst);
-                log.lock().entry(format!("{}/{}", ctx.task_id, ctx.step_name)).or_default().push((start, end));
+                let start = r.start();
+                tokio::time::sleep(sleep).await;
+                let out = handler.call(&ctx).await;
+                r.finish(format!("{}/{}", ctx.task_id, ctx.step_name), start);
                 out
             }
         });
     }
-    log
+    recorder
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_branches_overlap_and_convergence_waits_for_all_parents() {
     let mut handlers = HandlerRegistry::new();
-    let log = recording(&mut handlers, &["math.square", "math.multiply_and_square"], Duration::from_millis(50));
+    recording(&mut handlers, Duration::from_millis(50));
     let engine = engine_with(fixture_templates(), handlers);
-    let report = engine.run("e2e", "diamond", json!({"even_number": 6})).await.unwrap();
+    let report = engine
+        .run("e2e", "diamond", json!({"even_number": 6}))
+        .await
+        .unwrap();
     assert_eq!(result(&report), &json!(SIX_16));
     let timeline = report.timeline();
     let row = |n: &str| timeline.iter().find(|r| r.step == n).unwrap().clone();
-    let (b, c, end) = (row("diamond_branch_b"), row("diamond_branch_c"), row("diamond_end"));
-    assert!(b.started < c.finished && c.started < b.finished, "branches did not overlap: {b:?} {c:?}");
+    let (b, c, end) = (
+        row("diamond_branch_b"),
+        row("diamond_branch_c"),
+        row("diamond_end"),
+    );
+    assert!(
+        b.started < c.finished && c.started < b.finished,
+        "branches did not overlap: {b:?} {c:?}"
+    );
     assert!(end.started > b.finished && end.started > c.finished);
-    let tree = engine.run("e2e", "tree", json!({"even_number": 6})).await.unwrap();
+    let tree = engine
+        .run("e2e", "tree", json!({"even_number": 6}))
+        .await
+        .unwrap();
     let tl = tree.timeline();
-    let leaves: Vec<_> = tl.iter().filter(|r| r.step.starts_with("tree_leaf")).collect();
+    let leaves: Vec<_> = tl
+        .iter()
+        .filter(|r| r.step.starts_with("tree_leaf"))
+        .collect();
     let latest_start = leaves.iter().map(|r| r.started.unwrap()).max().unwrap();
     let earliest_end = leaves.iter().map(|r| r.finished.unwrap()).min().unwrap();
-    assert!(latest_start < earliest_end, "the four leaves did not all run at once");
+    assert!(
+        latest_start < earliest_end,
+        "the four leaves did not all run at once"
+    );
     engine.shutdown().await;
-    drop(log);
 
     // Many runs without sleeping: a step never starts before its parents end.
     let mut handlers = HandlerRegistry::new();
-    let log = recording(&mut handlers, &["math.square", "math.multiply_and_square"], Duration::ZERO);
+    let recorder = recording(&mut handlers, Duration::ZERO);
     let engine = engine_with(fixture_templates(), handlers);
     let mut ids = Vec::new();
     for _ in 0..100 {
         for name in ["diamond", "tree", "complex_dag"] {
-            let created = engine.submit(TaskRequest::new("e2e", name, json!({"even_number": 6}))).await.unwrap();
+            let created = engine
+                .submit(TaskRequest::new("e2e", name, json!({"even_number": 6})))
+                .await
+                .unwrap();
             ids.push(created.task_id);
         }
     }
@@ -499,7 +647,7 @@ async fn parallel_branches_overlap_and_convergence_waits_for_all_parents() {
     for id in ids {
         reports.push(engine.wait(id, Duration::from_secs(30)).await.unwrap());
     }
-    let log = log.lock().clone();
+    let log = recorder.runs();
     for report in reports {
         let id = report.task.id;
         assert_eq!(report.state(), TaskState::Complete);
@@ -509,7 +657,12 @@ async fn parallel_branches_overlap_and_convergence_waits_for_all_parents() {
             let child = report.steps.iter().find(|s| s.id == e.to).unwrap();
             let (p, c) = (runs(&parent.name), runs(&child.name));
             assert_eq!((p.len(), c.len()), (1, 1));
-            assert!(p[0].1 < c[0].0, "{} started before {} ended", child.name, parent.name);
+            assert!(
+                p[0].1 < c[0].0,
+                "{} started before {} ended",
+                child.name,
+                parent.name
+            );
         }
     }
     engine.shutdown().await;
@@ -520,7 +673,9 @@ async fn template_versions_coexist() {
     let v1 = "namespace: t\nname: v\nversion: 1.2.0\nsteps:\n  - name: a\n    handler: { callable: echo }\n";
     let v2 = "namespace: t\nname: v\nversion: 1.10.0\nsteps:\n  - name: a\n    handler: { callable: echo }\n  - name: b\n    dependencies: [a]\n    handler: { callable: echo }\n";
     let mut templates = templates_from(v1);
-    templates.register(stepgraph_core::TaskTemplate::from_yaml(v2, "v2").unwrap()).unwrap();
+    templates
+        .register(stepgraph_core::TaskTemplate::from_yaml(v2, "v2").unwrap())
+        .unwrap();
     let mut handlers = HandlerRegistry::new();
     echo(&mut handlers);
     let engine = engine_with(templates, handlers);
@@ -530,7 +685,10 @@ async fn template_versions_coexist() {
     let mut req = TaskRequest::new("t", "v", json!({}));
     req.version = Some("1.2.0".into());
     let created = engine.submit(req).await.unwrap();
-    let old = engine.wait(created.task_id, Duration::from_secs(10)).await.unwrap();
+    let old = engine
+        .wait(created.task_id, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(old.steps.len(), 1);
     assert_eq!(result(&old), &json!({"step": "a"}));
     engine.shutdown().await;
@@ -538,8 +696,12 @@ async fn template_versions_coexist() {
 
 #[test]
 fn handlers_returning_values_are_exact_for_big_integers() {
-    let v: Value = examples::math::int_to_json(&"340282366920938463463374607431768211456".parse().unwrap());
+    let v: Value =
+        examples::math::int_to_json(&"340282366920938463463374607431768211456".parse().unwrap());
     assert_eq!(v, json!("340282366920938463463374607431768211456"));
-    assert_eq!(examples::math::parse_int(&v).unwrap().to_string(), "340282366920938463463374607431768211456");
+    assert_eq!(
+        examples::math::parse_int(&v).unwrap().to_string(),
+        "340282366920938463463374607431768211456"
+    );
     assert_eq!(examples::math::int_to_json(&36.into()), json!(36));
 }

@@ -21,7 +21,13 @@ enum Status {
     Unsettled,
 }
 
-fn instantiate(task: &Task, st: &StepTemplate, name: String, cursor: Option<Value>, now: DateTime<Utc>) -> Step {
+fn instantiate(
+    task: &Task,
+    st: &StepTemplate,
+    name: String,
+    cursor: Option<Value>,
+    now: DateTime<Utc>,
+) -> Step {
     Step {
         id: new_id(),
         task_id: task.id,
@@ -48,7 +54,10 @@ pub fn expand(txn: &mut TaskTxn, template: &TaskTemplate) -> usize {
     let mut created = 0;
     let mut by_template: HashMap<String, Vec<StepId>> = HashMap::new();
     for s in &txn.graph().steps {
-        by_template.entry(s.template_step.clone()).or_default().push(s.id);
+        by_template
+            .entry(s.template_step.clone())
+            .or_default()
+            .push(s.id);
     }
     let mut status: HashMap<&str, Status> = HashMap::new();
     for st in template.steps_in_order() {
@@ -103,11 +112,17 @@ pub fn expand(txn: &mut TaskTxn, template: &TaskTemplate) -> usize {
         let mut parents: Vec<StepId> = Vec::new();
         let (mut unsettled, mut excluded) = (false, false);
         for d in &st.dependencies {
-            let dep_is_decision = template.step(d).is_some_and(|t| t.step_type == StepType::Decision);
+            let dep_is_decision = template
+                .step(d)
+                .is_some_and(|t| t.step_type == StepType::Decision);
             match status.get(d.as_str()) {
-                Some(Status::Created(ids)) if dep_is_decision && st.step_type != StepType::DeferredConvergence => {
+                Some(Status::Created(ids))
+                    if dep_is_decision && st.step_type != StepType::DeferredConvergence =>
+                {
                     match done(txn, ids[0]) {
-                        Some(Some(StepOutcome::Decision { branches })) if branches.contains(&st.name) => {
+                        Some(Some(StepOutcome::Decision { branches }))
+                            if branches.contains(&st.name) =>
+                        {
                             parents.push(ids[0])
                         }
                         Some(_) => excluded = true,
@@ -161,7 +176,12 @@ pub struct Readiness {
 }
 
 pub fn readiness(graph: &TaskGraph, now: DateTime<Utc>) -> Readiness {
-    let index: HashMap<StepId, usize> = graph.steps.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let index: HashMap<StepId, usize> = graph
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id, i))
+        .collect();
     let mut blocked = vec![false; graph.steps.len()];
     for e in &graph.edges {
         if let (Some(&p), Some(&c)) = (index.get(&e.from), index.get(&e.to)) {
@@ -197,7 +217,8 @@ pub fn readiness(graph: &TaskGraph, now: DateTime<Utc>) -> Readiness {
 /// Turns output that does not fit the step into a permanent failure naming it.
 fn check_outcome(template: &TaskTemplate, step: &Step, outcome: StepOutcome) -> StepOutcome {
     let invalid = |msg: String| StepOutcome::Failure {
-        error: StepError::permanent(format!("step `{}`: {msg}", step.name)).with_code("invalid_output"),
+        error: StepError::permanent(format!("step `{}`: {msg}", step.name))
+            .with_code("invalid_output"),
     };
     match (&outcome, step.step_type) {
         (StepOutcome::Failure { .. }, _) => outcome,
@@ -211,7 +232,9 @@ fn check_outcome(template: &TaskTemplate, step: &Step, outcome: StepOutcome) -> 
                 None => outcome,
             }
         }
-        (_, StepType::Decision) => invalid("a decision step must return a decision (branch names)".into()),
+        (_, StepType::Decision) => {
+            invalid("a decision step must return a decision (branch names)".into())
+        }
         (StepOutcome::Batch { batch }, StepType::Batchable) => {
             if batch.worker_count as usize != batch.cursors.len() {
                 invalid(format!(
@@ -224,8 +247,12 @@ fn check_outcome(template: &TaskTemplate, step: &Step, outcome: StepOutcome) -> 
             }
         }
         (_, StepType::Batchable) => invalid("a batchable step must return a batch outcome".into()),
-        (StepOutcome::Decision { .. }, _) => invalid("returned a decision but is not a decision step".into()),
-        (StepOutcome::Batch { .. }, _) => invalid("returned a batch outcome but is not a batchable step".into()),
+        (StepOutcome::Decision { .. }, _) => {
+            invalid("returned a decision but is not a decision step".into())
+        }
+        (StepOutcome::Batch { .. }, _) => {
+            invalid("returned a batch outcome but is not a batchable step".into())
+        }
         (StepOutcome::Success { .. }, _) => outcome,
     }
 }
@@ -238,15 +265,23 @@ pub fn apply_result(
     idx: usize,
 ) -> Result<Option<DateTime<Utc>>, IllegalTransition> {
     let step = txn.step(idx).clone();
-    let outcome = step.outcome.clone().unwrap_or_else(|| StepOutcome::Failure {
-        error: StepError::retryable("no outcome was recorded"),
-    });
+    let outcome = step
+        .outcome
+        .clone()
+        .unwrap_or_else(|| StepOutcome::Failure {
+            error: StepError::retryable("no outcome was recorded"),
+        });
     let outcome = check_outcome(template, &step, outcome);
     let StepOutcome::Failure { error } = &outcome else {
-        txn.step_to(idx, StepState::Complete, json!({}), |s| s.outcome = Some(outcome))?;
+        txn.step_to(idx, StepState::Complete, json!({}), |s| {
+            s.outcome = Some(outcome)
+        })?;
         return Ok(None);
     };
-    let retry = template.step(&step.template_step).map(|t| t.retry.clone()).unwrap_or_default();
+    let retry = template
+        .step(&step.template_step)
+        .map(|t| t.retry.clone())
+        .unwrap_or_default();
     let retryable = error.kind == ErrorKind::Retryable && retry.retryable;
     if retryable && step.attempts < step.max_attempts {
         let delay = match error.retry_after_ms {
@@ -261,9 +296,15 @@ pub fn apply_result(
         })?;
         Ok(Some(until))
     } else {
-        let reason = if retryable { "attempts exhausted" } else { "permanent error" };
+        let reason = if retryable {
+            "attempts exhausted"
+        } else {
+            "permanent error"
+        };
         let meta = json!({ "error": error.message, "reason": reason });
-        txn.step_to(idx, StepState::Error, meta, |s| s.outcome = Some(outcome.clone()))?;
+        txn.step_to(idx, StepState::Error, meta, |s| {
+            s.outcome = Some(outcome.clone())
+        })?;
         Ok(None)
     }
 }

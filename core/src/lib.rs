@@ -14,9 +14,13 @@ pub mod template;
 pub mod txn;
 
 pub use model::*;
-pub use orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest};
+pub use orchestrator::{
+    Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest,
+};
 pub use queue::{MemoryQueue, Queue, QueueError};
 pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
 pub use state::{IllegalTransition, StepState, TaskState};
 pub use store::{MemoryStore, Store, StoreError};
-pub use template::{TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry};
+pub use template::{
+    TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry,
+};

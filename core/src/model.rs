@@ -222,7 +222,10 @@ impl TaskGraph {
     }
 
     pub fn parents_of(&self, id: StepId) -> impl Iterator<Item = StepId> + '_ {
-        self.edges.iter().filter(move |e| e.to == id).map(|e| e.from)
+        self.edges
+            .iter()
+            .filter(move |e| e.to == id)
+            .map(|e| e.from)
     }
 }
 
@@ -306,5 +309,8 @@ pub enum SubmitOutcome {
     /// Same attempt submitted before: nothing changed.
     Duplicate,
     /// The step is no longer in progress with this attempt.
-    Refused { state: StepState, attempts: u32 },
+    Refused {
+        state: StepState,
+        attempts: u32,
+    },
 }

@@ -133,15 +133,18 @@ impl Orchestrator {
                 name: req.name.clone(),
                 version: req.version.clone(),
             })?;
-        template
-            .validate_context(&req.context)
-            .map_err(|message| OrchestratorError::InvalidContext {
+        template.validate_context(&req.context).map_err(|message| {
+            OrchestratorError::InvalidContext {
                 template: template.key(),
                 message,
-            })?;
+            }
+        })?;
         if let Some(key) = &req.idempotency_key {
             if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
-                return Ok(TaskCreated { task_id, created: false });
+                return Ok(TaskCreated {
+                    task_id,
+                    created: false,
+                });
             }
         }
         let now = Utc::now();
@@ -175,7 +178,10 @@ impl Orchestrator {
             Err(e) => return Err(e.into()),
         }
         self.dispatch(&template.namespace, &messages).await?;
-        Ok(TaskCreated { task_id, created: true })
+        Ok(TaskCreated {
+            task_id,
+            created: true,
+        })
     }
 
     async fn dispatch(&self, namespace: &str, messages: &[StepMessage]) -> Result<(), QueueError> {
@@ -183,7 +189,10 @@ impl Orchestrator {
             return Ok(());
         }
         self.queue
-            .send(&worker_queue(namespace), encode_all(messages, Duration::ZERO)?)
+            .send(
+                &worker_queue(namespace),
+                encode_all(messages, Duration::ZERO)?,
+            )
             .await
     }
 
@@ -200,7 +209,8 @@ impl Orchestrator {
     /// Processes one orchestration message; safe to call again with the same one.
     pub async fn handle(&self, message: &OrchestrationMessage) -> Result<(), OrchestratorError> {
         let task_id = match message {
-            OrchestrationMessage::StepResult { task_id, .. } | OrchestrationMessage::Wake { task_id } => *task_id,
+            OrchestrationMessage::StepResult { task_id, .. }
+            | OrchestrationMessage::Wake { task_id } => *task_id,
         };
         for _ in 0..=self.config.conflict_retries {
             match self.try_handle(task_id, message).await {
@@ -214,12 +224,18 @@ impl Orchestrator {
         Err(OrchestratorError::Contention { task_id })
     }
 
-    async fn try_handle(&self, task_id: TaskId, message: &OrchestrationMessage) -> Result<(), OrchestratorError> {
+    async fn try_handle(
+        &self,
+        task_id: TaskId,
+        message: &OrchestrationMessage,
+    ) -> Result<(), OrchestratorError> {
         let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
         let trigger = match message {
-            OrchestrationMessage::StepResult { step_id, attempt, .. } => {
+            OrchestrationMessage::StepResult {
+                step_id, attempt, ..
+            } => {
                 let Some(idx) = txn.step_index(*step_id) else {
                     return Err(StoreError::StepNotFound(*step_id).into());
                 };
@@ -230,7 +246,12 @@ impl Orchestrator {
                     return Ok(());
                 }
                 if txn.task().state.is_terminal() {
-                    txn.step_to(idx, StepState::Cancelled, json!({ "reason": "task is terminal" }), |_| {})?;
+                    txn.step_to(
+                        idx,
+                        StepState::Cancelled,
+                        json!({ "reason": "task is terminal" }),
+                        |_| {},
+                    )?;
                     txn.commit(self.store.as_ref()).await?;
                     return Ok(());
                 }
@@ -254,7 +275,11 @@ impl Orchestrator {
     }
 
     /// Cancels a task: steps not yet started never run. Returns its new state.
-    pub async fn cancel(&self, task_id: TaskId, reason: &str) -> Result<TaskState, OrchestratorError> {
+    pub async fn cancel(
+        &self,
+        task_id: TaskId,
+        reason: &str,
+    ) -> Result<TaskState, OrchestratorError> {
         for _ in 0..=self.config.conflict_retries {
             let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
             evaluate::cancel(&mut txn, reason)?;
@@ -303,7 +328,9 @@ impl Orchestrator {
             }
         }
         // Let in-flight result processing finish.
-        let _ = slots.acquire_many(self.config.concurrency.max(1) as u32).await;
+        let _ = slots
+            .acquire_many(self.config.concurrency.max(1) as u32)
+            .await;
     }
 
     async fn process(&self, delivery: Delivery) {
@@ -311,24 +338,40 @@ impl Orchestrator {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "undecodable orchestration message dropped");
-                let _ = self.queue.ack(ORCHESTRATION_QUEUE, &[delivery.receipt]).await;
+                let _ = self
+                    .queue
+                    .ack(ORCHESTRATION_QUEUE, &[delivery.receipt])
+                    .await;
                 return;
             }
         };
         match self.handle(&message).await {
             Ok(()) => {}
-            Err(OrchestratorError::Store(StoreError::TaskNotFound(_) | StoreError::StepNotFound(_))) => {
+            Err(OrchestratorError::Store(
+                StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
+            )) => {
                 tracing::error!(?message, "message for an unknown task or step dropped");
             }
             Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
                 // Transient: the message comes back after its visibility timeout.
                 tracing::warn!(?message, "orchestration failed; will retry");
-                let _ = self.queue.release(ORCHESTRATION_QUEUE, delivery.receipt, Duration::from_millis(100)).await;
+                let _ = self
+                    .queue
+                    .release(
+                        ORCHESTRATION_QUEUE,
+                        delivery.receipt,
+                        Duration::from_millis(100),
+                    )
+                    .await;
                 return;
             }
             Err(e) => tracing::error!(?message, error = %e, "orchestration failed"),
         }
-        if let Err(e) = self.queue.ack(ORCHESTRATION_QUEUE, &[delivery.receipt]).await {
+        if let Err(e) = self
+            .queue
+            .ack(ORCHESTRATION_QUEUE, &[delivery.receipt])
+            .await
+        {
             tracing::warn!(error = %e, "ack failed; message will be redelivered");
         }
     }

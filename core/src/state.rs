@@ -155,7 +155,10 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Complete | TaskState::Error | TaskState::Cancelled | TaskState::ResolvedManually
+            TaskState::Complete
+                | TaskState::Error
+                | TaskState::Cancelled
+                | TaskState::ResolvedManually
         )
     }
 
@@ -171,7 +174,12 @@ impl TaskState {
             StepsInProcess => matches!(to, EvaluatingResults),
             EvaluatingResults => matches!(
                 to,
-                EnqueuingSteps | StepsInProcess | WaitingForRetry | BlockedByFailures | Complete | Error
+                EnqueuingSteps
+                    | StepsInProcess
+                    | WaitingForRetry
+                    | BlockedByFailures
+                    | Complete
+                    | Error
             ),
             WaitingForRetry => matches!(to, EvaluatingResults),
             BlockedByFailures => matches!(to, EvaluatingResults | Error | ResolvedManually),
@@ -224,7 +232,13 @@ mod tests {
     #[test]
     fn happy_paths_are_legal() {
         use StepState::*;
-        let path = [Pending, Enqueued, InProgress, EnqueuedForOrchestration, Complete];
+        let path = [
+            Pending,
+            Enqueued,
+            InProgress,
+            EnqueuedForOrchestration,
+            Complete,
+        ];
         for pair in path.windows(2) {
             assert!(pair[0].can_transition_to(pair[1]), "{:?}", pair);
         }
@@ -249,10 +263,15 @@ mod tests {
     #[test]
     fn illegal_transitions_are_errors() {
         let err = StepState::Pending.check(StepState::Complete).unwrap_err();
-        assert_eq!(err.to_string(), "illegal step transition pending -> complete");
+        assert_eq!(
+            err.to_string(),
+            "illegal step transition pending -> complete"
+        );
         assert!(StepState::Complete.check(StepState::Pending).is_err());
         assert!(TaskState::Complete.check(TaskState::Cancelled).is_err());
-        assert!(TaskState::StepsInProcess.check(TaskState::Complete).is_err());
+        assert!(TaskState::StepsInProcess
+            .check(TaskState::Complete)
+            .is_err());
     }
 
     #[test]

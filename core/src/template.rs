@@ -308,14 +308,23 @@ impl TaskTemplate {
                     .into_iter()
                     .map(|(step, kind)| TemplateError {
                         origin: origin.to_string(),
-                        line: step.as_deref().and_then(|s| text.and_then(|t| step_line(t, s))),
+                        line: step.as_deref().and_then(|s| {
+                            text.and_then(|t| {
+                                step_line(t, s, kind == TemplateErrorKind::DuplicateStep)
+                            })
+                        }),
                         step,
                         kind,
                     })
                     .collect(),
             ));
         }
-        self.index = self.steps.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        self.index = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         self.topo = topological_order(&self.steps, &self.index);
         Ok(self)
     }
@@ -330,7 +339,8 @@ impl TaskTemplate {
         self.steps
             .iter()
             .filter(|s| {
-                s.step_type != StepType::DeferredConvergence && s.dependencies.iter().any(|d| d == decision)
+                s.step_type != StepType::DeferredConvergence
+                    && s.dependencies.iter().any(|d| d == decision)
             })
             .map(|s| s.name.as_str())
             .collect()
@@ -372,7 +382,9 @@ impl TaskTemplate {
     pub fn batch_parent_of(&self, worker: &str) -> Option<&StepTemplate> {
         self.steps.iter().find(|s| {
             s.step_type == StepType::Batchable
-                && s.batch.as_ref().is_some_and(|b| b.worker_template == worker)
+                && s.batch
+                    .as_ref()
+                    .is_some_and(|b| b.worker_template == worker)
         })
     }
 }
@@ -386,7 +398,8 @@ fn topological_order(steps: &[StepTemplate], index: &HashMap<String, usize>) -> 
             dependents[index[d]].push(i);
         }
     }
-    let mut ready: std::collections::VecDeque<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(steps.len());
     while let Some(i) = ready.pop_front() {
         order.push(i);
@@ -407,15 +420,17 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Line (1-based) of the `name: <step>` entry of a step, for error messages.
-fn step_line(text: &str, step: &str) -> Option<usize> {
-    text.lines().position(|line| {
+/// Line (1-based) of the `name: <step>` entry of a step (its last one for a
+/// duplicate), for error messages.
+fn step_line(text: &str, step: &str, last: bool) -> Option<usize> {
+    let mut lines = text.lines().enumerate().filter(|(_, line)| {
         let l = line.trim_start().trim_start_matches('-').trim_start();
         l.strip_prefix("name:")
             .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\''))
             .is_some_and(|v| v == step)
-    })
-    .map(|i| i + 1)
+    });
+    let found = if last { lines.last() } else { lines.next() };
+    found.map(|(i, _)| i + 1)
 }
 
 type Problem = (Option<String>, TemplateErrorKind);
@@ -423,7 +438,11 @@ type Problem = (Option<String>, TemplateErrorKind);
 fn validate(t: &TaskTemplate) -> Vec<Problem> {
     use TemplateErrorKind as K;
     let mut out: Vec<Problem> = Vec::new();
-    for (field, value) in [("namespace", &t.namespace), ("name", &t.name), ("version", &t.version)] {
+    for (field, value) in [
+        ("namespace", &t.namespace),
+        ("name", &t.name),
+        ("version", &t.version),
+    ] {
         if value.trim().is_empty() {
             out.push((None, K::EmptyField(field)));
         }
@@ -490,13 +509,13 @@ fn validate(t: &TaskTemplate) -> Vec<Problem> {
                 }
                 match by_name.get(b.worker_template.as_str()) {
                     None => out.push((at(), K::UnknownWorkerTemplate(b.worker_template.clone()))),
-                    Some(w) if w.step_type != StepType::BatchWorker => {
-                        out.push((at(), K::WorkerTemplateNotBatchWorker(b.worker_template.clone())))
-                    }
-                    Some(w) if !w.dependencies.contains(&s.name) => out.push((
-                        Some(w.name.clone()),
-                        K::BatchWorkerParent(s.name.clone()),
+                    Some(w) if w.step_type != StepType::BatchWorker => out.push((
+                        at(),
+                        K::WorkerTemplateNotBatchWorker(b.worker_template.clone()),
                     )),
+                    Some(w) if !w.dependencies.contains(&s.name) => {
+                        out.push((Some(w.name.clone()), K::BatchWorkerParent(s.name.clone())))
+                    }
                     Some(_) => {}
                 }
             }
@@ -508,12 +527,17 @@ fn validate(t: &TaskTemplate) -> Vec<Problem> {
         }
         if s.step_type != StepType::DeferredConvergence {
             for d in &s.dependencies {
-                if by_name.get(d.as_str()).is_some_and(|p| p.step_type == StepType::BatchWorker) {
+                if by_name
+                    .get(d.as_str())
+                    .is_some_and(|p| p.step_type == StepType::BatchWorker)
+                {
                     out.push((at(), K::DependsOnBatchWorker(d.clone())));
                 }
             }
         }
-        if s.step_type == StepType::Decision && !t.steps.iter().any(|c| c.dependencies.contains(&s.name)) {
+        if s.step_type == StepType::Decision
+            && !t.steps.iter().any(|c| c.dependencies.contains(&s.name))
+        {
             out.push((at(), K::DecisionWithoutBranches));
         }
     }
@@ -554,11 +578,21 @@ fn find_cycle(t: &TaskTemplate) -> Option<Vec<String>> {
         Open,
         Done,
     }
-    let idx: HashMap<&str, usize> = t.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let idx: HashMap<&str, usize> = t
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let deps: Vec<Vec<usize>> = t
         .steps
         .iter()
-        .map(|s| s.dependencies.iter().filter_map(|d| idx.get(d.as_str()).copied()).collect())
+        .map(|s| {
+            s.dependencies
+                .iter()
+                .filter_map(|d| idx.get(d.as_str()).copied())
+                .collect()
+        })
         .collect();
     let mut mark = vec![Mark::New; t.steps.len()];
     for root in 0..t.steps.len() {
@@ -582,8 +616,11 @@ fn find_cycle(t: &TaskTemplate) -> Option<Vec<String>> {
                     Mark::Open => {
                         let start = path.iter().position(|&n| n == next).unwrap_or(0);
                         // Reported in execution order: a dependency comes before its dependent.
-                        let mut cycle: Vec<String> =
-                            path[start..].iter().rev().map(|&n| t.steps[n].name.clone()).collect();
+                        let mut cycle: Vec<String> = path[start..]
+                            .iter()
+                            .rev()
+                            .map(|&n| t.steps[n].name.clone())
+                            .collect();
                         cycle.push(cycle[0].clone());
                         return Some(cycle);
                     }
@@ -614,16 +651,23 @@ impl VersionKey {
         VersionKey(
             v.trim_start_matches('v')
                 .split(['.', '-', '+'])
-                .map(|p| p.parse().map(VersionPart::Num).unwrap_or_else(|_| VersionPart::Text(p.into())))
+                .map(|p| {
+                    p.parse()
+                        .map(VersionPart::Num)
+                        .unwrap_or_else(|_| VersionPart::Text(p.into()))
+                })
                 .collect(),
         )
     }
 }
 
+/// A template and the file (or key) it came from.
+type Loaded = (Arc<TaskTemplate>, String);
+
 /// Every loaded template, by namespace, name and version.
 #[derive(Debug, Default, Clone)]
 pub struct TemplateRegistry {
-    templates: HashMap<(String, String), BTreeMap<VersionKey, (Arc<TaskTemplate>, String)>>,
+    templates: HashMap<(String, String), BTreeMap<VersionKey, Loaded>>,
 }
 
 impl TemplateRegistry {
@@ -664,7 +708,11 @@ impl TemplateRegistry {
         self.register_from(template, &origin)
     }
 
-    fn register_from(&mut self, template: TaskTemplate, origin: &str) -> Result<(), TemplateErrors> {
+    fn register_from(
+        &mut self,
+        template: TaskTemplate,
+        origin: &str,
+    ) -> Result<(), TemplateErrors> {
         let versions = self
             .templates
             .entry((template.namespace.clone(), template.name.clone()))
@@ -683,8 +731,15 @@ impl TemplateRegistry {
     }
 
     /// A version, or the highest one when `version` is `None`.
-    pub fn get(&self, namespace: &str, name: &str, version: Option<&str>) -> Option<Arc<TaskTemplate>> {
-        let versions = self.templates.get(&(namespace.to_string(), name.to_string()))?;
+    pub fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Option<Arc<TaskTemplate>> {
+        let versions = self
+            .templates
+            .get(&(namespace.to_string(), name.to_string()))?;
         let found = match version {
             Some(v) => versions.get(&VersionKey::parse(v)),
             None => versions.values().next_back(),
@@ -693,8 +748,12 @@ impl TemplateRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<TaskTemplate>> {
-        let mut all: Vec<_> = self.templates.values().flat_map(|v| v.values().map(|(t, _)| t.clone())).collect();
-        all.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut all: Vec<_> = self
+            .templates
+            .values()
+            .flat_map(|v| v.values().map(|(t, _)| t.clone()))
+            .collect();
+        all.sort_by_key(|t| t.key());
         all
     }
 
@@ -711,7 +770,10 @@ fn collect_yaml(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Resul
         let path = entry?.path();
         if path.is_dir() {
             collect_yaml(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }

@@ -51,7 +51,12 @@ impl TaskTxn {
     /// Locks an existing task and reads its graph.
     pub async fn open(store: &dyn Store, task_id: TaskId) -> Result<TaskTxn, StoreError> {
         let (graph, lock) = store.lock_task(task_id).await?;
-        let index = graph.steps.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        let index = graph
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
         Ok(TaskTxn {
             graph,
             index,

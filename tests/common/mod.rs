@@ -14,7 +14,8 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 pub fn fixture_templates() -> TemplateRegistry {
-    TemplateRegistry::load_dir(&fixtures_dir().join("templates")).expect("fixture templates are valid")
+    TemplateRegistry::load_dir(&fixtures_dir().join("templates"))
+        .expect("fixture templates are valid")
 }
 
 pub fn products_csv() -> String {
@@ -22,8 +23,10 @@ pub fn products_csv() -> String {
 }
 
 pub fn engine_with(templates: TemplateRegistry, handlers: HandlerRegistry) -> Engine {
-    let mut config = EngineConfig::default();
-    config.run_timeout = Duration::from_secs(30);
+    let config = EngineConfig {
+        run_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
     Engine::embedded(templates, handlers, config)
 }
 
@@ -49,7 +52,11 @@ pub fn assert_audit_chains(t: &Transitions) {
     let mut last: std::collections::HashMap<_, _> = Default::default();
     for tr in &t.steps {
         let p = last.insert(tr.step_id, tr.to);
-        assert_eq!(tr.from, p, "step {} transition {:?} breaks the chain", tr.step_name, tr);
+        assert_eq!(
+            tr.from, p,
+            "step {} transition {:?} breaks the chain",
+            tr.step_name, tr
+        );
     }
     for w in t.task.windows(2) {
         assert!(w[0].at <= w[1].at);
@@ -68,4 +75,29 @@ pub fn step_states(report: &TaskReport) -> Vec<(String, String)> {
 
 pub fn result(report: &TaskReport) -> &Value {
     report.result().expect("task has a result")
+}
+
+type Runs = std::collections::HashMap<String, Vec<(u64, u64)>>;
+
+/// Records when handlers ran, on one global sequence, by a key per run.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    log: std::sync::Arc<parking_lot::Mutex<Runs>>,
+    seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Recorder {
+    pub fn start(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn finish(&self, key: String, start: u64) {
+        let end = self.start();
+        self.log.lock().entry(key).or_default().push((start, end));
+    }
+
+    /// (start, end) of every run, by key.
+    pub fn runs(&self) -> Runs {
+        self.log.lock().clone()
+    }
 }

@@ -9,8 +9,9 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
-    shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig, OrchestratorError, ShutdownTrigger,
-    Step, StepState, Store, StoreError, Task, TaskCreated, TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
+    shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig,
+    OrchestratorError, ShutdownTrigger, Step, StepState, Store, StoreError, Task, TaskCreated,
+    TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
 };
 use tokio::task::JoinHandle;
 
@@ -57,7 +58,11 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine on the current tokio runtime. The worker serves every
     /// namespace of `templates` unless `config.worker.namespaces` names some.
-    pub fn embedded(templates: TemplateRegistry, handlers: HandlerRegistry, mut config: EngineConfig) -> Engine {
+    pub fn embedded(
+        templates: TemplateRegistry,
+        handlers: HandlerRegistry,
+        mut config: EngineConfig,
+    ) -> Engine {
         let store = Arc::new(MemoryStore::new());
         let queue = Arc::new(MemoryQueue::new());
         if config.worker.namespaces.is_empty() {
@@ -107,14 +112,25 @@ impl Engine {
     }
 
     /// Waits for a terminal state, then reports the whole task.
-    pub async fn wait(&self, task_id: TaskId, timeout: Duration) -> Result<TaskReport, EngineError> {
+    pub async fn wait(
+        &self,
+        task_id: TaskId,
+        timeout: Duration,
+    ) -> Result<TaskReport, EngineError> {
         self.wait_task(task_id, timeout).await?;
         self.report(task_id).await
     }
 
     /// Creates a task and waits for it (up to the configured run timeout).
-    pub async fn run(&self, namespace: &str, name: &str, context: Value) -> Result<TaskReport, EngineError> {
-        let created = self.submit(TaskRequest::new(namespace, name, context)).await?;
+    pub async fn run(
+        &self,
+        namespace: &str,
+        name: &str,
+        context: Value,
+    ) -> Result<TaskReport, EngineError> {
+        let created = self
+            .submit(TaskRequest::new(namespace, name, context))
+            .await?;
         self.wait(created.task_id, self.run_timeout).await
     }
 
@@ -130,7 +146,10 @@ impl Engine {
     }
 
     pub async fn cancel(&self, task_id: TaskId) -> Result<TaskState, EngineError> {
-        Ok(self.orchestrator.cancel(task_id, "cancelled by request").await?)
+        Ok(self
+            .orchestrator
+            .cancel(task_id, "cancelled by request")
+            .await?)
     }
 
     /// Stops taking work and waits for running steps to finish.
@@ -199,7 +218,8 @@ impl TaskReport {
             .iter()
             .map(|s| {
                 let mine = || self.transitions.steps.iter().filter(|t| t.step_id == s.id);
-                let last_to = |state: StepState| mine().filter(|t| t.to == state).map(|t| t.at).next_back();
+                let last_to =
+                    |state: StepState| mine().filter(|t| t.to == state).map(|t| t.at).next_back();
                 TimelineRow {
                     step: s.name.clone(),
                     state: s.state,

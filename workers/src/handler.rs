@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{BatchCursor, BatchOutcome, ErrorKind, StepError, StepId, StepOutcome, StepWork, TaskId};
+use stepgraph_core::{
+    BatchCursor, BatchOutcome, ErrorKind, StepError, StepId, StepOutcome, StepWork, TaskId,
+};
 
 /// What a handler sees of its step.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,5 +9,7 @@ pub mod handler;
 pub mod runtime;
 
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
-pub use handler::{HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput};
+pub use handler::{
+    HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
+};
 pub use runtime::{Worker, WorkerConfig};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{encode_all, worker_queue, Delivery, ORCHESTRATION_QUEUE};
 use stepgraph_core::{
-    OrchestrationMessage, Queue, Shutdown, StartOutcome, StepError, StepMessage, StepOutcome, StepWork, Store,
-    SubmitOutcome,
+    OrchestrationMessage, Queue, Shutdown, StartOutcome, StepError, StepMessage, StepOutcome,
+    StepWork, Store, SubmitOutcome,
 };
 use tokio::sync::Semaphore;
 
@@ -116,7 +116,11 @@ impl Worker {
             let mut first = Some(first);
             for d in deliveries {
                 // Another namespace loop may have taken the slot counted as a credit.
-                let permit = match first.take().map(Ok).unwrap_or_else(|| self.slots.clone().try_acquire_owned()) {
+                let permit = match first
+                    .take()
+                    .map(Ok)
+                    .unwrap_or_else(|| self.slots.clone().try_acquire_owned())
+                {
                     Ok(p) => p,
                     Err(_) => {
                         let _ = self.queue.release(&queue, d.receipt, Duration::ZERO).await;
@@ -156,7 +160,11 @@ impl Worker {
         let notify = match started {
             StartOutcome::Started(work) => {
                 let outcome = self.execute(*work).await;
-                match self.store.submit_result(msg.step_id, msg.attempt, outcome).await? {
+                match self
+                    .store
+                    .submit_result(msg.step_id, msg.attempt, outcome)
+                    .await?
+                {
                     SubmitOutcome::Accepted | SubmitOutcome::Duplicate => true,
                     SubmitOutcome::Refused { state, attempts } => {
                         tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
@@ -190,7 +198,11 @@ impl Worker {
     }
 }
 
-pub async fn execute(handlers: &HandlerRegistry, work: StepWork, default_timeout: Duration) -> StepOutcome {
+pub async fn execute(
+    handlers: &HandlerRegistry,
+    work: StepWork,
+    default_timeout: Duration,
+) -> StepOutcome {
     let failure = |error: StepError| StepOutcome::Failure { error };
     let Some(handler) = handlers.get(&work.handler) else {
         return failure(
@@ -209,7 +221,11 @@ pub async fn execute(handlers: &HandlerRegistry, work: StepWork, default_timeout
     let run = AssertUnwindSafe(handler.call(&ctx)).catch_unwind();
     match tokio::time::timeout(timeout, run).await {
         Err(_) => failure(
-            StepError::retryable(format!("step `{}` timed out after {:?}", ctx.step_name, timeout)).with_code("timeout"),
+            StepError::retryable(format!(
+                "step `{}` timed out after {:?}",
+                ctx.step_name, timeout
+            ))
+            .with_code("timeout"),
         ),
         Ok(Err(panic)) => {
             let what = panic
@@ -218,8 +234,11 @@ pub async fn execute(handlers: &HandlerRegistry, work: StepWork, default_timeout
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             failure(
-                StepError::retryable(format!("handler `{}` panicked in step `{}`: {what}", ctx.handler, ctx.step_name))
-                    .with_code("panic"),
+                StepError::retryable(format!(
+                    "handler `{}` panicked in step `{}`: {what}",
+                    ctx.handler, ctx.step_name
+                ))
+                .with_code("panic"),
             )
         }
         Ok(Ok(Ok(output))) => output.into(),

@@ -133,7 +133,9 @@ impl Queue for MemoryQueue {
                 st.promote(now);
                 let mut out = Vec::new();
                 while out.len() < max {
-                    let Some(id) = st.ready.pop_front() else { break };
+                    let Some(id) = st.ready.pop_front() else {
+                        break;
+                    };
                     st.hide(id, now + visibility);
                     let m = st.messages.get_mut(&id).expect("ready message exists");
                     m.deliveries += 1;
@@ -208,15 +210,24 @@ mod tests {
     async fn claim_ack_and_redelivery_after_visibility_timeout() {
         let q = MemoryQueue::new();
         q.send("q", vec![msg("a"), msg("b")]).await.unwrap();
-        let got = q.receive("q", 1, Duration::from_millis(50), Duration::ZERO).await.unwrap();
+        let got = q
+            .receive("q", 1, Duration::from_millis(50), Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].payload, b"a");
-        let b = q.receive("q", 5, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+        let b = q
+            .receive("q", 5, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].payload, b"b");
         q.ack("q", &[b[0].receipt]).await.unwrap();
         // "a" was never acked: it comes back once its visibility timeout passes.
-        let again = q.receive("q", 5, Duration::from_secs(60), Duration::from_secs(5)).await.unwrap();
+        let again = q
+            .receive("q", 5, Duration::from_secs(60), Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].payload, b"a");
         assert_eq!(again[0].delivery_count, 2);
@@ -229,7 +240,9 @@ mod tests {
         let q = Arc::new(MemoryQueue::new());
         let q2 = q.clone();
         let waiter = tokio::spawn(async move {
-            q2.receive("q", 1, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap()
+            q2.receive("q", 1, Duration::from_secs(1), Duration::from_secs(10))
+                .await
+                .unwrap()
         });
         tokio::task::yield_now().await;
         q.send("q", vec![msg("x")]).await.unwrap();
@@ -245,9 +258,16 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(q.receive("q", 1, Duration::from_secs(1), Duration::ZERO).await.unwrap().is_empty());
+        assert!(q
+            .receive("q", 1, Duration::from_secs(1), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
         let start = Instant::now();
-        let got = q.receive("q", 1, Duration::from_secs(1), Duration::from_secs(5)).await.unwrap();
+        let got = q
+            .receive("q", 1, Duration::from_secs(1), Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(got[0].payload, b"later");
         assert!(start.elapsed() >= Duration::from_millis(50));
     }
@@ -256,9 +276,17 @@ mod tests {
     async fn release_makes_a_message_visible_again() {
         let q = MemoryQueue::new();
         q.send("q", vec![msg("a")]).await.unwrap();
-        let got = q.receive("q", 1, Duration::from_secs(60), Duration::ZERO).await.unwrap();
-        q.release("q", got[0].receipt, Duration::ZERO).await.unwrap();
-        let again = q.receive("q", 1, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+        let got = q
+            .receive("q", 1, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        q.release("q", got[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        let again = q
+            .receive("q", 1, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(again[0].payload, b"a");
         assert_eq!(again[0].delivery_count, 2);
     }

@@ -71,7 +71,10 @@ pub trait Queue: Send + Sync + 'static {
 }
 
 /// Encodes each message as JSON.
-pub fn encode_all<T: Serialize>(messages: &[T], delay: Duration) -> Result<Vec<Outgoing>, QueueError> {
+pub fn encode_all<T: Serialize>(
+    messages: &[T],
+    delay: Duration,
+) -> Result<Vec<Outgoing>, QueueError> {
     messages
         .iter()
         .map(|m| {

@@ -59,9 +59,10 @@ fn check_ops(entry: Option<&TaskEntry>, ops: &[WriteOp]) -> Result<(), StoreErro
     let mut task_state = entry.map(|e| e.task.state);
     let mut steps: HashMap<StepId, StepState> = HashMap::new();
     let current = |steps: &HashMap<StepId, StepState>, id: &StepId| {
-        steps.get(id).copied().or_else(|| {
-            entry.and_then(|e| e.steps.iter().find(|s| s.id == *id).map(|s| s.state))
-        })
+        steps
+            .get(id)
+            .copied()
+            .or_else(|| entry.and_then(|e| e.steps.iter().find(|s| s.id == *id).map(|s| s.state)))
     };
     for op in ops {
         match op {
@@ -133,7 +134,8 @@ impl Inner {
             match op {
                 WriteOp::InsertTask(_) => unreachable!(),
                 WriteOp::InsertStep(step) => {
-                    self.step_index.insert(step.id, (task_id, entry.steps.len()));
+                    self.step_index
+                        .insert(step.id, (task_id, entry.steps.len()));
                     entry.steps.push(step);
                 }
                 WriteOp::InsertEdge(edge) => entry.edges.push(edge),
@@ -176,8 +178,14 @@ impl Inner {
     }
 
     fn locate(&mut self, step_id: StepId) -> Result<(&mut TaskEntry, usize), StoreError> {
-        let (task_id, idx) = *self.step_index.get(&step_id).ok_or(StoreError::StepNotFound(step_id))?;
-        let entry = self.tasks.get_mut(&task_id).ok_or(StoreError::TaskNotFound(task_id))?;
+        let (task_id, idx) = *self
+            .step_index
+            .get(&step_id)
+            .ok_or(StoreError::StepNotFound(step_id))?;
+        let entry = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or(StoreError::TaskNotFound(task_id))?;
         Ok((entry, idx))
     }
 }
@@ -238,7 +246,9 @@ impl TaskEntry {
 impl Store for MemoryStore {
     async fn create_task(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
-            return Err(StoreError::Backend("create_task must start with InsertTask".into()));
+            return Err(StoreError::Backend(
+                "create_task must start with InsertTask".into(),
+            ));
         };
         let task_id = task.id;
         let mut inner = self.inner.lock();
@@ -262,7 +272,12 @@ impl Store for MemoryStore {
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError> {
         let lock = {
             let inner = self.inner.lock();
-            inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.lock.clone()
+            inner
+                .tasks
+                .get(&task_id)
+                .ok_or(StoreError::TaskNotFound(task_id))?
+                .lock
+                .clone()
         };
         let guard = lock.lock_owned().await;
         let graph = self.inner.lock().tasks[&task_id].graph();
@@ -281,7 +296,10 @@ impl Store for MemoryStore {
             .downcast::<MemoryLock>()
             .map_err(|_| StoreError::Backend("lock from another store".into()))?;
         let mut inner = self.inner.lock();
-        let entry = inner.tasks.get(&lock.task_id).ok_or(StoreError::TaskNotFound(lock.task_id))?;
+        let entry = inner
+            .tasks
+            .get(&lock.task_id)
+            .ok_or(StoreError::TaskNotFound(lock.task_id))?;
         check_ops(Some(entry), &ops)?;
         inner.apply(lock.task_id, ops);
         Ok(())
@@ -331,7 +349,11 @@ impl Store for MemoryStore {
                     StepOutcome::Failure { .. } => "failure",
                 };
                 s.outcome = Some(outcome);
-                entry.step_transition(idx, StepState::EnqueuedForOrchestration, json!({ "outcome": status }));
+                entry.step_transition(
+                    idx,
+                    StepState::EnqueuedForOrchestration,
+                    json!({ "outcome": status }),
+                );
                 Ok(SubmitOutcome::Accepted)
             }
             StepState::EnqueuedForOrchestration
@@ -347,18 +369,32 @@ impl Store for MemoryStore {
 
     async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError> {
         let inner = self.inner.lock();
-        Ok(inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.graph())
+        Ok(inner
+            .tasks
+            .get(&task_id)
+            .ok_or(StoreError::TaskNotFound(task_id))?
+            .graph())
     }
 
     async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
         let inner = self.inner.lock();
-        Ok(inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.transitions.clone())
+        Ok(inner
+            .tasks
+            .get(&task_id)
+            .ok_or(StoreError::TaskNotFound(task_id))?
+            .transitions
+            .clone())
     }
 
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError> {
         let mut rx = {
             let inner = self.inner.lock();
-            inner.tasks.get(&task_id).ok_or(StoreError::TaskNotFound(task_id))?.state_tx.subscribe()
+            inner
+                .tasks
+                .get(&task_id)
+                .ok_or(StoreError::TaskNotFound(task_id))?
+                .state_tx
+                .subscribe()
         };
         let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_terminal())).await;
         let inner = self.inner.lock();

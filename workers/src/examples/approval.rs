@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 fn amount(ctx: &StepContext) -> Result<f64, HandlerError> {
     match ctx.input.get("amount").and_then(Value::as_f64) {
         Some(a) if a >= 0.0 && a.is_finite() => Ok(a),
-        _ => Err(HandlerError::permanent("`amount` must be a non-negative number")),
+        _ => Err(HandlerError::permanent(
+            "`amount` must be a non-negative number",
+        )),
     }
 }
 
@@ -24,7 +26,9 @@ impl StepHandler for ValidateRequest {
             .and_then(Value::as_str)
             .filter(|r| !r.trim().is_empty())
             .ok_or_else(|| HandlerError::permanent("`requester` must be a non-empty string"))?;
-        Ok(StepOutput::Success(json!({ "amount": amount, "requester": requester, "valid": true })))
+        Ok(StepOutput::Success(
+            json!({ "amount": amount, "requester": requester, "valid": true }),
+        ))
     }
 }
 
@@ -42,7 +46,9 @@ impl StepHandler for RoutingDecision {
         } else {
             &["manager_approval", "finance_review"]
         };
-        Ok(StepOutput::Decision(branches.iter().map(|b| b.to_string()).collect()))
+        Ok(StepOutput::Decision(
+            branches.iter().map(|b| b.to_string()).collect(),
+        ))
     }
 }
 
@@ -52,8 +58,14 @@ pub struct Approve;
 #[async_trait]
 impl StepHandler for Approve {
     async fn call(&self, ctx: &StepContext) -> HandlerResult {
-        let approver = ctx.config.get("approver").and_then(Value::as_str).unwrap_or("system");
-        Ok(StepOutput::Success(json!({ "approved": true, "approver": approver })))
+        let approver = ctx
+            .config
+            .get("approver")
+            .and_then(Value::as_str)
+            .unwrap_or("system");
+        Ok(StepOutput::Success(
+            json!({ "approved": true, "approver": approver }),
+        ))
     }
 }
 
@@ -69,6 +81,8 @@ impl StepHandler for Finalize {
                 .dependency_results
                 .values()
                 .all(|v| v.get("approved").and_then(Value::as_bool) == Some(true));
-        Ok(StepOutput::Success(json!({ "approved": approved, "approvals": approvals })))
+        Ok(StepOutput::Success(
+            json!({ "approved": approved, "approvals": approvals }),
+        ))
     }
 }

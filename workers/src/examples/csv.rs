@@ -29,7 +29,14 @@ pub fn parse_fixed(s: &str, decimals: u32) -> Option<i64> {
     } else {
         frac.parse::<i64>().ok()? * 10i64.pow(decimals - frac.len() as u32)
     };
-    Some(whole * scale + if int.starts_with('-') { -frac_val } else { frac_val })
+    Some(
+        whole * scale
+            + if int.starts_with('-') {
+                -frac_val
+            } else {
+                frac_val
+            },
+    )
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -43,7 +50,8 @@ struct Metrics {
 
 fn open(path: &str) -> Result<::csv::Reader<std::fs::File>, HandlerError> {
     // A missing file will not appear by retrying soon enough to matter.
-    ::csv::Reader::from_path(path).map_err(|e| HandlerError::permanent(format!("cannot open {path}: {e}")))
+    ::csv::Reader::from_path(path)
+        .map_err(|e| HandlerError::permanent(format!("cannot open {path}: {e}")))
 }
 
 fn column(headers: &::csv::StringRecord, name: &str) -> Result<usize, HandlerError> {
@@ -61,7 +69,10 @@ impl StepHandler for Analyze {
     async fn call(&self, ctx: &StepContext) -> HandlerResult {
         let path = csv_path(ctx)?;
         let mut reader = open(&path)?;
-        let headers = reader.headers().map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?.clone();
+        let headers = reader
+            .headers()
+            .map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?
+            .clone();
         for c in ["price", "stock", "rating"] {
             column(&headers, c)?;
         }
@@ -81,14 +92,20 @@ pub struct ProcessBatch;
 #[async_trait]
 impl StepHandler for ProcessBatch {
     async fn call(&self, ctx: &StepContext) -> HandlerResult {
-        let cursor = ctx
-            .cursor
-            .clone()
-            .ok_or_else(|| HandlerError::permanent(format!("step `{}` has no batch cursor", ctx.step_name)))?;
+        let cursor = ctx.cursor.clone().ok_or_else(|| {
+            HandlerError::permanent(format!("step `{}` has no batch cursor", ctx.step_name))
+        })?;
         let path = csv_path(ctx)?;
         let mut reader = open(&path)?;
-        let headers = reader.headers().map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?.clone();
-        let (price, stock, rating) = (column(&headers, "price")?, column(&headers, "stock")?, column(&headers, "rating")?);
+        let headers = reader
+            .headers()
+            .map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?
+            .clone();
+        let (price, stock, rating) = (
+            column(&headers, "price")?,
+            column(&headers, "stock")?,
+            column(&headers, "rating")?,
+        );
         let mut m = Metrics::default();
         let rows = reader
             .records()
@@ -97,7 +114,9 @@ impl StepHandler for ProcessBatch {
             .take((cursor.end - cursor.start) as usize);
         for (i, r) in rows {
             let r = r.map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?;
-            let bad = |col: &str| HandlerError::permanent(format!("{path}: data row {}: bad {col}", i + 1));
+            let bad = |col: &str| {
+                HandlerError::permanent(format!("{path}: data row {}: bad {col}", i + 1))
+            };
             let p = parse_fixed(&r[price], 2).ok_or_else(|| bad("price"))?;
             let s: i64 = r[stock].trim().parse().map_err(|_| bad("stock"))?;
             let rt = parse_fixed(&r[rating], 1).ok_or_else(|| bad("rating"))?;
@@ -128,9 +147,9 @@ impl StepHandler for Aggregate {
         let mut per_batch = Vec::new();
         for (name, r) in &ctx.dependency_results {
             let field = |f: &str| {
-                r.get(f)
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| HandlerError::permanent(format!("result of `{name}` has no integer `{f}`")))
+                r.get(f).and_then(Value::as_i64).ok_or_else(|| {
+                    HandlerError::permanent(format!("result of `{name}` has no integer `{f}`"))
+                })
             };
             total.processed += field("processed")? as u64;
             let value = field("inventory_value_cents")?;

@@ -30,7 +30,11 @@ pub fn int_to_json(n: &BigInt) -> Value {
 }
 
 fn input_int(ctx: &StepContext) -> Result<BigInt, HandlerError> {
-    let field = ctx.config.get("input_field").and_then(Value::as_str).unwrap_or("even_number");
+    let field = ctx
+        .config
+        .get("input_field")
+        .and_then(Value::as_str)
+        .unwrap_or("even_number");
     let v = ctx
         .input
         .get(field)
@@ -42,7 +46,9 @@ fn dependency_ints(ctx: &StepContext) -> Result<Vec<BigInt>, HandlerError> {
     ctx.dependency_results
         .iter()
         .map(|(name, v)| {
-            parse_int(v).ok_or_else(|| HandlerError::permanent(format!("result of `{name}` is not an integer: {v}")))
+            parse_int(v).ok_or_else(|| {
+                HandlerError::permanent(format!("result of `{name}` is not an integer: {v}"))
+            })
         })
         .collect()
 }
