@@ -5,7 +5,7 @@ use chrono::Utc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use stepgraph_core::evaluate::{evaluate, readiness, Trigger};
-use stepgraph_core::template::{HandlerSpec, RetryPolicy, StepTemplate, StepType};
+use stepgraph_core::template::StepTemplate;
 use stepgraph_core::txn::TaskTxn;
 use stepgraph_core::{
     new_id, StepState, Task, TaskRequest, TaskState, TaskTemplate, TemplateRegistry,
@@ -25,19 +25,11 @@ fn wide_template() -> TaskTemplate {
                     format!("s{}_{}", layer - 1, (i + 1) % 100),
                 ]
             };
-            steps.push(StepTemplate {
-                name: format!("s{layer}_{i}"),
-                step_type: StepType::Standard,
-                description: None,
-                handler: HandlerSpec {
-                    callable: "noop".into(),
-                    config: json!({}),
-                },
+            steps.push(StepTemplate::standard(
+                &format!("s{layer}_{i}"),
+                "noop",
                 dependencies,
-                retry: RetryPolicy::default(),
-                timeout_seconds: None,
-                batch: None,
-            });
+            ));
         }
     }
     TaskTemplate::new("bench", "wide", "1", steps).unwrap()

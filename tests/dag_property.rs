@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use std::sync::OnceLock;
 use std::time::Duration;
-use stepgraph_core::template::{HandlerSpec, RetryPolicy, StepTemplate, StepType};
+use stepgraph_core::template::StepTemplate;
 use stepgraph_core::{StepState, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{Engine, EngineConfig, HandlerRegistry, StepOutput};
 
@@ -31,19 +31,7 @@ fn dag_template(parents: &[Vec<usize>]) -> TaskTemplate {
             let mut deps: Vec<String> = ps.iter().map(|p| format!("s{p}")).collect();
             deps.sort();
             deps.dedup();
-            StepTemplate {
-                name: format!("s{i}"),
-                step_type: StepType::Standard,
-                description: None,
-                handler: HandlerSpec {
-                    callable: "record".into(),
-                    config: json!({}),
-                },
-                dependencies: deps,
-                retry: RetryPolicy::default(),
-                timeout_seconds: None,
-                batch: None,
-            }
+            StepTemplate::standard(&format!("s{i}"), "record", deps)
         })
         .collect();
     TaskTemplate::new("prop", "dag", "1", steps).expect("generated DAG is valid")

@@ -553,8 +553,15 @@ async fn cancelled_task_never_starts_its_pending_steps() {
         engine.cancel(created.task_id).await.unwrap(),
         TaskState::Cancelled
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = engine.report(created.task_id).await.unwrap();
+    // The running step finishes on its own; wait until its result was processed.
+    let mut report = engine.report(created.task_id).await.unwrap();
+    for _ in 0..1000 {
+        if report.step("flaky").unwrap().state == StepState::Cancelled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        report = engine.report(created.task_id).await.unwrap();
+    }
     assert_eq!(report.state(), TaskState::Cancelled);
     assert_eq!(report.step("after").unwrap().state, StepState::Cancelled);
     // The running step finished, and its result was discarded.
@@ -593,7 +600,7 @@ fn recording(handlers: &mut HandlerRegistry, sleep: Duration) -> Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_branches_overlap_and_convergence_waits_for_all_parents() {
     let mut handlers = HandlerRegistry::new();
-    recording(&mut handlers, Duration::from_millis(50));
+    recording(&mut handlers, Duration::from_millis(200));
     let engine = engine_with(fixture_templates(), handlers);
     let report = engine
         .run("e2e", "diamond", json!({"even_number": 6}))
@@ -704,4 +711,42 @@ fn handlers_returning_values_are_exact_for_big_integers() {
         "340282366920938463463374607431768211456"
     );
     assert_eq!(examples::math::int_to_json(&36.into()), json!(36));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_never_runs_more_steps_than_its_concurrency() {
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let mut handlers = HandlerRegistry::new();
+    for name in ["math.square", "math.multiply_and_square"] {
+        let (running, peak) = (running.clone(), peak.clone());
+        handlers.register_fn(name, move |_| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(StepOutput::Success(json!(4)))
+            }
+        });
+    }
+    let mut config = stepgraph_worker::EngineConfig::default();
+    config.worker.concurrency = 3;
+    let engine = stepgraph_worker::Engine::embedded(fixture_templates(), handlers, config);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let req = TaskRequest::new("e2e", "tree", json!({"even_number": 6}));
+        ids.push(engine.submit(req).await.unwrap().task_id);
+    }
+    for id in ids {
+        let report = engine.wait(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(report.state(), TaskState::Complete);
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "20 trees of 8 steps keep all 3 slots busy, never more"
+    );
+    engine.shutdown().await;
 }

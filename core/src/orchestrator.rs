@@ -3,7 +3,9 @@
 
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
-use crate::queue::{encode_all, worker_queue, Delivery, Queue, QueueError, ORCHESTRATION_QUEUE};
+use crate::queue::{
+    self, encode_all, worker_queue, Delivery, Queue, QueueError, ORCHESTRATION_QUEUE,
+};
 use crate::shutdown::Shutdown;
 use crate::state::{StepState, TaskState};
 use crate::store::{Store, StoreError};
@@ -293,44 +295,26 @@ impl Orchestrator {
         Err(OrchestratorError::Contention { task_id })
     }
 
-    /// Consumes the orchestration queue until shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.wait() => break,
-                p = slots.clone().acquire_owned() => p.expect("semaphore open"),
-            };
-            let credits = 1 + slots.available_permits();
-            let received = tokio::select! {
-                _ = shutdown.wait() => break,
-                r = self.queue.receive(ORCHESTRATION_QUEUE, credits, self.config.visibility_timeout, self.config.receive_wait) => r,
-            };
-            let deliveries = match received {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "orchestration queue receive failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let mut first = Some(first);
-            for d in deliveries {
-                let permit = match first.take() {
-                    Some(p) => p,
-                    None => slots.clone().acquire_owned().await.expect("semaphore open"),
-                };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.process(d).await;
-                    drop(permit);
-                });
-            }
-        }
-        // Let in-flight result processing finish.
-        let _ = slots
-            .acquire_many(self.config.concurrency.max(1) as u32)
-            .await;
+    /// Consumes the orchestration queue until shutdown, then lets the
+    /// results being processed finish.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let size = self.config.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(size));
+        let this = self.clone();
+        queue::consume(
+            self.queue.clone(),
+            ORCHESTRATION_QUEUE,
+            slots.clone(),
+            self.config.visibility_timeout,
+            self.config.receive_wait,
+            shutdown,
+            move |d| {
+                let this = this.clone();
+                async move { this.process(d).await }
+            },
+        )
+        .await;
+        let _ = slots.acquire_many(size as u32).await;
     }
 
     async fn process(&self, delivery: Delivery) {

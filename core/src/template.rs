@@ -115,6 +115,23 @@ pub struct StepTemplate {
 }
 
 impl StepTemplate {
+    /// A standard step with default retry settings, for templates built in code.
+    pub fn standard(name: &str, callable: &str, dependencies: Vec<String>) -> StepTemplate {
+        StepTemplate {
+            name: name.into(),
+            step_type: StepType::Standard,
+            description: None,
+            handler: HandlerSpec {
+                callable: callable.into(),
+                config: empty_object(),
+            },
+            dependencies,
+            retry: RetryPolicy::default(),
+            timeout_seconds: None,
+            batch: None,
+        }
+    }
+
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_seconds.map(Duration::from_secs_f64)
     }

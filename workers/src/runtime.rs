@@ -94,49 +94,26 @@ impl Worker {
         }
     }
 
-    async fn consume(self: Arc<Self>, queue: String, mut shutdown: Shutdown) {
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.wait() => return,
-                p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
-            };
-            let credits = 1 + self.slots.available_permits();
-            let received = tokio::select! {
-                _ = shutdown.wait() => return,
-                r = self.queue.receive(&queue, credits, self.config.visibility_timeout, self.config.receive_wait) => r,
-            };
-            let deliveries = match received {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "receive failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let mut first = Some(first);
-            for d in deliveries {
-                // Another namespace loop may have taken the slot counted as a credit.
-                let permit = match first
-                    .take()
-                    .map(Ok)
-                    .unwrap_or_else(|| self.slots.clone().try_acquire_owned())
-                {
-                    Ok(p) => p,
-                    Err(_) => {
-                        let _ = self.queue.release(&queue, d.receipt, Duration::ZERO).await;
-                        continue;
-                    }
-                };
-                let this = self.clone();
-                let queue = queue.clone();
-                tokio::spawn(async move {
+    async fn consume(self: Arc<Self>, queue: String, shutdown: Shutdown) {
+        let this = self.clone();
+        let name = queue.clone();
+        stepgraph_core::queue::consume(
+            self.queue.clone(),
+            &queue,
+            self.slots.clone(),
+            self.config.visibility_timeout,
+            self.config.receive_wait,
+            shutdown,
+            move |d| {
+                let (this, queue) = (this.clone(), name.clone());
+                async move {
                     if let Err(e) = this.process(&queue, &d).await {
                         tracing::warn!(%queue, error = %e, "step processing failed; message will be redelivered");
                     }
-                    drop(permit);
-                });
-            }
-        }
+                }
+            },
+        )
+        .await;
     }
 
     async fn process(&self, queue: &str, delivery: &Delivery) -> Result<(), ProcessError> {

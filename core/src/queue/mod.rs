@@ -5,9 +5,13 @@ mod memory;
 
 pub use memory::MemoryQueue;
 
+use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// The queue the orchestrators consume: step results and timers.
 pub const ORCHESTRATION_QUEUE: &str = "orchestration";
@@ -83,4 +87,60 @@ pub fn encode_all<T: Serialize>(
                 .map_err(|e| QueueError::Encode(e.to_string()))
         })
         .collect()
+}
+
+/// Consumes queue `name` until shutdown. Claims no more messages than `slots`
+/// has free permits (credits), so nothing waits in a local buffer, and runs
+/// `process` on its own task for each, holding one permit. A message whose
+/// permit another consumer of the same slots took meanwhile goes back at once.
+pub async fn consume<F, Fut>(
+    queue: Arc<dyn Queue>,
+    name: &str,
+    slots: Arc<Semaphore>,
+    visibility: Duration,
+    wait: Duration,
+    mut shutdown: Shutdown,
+    process: F,
+) where
+    F: Fn(Delivery) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => return,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let credits = 1 + slots.available_permits();
+        let received = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = queue.receive(name, credits, visibility, wait) => r,
+        };
+        let deliveries = match received {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(queue = name, error = %e, "receive failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for d in deliveries {
+            let permit = match first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| slots.clone().try_acquire_owned())
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    let _ = queue.release(name, d.receipt, Duration::ZERO).await;
+                    continue;
+                }
+            };
+            let work = process(d);
+            tokio::spawn(async move {
+                work.await;
+                drop(permit);
+            });
+        }
+    }
 }

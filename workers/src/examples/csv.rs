@@ -48,17 +48,25 @@ struct Metrics {
     rating_sum_tenths: i64,
 }
 
-fn open(path: &str) -> Result<::csv::Reader<std::fs::File>, HandlerError> {
+/// The task's CSV file, positioned after its header, and the indexes of the
+/// price, stock and rating columns.
+fn open(
+    ctx: &StepContext,
+) -> Result<(String, ::csv::Reader<std::fs::File>, [usize; 3]), HandlerError> {
+    let path = csv_path(ctx)?;
     // A missing file will not appear by retrying soon enough to matter.
-    ::csv::Reader::from_path(path)
-        .map_err(|e| HandlerError::permanent(format!("cannot open {path}: {e}")))
-}
-
-fn column(headers: &::csv::StringRecord, name: &str) -> Result<usize, HandlerError> {
-    headers
-        .iter()
-        .position(|h| h == name)
-        .ok_or_else(|| HandlerError::permanent(format!("CSV has no `{name}` column")))
+    let mut reader = ::csv::Reader::from_path(&path)
+        .map_err(|e| HandlerError::permanent(format!("cannot open {path}: {e}")))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?;
+    let mut columns = [0; 3];
+    for (slot, name) in columns.iter_mut().zip(["price", "stock", "rating"]) {
+        *slot = headers.iter().position(|h| h == name).ok_or_else(|| {
+            HandlerError::permanent(format!("{path}: CSV has no `{name}` column"))
+        })?;
+    }
+    Ok((path, reader, columns))
 }
 
 /// Counts the rows and splits them into batches of the template's batch_size.
@@ -67,15 +75,7 @@ pub struct Analyze;
 #[async_trait]
 impl StepHandler for Analyze {
     async fn call(&self, ctx: &StepContext) -> HandlerResult {
-        let path = csv_path(ctx)?;
-        let mut reader = open(&path)?;
-        let headers = reader
-            .headers()
-            .map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?
-            .clone();
-        for c in ["price", "stock", "rating"] {
-            column(&headers, c)?;
-        }
+        let (path, mut reader, _) = open(ctx)?;
         let mut rows = 0u64;
         for r in reader.records() {
             r.map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?;
@@ -95,17 +95,7 @@ impl StepHandler for ProcessBatch {
         let cursor = ctx.cursor.clone().ok_or_else(|| {
             HandlerError::permanent(format!("step `{}` has no batch cursor", ctx.step_name))
         })?;
-        let path = csv_path(ctx)?;
-        let mut reader = open(&path)?;
-        let headers = reader
-            .headers()
-            .map_err(|e| HandlerError::permanent(format!("{path}: {e}")))?
-            .clone();
-        let (price, stock, rating) = (
-            column(&headers, "price")?,
-            column(&headers, "stock")?,
-            column(&headers, "rating")?,
-        );
+        let (path, mut reader, [price, stock, rating]) = open(ctx)?;
         let mut m = Metrics::default();
         let rows = reader
             .records()
