@@ -176,6 +176,17 @@ pub enum StepOutcome {
     Failure { error: StepError },
 }
 
+impl StepOutcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            StepOutcome::Success { .. } => "success",
+            StepOutcome::Decision { .. } => "decision",
+            StepOutcome::Batch { .. } => "batch",
+            StepOutcome::Failure { .. } => "failure",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskTransition {
     pub task_id: TaskId,

@@ -4,7 +4,7 @@
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
 use crate::queue::{
-    self, encode_all, worker_queue, Delivery, Queue, QueueError, ORCHESTRATION_QUEUE,
+    self, encode_all, worker_queue, Delivery, Outbox, Queue, QueueError, ORCHESTRATION_QUEUE,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{StepState, TaskState};
@@ -169,8 +169,9 @@ impl Orchestrator {
         let mut txn = TaskTxn::create(task);
         txn.task_to(TaskState::Initializing, json!({}))?;
         let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
-        match txn.commit(self.store.as_ref()).await {
-            Ok(()) => {}
+        let outbox = dispatch(&template.namespace, &messages)?;
+        match txn.commit(self.store.as_ref(), outbox).await {
+            Ok(rest) => rest.deliver(self.queue.as_ref()).await?,
             Err(StoreError::DuplicateIdempotencyKey { existing, .. }) => {
                 return Ok(TaskCreated {
                     task_id: existing,
@@ -179,23 +180,10 @@ impl Orchestrator {
             }
             Err(e) => return Err(e.into()),
         }
-        self.dispatch(&template.namespace, &messages).await?;
         Ok(TaskCreated {
             task_id,
             created: true,
         })
-    }
-
-    async fn dispatch(&self, namespace: &str, messages: &[StepMessage]) -> Result<(), QueueError> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        self.queue
-            .send(
-                &worker_queue(namespace),
-                encode_all(messages, Duration::ZERO)?,
-            )
-            .await
     }
 
     fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
@@ -208,14 +196,19 @@ impl Orchestrator {
             })
     }
 
-    /// Processes one orchestration message; safe to call again with the same one.
-    pub async fn handle(&self, message: &OrchestrationMessage) -> Result<(), OrchestratorError> {
+    /// Processes one orchestration message (acknowledging `receipt` on the
+    /// orchestration queue with the state change); safe to repeat.
+    pub async fn handle(
+        &self,
+        message: &OrchestrationMessage,
+        receipt: Option<u64>,
+    ) -> Result<(), OrchestratorError> {
         let task_id = match message {
             OrchestrationMessage::StepResult { task_id, .. }
             | OrchestrationMessage::Wake { task_id } => *task_id,
         };
         for _ in 0..=self.config.conflict_retries {
-            match self.try_handle(task_id, message).await {
+            match self.try_handle(task_id, message, receipt).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(why))) => {
                     tracing::debug!(%task_id, %why, "compare-and-swap conflict, re-evaluating");
                     tokio::task::yield_now().await;
@@ -230,7 +223,9 @@ impl Orchestrator {
         &self,
         task_id: TaskId,
         message: &OrchestrationMessage,
+        receipt: Option<u64>,
     ) -> Result<(), OrchestratorError> {
+        let ack = receipt.map(|r| (ORCHESTRATION_QUEUE.to_string(), r));
         let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
@@ -244,8 +239,7 @@ impl Orchestrator {
                 let step = txn.step(idx);
                 if step.state != StepState::EnqueuedForOrchestration || step.attempts != *attempt {
                     tracing::debug!(step = %step.name, state = %step.state, "duplicate result message dropped");
-                    txn.commit(self.store.as_ref()).await?;
-                    return Ok(());
+                    return self.finish(txn, Outbox::default().acking(ack)).await;
                 }
                 if txn.task().state.is_terminal() {
                     txn.step_to(
@@ -254,8 +248,7 @@ impl Orchestrator {
                         json!({ "reason": "task is terminal" }),
                         |_| {},
                     )?;
-                    txn.commit(self.store.as_ref()).await?;
-                    return Ok(());
+                    return self.finish(txn, Outbox::default().acking(ack)).await;
                 }
                 wake_at = evaluate::apply_result(&mut txn, &template, idx)?;
                 Trigger::Result
@@ -263,16 +256,19 @@ impl Orchestrator {
             OrchestrationMessage::Wake { .. } => Trigger::Wake,
         };
         let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
-        let namespace = txn.task().namespace.clone();
-        txn.commit(self.store.as_ref()).await?;
-        self.dispatch(&namespace, &messages).await?;
+        let mut outbox = dispatch(&txn.task().namespace, &messages)?.acking(ack);
         if let Some(at) = wake_at {
             let delay = (at - Utc::now()).to_std().unwrap_or_default();
             let wake = OrchestrationMessage::Wake { task_id };
-            self.queue
-                .send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?)
-                .await?;
+            outbox.send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?);
         }
+        self.finish(txn, outbox).await
+    }
+
+    /// Commits, then delivers what the store did not send with the commit.
+    async fn finish(&self, txn: TaskTxn, outbox: Outbox) -> Result<(), OrchestratorError> {
+        let rest = txn.commit(self.store.as_ref(), outbox).await?;
+        rest.deliver(self.queue.as_ref()).await?;
         Ok(())
     }
 
@@ -286,9 +282,9 @@ impl Orchestrator {
             let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
             evaluate::cancel(&mut txn, reason)?;
             let state = txn.task().state;
-            match txn.commit(self.store.as_ref()).await {
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            match self.finish(txn, Outbox::default()).await {
+                Err(OrchestratorError::Store(StoreError::Conflict(_))) => continue,
+                Err(e) => return Err(e),
                 Ok(()) => return Ok(state),
             }
         }
@@ -329,8 +325,8 @@ impl Orchestrator {
                 return;
             }
         };
-        match self.handle(&message).await {
-            Ok(()) => {}
+        match self.handle(&message, Some(delivery.receipt)).await {
+            Ok(()) => return,
             Err(OrchestratorError::Store(
                 StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
             )) => {
@@ -359,4 +355,14 @@ impl Orchestrator {
             tracing::warn!(error = %e, "ack failed; message will be redelivered");
         }
     }
+}
+
+/// The step messages for a namespace's workers, as an outbox.
+fn dispatch(namespace: &str, messages: &[StepMessage]) -> Result<Outbox, QueueError> {
+    let mut outbox = Outbox::default();
+    outbox.send(
+        &worker_queue(namespace),
+        encode_all(messages, Duration::ZERO)?,
+    );
+    Ok(outbox)
 }

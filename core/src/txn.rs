@@ -2,6 +2,7 @@
 //! current as decisions are made, and the write batch a store commits atomically.
 
 use crate::model::*;
+use crate::queue::Outbox;
 use crate::state::{IllegalTransition, StepState, TaskState};
 use crate::store::{Store, StoreError, TaskLock};
 use chrono::{DateTime, Utc};
@@ -182,11 +183,12 @@ impl TaskTxn {
         self.graph.steps.push(step);
     }
 
-    /// Writes everything (creating the task when this txn made it) and releases the lock.
-    pub async fn commit(self, store: &dyn Store) -> Result<(), StoreError> {
+    /// Writes everything (creating the task when this txn made it) and
+    /// releases the lock; returns what of `outbox` is left to deliver.
+    pub async fn commit(self, store: &dyn Store, outbox: Outbox) -> Result<Outbox, StoreError> {
         match self.lock {
-            Some(lock) => store.commit(lock, self.ops).await,
-            None => store.create_task(self.ops).await,
+            Some(lock) => store.commit(lock, self.ops, outbox).await,
+            None => store.create_task(self.ops, outbox).await,
         }
     }
 }

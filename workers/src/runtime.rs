@@ -7,10 +7,10 @@ use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::queue::{encode_all, worker_queue, Delivery, ORCHESTRATION_QUEUE};
+use stepgraph_core::queue::{encode_all, worker_queue, Delivery, Outbox, ORCHESTRATION_QUEUE};
 use stepgraph_core::{
     OrchestrationMessage, Queue, Shutdown, StartOutcome, StepError, StepMessage, StepOutcome,
-    StepWork, Store, SubmitOutcome,
+    StepWork, Store, StoreError, SubmitOutcome,
 };
 use tokio::sync::Semaphore;
 
@@ -117,55 +117,52 @@ impl Worker {
     }
 
     async fn process(&self, queue: &str, delivery: &Delivery) -> Result<(), ProcessError> {
+        let ack = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
         let msg: StepMessage = match delivery.decode() {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(%queue, error = %e, "undecodable step message dropped");
-                self.queue.ack(queue, &[delivery.receipt]).await?;
+                ack.deliver(self.queue.as_ref()).await?;
                 return Ok(());
             }
         };
         let started = match self.store.start_step(msg.step_id, msg.attempt).await {
             Ok(s) => s,
-            Err(stepgraph_core::StoreError::StepNotFound(_)) => {
+            Err(StoreError::StepNotFound(_)) => {
                 tracing::error!(step_id = %msg.step_id, "message for an unknown step dropped");
-                self.queue.ack(queue, &[delivery.receipt]).await?;
+                ack.deliver(self.queue.as_ref()).await?;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        let notify = match started {
+        let result = OrchestrationMessage::StepResult {
+            task_id: msg.task_id,
+            step_id: msg.step_id,
+            attempt: msg.attempt,
+        };
+        let mut notify = ack;
+        notify.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
+        let rest = match started {
             StartOutcome::Started(work) => {
                 let outcome = self.execute(*work).await;
-                match self
+                let (submitted, rest) = self
                     .store
-                    .submit_result(msg.step_id, msg.attempt, outcome)
-                    .await?
-                {
-                    SubmitOutcome::Accepted | SubmitOutcome::Duplicate => true,
-                    SubmitOutcome::Refused { state, attempts } => {
-                        tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
-                        false
-                    }
+                    .submit_result(msg.step_id, msg.attempt, outcome, notify)
+                    .await?;
+                if let SubmitOutcome::Refused { state, attempts } = submitted {
+                    tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
                 }
+                rest
             }
-            StartOutcome::AlreadySubmitted => true,
+            // Durable already; the notification may have been lost.
+            StartOutcome::AlreadySubmitted => notify,
             StartOutcome::Stale { state, attempts } => {
                 tracing::debug!(step = %msg.step_name, %state, attempts, "stale step message dropped");
-                false
+                notify.sends.clear();
+                notify
             }
         };
-        if notify {
-            let result = OrchestrationMessage::StepResult {
-                task_id: msg.task_id,
-                step_id: msg.step_id,
-                attempt: msg.attempt,
-            };
-            self.queue
-                .send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?)
-                .await?;
-        }
-        self.queue.ack(queue, &[delivery.receipt]).await?;
+        rest.deliver(self.queue.as_ref()).await?;
         Ok(())
     }
 

@@ -74,6 +74,46 @@ pub trait Queue: Send + Sync + 'static {
     async fn depth(&self, queue: &str) -> Result<u64, QueueError>;
 }
 
+/// The messages a state change sends and the delivery it consumes. A store
+/// that shares a database with its queue applies them in the same atomic
+/// write; otherwise it hands them back and the caller [`Outbox::deliver`]s them
+/// through the queue once the state is durable.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    pub sends: Vec<(String, Vec<Outgoing>)>,
+    /// A claimed message (queue, receipt) to acknowledge.
+    pub ack: Option<(String, u64)>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.sends.iter().all(|(_, m)| m.is_empty()) && self.ack.is_none()
+    }
+
+    pub fn send(&mut self, queue: &str, messages: Vec<Outgoing>) -> &mut Self {
+        if !messages.is_empty() {
+            self.sends.push((queue.to_string(), messages));
+        }
+        self
+    }
+
+    pub fn acking(mut self, ack: Option<(String, u64)>) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    /// Sends, then acknowledges.
+    pub async fn deliver(self, queue: &dyn Queue) -> Result<(), QueueError> {
+        for (name, messages) in self.sends {
+            queue.send(&name, messages).await?;
+        }
+        if let Some((name, receipt)) = self.ack {
+            queue.ack(&name, &[receipt]).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Encodes each message as JSON.
 pub fn encode_all<T: Serialize>(
     messages: &[T],

@@ -3,6 +3,7 @@
 
 use super::{Store, StoreError, TaskLock};
 use crate::model::*;
+use crate::queue::Outbox;
 use crate::state::{StepState, TaskState};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -46,6 +47,43 @@ impl MemoryStore {
 
     pub fn task_count(&self) -> usize {
         self.inner.lock().tasks.len()
+    }
+
+    fn submit(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        outcome: StepOutcome,
+    ) -> Result<SubmitOutcome, StoreError> {
+        let mut inner = self.inner.lock();
+        let (entry, idx) = inner.locate(step_id)?;
+        let s = &mut entry.steps[idx];
+        if s.attempts != attempt {
+            return Ok(SubmitOutcome::Refused {
+                state: s.state,
+                attempts: s.attempts,
+            });
+        }
+        match s.state {
+            StepState::InProgress => {
+                let status = outcome.status();
+                s.outcome = Some(outcome);
+                entry.step_transition(
+                    idx,
+                    StepState::EnqueuedForOrchestration,
+                    json!({ "outcome": status }),
+                );
+                Ok(SubmitOutcome::Accepted)
+            }
+            StepState::EnqueuedForOrchestration
+            | StepState::Complete
+            | StepState::Error
+            | StepState::WaitingForRetry => Ok(SubmitOutcome::Duplicate),
+            state => Ok(SubmitOutcome::Refused {
+                state,
+                attempts: s.attempts,
+            }),
+        }
     }
 }
 
@@ -244,7 +282,7 @@ impl TaskEntry {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create_task(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
             return Err(StoreError::Backend(
                 "create_task must start with InsertTask".into(),
@@ -262,7 +300,7 @@ impl Store for MemoryStore {
         }
         check_ops(None, &ops)?;
         inner.apply(task_id, ops);
-        Ok(())
+        Ok(outbox)
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
@@ -290,7 +328,12 @@ impl Store for MemoryStore {
         ))
     }
 
-    async fn commit(&self, lock: TaskLock, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        lock: TaskLock,
+        ops: Vec<WriteOp>,
+        outbox: Outbox,
+    ) -> Result<Outbox, StoreError> {
         let lock = lock
             .0
             .downcast::<MemoryLock>()
@@ -302,7 +345,7 @@ impl Store for MemoryStore {
             .ok_or(StoreError::TaskNotFound(lock.task_id))?;
         check_ops(Some(entry), &ops)?;
         inner.apply(lock.task_id, ops);
-        Ok(())
+        Ok(outbox)
     }
 
     async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
@@ -330,41 +373,13 @@ impl Store for MemoryStore {
         step_id: StepId,
         attempt: u32,
         outcome: StepOutcome,
-    ) -> Result<SubmitOutcome, StoreError> {
-        let mut inner = self.inner.lock();
-        let (entry, idx) = inner.locate(step_id)?;
-        let s = &mut entry.steps[idx];
-        if s.attempts != attempt {
-            return Ok(SubmitOutcome::Refused {
-                state: s.state,
-                attempts: s.attempts,
-            });
+        mut outbox: Outbox,
+    ) -> Result<(SubmitOutcome, Outbox), StoreError> {
+        let result = self.submit(step_id, attempt, outcome)?;
+        if matches!(result, SubmitOutcome::Refused { .. }) {
+            outbox.sends.clear();
         }
-        match s.state {
-            StepState::InProgress => {
-                let status = match &outcome {
-                    StepOutcome::Success { .. } => "success",
-                    StepOutcome::Decision { .. } => "decision",
-                    StepOutcome::Batch { .. } => "batch",
-                    StepOutcome::Failure { .. } => "failure",
-                };
-                s.outcome = Some(outcome);
-                entry.step_transition(
-                    idx,
-                    StepState::EnqueuedForOrchestration,
-                    json!({ "outcome": status }),
-                );
-                Ok(SubmitOutcome::Accepted)
-            }
-            StepState::EnqueuedForOrchestration
-            | StepState::Complete
-            | StepState::Error
-            | StepState::WaitingForRetry => Ok(SubmitOutcome::Duplicate),
-            state => Ok(SubmitOutcome::Refused {
-                state,
-                attempts: s.attempts,
-            }),
-        }
+        Ok((result, outbox))
     }
 
     async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError> {

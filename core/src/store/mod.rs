@@ -7,6 +7,7 @@ mod memory;
 pub use memory::MemoryStore;
 
 use crate::model::*;
+use crate::queue::Outbox;
 use async_trait::async_trait;
 use std::any::Any;
 use std::time::Duration;
@@ -32,26 +33,36 @@ pub struct TaskLock(pub Box<dyn Any + Send>);
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or nothing.
-    async fn create_task(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Returns what of `outbox` the caller must still deliver (see [`Outbox`]).
+    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError>;
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError>;
 
     /// Takes the task's exclusive lock (waiting for it) and reads its graph.
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError>;
 
-    /// Applies `ops` atomically and releases the lock.
-    async fn commit(&self, lock: TaskLock, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Applies `ops` atomically and releases the lock. Returns what of
+    /// `outbox` the caller must still deliver.
+    async fn commit(
+        &self,
+        lock: TaskLock,
+        ops: Vec<WriteOp>,
+        outbox: Outbox,
+    ) -> Result<Outbox, StoreError>;
 
     /// Worker: Enqueued -> InProgress for `attempt`, returning what the handler needs.
     async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError>;
 
-    /// Worker: InProgress -> EnqueuedForOrchestration with the attempt's outcome.
+    /// Worker: InProgress -> EnqueuedForOrchestration with the attempt's
+    /// outcome. `outbox` sends go out only when the result is Accepted or a
+    /// Duplicate; its ack always. Returns what the caller must still deliver.
     async fn submit_result(
         &self,
         step_id: StepId,
         attempt: u32,
         outcome: StepOutcome,
-    ) -> Result<SubmitOutcome, StoreError>;
+        outbox: Outbox,
+    ) -> Result<(SubmitOutcome, Outbox), StoreError>;
 
     /// A consistent read without taking the lock.
     async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError>;
