@@ -5,8 +5,9 @@ use crate::fixtures;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stepgraph_core::{TaskRequest, TaskState};
+use stepgraph_core::{PgBackend, TaskRequest, TaskState};
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 pub struct Scenario {
@@ -106,15 +107,36 @@ pub async fn run(
     warmup: usize,
     only: Option<&str>,
     runtime: &str,
+    database_url: Option<&str>,
 ) -> Result<()> {
     let csv_path = std::env::temp_dir().join(format!("stepgraph-bench-{}.csv", std::process::id()));
     std::fs::write(&csv_path, fixtures::PRODUCTS_CSV).context("writing the benchmark CSV")?;
     let csv = csv_path.display().to_string();
-    let engine = Engine::embedded(
-        fixtures::registry()?,
-        examples::registry(),
-        EngineConfig::default(),
-    );
+    let (engine, mode) = match database_url {
+        None => (
+            Engine::embedded(
+                fixtures::registry()?,
+                examples::registry(),
+                EngineConfig::default(),
+            ),
+            "embedded mode (in-memory store and queue",
+        ),
+        Some(url) => {
+            let pg = PgBackend::connect(url, 16).await?;
+            pg.migrate().await?;
+            let engine = Engine::with_backends(
+                Arc::new(pg.store(true)),
+                Arc::new(pg.queue()),
+                fixtures::registry()?,
+                examples::registry(),
+                EngineConfig::default(),
+            );
+            (
+                engine,
+                "PostgreSQL state and queue, durable commits (orchestrator and worker in this process",
+            )
+        }
+    };
     let chosen: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| only.is_none_or(|o| s.template == o))
@@ -159,7 +181,7 @@ pub async fn run(
     engine.shutdown().await;
 
     println!(
-        "stepgraph bench: embedded mode (in-memory store and queue, Rust handlers, {runtime} tokio runtime), \
+        "stepgraph bench: {mode}, Rust handlers, {runtime} tokio runtime), \
          {iterations} runs per scenario after {warmup} warm-up runs"
     );
     println!();

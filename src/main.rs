@@ -52,7 +52,10 @@ enum Command {
         /// Only this scenario (template name: linear, diamond, complex_dag, tree, conditional_approval, csv_batch).
         #[arg(long)]
         scenario: Option<String>,
-        /// The tokio runtime the embedded engine runs on.
+        /// Runs against PostgreSQL (state and queue) instead of embedded mode.
+        #[arg(long, env = "STEPGRAPH_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The tokio runtime the engine runs on.
         #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
         runtime: RuntimeKind,
     },
@@ -101,14 +104,21 @@ fn main() -> ExitCode {
                 warmup,
                 scenario,
                 runtime,
+                database_url,
             } => {
                 let label = match runtime {
                     RuntimeKind::CurrentThread => "current-thread",
                     RuntimeKind::MultiThread => "multi-thread",
                 };
-                bench::run(iterations.max(1), warmup, scenario.as_deref(), label)
-                    .await
-                    .map(|()| true)
+                bench::run(
+                    iterations.max(1),
+                    warmup,
+                    scenario.as_deref(),
+                    label,
+                    database_url.as_deref(),
+                )
+                .await
+                .map(|()| true)
             }
         }
     });

@@ -6,6 +6,7 @@
 pub mod evaluate;
 pub mod model;
 pub mod orchestrator;
+pub mod pg;
 pub mod queue;
 pub mod shutdown;
 pub mod state;
@@ -17,10 +18,11 @@ pub use model::*;
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest,
 };
+pub use pg::PgBackend;
 pub use queue::{MemoryQueue, Queue, QueueError};
 pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
 pub use state::{IllegalTransition, StepState, TaskState};
-pub use store::{MemoryStore, Store, StoreError};
+pub use store::{MemoryStore, PgStore, Store, StoreError};
 pub use template::{
     TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry,
 };

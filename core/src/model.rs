@@ -61,12 +61,7 @@ pub struct Step {
 impl Step {
     /// What a dependent step sees as this step's result.
     pub fn result_value(&self) -> Option<Value> {
-        match self.outcome.as_ref()? {
-            StepOutcome::Success { result } => Some(result.clone()),
-            StepOutcome::Decision { branches } => Some(serde_json::json!({ "branches": branches })),
-            StepOutcome::Batch { batch } => serde_json::to_value(batch).ok(),
-            StepOutcome::Failure { .. } => None,
-        }
+        self.outcome.as_ref()?.result_value()
     }
 
     pub fn error(&self) -> Option<&StepError> {
@@ -177,6 +172,16 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
+    /// What a dependent step sees: the result, the chosen branches, or the batch split.
+    pub fn result_value(&self) -> Option<Value> {
+        match self {
+            StepOutcome::Success { result } => Some(result.clone()),
+            StepOutcome::Decision { branches } => Some(serde_json::json!({ "branches": branches })),
+            StepOutcome::Batch { batch } => serde_json::to_value(batch).ok(),
+            StepOutcome::Failure { .. } => None,
+        }
+    }
+
     pub fn status(&self) -> &'static str {
         match self {
             StepOutcome::Success { .. } => "success",
@@ -243,7 +248,8 @@ impl TaskGraph {
 /// One change a store must apply atomically with the others of its batch.
 /// Transitions are compare-and-swap on `from`: a batch whose `from` does not
 /// match the stored state is refused whole with [`crate::StoreError::Conflict`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", content = "data", rename_all = "snake_case")]
 pub enum WriteOp {
     InsertTask(Task),
     InsertStep(Step),

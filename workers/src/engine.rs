@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
     shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig,
-    OrchestratorError, ShutdownTrigger, Step, StepState, Store, StoreError, Task, TaskCreated,
-    TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
+    OrchestratorError, Queue, ShutdownTrigger, Step, StepState, Store, StoreError, Task,
+    TaskCreated, TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
 };
 use tokio::task::JoinHandle;
 
@@ -49,7 +49,7 @@ pub enum EngineError {
 
 pub struct Engine {
     orchestrator: Arc<Orchestrator>,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn Store>,
     trigger: ShutdownTrigger,
     loops: Vec<JoinHandle<()>>,
     run_timeout: Duration,
@@ -61,10 +61,22 @@ impl Engine {
     pub fn embedded(
         templates: TemplateRegistry,
         handlers: HandlerRegistry,
-        mut config: EngineConfig,
+        config: EngineConfig,
     ) -> Engine {
         let store = Arc::new(MemoryStore::new());
         let queue = Arc::new(MemoryQueue::new());
+        Engine::with_backends(store, queue, templates, handlers, config)
+    }
+
+    /// An orchestrator and a worker in this process over the given backends
+    /// (PostgreSQL, say), which other processes may share.
+    pub fn with_backends(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        templates: TemplateRegistry,
+        handlers: HandlerRegistry,
+        mut config: EngineConfig,
+    ) -> Engine {
         if config.worker.namespaces.is_empty() {
             config.worker.namespaces = templates.namespaces();
         }

@@ -2,8 +2,10 @@
 //! release, and a receive that sleeps until a message arrives (no fixed polling).
 
 mod memory;
+mod postgres;
 
 pub use memory::MemoryQueue;
+pub use postgres::PgQueue;
 
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;

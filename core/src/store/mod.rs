@@ -3,8 +3,10 @@
 //! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
 
 mod memory;
+mod postgres;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 
 use crate::model::*;
 use crate::queue::Outbox;

@@ -1,0 +1,222 @@
+//! What the PostgreSQL store and queue share: the pool, the embedded
+//! migrations, and one LISTEN connection that wakes waiters on queue sends
+//! and on tasks reaching a terminal state.
+
+use crate::queue::PgQueue;
+use crate::store::{PgStore, StoreError};
+use parking_lot::Mutex;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Any stable number: serializes concurrent `migrate` runs.
+const MIGRATION_LOCK: i64 = 0x5354_4550_4752_4150;
+
+pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.code().as_deref() == Some("SG409") {
+            return StoreError::Conflict(db.message().to_string());
+        }
+    }
+    StoreError::Backend(e.to_string())
+}
+
+/// Applies the embedded migrations that are not applied yet.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
+    let mut tx = pool.begin().await.map_err(backend_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS sg_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_error)?;
+    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM sg_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
+        sqlx::query("INSERT INTO sg_schema_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_error)?;
+        applied.push(*version);
+    }
+    tx.commit().await.map_err(backend_error)?;
+    Ok(applied)
+}
+
+/// Wakes waiters: per queue on a send, per task when it ends. A lost
+/// connection wakes everyone, since notifications may have been missed.
+#[derive(Default)]
+pub(crate) struct Notifier {
+    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    tasks: Mutex<HashMap<Uuid, Weak<Notify>>>,
+}
+
+impl Notifier {
+    pub(crate) fn queue(&self, name: &str) -> Arc<Notify> {
+        self.queues
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn task(&self, id: Uuid) -> Arc<Notify> {
+        let mut tasks = self.tasks.lock();
+        if let Some(n) = tasks.get(&id).and_then(Weak::upgrade) {
+            return n;
+        }
+        tasks.retain(|_, w| w.strong_count() > 0);
+        let n = Arc::new(Notify::new());
+        tasks.insert(id, Arc::downgrade(&n));
+        n
+    }
+
+    fn wake_all(&self) {
+        for n in self.queues.lock().values() {
+            n.notify_waiters();
+        }
+        for n in self.tasks.lock().values().filter_map(Weak::upgrade) {
+            n.notify_waiters();
+        }
+    }
+
+    fn dispatch(&self, channel: &str, payload: &str) {
+        let wake = match channel {
+            "stepgraph_queue" => self.queues.lock().get(payload).cloned(),
+            _ => payload
+                .parse::<Uuid>()
+                .ok()
+                .and_then(|t| self.tasks.lock().get(&t).and_then(Weak::upgrade)),
+        };
+        if let Some(w) = wake {
+            w.notify_waiters();
+        }
+    }
+}
+
+/// Runs while anything still holds the notifier (a store or a queue).
+async fn listen(notifier: Weak<Notifier>, pool: PgPool) {
+    let alive = || notifier.upgrade();
+    while alive().is_some() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener
+            .listen_all(["stepgraph_queue", "stepgraph_task"])
+            .await
+        {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        // Anything sent before LISTEN took effect was not announced.
+        match alive() {
+            Some(n) => n.wake_all(),
+            None => return,
+        }
+        loop {
+            let received = tokio::time::timeout(Duration::from_secs(10), listener.try_recv()).await;
+            let Some(n) = alive() else { return };
+            match received {
+                Err(_) => continue,
+                Ok(Ok(Some(msg))) => n.dispatch(msg.channel(), msg.payload()),
+                // The connection dropped; it reconnects on the next call.
+                Ok(Ok(None)) => n.wake_all(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    n.wake_all();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A PostgreSQL database holding both the state and the queue.
+pub struct PgBackend {
+    pool: PgPool,
+    notifier: Arc<Notifier>,
+}
+
+impl PgBackend {
+    /// Connects (the pool reconnects by itself after a restart) and starts listening.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<PgBackend>, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to {}: {e}", redact(url))))?;
+        let notifier = Arc::new(Notifier::default());
+        tokio::spawn(listen(Arc::downgrade(&notifier), pool.clone()));
+        Ok(Arc::new(PgBackend { pool, notifier }))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        migrate(&self.pool).await
+    }
+
+    /// The store; with `queue_in_db` it sends and acks the outbox of each
+    /// state change in the same transaction (use it with [`PgBackend::queue`]).
+    pub fn store(&self, queue_in_db: bool) -> PgStore {
+        PgStore::new(self.pool.clone(), self.notifier.clone(), queue_in_db)
+    }
+
+    pub fn queue(&self) -> PgQueue {
+        PgQueue::new(self.pool.clone(), self.notifier.clone())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

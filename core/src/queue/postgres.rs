@@ -1,0 +1,153 @@
+//! PostgreSQL queue: rows in `sg_queue`, claimed with FOR UPDATE SKIP LOCKED
+//! and a visibility timeout, deleted on ack. Receivers sleep until a NOTIFY
+//! for their queue (or the next delayed message is due); a slow poll covers
+//! notifications lost while reconnecting.
+
+use super::{Delivery, Outgoing, Queue, QueueError};
+use crate::pg::Notifier;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+
+pub struct PgQueue {
+    pool: PgPool,
+    notifier: Arc<Notifier>,
+}
+
+fn err(e: sqlx::Error) -> QueueError {
+    QueueError::Backend(e.to_string())
+}
+
+impl PgQueue {
+    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Self {
+        PgQueue { pool, notifier }
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let rows: Vec<(i64, Vec<u8>, i32)> =
+            sqlx::query_as("SELECT id, payload, delivery_count FROM sg_receive($1, $2, $3)")
+                .bind(queue)
+                .bind(max as i32)
+                .bind(visibility.as_millis() as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+        let mut out: Vec<Delivery> = rows
+            .into_iter()
+            .map(|(id, payload, count)| Delivery {
+                receipt: id as u64,
+                payload,
+                delivery_count: count as u32,
+            })
+            .collect();
+        out.sort_by_key(|d| d.receipt);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Queue for PgQueue {
+    async fn send(&self, queue: &str, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let queues = vec![queue.to_string(); messages.len()];
+        let delays: Vec<i64> = messages
+            .iter()
+            .map(|m| m.delay.as_millis() as i64)
+            .collect();
+        let payloads: Vec<Vec<u8>> = messages.into_iter().map(|m| m.payload).collect();
+        sqlx::query("SELECT sg_send($1, $2, $3)")
+            .bind(queues)
+            .bind(payloads)
+            .bind(delays)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = Instant::now() + wait;
+        let wake = self.notifier.queue(queue);
+        loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.claim(queue, max, visibility).await?;
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            let next: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT min(visible_at) FROM sg_queue WHERE queue = $1")
+                    .bind(queue)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(err)?;
+            let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
+            if let Some(next) = next {
+                let due = (next - Utc::now()).to_std().unwrap_or_default();
+                wake_at = wake_at.min(Instant::now() + due);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, queue: &str, receipts: &[u64]) -> Result<(), QueueError> {
+        let ids: Vec<i64> = receipts.iter().map(|r| *r as i64).collect();
+        sqlx::query("DELETE FROM sg_queue WHERE queue = $1 AND id = ANY($2)")
+            .bind(queue)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn release(&self, queue: &str, receipt: u64, delay: Duration) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE sg_queue SET visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
+              WHERE queue = $1 AND id = $2",
+        )
+        .bind(queue)
+        .bind(receipt as i64)
+        .bind(delay.as_millis() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        sqlx::query("SELECT pg_notify('stepgraph_queue', $1)")
+            .bind(queue)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sg_queue WHERE queue = $1")
+            .bind(queue)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(n as u64)
+    }
+}

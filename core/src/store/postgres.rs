@@ -1,0 +1,407 @@
+//! PostgreSQL store. Each call is one statement (a server-side function), so
+//! one round trip: reading a graph, committing an orchestration decision with
+//! its sends and ack, starting a step, submitting its result.
+
+use super::{Store, StoreError, TaskLock};
+use crate::model::*;
+use crate::pg::{backend_error, Notifier};
+use crate::queue::Outbox;
+use crate::state::TaskState;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::postgres::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct PgStore {
+    pool: PgPool,
+    notifier: Arc<Notifier>,
+    queue_in_db: bool,
+}
+
+struct PgLock {
+    task_id: TaskId,
+    version: i64,
+}
+
+#[derive(Deserialize)]
+struct GraphRow {
+    lock_version: i64,
+    task: Task,
+    steps: Vec<Step>,
+    edges: Vec<Edge>,
+}
+
+#[derive(Deserialize)]
+struct Dependency {
+    name: String,
+    outcome: Option<StepOutcome>,
+}
+
+#[derive(Deserialize)]
+struct WorkRow {
+    task_id: TaskId,
+    step_id: StepId,
+    namespace: String,
+    task_name: String,
+    step_name: String,
+    handler: String,
+    config: Value,
+    context: Value,
+    attempt: u32,
+    max_attempts: u32,
+    timeout_seconds: Option<f64>,
+    batch_size: Option<u64>,
+    cursor: Option<Value>,
+    dependencies: Vec<Dependency>,
+}
+
+/// The outbox as the SQL functions take it: parallel arrays, and the ack.
+struct Flat {
+    queues: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    delays: Vec<i64>,
+    ack_queue: Option<String>,
+    ack_id: Option<i64>,
+}
+
+fn flatten(outbox: Outbox) -> Flat {
+    let mut f = Flat {
+        queues: Vec::new(),
+        payloads: Vec::new(),
+        delays: Vec::new(),
+        ack_queue: None,
+        ack_id: None,
+    };
+    for (queue, messages) in outbox.sends {
+        for m in messages {
+            f.queues.push(queue.clone());
+            f.payloads.push(m.payload);
+            f.delays.push(m.delay.as_millis() as i64);
+        }
+    }
+    if let Some((q, id)) = outbox.ack {
+        f.ack_queue = Some(q);
+        f.ack_id = Some(id as i64);
+    }
+    f
+}
+
+impl PgStore {
+    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>, queue_in_db: bool) -> Self {
+        PgStore {
+            pool,
+            notifier,
+            queue_in_db,
+        }
+    }
+
+    /// Splits the outbox into what the database sends (when the queue lives
+    /// there) and what the caller must deliver.
+    fn split(&self, outbox: Outbox) -> (Flat, Outbox) {
+        if self.queue_in_db {
+            (flatten(outbox), Outbox::default())
+        } else {
+            (flatten(Outbox::default()), outbox)
+        }
+    }
+
+    async fn apply(
+        &self,
+        task_id: TaskId,
+        lock: Option<i64>,
+        ops: &[WriteOp],
+        flat: Flat,
+    ) -> Result<(), StoreError> {
+        let ops = serde_json::to_value(ops).map_err(|e| StoreError::Backend(e.to_string()))?;
+        sqlx::query("SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(task_id)
+            .bind(lock)
+            .bind(ops)
+            .bind(flat.queues)
+            .bind(flat.payloads)
+            .bind(flat.delays)
+            .bind(flat.ack_queue)
+            .bind(flat.ack_id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
+        let row: Option<Value> = sqlx::query_scalar("SELECT sg_graph($1)")
+            .bind(task_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
+        serde_json::from_value(row)
+            .map_err(|e| StoreError::Backend(format!("task {task_id} graph: {e}")))
+    }
+
+    async fn task(&self, task_id: TaskId) -> Result<Task, StoreError> {
+        let row: Option<Value> =
+            sqlx::query_scalar("SELECT to_jsonb(t) FROM sg_tasks t WHERE id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend_error)?;
+        let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
+        serde_json::from_value(row).map_err(|e| StoreError::Backend(format!("task {task_id}: {e}")))
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError> {
+        let Some(WriteOp::InsertTask(task)) = ops.first() else {
+            return Err(StoreError::Backend(
+                "create_task must start with InsertTask".into(),
+            ));
+        };
+        let (task_id, key) = (task.id, task.idempotency_key.clone());
+        let (flat, rest) = self.split(outbox);
+        match self.apply(task_id, None, &ops, flat).await {
+            Err(StoreError::Backend(msg))
+                if key.is_some() && msg.contains("sg_tasks_idempotency_key_key") =>
+            {
+                let key = key.unwrap_or_default();
+                match self.find_by_idempotency_key(&key).await? {
+                    Some(existing) => Err(StoreError::DuplicateIdempotencyKey { key, existing }),
+                    None => Err(StoreError::Conflict(msg)),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(rest),
+        }
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM sg_tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend_error)
+    }
+
+    async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError> {
+        let row = self.read_graph(task_id).await?;
+        let lock = TaskLock(Box::new(PgLock {
+            task_id,
+            version: row.lock_version,
+        }));
+        Ok((
+            TaskGraph {
+                task: row.task,
+                steps: row.steps,
+                edges: row.edges,
+            },
+            lock,
+        ))
+    }
+
+    async fn commit(
+        &self,
+        lock: TaskLock,
+        ops: Vec<WriteOp>,
+        outbox: Outbox,
+    ) -> Result<Outbox, StoreError> {
+        let lock = lock
+            .0
+            .downcast::<PgLock>()
+            .map_err(|_| StoreError::Backend("lock from another store".into()))?;
+        if ops.is_empty() && outbox.is_empty() {
+            return Ok(outbox);
+        }
+        let (flat, rest) = self.split(outbox);
+        // Without state changes there is nothing to guard: no version check.
+        let version = (!ops.is_empty()).then_some(lock.version);
+        self.apply(lock.task_id, version, &ops, flat).await?;
+        Ok(rest)
+    }
+
+    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
+        let row: Value = sqlx::query_scalar("SELECT sg_start_step($1, $2)")
+            .bind(step_id)
+            .bind(attempt as i32)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
+        match row["status"].as_str() {
+            Some("started") => {
+                let w: WorkRow = serde_json::from_value(row["work"].clone()).map_err(bad)?;
+                let dependency_results: Map<String, Value> = w
+                    .dependencies
+                    .into_iter()
+                    .map(|d| {
+                        (
+                            d.name,
+                            d.outcome.and_then(|o| o.result_value()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                Ok(StartOutcome::Started(Box::new(StepWork {
+                    task_id: w.task_id,
+                    step_id: w.step_id,
+                    namespace: w.namespace,
+                    task_name: w.task_name,
+                    step_name: w.step_name,
+                    handler: w.handler,
+                    config: w.config,
+                    context: w.context,
+                    dependency_results,
+                    attempt: w.attempt,
+                    max_attempts: w.max_attempts,
+                    timeout_seconds: w.timeout_seconds,
+                    batch_size: w.batch_size,
+                    cursor: w.cursor,
+                })))
+            }
+            Some("already_submitted") => Ok(StartOutcome::AlreadySubmitted),
+            Some("not_found") => Err(StoreError::StepNotFound(step_id)),
+            _ => Ok(StartOutcome::Stale {
+                state: serde_json::from_value(row["state"].clone()).map_err(bad)?,
+                attempts: row["attempts"].as_u64().unwrap_or_default() as u32,
+            }),
+        }
+    }
+
+    async fn submit_result(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        outcome: StepOutcome,
+        outbox: Outbox,
+    ) -> Result<(SubmitOutcome, Outbox), StoreError> {
+        let (flat, mut rest) = self.split(outbox);
+        let outcome =
+            serde_json::to_value(&outcome).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let row: Value =
+            sqlx::query_scalar("SELECT sg_submit_result($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(step_id)
+                .bind(attempt as i32)
+                .bind(outcome)
+                .bind(flat.queues)
+                .bind(flat.payloads)
+                .bind(flat.delays)
+                .bind(flat.ack_queue)
+                .bind(flat.ack_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend_error)?;
+        let result = match row["status"].as_str() {
+            Some("accepted") => SubmitOutcome::Accepted,
+            Some("duplicate") => SubmitOutcome::Duplicate,
+            Some("not_found") => return Err(StoreError::StepNotFound(step_id)),
+            _ => SubmitOutcome::Refused {
+                state: serde_json::from_value(row["state"].clone())
+                    .map_err(|e| StoreError::Backend(format!("submit_result: {e}")))?,
+                attempts: row["attempts"].as_u64().unwrap_or_default() as u32,
+            },
+        };
+        if matches!(result, SubmitOutcome::Refused { .. }) {
+            rest.sends.clear();
+        }
+        Ok((result, rest))
+    }
+
+    async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError> {
+        let row = self.read_graph(task_id).await?;
+        Ok(TaskGraph {
+            task: row.task,
+            steps: row.steps,
+            edges: row.edges,
+        })
+    }
+
+    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
+        let task: Vec<(Option<String>, String, chrono::DateTime<chrono::Utc>, Value)> = sqlx::query_as(
+            "SELECT from_state, to_state, created_at, metadata FROM sg_task_transitions WHERE task_id = $1 ORDER BY sort_key",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend_error)?;
+        #[allow(clippy::type_complexity)]
+        let steps: Vec<(
+            StepId,
+            String,
+            Option<String>,
+            String,
+            i32,
+            chrono::DateTime<chrono::Utc>,
+            Value,
+        )> = sqlx::query_as(
+            "SELECT step_id, step_name, from_state, to_state, attempt, created_at, metadata
+                   FROM sg_step_transitions WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend_error)?;
+        fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
+            s.parse().map_err(StoreError::Backend)
+        }
+        let mut out = Transitions::default();
+        for (from, to, at, metadata) in task {
+            out.task.push(TaskTransition {
+                task_id,
+                from: from.as_deref().map(parse).transpose()?,
+                to: parse(&to)?,
+                at,
+                metadata,
+            });
+        }
+        for (step_id, step_name, from, to, attempt, at, metadata) in steps {
+            out.steps.push(StepTransition {
+                task_id,
+                step_id,
+                step_name,
+                from: from.as_deref().map(parse).transpose()?,
+                to: parse(&to)?,
+                attempt: attempt as u32,
+                at,
+                metadata,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let wake = self.notifier.task(task_id);
+        loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let task = self.task(task_id).await?;
+            if task.state.is_terminal() || Instant::now() >= deadline {
+                return Ok(task);
+            }
+            // The notification is the wake-up; the slow poll only covers a lost one.
+            let poll = Instant::now() + Duration::from_secs(2);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(poll.min(deadline)) => {}
+            }
+        }
+    }
+}
+
+impl PgStore {
+    /// Tasks by state, for metrics.
+    pub async fn count_tasks_by_state(&self) -> Result<Vec<(TaskState, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM sg_tasks GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend_error)?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((s.parse().map_err(StoreError::Backend)?, n)))
+            .collect()
+    }
+}
