@@ -1,7 +1,9 @@
 //! The `stepgraph` command line: run a template, validate templates, bench.
 
 mod bench;
+mod config;
 mod fixtures;
+mod server;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +43,30 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Applies the database migrations.
+    Migrate {
+        #[command(flatten)]
+        args: ServerArgs,
+    },
+    /// Runs an orchestrator and the HTTP API (PostgreSQL).
+    Serve {
+        #[command(flatten)]
+        args: ServerArgs,
+        /// The address to listen on (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Runs a worker with the built-in Rust handlers (PostgreSQL).
+    Worker {
+        #[command(flatten)]
+        args: ServerArgs,
+        /// A namespace to serve (repeatable); default: every template's.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// Steps run at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Runs every seed workflow shape in embedded mode and prints a latency table.
     Bench {
         /// Measured runs per scenario.
@@ -59,6 +85,32 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
         runtime: RuntimeKind,
     },
+}
+
+/// Where a server process gets its settings (flags win over the environment and the file).
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// A TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The directory of task templates.
+    #[arg(long)]
+    templates: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn load(&self) -> Result<config::Config> {
+        let mut c = config::Config::load(self.config.as_deref())?;
+        if let Some(url) = &self.database_url {
+            c.database_url = Some(url.clone());
+        }
+        if let Some(dir) = &self.templates {
+            c.templates_dir = dir.clone();
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,6 +151,28 @@ fn main() -> ExitCode {
                 timeout_secs,
             } => run(template, &context, Duration::from_secs(timeout_secs)).await,
             Command::Validate { files } => validate(&files),
+            Command::Migrate { args } => server::migrate(&args.load()?).await.map(|()| true),
+            Command::Serve { args, listen } => {
+                let mut c = args.load()?;
+                if let Some(l) = listen {
+                    c.listen = l;
+                }
+                server::serve(&c).await.map(|()| true)
+            }
+            Command::Worker {
+                args,
+                namespaces,
+                concurrency,
+            } => {
+                let mut c = args.load()?;
+                if !namespaces.is_empty() {
+                    c.worker.namespaces = namespaces;
+                }
+                if let Some(n) = concurrency {
+                    c.worker.concurrency = n;
+                }
+                server::worker(&c).await.map(|()| true)
+            }
             Command::Bench {
                 iterations,
                 warmup,

@@ -3,7 +3,9 @@
 //! backends, and the [`Orchestrator`] that drives tasks. It knows nothing of
 //! handler languages or FFI.
 
+pub mod api;
 pub mod evaluate;
+pub mod metrics;
 pub mod model;
 pub mod orchestrator;
 pub mod pg;

@@ -285,6 +285,9 @@ pub enum OrchestrationMessage {
         task_id: TaskId,
         step_id: StepId,
         attempt: u32,
+        /// How long the handler ran, as the worker measured it.
+        #[serde(default)]
+        elapsed_us: u64,
     },
     Wake {
         task_id: TaskId,

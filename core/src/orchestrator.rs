@@ -95,6 +95,7 @@ impl Default for OrchestratorConfig {
 }
 
 pub struct Orchestrator {
+    metrics: crate::metrics::Metrics,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     templates: Arc<TemplateRegistry>,
@@ -109,6 +110,7 @@ impl Orchestrator {
         config: OrchestratorConfig,
     ) -> Self {
         Orchestrator {
+            metrics: Default::default(),
             store,
             queue,
             templates,
@@ -118,6 +120,10 @@ impl Orchestrator {
 
     pub fn templates(&self) -> &TemplateRegistry {
         &self.templates
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -229,9 +235,13 @@ impl Orchestrator {
         let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
+        let mut observed = None;
         let trigger = match message {
             OrchestrationMessage::StepResult {
-                step_id, attempt, ..
+                step_id,
+                attempt,
+                elapsed_us,
+                ..
             } => {
                 let Some(idx) = txn.step_index(*step_id) else {
                     return Err(StoreError::StepNotFound(*step_id).into());
@@ -251,6 +261,7 @@ impl Orchestrator {
                     return self.finish(txn, Outbox::default().acking(ack)).await;
                 }
                 wake_at = evaluate::apply_result(&mut txn, &template, idx)?;
+                observed = Some((txn.step(idx).handler.clone(), *elapsed_us));
                 Trigger::Result
             }
             OrchestrationMessage::Wake { .. } => Trigger::Wake,
@@ -262,7 +273,20 @@ impl Orchestrator {
             let wake = OrchestrationMessage::Wake { task_id };
             outbox.send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?);
         }
-        self.finish(txn, outbox).await
+        let finished = (txn.task().state == TaskState::Complete).then(|| {
+            (Utc::now() - txn.task().created_at)
+                .to_std()
+                .unwrap_or_default()
+        });
+        self.finish(txn, outbox).await?;
+        if let Some((handler, us)) = observed {
+            self.metrics
+                .observe_step(&handler, Duration::from_micros(us));
+        }
+        if let Some(took) = finished {
+            self.metrics.observe_task(&template.key(), took);
+        }
+        Ok(())
     }
 
     /// Commits, then delivers what the store did not send with the commit.

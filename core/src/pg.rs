@@ -197,6 +197,30 @@ impl PgBackend {
         PgQueue::new(self.pool.clone(), self.notifier.clone())
     }
 
+    /// Records every loaded template (versioned) in the database.
+    pub async fn store_templates(
+        &self,
+        templates: &crate::TemplateRegistry,
+    ) -> Result<(), StoreError> {
+        for t in templates.all() {
+            let body =
+                serde_json::to_value(t.as_ref()).map_err(|e| StoreError::Backend(e.to_string()))?;
+            sqlx::query(
+                "WITH ns AS (INSERT INTO sg_namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING)
+                 INSERT INTO sg_templates (namespace, name, version, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (namespace, name, version) DO UPDATE SET body = EXCLUDED.body",
+            )
+            .bind(&t.namespace)
+            .bind(&t.name)
+            .bind(&t.version)
+            .bind(body)
+            .execute(&self.pool)
+            .await
+            .map_err(backend_error)?;
+        }
+        Ok(())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")

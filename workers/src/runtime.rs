@@ -135,19 +135,24 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
-        let result = OrchestrationMessage::StepResult {
-            task_id: msg.task_id,
-            step_id: msg.step_id,
-            attempt: msg.attempt,
+        let notify = |elapsed: Duration| -> Result<Outbox, ProcessError> {
+            let result = OrchestrationMessage::StepResult {
+                task_id: msg.task_id,
+                step_id: msg.step_id,
+                attempt: msg.attempt,
+                elapsed_us: elapsed.as_micros() as u64,
+            };
+            let mut outbox = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
+            outbox.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
+            Ok(outbox)
         };
-        let mut notify = ack;
-        notify.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
         let rest = match started {
             StartOutcome::Started(work) => {
+                let began = std::time::Instant::now();
                 let outcome = self.execute(*work).await;
                 let (submitted, rest) = self
                     .store
-                    .submit_result(msg.step_id, msg.attempt, outcome, notify)
+                    .submit_result(msg.step_id, msg.attempt, outcome, notify(began.elapsed())?)
                     .await?;
                 if let SubmitOutcome::Refused { state, attempts } = submitted {
                     tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
@@ -155,11 +160,10 @@ impl Worker {
                 rest
             }
             // Durable already; the notification may have been lost.
-            StartOutcome::AlreadySubmitted => notify,
+            StartOutcome::AlreadySubmitted => notify(Duration::ZERO)?,
             StartOutcome::Stale { state, attempts } => {
                 tracing::debug!(step = %msg.step_name, %state, attempts, "stale step message dropped");
-                notify.sends.clear();
-                notify
+                ack
             }
         };
         rest.deliver(self.queue.as_ref()).await?;

@@ -1,7 +1,7 @@
 //! In-memory store for the embedded mode. One mutex guards the data; a
 //! per-task async mutex is the orchestrator's exclusive task lock.
 
-use super::{Store, StoreError, TaskLock};
+use super::{StateCounts, Store, StoreError, TaskLock};
 use crate::model::*;
 use crate::queue::Outbox;
 use crate::state::{StepState, TaskState};
@@ -414,5 +414,21 @@ impl Store for MemoryStore {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_terminal())).await;
         let inner = self.inner.lock();
         Ok(inner.tasks[&task_id].task.clone())
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let inner = self.inner.lock();
+        let mut tasks: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut steps: std::collections::BTreeMap<String, i64> = Default::default();
+        for e in inner.tasks.values() {
+            *tasks.entry(e.task.state.to_string()).or_default() += 1;
+            for s in &e.steps {
+                *steps.entry(s.state.to_string()).or_default() += 1;
+            }
+        }
+        Ok(StateCounts {
+            tasks: tasks.into_iter().collect(),
+            steps: steps.into_iter().collect(),
+        })
     }
 }

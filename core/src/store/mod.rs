@@ -29,6 +29,12 @@ pub enum StoreError {
     Backend(String),
 }
 
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StateCounts {
+    pub tasks: Vec<(String, i64)>,
+    pub steps: Vec<(String, i64)>,
+}
+
 /// Proof that the caller holds a task's exclusive lock; given back on commit.
 pub struct TaskLock(pub Box<dyn Any + Send>);
 
@@ -73,4 +79,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits until the task is in a terminal state or `timeout` passes; returns it either way.
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError>;
+
+    /// How many tasks and steps are in each state (for metrics).
+    async fn counts(&self) -> Result<StateCounts, StoreError>;
 }

@@ -2,11 +2,10 @@
 //! one round trip: reading a graph, committing an orchestration decision with
 //! its sends and ack, starting a step, submitting its result.
 
-use super::{Store, StoreError, TaskLock};
+use super::{StateCounts, Store, StoreError, TaskLock};
 use crate::model::*;
 use crate::pg::{backend_error, Notifier};
 use crate::queue::Outbox;
-use crate::state::TaskState;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -390,18 +389,19 @@ impl Store for PgStore {
             }
         }
     }
-}
 
-impl PgStore {
-    /// Tasks by state, for metrics.
-    pub async fn count_tasks_by_state(&self) -> Result<Vec<(TaskState, i64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM sg_tasks GROUP BY state")
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let count = |sql: &'static str| async move {
+            sqlx::query_as::<_, (String, i64)>(sql)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(backend_error)?;
-        rows.into_iter()
-            .map(|(s, n)| Ok((s.parse().map_err(StoreError::Backend)?, n)))
-            .collect()
+                .map_err(backend_error)
+        };
+        Ok(StateCounts {
+            tasks: count("SELECT state, count(*) FROM sg_tasks GROUP BY state ORDER BY state")
+                .await?,
+            steps: count("SELECT state, count(*) FROM sg_steps GROUP BY state ORDER BY state")
+                .await?,
+        })
     }
 }

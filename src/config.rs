@@ -1,0 +1,168 @@
+//! Process configuration: a TOML file, then `STEPGRAPH_*` environment
+//! variables over it, then command-line flags. The defaults run embedded mode.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database_url: Option<String>,
+    /// `postgres` (the queue lives in the database) or `memory`.
+    pub queue: String,
+    pub templates_dir: PathBuf,
+    pub listen: String,
+    pub max_connections: u32,
+    pub orchestrator: OrchestratorSection,
+    pub worker: WorkerSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorSection {
+    pub concurrency: usize,
+    pub visibility_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    pub namespaces: Vec<String>,
+    pub concurrency: usize,
+    pub visibility_timeout_ms: u64,
+    pub default_step_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            queue: "postgres".into(),
+            templates_dir: PathBuf::from("templates"),
+            listen: "127.0.0.1:8080".into(),
+            max_connections: 16,
+            orchestrator: OrchestratorSection::default(),
+            worker: WorkerSection::default(),
+        }
+    }
+}
+
+impl Default for OrchestratorSection {
+    fn default() -> Self {
+        OrchestratorSection {
+            concurrency: 64,
+            visibility_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            visibility_timeout_ms: 330_000,
+            default_step_timeout_ms: 300_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(format!("STEPGRAPH_{name}"))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, into: &mut T) -> Result<()> {
+    if let Some(v) = env(name) {
+        *into = v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("STEPGRAPH_{name} is not a number: {v:?}"))?;
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = env("DATABASE_URL") {
+            c.database_url = Some(v);
+        }
+        if let Some(v) = env("QUEUE") {
+            c.queue = v;
+        }
+        if let Some(v) = env("TEMPLATES_DIR") {
+            c.templates_dir = v.into();
+        }
+        if let Some(v) = env("LISTEN") {
+            c.listen = v;
+        }
+        if let Some(v) = env("WORKER_NAMESPACES") {
+            c.worker.namespaces = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
+        env_num("ORCHESTRATOR_CONCURRENCY", &mut c.orchestrator.concurrency)?;
+        env_num(
+            "ORCHESTRATOR_VISIBILITY_TIMEOUT_MS",
+            &mut c.orchestrator.visibility_timeout_ms,
+        )?;
+        env_num("WORKER_CONCURRENCY", &mut c.worker.concurrency)?;
+        env_num(
+            "WORKER_VISIBILITY_TIMEOUT_MS",
+            &mut c.worker.visibility_timeout_ms,
+        )?;
+        env_num(
+            "WORKER_DEFAULT_STEP_TIMEOUT_MS",
+            &mut c.worker.default_step_timeout_ms,
+        )?;
+        env_num("WORKER_SHUTDOWN_GRACE_MS", &mut c.worker.shutdown_grace_ms)?;
+        if c.queue != "postgres" {
+            bail!(
+                "queue {:?} is not supported by the server processes (use \"postgres\")",
+                c.queue
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn database_url(&self) -> Result<&str> {
+        self.database_url
+            .as_deref()
+            .context("no database URL: set database_url in the config file, STEPGRAPH_DATABASE_URL, or --database-url")
+    }
+
+    pub fn orchestrator(&self) -> stepgraph_core::OrchestratorConfig {
+        stepgraph_core::OrchestratorConfig {
+            concurrency: self.orchestrator.concurrency,
+            visibility_timeout: Duration::from_millis(self.orchestrator.visibility_timeout_ms),
+            ..Default::default()
+        }
+    }
+
+    pub fn worker(&self) -> stepgraph_worker::WorkerConfig {
+        stepgraph_worker::WorkerConfig {
+            namespaces: self.worker.namespaces.clone(),
+            concurrency: self.worker.concurrency,
+            visibility_timeout: Duration::from_millis(self.worker.visibility_timeout_ms),
+            default_step_timeout: Duration::from_millis(self.worker.default_step_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.worker.shutdown_grace_ms),
+            ..Default::default()
+        }
+    }
+}

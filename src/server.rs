@@ -1,0 +1,101 @@
+//! `stepgraph migrate`, `serve` (orchestrator + HTTP API) and `worker`
+//! (native Rust handlers) against PostgreSQL. Any number of each may share
+//! one database.
+
+use crate::config::Config;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use stepgraph_core::api::{self, ApiState};
+use stepgraph_core::{
+    shutdown_channel, Orchestrator, PgBackend, ShutdownTrigger, TemplateRegistry,
+};
+use stepgraph_worker::{examples, Worker};
+
+async fn connect(config: &Config) -> Result<Arc<PgBackend>> {
+    let pg = PgBackend::connect(config.database_url()?, config.max_connections).await?;
+    pg.migrate().await.context("applying migrations")?;
+    Ok(pg)
+}
+
+pub async fn migrate(config: &Config) -> Result<()> {
+    let pg = PgBackend::connect(config.database_url()?, 2).await?;
+    let applied = pg.migrate().await?;
+    if applied.is_empty() {
+        println!("database is up to date");
+    } else {
+        println!("applied migrations {applied:?}");
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C trigger a graceful shutdown.
+fn on_signal(trigger: ShutdownTrigger) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        trigger.trigger();
+    });
+}
+
+pub async fn serve(config: &Config) -> Result<()> {
+    let templates =
+        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pg = connect(config).await?;
+    pg.store_templates(&templates).await?;
+    let store = Arc::new(pg.store(true));
+    let queue = Arc::new(pg.queue());
+    let orchestrator = Arc::new(Orchestrator::new(
+        store.clone(),
+        queue.clone(),
+        Arc::new(templates),
+        config.orchestrator(),
+    ));
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Tests and scripts read the bound address (the port may be 0).
+    println!("listening on http://{}", listener.local_addr()?);
+    let (trigger, shutdown) = shutdown_channel();
+    on_signal(trigger);
+    let consumer = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
+    let state = ApiState {
+        orchestrator,
+        store,
+        queue,
+    };
+    api::serve(listener, state, shutdown).await?;
+    consumer.await?;
+    Ok(())
+}
+
+pub async fn worker(config: &Config) -> Result<()> {
+    let pg = connect(config).await?;
+    let mut worker_config = config.worker();
+    if worker_config.namespaces.is_empty() {
+        let templates = TemplateRegistry::load_dir(&config.templates_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        worker_config.namespaces = templates.namespaces();
+    }
+    println!("worker serving namespaces {:?}", worker_config.namespaces);
+    let worker = Worker::new(
+        Arc::new(pg.store(true)),
+        Arc::new(pg.queue()),
+        Arc::new(examples::registry()),
+        worker_config,
+    );
+    let (trigger, shutdown) = shutdown_channel();
+    on_signal(trigger);
+    worker.run(shutdown).await;
+    Ok(())
+}
