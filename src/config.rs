@@ -43,7 +43,7 @@ impl Default for Config {
             queue: "postgres".into(),
             templates_dir: PathBuf::from("templates"),
             listen: "127.0.0.1:8080".into(),
-            max_connections: 16,
+            max_connections: 10,
             orchestrator: OrchestratorSection::default(),
             worker: WorkerSection::default(),
         }

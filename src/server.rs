@@ -64,10 +64,10 @@ pub async fn serve(config: &Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    // Tests and scripts read the bound address (the port may be 0).
-    println!("listening on http://{}", listener.local_addr()?);
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger);
+    // Tests and scripts read the bound address (the port may be 0).
+    println!("listening on http://{}", listener.local_addr()?);
     let consumer = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
     let state = ApiState {
         orchestrator,
@@ -87,7 +87,7 @@ pub async fn worker(config: &Config) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         worker_config.namespaces = templates.namespaces();
     }
-    println!("worker serving namespaces {:?}", worker_config.namespaces);
+    let namespaces = worker_config.namespaces.clone();
     let worker = Worker::new(
         Arc::new(pg.store(true)),
         Arc::new(pg.queue()),
@@ -96,6 +96,7 @@ pub async fn worker(config: &Config) -> Result<()> {
     );
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger);
+    println!("worker serving namespaces {namespaces:?}");
     worker.run(shutdown).await;
     Ok(())
 }

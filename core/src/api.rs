@@ -104,7 +104,10 @@ async fn create_task(
     let body = body.map_err(|e| {
         ApiError(
             e.status(),
-            format!("request body refused (limit {BODY_LIMIT} bytes): {}", e.body_text()),
+            format!(
+                "request body refused (limit {BODY_LIMIT} bytes): {}",
+                e.body_text()
+            ),
         )
     })?;
     let req: TaskRequest = serde_json::from_slice(&body).map_err(|e| {

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;

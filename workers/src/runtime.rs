@@ -14,6 +14,11 @@ use stepgraph_core::{
 };
 use tokio::sync::Semaphore;
 
+/// How soon a message whose processing failed on a backend error comes back.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Attempts at making one outcome durable (about half a minute in all).
+const SUBMIT_TRIES: u32 = 20;
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub namespaces: Vec<String>,
@@ -108,7 +113,8 @@ impl Worker {
                 let (this, queue) = (this.clone(), name.clone());
                 async move {
                     if let Err(e) = this.process(&queue, &d).await {
-                        tracing::warn!(%queue, error = %e, "step processing failed; message will be redelivered");
+                        tracing::warn!(%queue, error = %e, "step processing failed; the message comes back shortly");
+                        let _ = this.queue.release(&queue, d.receipt, RETRY_DELAY).await;
                     }
                 }
             },
@@ -150,10 +156,8 @@ impl Worker {
             StartOutcome::Started(work) => {
                 let began = std::time::Instant::now();
                 let outcome = self.execute(*work).await;
-                let (submitted, rest) = self
-                    .store
-                    .submit_result(msg.step_id, msg.attempt, outcome, notify(began.elapsed())?)
-                    .await?;
+                let notify = notify(began.elapsed())?;
+                let (submitted, rest) = self.submit(&msg, outcome, notify).await?;
                 if let SubmitOutcome::Refused { state, attempts } = submitted {
                     tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
                 }
@@ -168,6 +172,33 @@ impl Worker {
         };
         rest.deliver(self.queue.as_ref()).await?;
         Ok(())
+    }
+
+    /// Makes an outcome durable. A backend error is retried for a while: the
+    /// handler's work is done and should not be lost to a dropped connection.
+    async fn submit(
+        &self,
+        msg: &StepMessage,
+        outcome: StepOutcome,
+        notify: Outbox,
+    ) -> Result<(SubmitOutcome, Outbox), StoreError> {
+        let mut delay = RETRY_DELAY;
+        let mut tries = 0;
+        loop {
+            match self
+                .store
+                .submit_result(msg.step_id, msg.attempt, outcome.clone(), notify.clone())
+                .await
+            {
+                Err(StoreError::Backend(e)) if tries < SUBMIT_TRIES => {
+                    tracing::warn!(step = %msg.step_name, error = %e, "submitting the result failed; retrying");
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs one attempt; every way it can go wrong becomes a failure outcome.

@@ -18,6 +18,33 @@ pub fn registry() -> HandlerRegistry {
         .register("approval.finalize", approval::Finalize)
         .register("csv.analyze", csv::Analyze)
         .register("csv.process_batch", csv::ProcessBatch)
-        .register("csv.aggregate", csv::Aggregate);
+        .register("csv.aggregate", csv::Aggregate)
+        .register("util.sleep", util::Sleep);
     r
+}
+
+pub mod util {
+    //! General-purpose handlers.
+
+    use crate::handler::{HandlerResult, StepContext, StepHandler, StepOutput};
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    /// Sleeps `input.sleep_ms` (or `config.ms`) milliseconds: a stand-in for slow I/O.
+    pub struct Sleep;
+
+    #[async_trait]
+    impl StepHandler for Sleep {
+        async fn call(&self, ctx: &StepContext) -> HandlerResult {
+            let ms = ctx
+                .input
+                .get("sleep_ms")
+                .or_else(|| ctx.config.get("ms"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(StepOutput::Success(json!({ "slept_ms": ms })))
+        }
+    }
 }

@@ -1,0 +1,258 @@
+//! Real PostgreSQL and real `stepgraph serve` / `stepgraph worker` processes
+//! for the distributed tests. A database is created per test and dropped after.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn admin(sql: &str) {
+    let sql = sql.to_string();
+    // A runtime of its own, so this works from Drop and from async tests alike.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(ADMIN_URL)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("PostgreSQL is not reachable at {ADMIN_URL} ({e}); .ci/run starts it")
+                });
+            sqlx::raw_sql(&sql)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        })
+    })
+    .join()
+    .unwrap();
+}
+
+/// A fresh database, dropped when this goes out of scope.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sg_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        admin(&format!("CREATE DATABASE {name}"));
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        TestDb { name, url }
+    }
+
+    /// Runs SQL on this database and returns the first column of each row as text.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::{Connection, Row};
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                let rows = sqlx::query(&sql)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+                    .collect()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Drops every connection to this database but the caller's.
+    pub fn terminate_connections(&self) -> usize {
+        self.query(&format!(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            self.name
+        ))
+        .len()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// The fixture templates plus the test-only ones, in one directory.
+pub fn templates_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for sub in ["templates", "extra"] {
+        for f in std::fs::read_dir(root.join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// A `stepgraph serve` or `stepgraph worker` process, killed when dropped.
+pub struct Process {
+    child: Child,
+    /// `host:port` for a server.
+    pub addr: Option<String>,
+}
+
+impl Process {
+    fn spawn(
+        args: &[&str],
+        db: &TestDb,
+        templates: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Process {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepgraph"));
+        cmd.args(args)
+            .arg("--templates")
+            .arg(templates)
+            .env("STEPGRAPH_DATABASE_URL", &db.url)
+            .env("STEPGRAPH_LOG", "warn")
+            // Several processes of several tests share one server's connection limit.
+            .env("STEPGRAPH_MAX_CONNECTIONS", "5")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("stepgraph binary runs");
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?} exited before it started");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on http://")
+            .map(str::to_string);
+        Process { child, addr }
+    }
+
+    pub fn serve(db: &TestDb, templates: &std::path::Path, env: &[(&str, &str)]) -> Process {
+        let p = Process::spawn(&["serve", "--listen", "127.0.0.1:0"], db, templates, env);
+        assert!(p.addr.is_some(), "serve did not say where it listens");
+        p
+    }
+
+    pub fn worker(db: &TestDb, templates: &std::path::Path, env: &[(&str, &str)]) -> Process {
+        Process::spawn(&["worker"], db, templates, env)
+    }
+
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One HTTP/1.1 request; the status and the body (JSON when it parses, else a string).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let payload = if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+    (status, value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Creates a task; its id.
+pub fn create(addr: &str, name: &str, context: Value) -> String {
+    let body = serde_json::json!({ "namespace": "e2e", "name": name, "context": context });
+    let (status, v) = http(addr, "POST", "/v1/tasks", Some(body.to_string().as_bytes()));
+    assert_eq!(status, 201, "{v}");
+    v["task_id"].as_str().unwrap().to_string()
+}
+
+/// Waits for a task to end; its view.
+pub fn wait(addr: &str, id: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, v) = http(
+            addr,
+            "GET",
+            &format!("/v1/tasks/{id}/wait?timeout_ms=10000"),
+            None,
+        );
+        assert_eq!(status, 200, "{v}");
+        let state = v["state"].as_str().unwrap_or_default();
+        if ["complete", "error", "cancelled"].contains(&state) || Instant::now() > deadline {
+            return v;
+        }
+    }
+}

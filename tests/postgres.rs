@@ -1,0 +1,390 @@
+//! The distributed system against the real PostgreSQL on this machine:
+//! `stepgraph serve` and `stepgraph worker` processes, the HTTP API, cluster
+//! mode, and failures (killed processes, dropped connections).
+
+mod common;
+
+use common::cluster::{create, http, templates_dir, wait, Process, TestDb};
+use common::{assert_audit_chains, products_csv, SIX_16, SIX_64};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use stepgraph_core::Transitions;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Every step completed exactly once, and each audit chain is unbroken.
+fn assert_clean_audit(view: &Value) {
+    let t: Transitions = serde_json::from_value(view["transitions"].clone()).unwrap();
+    assert_audit_chains(&t);
+    let mut completes: HashMap<String, usize> = HashMap::new();
+    for s in &t.steps {
+        if s.to == stepgraph_core::StepState::Complete {
+            *completes.entry(s.step_name.clone()).or_default() += 1;
+        }
+    }
+    for step in view["steps"].as_array().unwrap() {
+        let name = step["name"].as_str().unwrap();
+        assert_eq!(
+            completes.get(name),
+            Some(&1),
+            "{name} completed {:?} times",
+            completes.get(name)
+        );
+    }
+}
+
+fn step_names(view: &Value) -> Vec<String> {
+    let mut names: Vec<String> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs every seed shape through the given API servers (round robin) and checks exact results.
+fn run_seed_shapes(servers: &[&str]) {
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        servers[i % servers.len()]
+    };
+    let six = json!({ "even_number": 6 });
+    let cases = [
+        ("linear", six.clone(), json!(SIX_16)),
+        ("diamond", six.clone(), json!(SIX_16)),
+        ("complex_dag", six.clone(), json!(SIX_64)),
+        ("tree", six.clone(), json!(SIX_64)),
+    ];
+    let mut pending = Vec::new();
+    for (name, ctx, expected) in cases {
+        let addr = next();
+        pending.push((addr, create(addr, name, ctx), name, expected));
+    }
+    for (addr, id, name, expected) in pending {
+        let v = wait(addr, &id, LONG);
+        assert_eq!(v["state"], "complete", "{name}: {v}");
+        assert_eq!(v["result"], expected, "{name}");
+        assert_clean_audit(&v);
+    }
+    for (amount, branches) in [
+        (500, vec!["auto_approve"]),
+        (2500, vec!["manager_approval"]),
+        (7500, vec!["finance_review", "manager_approval"]),
+    ] {
+        let addr = next();
+        let id = create(
+            addr,
+            "conditional_approval",
+            json!({ "amount": amount, "requester": "it" }),
+        );
+        let v = wait(addr, &id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_eq!(
+            v["result"],
+            json!({ "approved": true, "approvals": branches })
+        );
+        let mut expected = vec!["finalize_approval", "routing_decision", "validate_request"];
+        expected.extend(&branches);
+        expected.sort();
+        assert_eq!(step_names(&v), expected);
+        assert_clean_audit(&v);
+    }
+    let addr = next();
+    let id = create(
+        addr,
+        "csv_batch",
+        json!({ "csv_file_path": products_csv() }),
+    );
+    let v = wait(addr, &id, LONG);
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(
+        v["result"]["total_inventory_value_cents"],
+        json!(12745576047u64)
+    );
+    assert_eq!(v["result"]["worker_count"], json!(5));
+    assert_eq!(v["result"]["total_stock"], json!(242577));
+    assert_eq!(
+        v["result"]["per_batch_inventory_value_cents"],
+        json!([
+            2689657180u64,
+            2659996406u64,
+            2490667723u64,
+            2438397631u64,
+            2466857107u64
+        ])
+    );
+    assert_eq!(step_names(&v).len(), 7);
+    assert_clean_audit(&v);
+}
+
+#[test]
+fn seed_shapes_through_the_api_single_instance() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let serve = Process::serve(&db, templates.path(), &[]);
+    let _worker = Process::worker(&db, templates.path(), &[]);
+    run_seed_shapes(&[serve.addr()]);
+}
+
+#[test]
+fn seed_shapes_through_the_api_in_cluster_mode() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let a = Process::serve(&db, templates.path(), &[]);
+    let b = Process::serve(&db, templates.path(), &[]);
+    let _w1 = Process::worker(&db, templates.path(), &[]);
+    let _w2 = Process::worker(&db, templates.path(), &[]);
+    run_seed_shapes(&[a.addr(), b.addr()]);
+}
+
+#[test]
+fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let fast_redelivery = [("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500")];
+    let serve = Process::serve(&db, templates.path(), &[]);
+    let mut doomed = Process::worker(&db, templates.path(), &fast_redelivery);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 1000 }));
+    // Wait until the doomed worker holds the first step.
+    let started = std::time::Instant::now();
+    while db.query(&format!(
+        "SELECT state FROM sg_steps WHERE task_id = '{id}' AND name = 'nap'"
+    )) != ["in_progress"]
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.kill9();
+    let _rescuer = Process::worker(&db, templates.path(), &fast_redelivery);
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(v["result"], json!({ "slept_ms": 1000 }));
+    assert_clean_audit(&v);
+    let nap = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "nap")
+        .unwrap();
+    assert_eq!(nap["attempts"], 1, "a redelivery is the same attempt");
+}
+
+#[test]
+fn a_killed_orchestrator_leaves_its_work_to_the_other() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let quick = [("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "1500")];
+    let mut a = Process::serve(&db, templates.path(), &quick);
+    let b = Process::serve(&db, templates.path(), &quick);
+    let _w = Process::worker(
+        &db,
+        templates.path(),
+        &[("STEPGRAPH_WORKER_CONCURRENCY", "32")],
+    );
+    let ids: Vec<String> = (0..30)
+        .map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 })))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill9();
+    for id in ids {
+        let v = wait(b.addr(), &id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_clean_audit(&v);
+    }
+}
+
+#[test]
+fn processes_recover_when_their_connections_are_dropped() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let env = [
+        ("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "3000"),
+        ("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "3000"),
+    ];
+    let serve = Process::serve(&db, templates.path(), &env);
+    let _w = Process::worker(&db, templates.path(), &env);
+    let ids: Vec<String> = (0..10)
+        .map(|_| create(serve.addr(), "sleepy", json!({ "sleep_ms": 300 })))
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(db.terminate_connections() > 0);
+    std::thread::sleep(Duration::from_millis(400));
+    db.terminate_connections();
+    for id in ids {
+        let v = wait(serve.addr(), &id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_clean_audit(&v);
+    }
+}
+
+#[test]
+fn a_thousand_linear_tasks_in_cluster_mode_lose_and_duplicate_nothing() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let a = Process::serve(&db, templates.path(), &[]);
+    let b = Process::serve(&db, templates.path(), &[]);
+    let _w1 = Process::worker(&db, templates.path(), &[]);
+    let _w2 = Process::worker(&db, templates.path(), &[]);
+    let servers = [a.addr().to_string(), b.addr().to_string()];
+    let ids: Vec<(String, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let servers = &servers;
+                scope.spawn(move || {
+                    (0..250)
+                        .map(|i| {
+                            let addr = &servers[(t + i) % 2];
+                            (
+                                addr.clone(),
+                                create(addr, "linear", json!({ "even_number": 6 })),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), 1000);
+    for (addr, id) in &ids {
+        let v = wait(addr, id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_eq!(v["result"], json!(SIX_16));
+    }
+    let count = |sql: &str| {
+        db.query(&format!("SELECT ({sql})::text"))[0]
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM sg_tasks WHERE state = 'complete'"),
+        1000
+    );
+    assert_eq!(count("SELECT count(*) FROM sg_steps"), 4000);
+    assert_eq!(
+        count("SELECT count(*) FROM sg_step_transitions WHERE to_state = 'complete'"),
+        4000
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM (SELECT step_id FROM sg_step_transitions WHERE to_state = 'complete' GROUP BY step_id HAVING count(*) > 1) d"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sg_step_transitions WHERE most_recent"),
+        4000
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sg_queue"),
+        0,
+        "every message was acknowledged"
+    );
+}
+
+#[test]
+fn bad_http_input_gets_its_status_and_a_clear_message() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let serve = Process::serve(&db, templates.path(), &[]);
+    let addr = serve.addr();
+    let post = |body: &[u8]| http(addr, "POST", "/v1/tasks", Some(body));
+
+    let (status, v) = post(b"{not json");
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request body"),
+        "{v}"
+    );
+
+    let (status, v) = post(br#"{"namespace": "e2e", "name": "nope", "context": {}}"#);
+    assert_eq!(status, 422);
+    assert_eq!(v["error"], "no template e2e/nope");
+
+    let (status, v) =
+        post(br#"{"namespace": "e2e", "name": "linear", "context": {"even_number": 7}}"#);
+    assert_eq!(status, 422);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("/even_number: 7 is not a multiple of 2"),
+        "{v}"
+    );
+
+    let (status, v) = post(br#"{"name": "linear"}"#);
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `namespace`"),
+        "{v}"
+    );
+
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let (status, v) = post(&big);
+    assert_eq!(status, 413);
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+
+    let (status, v) = http(
+        addr,
+        "GET",
+        "/v1/tasks/01a2179a-1dce-7403-b659-e6ab4ae78f2f",
+        None,
+    );
+    assert_eq!(status, 404);
+    assert!(v["error"].as_str().unwrap().contains("not found"), "{v}");
+
+    let (status, _) = http(addr, "GET", "/v1/tasks/not-a-uuid", None);
+    assert_eq!(status, 400);
+    let (status, _) = http(addr, "GET", "/v1/nothing", None);
+    assert_eq!(status, 404);
+
+    let (status, v) = http(addr, "GET", "/health", None);
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    let (status, v) = http(addr, "GET", "/v1/templates", None);
+    assert_eq!(status, 200);
+    assert_eq!(v["templates"].as_array().unwrap().len(), 7);
+}
+
+#[test]
+fn idempotency_cancel_and_graceful_shutdown() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let mut serve = Process::serve(&db, templates.path(), &[]);
+    let addr = serve.addr().to_string();
+    let body = br#"{"namespace": "e2e", "name": "sleepy", "context": {"sleep_ms": 2000}, "idempotency_key": "order-7"}"#;
+    let (s1, v1) = http(&addr, "POST", "/v1/tasks", Some(body));
+    let (s2, v2) = http(&addr, "POST", "/v1/tasks", Some(body));
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(v1["task_id"], v2["task_id"]);
+    assert_eq!(v2["created"], false);
+    let id = v1["task_id"].as_str().unwrap();
+    // No worker runs: the task is cancelled before any step starts.
+    let (status, v) = http(&addr, "POST", &format!("/v1/tasks/{id}/cancel"), None);
+    assert_eq!((status, v["state"].as_str()), (200, Some("cancelled")));
+    let v = wait(&addr, id, LONG);
+    assert_eq!(v["steps"][0]["state"], "cancelled");
+    assert!(
+        serve.terminate().success(),
+        "SIGTERM shuts serve down cleanly"
+    );
+
+    let mut worker = Process::worker(&db, templates.path(), &[]);
+    assert!(
+        worker.terminate().success(),
+        "SIGTERM shuts a worker down cleanly"
+    );
+}
