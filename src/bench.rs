@@ -102,64 +102,68 @@ fn fmt_latency(d: Duration) -> String {
     }
 }
 
-pub async fn run(
-    iterations: usize,
-    warmup: usize,
-    only: Option<&str>,
-    runtime: &str,
-    database_url: Option<&str>,
-) -> Result<()> {
+pub struct Options<'a> {
+    pub iterations: usize,
+    pub warmup: usize,
+    pub only: Option<&'a str>,
+    pub runtime: &'a str,
+    pub database_url: Option<&'a str>,
+    /// After the latency table: this many linear tasks at once, for steps/s.
+    pub throughput: usize,
+}
+
+pub async fn run(o: Options<'_>) -> Result<()> {
     let csv_path = std::env::temp_dir().join(format!("stepgraph-bench-{}.csv", std::process::id()));
     std::fs::write(&csv_path, fixtures::PRODUCTS_CSV).context("writing the benchmark CSV")?;
     let csv = csv_path.display().to_string();
-    let (engine, mode) = match database_url {
+    let mut pg = None;
+    let (engine, mode) = match o.database_url {
         None => (
-            Engine::embedded(
-                fixtures::registry()?,
-                examples::registry(),
-                EngineConfig::default(),
-            ),
+            Engine::embedded(fixtures::registry()?, examples::registry(), EngineConfig::default()),
             "embedded mode (in-memory store and queue",
         ),
         Some(url) => {
-            let pg = PgBackend::connect(url, 16).await?;
-            pg.migrate().await?;
+            let backend = PgBackend::connect(url, 16).await?;
+            backend.migrate().await?;
             let engine = Engine::with_backends(
-                Arc::new(pg.store(true)),
-                Arc::new(pg.queue()),
+                Arc::new(backend.store(true)),
+                Arc::new(backend.queue()),
                 fixtures::registry()?,
                 examples::registry(),
                 EngineConfig::default(),
             );
+            pg = Some(backend);
             (
                 engine,
-                "PostgreSQL state and queue, durable commits (orchestrator and worker in this process",
+                "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process",
             )
         }
     };
+    let trips = || pg.as_ref().map(|p| p.statements());
     let chosen: Vec<Scenario> = scenarios()
         .into_iter()
-        .filter(|s| only.is_none_or(|o| s.template == o))
+        .filter(|s| o.only.is_none_or(|only| s.template == only))
         .collect();
     if chosen.is_empty() {
-        bail!("no scenario named {:?}", only.unwrap_or_default());
+        bail!("no scenario named {:?}", o.only.unwrap_or_default());
     }
-    let bar = ProgressBar::new(((iterations + warmup) * chosen.len()) as u64);
+    let bar = ProgressBar::new(((o.iterations + o.warmup) * chosen.len()) as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?.progress_chars("=> "),
     );
     let mut rows = Vec::new();
     for s in &chosen {
         bar.set_prefix(s.label);
-        let mut samples = Vec::with_capacity(iterations);
-        for i in 0..iterations + warmup {
+        let mut samples = Vec::with_capacity(o.iterations);
+        let mut trips_before = None;
+        for i in 0..o.iterations + o.warmup {
+            if i == o.warmup {
+                trips_before = trips();
+            }
             let request = TaskRequest::new("e2e", s.template, context(s.template, &csv));
             let start = Instant::now();
             let created = engine.submit(request).await?;
-            let task = engine
-                .wait_task(created.task_id, Duration::from_secs(30))
-                .await?;
+            let task = engine.wait_task(created.task_id, Duration::from_secs(30)).await?;
             let elapsed = start.elapsed();
             if task.state != TaskState::Complete {
                 bail!("{}: task ended {} ({:?})", s.label, task.state, task.error);
@@ -168,36 +172,38 @@ pub async fn run(
             if got != s.expected {
                 bail!("{}: wrong result {got}, expected {}", s.label, s.expected);
             }
-            if i >= warmup {
+            if i >= o.warmup {
                 samples.push(elapsed);
             }
             bar.inc(1);
         }
+        let per_step = match (trips_before, trips()) {
+            (Some(a), Some(b)) => Some((b - a) as f64 / (o.iterations * s.steps) as f64),
+            _ => None,
+        };
         samples.sort();
-        rows.push((s, samples));
+        rows.push((s, samples, per_step));
     }
     bar.finish_and_clear();
-    let _ = std::fs::remove_file(&csv_path);
-    engine.shutdown().await;
 
     println!(
-        "stepgraph bench: {mode}, Rust handlers, {runtime} tokio runtime), \
-         {iterations} runs per scenario after {warmup} warm-up runs"
+        "stepgraph bench: {mode}, Rust handlers, {} tokio runtime), {} runs per scenario after {} warm-up runs",
+        o.runtime, o.iterations, o.warmup
     );
     println!();
-    println!(
+    let trips_col = pg.is_some();
+    print!(
         "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
         "Scenario", "Steps", "P50", "P95", "P99", "Per stage", "Seed P50", "Speed-up"
     );
-    println!(
-        "|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|",
-        "", ":", ":", ":", ":", ":", ":", ":"
-    );
-    for (s, samples) in rows {
+    println!("{}", if trips_col { " DB round trips/step |" } else { "" });
+    print!("|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|", "", ":", ":", ":", ":", ":", ":", ":");
+    println!("{}", if trips_col { "--------------------:|" } else { "" });
+    for (s, samples, per_step) in rows {
         let p50 = percentile(&samples, 0.50);
         let per_stage = p50 / s.stages as u32;
         let ratio = s.seed_p50_ms / (p50.as_secs_f64() * 1000.0);
-        println!(
+        print!(
             "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>7.0}x |",
             s.label,
             s.steps,
@@ -208,6 +214,34 @@ pub async fn run(
             format!("{} ms", s.seed_p50_ms),
             ratio
         );
+        match per_step {
+            Some(t) => println!(" {t:>19.1} |"),
+            None => println!(),
+        }
     }
+    if o.throughput > 0 {
+        let n = o.throughput;
+        let start = Instant::now();
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            ids.push(engine.submit(request).await?.task_id);
+        }
+        for id in ids {
+            let task = engine.wait_task(id, Duration::from_secs(600)).await?;
+            if task.state != TaskState::Complete {
+                bail!("throughput run: task {id} ended {}", task.state);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!();
+        println!(
+            "Throughput: {n} linear tasks submitted at once, {} steps in {secs:.2} s = {:.0} steps/s",
+            n * 4,
+            (n * 4) as f64 / secs
+        );
+    }
+    let _ = std::fs::remove_file(&csv_path);
+    engine.shutdown().await;
     Ok(())
 }

@@ -78,6 +78,9 @@ enum Command {
         /// Only this scenario (template name: linear, diamond, complex_dag, tree, conditional_approval, csv_batch).
         #[arg(long)]
         scenario: Option<String>,
+        /// After the latency table, submit this many linear tasks at once and report steps/s.
+        #[arg(long, default_value_t = 0)]
+        throughput: usize,
         /// Runs against PostgreSQL (state and queue) instead of embedded mode.
         #[arg(long, env = "STEPGRAPH_DATABASE_URL")]
         database_url: Option<String>,
@@ -179,18 +182,20 @@ fn main() -> ExitCode {
                 scenario,
                 runtime,
                 database_url,
+                throughput,
             } => {
                 let label = match runtime {
                     RuntimeKind::CurrentThread => "current-thread",
                     RuntimeKind::MultiThread => "multi-thread",
                 };
-                bench::run(
-                    iterations.max(1),
+                bench::run(bench::Options {
+                    iterations: iterations.max(1),
                     warmup,
-                    scenario.as_deref(),
-                    label,
-                    database_url.as_deref(),
-                )
+                    only: scenario.as_deref(),
+                    runtime: label,
+                    database_url: database_url.as_deref(),
+                    throughput,
+                })
                 .await
                 .map(|()| true)
             }

@@ -7,6 +7,7 @@ use crate::store::{PgStore, StoreError};
 use parking_lot::Mutex;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -70,9 +71,15 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
 pub(crate) struct Notifier {
     queues: Mutex<HashMap<String, Arc<Notify>>>,
     tasks: Mutex<HashMap<Uuid, Weak<Notify>>>,
+    /// Statements (each one round trip) the store and queue have run.
+    statements: AtomicU64,
 }
 
 impl Notifier {
+    pub(crate) fn count_statement(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn queue(&self, name: &str) -> Arc<Notify> {
         self.queues
             .lock()
@@ -171,6 +178,9 @@ impl PgBackend {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
+            // A ping per acquire would double the round trips; a dead connection
+            // fails its query instead, and the caller retries.
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot connect to {}: {e}", redact(url))))?;
@@ -219,6 +229,11 @@ impl PgBackend {
             .map_err(backend_error)?;
         }
         Ok(())
+    }
+
+    /// Statements (one round trip each) the store and queue have run so far.
+    pub fn statements(&self) -> u64 {
+        self.notifier.statements.load(Ordering::Relaxed)
     }
 
     /// Checks that the database answers.

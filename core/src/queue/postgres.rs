@@ -24,6 +24,12 @@ fn err(e: sqlx::Error) -> QueueError {
 }
 
 impl PgQueue {
+    /// The pool, counting the statement about to run on it.
+    fn pool(&self) -> &PgPool {
+        self.notifier.count_statement();
+        &self.pool
+    }
+
     pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Self {
         PgQueue { pool, notifier }
     }
@@ -39,7 +45,7 @@ impl PgQueue {
                 .bind(queue)
                 .bind(max as i32)
                 .bind(visibility.as_millis() as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await
                 .map_err(err)?;
         let mut out: Vec<Delivery> = rows
@@ -71,7 +77,7 @@ impl Queue for PgQueue {
             .bind(queues)
             .bind(payloads)
             .bind(delays)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(err)?;
         Ok(())
@@ -97,7 +103,7 @@ impl Queue for PgQueue {
             let next: Option<DateTime<Utc>> =
                 sqlx::query_scalar("SELECT min(visible_at) FROM sg_queue WHERE queue = $1")
                     .bind(queue)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.pool())
                     .await
                     .map_err(err)?;
             let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
@@ -117,7 +123,7 @@ impl Queue for PgQueue {
         sqlx::query("DELETE FROM sg_queue WHERE queue = $1 AND id = ANY($2)")
             .bind(queue)
             .bind(ids)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(err)?;
         Ok(())
@@ -131,12 +137,12 @@ impl Queue for PgQueue {
         .bind(queue)
         .bind(receipt as i64)
         .bind(delay.as_millis() as i64)
-        .execute(&self.pool)
+        .execute(self.pool())
         .await
         .map_err(err)?;
         sqlx::query("SELECT pg_notify('stepgraph_queue', $1)")
             .bind(queue)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(err)?;
         Ok(())
@@ -145,7 +151,7 @@ impl Queue for PgQueue {
     async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sg_queue WHERE queue = $1")
             .bind(queue)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(err)?;
         Ok(n as u64)

@@ -89,6 +89,12 @@ fn flatten(outbox: Outbox) -> Flat {
 }
 
 impl PgStore {
+    /// The pool, counting the statement about to run on it.
+    fn pool(&self) -> &PgPool {
+        self.notifier.count_statement();
+        &self.pool
+    }
+
     pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>, queue_in_db: bool) -> Self {
         PgStore {
             pool,
@@ -124,7 +130,7 @@ impl PgStore {
             .bind(flat.delays)
             .bind(flat.ack_queue)
             .bind(flat.ack_id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map_err(backend_error)?;
         Ok(())
@@ -133,7 +139,7 @@ impl PgStore {
     async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
         let row: Option<Value> = sqlx::query_scalar("SELECT sg_graph($1)")
             .bind(task_id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(backend_error)?;
         let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
@@ -141,6 +147,7 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("task {task_id} graph: {e}")))
     }
 
+    /// Read by clients waiting for a task: not counted as orchestration work.
     async fn task(&self, task_id: TaskId) -> Result<Task, StoreError> {
         let row: Option<Value> =
             sqlx::query_scalar("SELECT to_jsonb(t) FROM sg_tasks t WHERE id = $1")
@@ -181,7 +188,7 @@ impl Store for PgStore {
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
         sqlx::query_scalar("SELECT id FROM sg_tasks WHERE idempotency_key = $1")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await
             .map_err(backend_error)
     }
@@ -226,7 +233,7 @@ impl Store for PgStore {
         let row: Value = sqlx::query_scalar("SELECT sg_start_step($1, $2)")
             .bind(step_id)
             .bind(attempt as i32)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .map_err(backend_error)?;
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
@@ -289,7 +296,7 @@ impl Store for PgStore {
                 .bind(flat.delays)
                 .bind(flat.ack_queue)
                 .bind(flat.ack_id)
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool())
                 .await
                 .map_err(backend_error)?;
         let result = match row["status"].as_str() {
@@ -322,7 +329,7 @@ impl Store for PgStore {
             "SELECT from_state, to_state, created_at, metadata FROM sg_task_transitions WHERE task_id = $1 ORDER BY sort_key",
         )
         .bind(task_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(backend_error)?;
         #[allow(clippy::type_complexity)]
@@ -339,7 +346,7 @@ impl Store for PgStore {
                    FROM sg_step_transitions WHERE task_id = $1 ORDER BY id",
         )
         .bind(task_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await
         .map_err(backend_error)?;
         fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
@@ -393,7 +400,7 @@ impl Store for PgStore {
     async fn counts(&self) -> Result<StateCounts, StoreError> {
         let count = |sql: &'static str| async move {
             sqlx::query_as::<_, (String, i64)>(sql)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await
                 .map_err(backend_error)
         };
