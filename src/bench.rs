@@ -119,7 +119,11 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     let mut pg = None;
     let (engine, mode) = match o.database_url {
         None => (
-            Engine::embedded(fixtures::registry()?, examples::registry(), EngineConfig::default()),
+            Engine::embedded(
+                fixtures::registry()?,
+                examples::registry(),
+                EngineConfig::default(),
+            ),
             "embedded mode (in-memory store and queue",
         ),
         Some(url) => {
@@ -149,7 +153,8 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     }
     let bar = ProgressBar::new(((o.iterations + o.warmup) * chosen.len()) as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?.progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?
+            .progress_chars("=> "),
     );
     let mut rows = Vec::new();
     for s in &chosen {
@@ -163,7 +168,9 @@ pub async fn run(o: Options<'_>) -> Result<()> {
             let request = TaskRequest::new("e2e", s.template, context(s.template, &csv));
             let start = Instant::now();
             let created = engine.submit(request).await?;
-            let task = engine.wait_task(created.task_id, Duration::from_secs(30)).await?;
+            let task = engine
+                .wait_task(created.task_id, Duration::from_secs(30))
+                .await?;
             let elapsed = start.elapsed();
             if task.state != TaskState::Complete {
                 bail!("{}: task ended {} ({:?})", s.label, task.state, task.error);
@@ -196,9 +203,26 @@ pub async fn run(o: Options<'_>) -> Result<()> {
         "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
         "Scenario", "Steps", "P50", "P95", "P99", "Per stage", "Seed P50", "Speed-up"
     );
-    println!("{}", if trips_col { " DB round trips/step |" } else { "" });
-    print!("|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|", "", ":", ":", ":", ":", ":", ":", ":");
-    println!("{}", if trips_col { "--------------------:|" } else { "" });
+    println!(
+        "{}",
+        if trips_col {
+            " DB round trips/step |"
+        } else {
+            ""
+        }
+    );
+    print!(
+        "|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|",
+        "", ":", ":", ":", ":", ":", ":", ":"
+    );
+    println!(
+        "{}",
+        if trips_col {
+            "--------------------:|"
+        } else {
+            ""
+        }
+    );
     for (s, samples, per_step) in rows {
         let p50 = percentile(&samples, 0.50);
         let per_stage = p50 / s.stages as u32;
