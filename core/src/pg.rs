@@ -13,10 +13,48 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_set_based_apply.sql")),
+];
 
 /// Any stable number: serializes concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x5354_4550_4752_4150;
+
+/// Whether an error means the connection died (server restart, terminated
+/// backend): the statement may be retried on another connection. Every
+/// statement the store and queue run is safe to repeat.
+pub(crate) fn is_disconnect(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// Runs a statement, again on another connection when the
+/// connection it got turned out to be dead (each dead pooled connection
+/// fails once, so this allows for the whole pool having died).
+pub(crate) const RECONNECT_TRIES: u32 = 12;
+
+macro_rules! retrying {
+    ($self:ident, $pool:ident => $body:expr) => {{
+        let mut tries = 0;
+        loop {
+            let $pool = $self.pool();
+            match $body.await {
+                Err(e) if tries < $crate::pg::RECONNECT_TRIES && $crate::pg::is_disconnect(&e) => {
+                    tracing::debug!(error = %e, "connection lost; retrying the statement");
+                    tries += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retrying;
 
 pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {

@@ -4,7 +4,7 @@
 //! notifications lost while reconnecting.
 
 use super::{Delivery, Outgoing, Queue, QueueError};
-use crate::pg::Notifier;
+use crate::pg::{retrying, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
@@ -41,12 +41,11 @@ impl PgQueue {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let rows: Vec<(i64, Vec<u8>, i32)> =
-            sqlx::query_as("SELECT id, payload, delivery_count FROM sg_receive($1, $2, $3)")
+            retrying!(self, pool => sqlx::query_as("SELECT id, payload, delivery_count FROM sg_receive($1, $2, $3)")
                 .bind(queue)
                 .bind(max as i32)
                 .bind(visibility.as_millis() as i64)
-                .fetch_all(self.pool())
-                .await
+                .fetch_all(pool))
                 .map_err(err)?;
         let mut out: Vec<Delivery> = rows
             .into_iter()
@@ -73,13 +72,12 @@ impl Queue for PgQueue {
             .map(|m| m.delay.as_millis() as i64)
             .collect();
         let payloads: Vec<Vec<u8>> = messages.into_iter().map(|m| m.payload).collect();
-        sqlx::query("SELECT sg_send($1, $2, $3)")
-            .bind(queues)
-            .bind(payloads)
-            .bind(delays)
-            .execute(self.pool())
-            .await
-            .map_err(err)?;
+        retrying!(self, pool => sqlx::query("SELECT sg_send($1, $2, $3)")
+            .bind(&queues)
+            .bind(&payloads)
+            .bind(&delays)
+            .execute(pool))
+        .map_err(err)?;
         Ok(())
     }
 
@@ -101,10 +99,9 @@ impl Queue for PgQueue {
                 return Ok(got);
             }
             let next: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT min(visible_at) FROM sg_queue WHERE queue = $1")
+                retrying!(self, pool => sqlx::query_scalar("SELECT min(visible_at) FROM sg_queue WHERE queue = $1")
                     .bind(queue)
-                    .fetch_one(self.pool())
-                    .await
+                    .fetch_one(pool))
                     .map_err(err)?;
             let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
             if let Some(next) = next {
@@ -120,39 +117,35 @@ impl Queue for PgQueue {
 
     async fn ack(&self, queue: &str, receipts: &[u64]) -> Result<(), QueueError> {
         let ids: Vec<i64> = receipts.iter().map(|r| *r as i64).collect();
-        sqlx::query("DELETE FROM sg_queue WHERE queue = $1 AND id = ANY($2)")
+        retrying!(self, pool => sqlx::query("DELETE FROM sg_queue WHERE queue = $1 AND id = ANY($2)")
             .bind(queue)
-            .bind(ids)
-            .execute(self.pool())
-            .await
+            .bind(&ids)
+            .execute(pool))
             .map_err(err)?;
         Ok(())
     }
 
     async fn release(&self, queue: &str, receipt: u64, delay: Duration) -> Result<(), QueueError> {
-        sqlx::query(
+        retrying!(self, pool => sqlx::query(
             "UPDATE sg_queue SET visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
               WHERE queue = $1 AND id = $2",
         )
         .bind(queue)
         .bind(receipt as i64)
         .bind(delay.as_millis() as i64)
-        .execute(self.pool())
-        .await
+        .execute(pool))
         .map_err(err)?;
-        sqlx::query("SELECT pg_notify('stepgraph_queue', $1)")
+        retrying!(self, pool => sqlx::query("SELECT pg_notify('stepgraph_queue', $1)")
             .bind(queue)
-            .execute(self.pool())
-            .await
-            .map_err(err)?;
+            .execute(pool))
+        .map_err(err)?;
         Ok(())
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sg_queue WHERE queue = $1")
+        let n: i64 = retrying!(self, pool => sqlx::query_scalar("SELECT count(*) FROM sg_queue WHERE queue = $1")
             .bind(queue)
-            .fetch_one(self.pool())
-            .await
+            .fetch_one(pool))
             .map_err(err)?;
         Ok(n as u64)
     }

@@ -4,7 +4,7 @@
 
 use super::{StateCounts, Store, StoreError, TaskLock};
 use crate::model::*;
-use crate::pg::{backend_error, Notifier};
+use crate::pg::{backend_error, retrying, Notifier};
 use crate::queue::Outbox;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -18,6 +18,15 @@ pub struct PgStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
     queue_in_db: bool,
+}
+
+/// The pool without counting statements (for client reads).
+struct Uncounted<'a>(&'a PgPool);
+
+impl Uncounted<'_> {
+    fn pool(&self) -> &PgPool {
+        self.0
+    }
 }
 
 struct PgLock {
@@ -121,27 +130,25 @@ impl PgStore {
         flat: Flat,
     ) -> Result<(), StoreError> {
         let ops = serde_json::to_value(ops).map_err(|e| StoreError::Backend(e.to_string()))?;
-        sqlx::query("SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8)")
+        retrying!(self, pool => sqlx::query("SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(task_id)
             .bind(lock)
-            .bind(ops)
-            .bind(flat.queues)
-            .bind(flat.payloads)
-            .bind(flat.delays)
-            .bind(flat.ack_queue)
+            .bind(&ops)
+            .bind(&flat.queues)
+            .bind(&flat.payloads)
+            .bind(&flat.delays)
+            .bind(&flat.ack_queue)
             .bind(flat.ack_id)
-            .execute(self.pool())
-            .await
-            .map_err(backend_error)?;
+            .execute(pool))
+        .map_err(backend_error)?;
         Ok(())
     }
 
     async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
-        let row: Option<Value> = sqlx::query_scalar("SELECT sg_graph($1)")
+        let row: Option<Value> = retrying!(self, pool => sqlx::query_scalar("SELECT sg_graph($1)")
             .bind(task_id)
-            .fetch_one(self.pool())
-            .await
-            .map_err(backend_error)?;
+            .fetch_one(pool))
+        .map_err(backend_error)?;
         let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
         serde_json::from_value(row)
             .map_err(|e| StoreError::Backend(format!("task {task_id} graph: {e}")))
@@ -149,12 +156,13 @@ impl PgStore {
 
     /// Read by clients waiting for a task: not counted as orchestration work.
     async fn task(&self, task_id: TaskId) -> Result<Task, StoreError> {
-        let row: Option<Value> =
-            sqlx::query_scalar("SELECT to_jsonb(t) FROM sg_tasks t WHERE id = $1")
-                .bind(task_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend_error)?;
+        let uncounted = Uncounted(&self.pool);
+        let row: Option<Value> = retrying!(uncounted, pool => sqlx::query_scalar(
+            "SELECT to_jsonb(t) FROM sg_tasks t WHERE id = $1"
+        )
+        .bind(task_id)
+        .fetch_optional(pool))
+        .map_err(backend_error)?;
         let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
         serde_json::from_value(row).map_err(|e| StoreError::Backend(format!("task {task_id}: {e}")))
     }
@@ -186,10 +194,9 @@ impl Store for PgStore {
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
-        sqlx::query_scalar("SELECT id FROM sg_tasks WHERE idempotency_key = $1")
+        retrying!(self, pool => sqlx::query_scalar("SELECT id FROM sg_tasks WHERE idempotency_key = $1")
             .bind(key)
-            .fetch_optional(self.pool())
-            .await
+            .fetch_optional(pool))
             .map_err(backend_error)
     }
 
@@ -230,12 +237,11 @@ impl Store for PgStore {
     }
 
     async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
-        let row: Value = sqlx::query_scalar("SELECT sg_start_step($1, $2)")
+        let row: Value = retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2)")
             .bind(step_id)
             .bind(attempt as i32)
-            .fetch_one(self.pool())
-            .await
-            .map_err(backend_error)?;
+            .fetch_one(pool))
+        .map_err(backend_error)?;
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
@@ -287,17 +293,16 @@ impl Store for PgStore {
         let outcome =
             serde_json::to_value(&outcome).map_err(|e| StoreError::Backend(e.to_string()))?;
         let row: Value =
-            sqlx::query_scalar("SELECT sg_submit_result($1, $2, $3, $4, $5, $6, $7, $8)")
+            retrying!(self, pool => sqlx::query_scalar("SELECT sg_submit_result($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(step_id)
                 .bind(attempt as i32)
-                .bind(outcome)
-                .bind(flat.queues)
-                .bind(flat.payloads)
-                .bind(flat.delays)
-                .bind(flat.ack_queue)
+                .bind(&outcome)
+                .bind(&flat.queues)
+                .bind(&flat.payloads)
+                .bind(&flat.delays)
+                .bind(&flat.ack_queue)
                 .bind(flat.ack_id)
-                .fetch_one(self.pool())
-                .await
+                .fetch_one(pool))
                 .map_err(backend_error)?;
         let result = match row["status"].as_str() {
             Some("accepted") => SubmitOutcome::Accepted,
@@ -325,12 +330,11 @@ impl Store for PgStore {
     }
 
     async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
-        let task: Vec<(Option<String>, String, chrono::DateTime<chrono::Utc>, Value)> = sqlx::query_as(
+        let task: Vec<(Option<String>, String, chrono::DateTime<chrono::Utc>, Value)> = retrying!(self, pool => sqlx::query_as(
             "SELECT from_state, to_state, created_at, metadata FROM sg_task_transitions WHERE task_id = $1 ORDER BY sort_key",
         )
         .bind(task_id)
-        .fetch_all(self.pool())
-        .await
+        .fetch_all(pool))
         .map_err(backend_error)?;
         #[allow(clippy::type_complexity)]
         let steps: Vec<(
@@ -341,13 +345,12 @@ impl Store for PgStore {
             i32,
             chrono::DateTime<chrono::Utc>,
             Value,
-        )> = sqlx::query_as(
+        )> = retrying!(self, pool => sqlx::query_as(
             "SELECT step_id, step_name, from_state, to_state, attempt, created_at, metadata
                    FROM sg_step_transitions WHERE task_id = $1 ORDER BY id",
         )
         .bind(task_id)
-        .fetch_all(self.pool())
-        .await
+        .fetch_all(pool))
         .map_err(backend_error)?;
         fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
             s.parse().map_err(StoreError::Backend)
@@ -399,10 +402,9 @@ impl Store for PgStore {
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
         let count = |sql: &'static str| async move {
-            sqlx::query_as::<_, (String, i64)>(sql)
-                .fetch_all(self.pool())
-                .await
-                .map_err(backend_error)
+            retrying!(self, pool => sqlx::query_as::<_, (String, i64)>(sql)
+                .fetch_all(pool))
+            .map_err(backend_error)
         };
         Ok(StateCounts {
             tasks: count("SELECT state, count(*) FROM sg_tasks GROUP BY state ORDER BY state")
