@@ -30,6 +30,8 @@ pub struct OrchestratorSection {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSection {
     pub namespaces: Vec<String>,
+    /// Orchestrate each result in the commit that records it (needs the templates).
+    pub inline_orchestration: bool,
     pub concurrency: usize,
     pub visibility_timeout_ms: u64,
     pub default_step_timeout_ms: u64,
@@ -63,6 +65,7 @@ impl Default for WorkerSection {
     fn default() -> Self {
         WorkerSection {
             namespaces: Vec::new(),
+            inline_orchestration: true,
             concurrency: 16,
             visibility_timeout_ms: 330_000,
             default_step_timeout_ms: 300_000,
@@ -117,6 +120,13 @@ impl Config {
                 .collect();
         }
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
+        if let Some(v) = env("WORKER_INLINE_ORCHESTRATION") {
+            c.worker.inline_orchestration = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => bail!("STEPGRAPH_WORKER_INLINE_ORCHESTRATION must be true or false, not {v:?}"),
+            };
+        }
         env_num("ORCHESTRATOR_CONCURRENCY", &mut c.orchestrator.concurrency)?;
         env_num(
             "ORCHESTRATOR_VISIBILITY_TIMEOUT_MS",

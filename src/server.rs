@@ -81,19 +81,26 @@ pub async fn serve(config: &Config) -> Result<()> {
 
 pub async fn worker(config: &Config) -> Result<()> {
     let pg = connect(config).await?;
+    let templates = TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut worker_config = config.worker();
     if worker_config.namespaces.is_empty() {
-        let templates = TemplateRegistry::load_dir(&config.templates_dir)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         worker_config.namespaces = templates.namespaces();
     }
     let namespaces = worker_config.namespaces.clone();
-    let worker = Worker::new(
-        Arc::new(pg.store(true)),
-        Arc::new(pg.queue()),
-        Arc::new(examples::registry()),
-        worker_config,
-    );
+    let store: Arc<dyn stepgraph_core::Store> = Arc::new(pg.store(true));
+    let queue: Arc<dyn stepgraph_core::Queue> = Arc::new(pg.queue());
+    let handlers = Arc::new(examples::registry());
+    let worker = if config.worker.inline_orchestration {
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            queue.clone(),
+            Arc::new(templates),
+            config.orchestrator(),
+        ));
+        Worker::with_inline_orchestration(store, queue, handlers, worker_config, orchestrator)
+    } else {
+        Worker::new(store, queue, handlers, worker_config)
+    };
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger);
     println!("worker serving namespaces {namespaces:?}");

@@ -131,6 +131,16 @@ fn seed_shapes_through_the_api_single_instance() {
 }
 
 #[test]
+fn seed_shapes_with_results_through_the_orchestration_queue() {
+    let db = TestDb::create();
+    let templates = templates_dir();
+    let serve = Process::serve(&db, templates.path(), &[]);
+    let classic = [("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false")];
+    let _worker = Process::worker(&db, templates.path(), &classic);
+    run_seed_shapes(&[serve.addr()]);
+}
+
+#[test]
 fn seed_shapes_through_the_api_in_cluster_mode() {
     let db = TestDb::create();
     let templates = templates_dir();

@@ -209,12 +209,58 @@ impl Orchestrator {
         message: &OrchestrationMessage,
         receipt: Option<u64>,
     ) -> Result<(), OrchestratorError> {
-        let task_id = match message {
-            OrchestrationMessage::StepResult { task_id, .. }
-            | OrchestrationMessage::Wake { task_id } => *task_id,
+        let ack = receipt.map(|r| (ORCHESTRATION_QUEUE.to_string(), r));
+        let (task_id, work) = match message {
+            OrchestrationMessage::StepResult {
+                task_id,
+                step_id,
+                attempt,
+                elapsed_us,
+            } => (
+                *task_id,
+                Work::Result {
+                    step_id: *step_id,
+                    attempt: *attempt,
+                    elapsed: Duration::from_micros(*elapsed_us),
+                    outcome: None,
+                },
+            ),
+            OrchestrationMessage::Wake { task_id } => (*task_id, Work::Wake),
         };
+        self.orchestrate(task_id, &work, ack).await.map(|_| ())
+    }
+
+    /// The worker's fast path: records the outcome of a step attempt (the
+    /// step must be InProgress with `attempt`) and orchestrates its task in the
+    /// same commit, which also acknowledges the step message `ack`. Returns
+    /// false, changing nothing but the ack, when the attempt is no longer
+    /// current (a late or repeated result).
+    pub async fn complete_inline(
+        &self,
+        task_id: TaskId,
+        step_id: StepId,
+        attempt: u32,
+        outcome: StepOutcome,
+        elapsed: Duration,
+        ack: Option<(String, u64)>,
+    ) -> Result<bool, OrchestratorError> {
+        let work = Work::Result {
+            step_id,
+            attempt,
+            elapsed,
+            outcome: Some(outcome),
+        };
+        self.orchestrate(task_id, &work, ack).await
+    }
+
+    async fn orchestrate(
+        &self,
+        task_id: TaskId,
+        work: &Work,
+        ack: Option<(String, u64)>,
+    ) -> Result<bool, OrchestratorError> {
         for _ in 0..=self.config.conflict_retries {
-            match self.try_handle(task_id, message, receipt).await {
+            match self.try_orchestrate(task_id, work, ack.clone()).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(why))) => {
                     tracing::debug!(%task_id, %why, "compare-and-swap conflict, re-evaluating");
                     tokio::task::yield_now().await;
@@ -225,46 +271,53 @@ impl Orchestrator {
         Err(OrchestratorError::Contention { task_id })
     }
 
-    async fn try_handle(
+    async fn try_orchestrate(
         &self,
         task_id: TaskId,
-        message: &OrchestrationMessage,
-        receipt: Option<u64>,
-    ) -> Result<(), OrchestratorError> {
-        let ack = receipt.map(|r| (ORCHESTRATION_QUEUE.to_string(), r));
+        work: &Work,
+        ack: Option<(String, u64)>,
+    ) -> Result<bool, OrchestratorError> {
         let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
         let mut observed = None;
-        let trigger = match message {
-            OrchestrationMessage::StepResult {
+        let trigger = match work {
+            Work::Result {
                 step_id,
                 attempt,
-                elapsed_us,
-                ..
+                elapsed,
+                outcome,
             } => {
                 let Some(idx) = txn.step_index(*step_id) else {
                     return Err(StoreError::StepNotFound(*step_id).into());
                 };
                 let step = txn.step(idx);
-                if step.state != StepState::EnqueuedForOrchestration || step.attempts != *attempt {
-                    tracing::debug!(step = %step.name, state = %step.state, "duplicate result message dropped");
-                    return self.finish(txn, Outbox::default().acking(ack)).await;
+                let expected = match outcome {
+                    Some(_) => StepState::InProgress,
+                    None => StepState::EnqueuedForOrchestration,
+                };
+                if step.state != expected || step.attempts != *attempt {
+                    tracing::debug!(step = %step.name, state = %step.state, attempt, "stale result dropped");
+                    self.finish(txn, Outbox::default().acking(ack)).await?;
+                    return Ok(false);
+                }
+                if let Some(outcome) = outcome {
+                    let meta = json!({ "outcome": outcome.status() });
+                    txn.step_to(idx, StepState::EnqueuedForOrchestration, meta, |s| {
+                        s.outcome = Some(outcome.clone())
+                    })?;
                 }
                 if txn.task().state.is_terminal() {
-                    txn.step_to(
-                        idx,
-                        StepState::Cancelled,
-                        json!({ "reason": "task is terminal" }),
-                        |_| {},
-                    )?;
-                    return self.finish(txn, Outbox::default().acking(ack)).await;
+                    let meta = json!({ "reason": "task is terminal" });
+                    txn.step_to(idx, StepState::Cancelled, meta, |_| {})?;
+                    self.finish(txn, Outbox::default().acking(ack)).await?;
+                    return Ok(true);
                 }
                 wake_at = evaluate::apply_result(&mut txn, &template, idx)?;
-                observed = Some((txn.step(idx).handler.clone(), *elapsed_us));
+                observed = Some((txn.step(idx).handler.clone(), *elapsed));
                 Trigger::Result
             }
-            OrchestrationMessage::Wake { .. } => Trigger::Wake,
+            Work::Wake => Trigger::Wake,
         };
         let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
         let mut outbox = dispatch(&txn.task().namespace, &messages)?.acking(ack);
@@ -273,20 +326,16 @@ impl Orchestrator {
             let wake = OrchestrationMessage::Wake { task_id };
             outbox.send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?);
         }
-        let finished = (txn.task().state == TaskState::Complete).then(|| {
-            (Utc::now() - txn.task().created_at)
-                .to_std()
-                .unwrap_or_default()
-        });
+        let finished = (txn.task().state == TaskState::Complete)
+            .then(|| (Utc::now() - txn.task().created_at).to_std().unwrap_or_default());
         self.finish(txn, outbox).await?;
-        if let Some((handler, us)) = observed {
-            self.metrics
-                .observe_step(&handler, Duration::from_micros(us));
+        if let Some((handler, took)) = observed {
+            self.metrics.observe_step(&handler, took);
         }
         if let Some(took) = finished {
             self.metrics.observe_task(&template.key(), took);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Commits, then delivers what the store did not send with the commit.
@@ -389,4 +438,18 @@ fn dispatch(namespace: &str, messages: &[StepMessage]) -> Result<Outbox, QueueEr
         encode_all(messages, Duration::ZERO)?,
     );
     Ok(outbox)
+}
+
+/// What the orchestrator is asked to look at.
+enum Work {
+    /// A step attempt's outcome: already durable (EnqueuedForOrchestration)
+    /// when `outcome` is None, else recorded by this same commit.
+    Result {
+        step_id: StepId,
+        attempt: u32,
+        elapsed: Duration,
+        outcome: Option<StepOutcome>,
+    },
+    /// A timer: a retry's backoff has run out.
+    Wake,
 }

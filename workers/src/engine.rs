@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The worker orchestrates each result in the commit that records it
+    /// (see [`Worker::with_inline_orchestration`]); off: through the queue.
+    pub inline_orchestration: bool,
     pub worker: WorkerConfig,
     pub orchestrator: OrchestratorConfig,
     /// How long [`Engine::run`] waits for a task.
@@ -26,6 +29,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            inline_orchestration: true,
             worker: WorkerConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             run_timeout: Duration::from_secs(300),
@@ -86,7 +90,12 @@ impl Engine {
             Arc::new(templates),
             config.orchestrator,
         ));
-        let worker = Worker::new(store.clone(), queue, Arc::new(handlers), config.worker);
+        let handlers = Arc::new(handlers);
+        let worker = if config.inline_orchestration {
+            Worker::with_inline_orchestration(store.clone(), queue, handlers, config.worker, orchestrator.clone())
+        } else {
+            Worker::new(store.clone(), queue, handlers, config.worker)
+        };
         let (trigger, shutdown) = shutdown_channel();
         let loops = vec![
             tokio::spawn(orchestrator.clone().run(shutdown.clone())),
