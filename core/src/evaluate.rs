@@ -350,13 +350,21 @@ pub fn evaluate(
     if trigger == Trigger::Wake && created == 0 && target == current {
         return Ok(Vec::new());
     }
-    if current != TaskState::Initializing {
+    // A running task that stays running (enqueuing more steps or not) went
+    // StepsInProcess -> EvaluatingResults -> ... -> StepsInProcess inside one
+    // atomic commit: nobody could observe the states between, so they are
+    // not recorded. Every change of the task's state is.
+    let stays_running = current == TaskState::StepsInProcess
+        && matches!(target, TaskState::EnqueuingSteps | TaskState::StepsInProcess);
+    if current != TaskState::Initializing && !stays_running {
         txn.task_to(TaskState::EvaluatingResults, json!({}))?;
     }
     let mut messages = Vec::new();
     match target {
         TaskState::EnqueuingSteps => {
-            txn.task_to(TaskState::EnqueuingSteps, json!({ "ready": r.ready.len() }))?;
+            if !stays_running {
+                txn.task_to(TaskState::EnqueuingSteps, json!({ "ready": r.ready.len() }))?;
+            }
             for idx in r.ready {
                 txn.step_to(idx, StepState::Enqueued, json!({}), |s| {
                     s.attempts += 1;
@@ -371,8 +379,11 @@ pub fn evaluate(
                     handler: s.handler.clone(),
                 });
             }
-            txn.task_to(TaskState::StepsInProcess, json!({}))?;
+            if !stays_running {
+                txn.task_to(TaskState::StepsInProcess, json!({}))?;
+            }
         }
+        TaskState::StepsInProcess if stays_running => {}
         TaskState::Complete => {
             let result = task_result(txn.graph());
             txn.finish_task(TaskState::Complete, json!({}), Some(result), None)?;
