@@ -124,7 +124,9 @@ impl Config {
             c.worker.inline_orchestration = match v.as_str() {
                 "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
-                _ => bail!("STEPGRAPH_WORKER_INLINE_ORCHESTRATION must be true or false, not {v:?}"),
+                _ => {
+                    bail!("STEPGRAPH_WORKER_INLINE_ORCHESTRATION must be true or false, not {v:?}")
+                }
             };
         }
         env_num("ORCHESTRATOR_CONCURRENCY", &mut c.orchestrator.concurrency)?;

@@ -81,7 +81,8 @@ pub async fn serve(config: &Config) -> Result<()> {
 
 pub async fn worker(config: &Config) -> Result<()> {
     let pg = connect(config).await?;
-    let templates = TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let templates =
+        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut worker_config = config.worker();
     if worker_config.namespaces.is_empty() {
         worker_config.namespaces = templates.namespaces();

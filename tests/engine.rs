@@ -67,7 +67,14 @@ async fn math_shapes_give_exact_results() {
     use TaskState::*;
     assert_eq!(
         states,
-        [Pending, Initializing, EnqueuingSteps, StepsInProcess, EvaluatingResults, Complete]
+        [
+            Pending,
+            Initializing,
+            EnqueuingSteps,
+            StepsInProcess,
+            EvaluatingResults,
+            Complete
+        ]
     );
     engine.shutdown().await;
 }
@@ -78,20 +85,34 @@ async fn results_through_the_orchestration_queue_give_the_same_values() {
         inline_orchestration: false,
         ..Default::default()
     };
-    let engine = stepgraph_worker::Engine::embedded(fixture_templates(), examples::registry(), config);
-    let tree = engine.run("e2e", "tree", json!({"even_number": 6})).await.unwrap();
+    let engine =
+        stepgraph_worker::Engine::embedded(fixture_templates(), examples::registry(), config);
+    let tree = engine
+        .run("e2e", "tree", json!({"even_number": 6}))
+        .await
+        .unwrap();
     assert_eq!(result(&tree), &json!(SIX_64));
     assert_audit_chains(&tree.transitions);
     let cond = engine
-        .run("e2e", "conditional_approval", json!({"amount": 7500, "requester": "q"}))
+        .run(
+            "e2e",
+            "conditional_approval",
+            json!({"amount": 7500, "requester": "q"}),
+        )
         .await
         .unwrap();
-    assert_eq!(result(&cond)["approvals"], json!(["finance_review", "manager_approval"]));
+    assert_eq!(
+        result(&cond)["approvals"],
+        json!(["finance_review", "manager_approval"])
+    );
     let csv = engine
         .run("e2e", "csv_batch", json!({"csv_file_path": products_csv()}))
         .await
         .unwrap();
-    assert_eq!(result(&csv)["total_inventory_value_cents"], json!(12745576047u64));
+    assert_eq!(
+        result(&csv)["total_inventory_value_cents"],
+        json!(12745576047u64)
+    );
     engine.shutdown().await;
 }
 

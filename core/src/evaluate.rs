@@ -355,7 +355,10 @@ pub fn evaluate(
     // atomic commit: nobody could observe the states between, so they are
     // not recorded. Every change of the task's state is.
     let stays_running = current == TaskState::StepsInProcess
-        && matches!(target, TaskState::EnqueuingSteps | TaskState::StepsInProcess);
+        && matches!(
+            target,
+            TaskState::EnqueuingSteps | TaskState::StepsInProcess
+        );
     if current != TaskState::Initializing && !stays_running {
         txn.task_to(TaskState::EvaluatingResults, json!({}))?;
     }

@@ -313,10 +313,13 @@ pub struct StepWork {
     pub cursor: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum StartOutcome {
-    /// Enqueued -> InProgress applied (or a redelivery of the attempt in progress).
-    Started(Box<StepWork>),
+    /// The attempt may run (Enqueued -> InProgress applied if asked, or a
+    /// redelivery of the attempt in progress). A store whose task lock is
+    /// optimistic may add the task's graph as read now, to commit the
+    /// outcome against without reading it again.
+    Started(Box<StepWork>, Option<Box<crate::store::Snapshot>>),
     /// The attempt's result is already durable; only the notification may be missing.
     AlreadySubmitted,
     /// The step moved on (another attempt, cancelled, complete): drop the message.

@@ -8,10 +8,10 @@ use crate::queue::{
 };
 use crate::shutdown::Shutdown;
 use crate::state::{StepState, TaskState};
-use crate::store::{Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 use crate::template::{TaskTemplate, TemplateRegistry};
 use crate::txn::TaskTxn;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -227,7 +227,9 @@ impl Orchestrator {
             ),
             OrchestrationMessage::Wake { task_id } => (*task_id, Work::Wake),
         };
-        self.orchestrate(task_id, &work, ack).await.map(|_| ())
+        self.orchestrate(task_id, &work, ack, None)
+            .await
+            .map(|_| ())
     }
 
     /// The worker's fast path: records the outcome of a step attempt (the
@@ -235,32 +237,42 @@ impl Orchestrator {
     /// same commit, which also acknowledges the step message `ack`. Returns
     /// false, changing nothing but the ack, when the attempt is no longer
     /// current (a late or repeated result).
+    #[allow(clippy::too_many_arguments)]
     pub async fn complete_inline(
         &self,
         task_id: TaskId,
         step_id: StepId,
         attempt: u32,
         outcome: StepOutcome,
+        started_at: DateTime<Utc>,
         elapsed: Duration,
         ack: Option<(String, u64)>,
+        snapshot: Option<Box<Snapshot>>,
     ) -> Result<bool, OrchestratorError> {
         let work = Work::Result {
             step_id,
             attempt,
             elapsed,
-            outcome: Some(outcome),
+            outcome: Some((outcome, started_at)),
         };
-        self.orchestrate(task_id, &work, ack).await
+        self.orchestrate(task_id, &work, ack, snapshot).await
     }
 
+    /// Orchestrates, starting from `snapshot` when given (a conflict means
+    /// it was stale: the next try reads the task afresh).
     async fn orchestrate(
         &self,
         task_id: TaskId,
         work: &Work,
         ack: Option<(String, u64)>,
+        mut snapshot: Option<Box<Snapshot>>,
     ) -> Result<bool, OrchestratorError> {
         for _ in 0..=self.config.conflict_retries {
-            match self.try_orchestrate(task_id, work, ack.clone()).await {
+            let txn = match snapshot.take() {
+                Some(s) => TaskTxn::from_snapshot(*s),
+                None => TaskTxn::open(self.store.as_ref(), task_id).await?,
+            };
+            match self.try_orchestrate(txn, work, ack.clone()).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(why))) => {
                     tracing::debug!(%task_id, %why, "compare-and-swap conflict, re-evaluating");
                     tokio::task::yield_now().await;
@@ -273,11 +285,11 @@ impl Orchestrator {
 
     async fn try_orchestrate(
         &self,
-        task_id: TaskId,
+        mut txn: TaskTxn,
         work: &Work,
         ack: Option<(String, u64)>,
     ) -> Result<bool, OrchestratorError> {
-        let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
+        let task_id = txn.task().id;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
         let mut observed = None;
@@ -292,16 +304,20 @@ impl Orchestrator {
                     return Err(StoreError::StepNotFound(*step_id).into());
                 };
                 let step = txn.step(idx);
-                let expected = match outcome {
-                    Some(_) => StepState::InProgress,
-                    None => StepState::EnqueuedForOrchestration,
+                let current = match outcome {
+                    // A step not marked InProgress while it ran is marked now, as of its start.
+                    Some(_) => matches!(step.state, StepState::InProgress | StepState::Enqueued),
+                    None => step.state == StepState::EnqueuedForOrchestration,
                 };
-                if step.state != expected || step.attempts != *attempt {
+                if !current || step.attempts != *attempt {
                     tracing::debug!(step = %step.name, state = %step.state, attempt, "stale result dropped");
                     self.finish(txn, Outbox::default().acking(ack)).await?;
                     return Ok(false);
                 }
-                if let Some(outcome) = outcome {
+                if let Some((outcome, started_at)) = outcome {
+                    if step.state == StepState::Enqueued {
+                        txn.step_to_at(idx, StepState::InProgress, *started_at, json!({}), |_| {})?;
+                    }
                     let meta = json!({ "outcome": outcome.status() });
                     txn.step_to(idx, StepState::EnqueuedForOrchestration, meta, |s| {
                         s.outcome = Some(outcome.clone())
@@ -326,8 +342,11 @@ impl Orchestrator {
             let wake = OrchestrationMessage::Wake { task_id };
             outbox.send(ORCHESTRATION_QUEUE, encode_all(&[wake], delay)?);
         }
-        let finished = (txn.task().state == TaskState::Complete)
-            .then(|| (Utc::now() - txn.task().created_at).to_std().unwrap_or_default());
+        let finished = (txn.task().state == TaskState::Complete).then(|| {
+            (Utc::now() - txn.task().created_at)
+                .to_std()
+                .unwrap_or_default()
+        });
         self.finish(txn, outbox).await?;
         if let Some((handler, took)) = observed {
             self.metrics.observe_step(&handler, took);
@@ -443,12 +462,13 @@ fn dispatch(namespace: &str, messages: &[StepMessage]) -> Result<Outbox, QueueEr
 /// What the orchestrator is asked to look at.
 enum Work {
     /// A step attempt's outcome: already durable (EnqueuedForOrchestration)
-    /// when `outcome` is None, else recorded by this same commit.
+    /// when `outcome` is None, else recorded by this same commit (with when
+    /// the handler started).
     Result {
         step_id: StepId,
         attempt: u32,
         elapsed: Duration,
-        outcome: Option<StepOutcome>,
+        outcome: Option<(StepOutcome, DateTime<Utc>)>,
     },
     /// A timer: a retry's backoff has run out.
     Wake,

@@ -4,7 +4,7 @@
 use crate::model::*;
 use crate::queue::Outbox;
 use crate::state::{IllegalTransition, StepState, TaskState};
-use crate::store::{Store, StoreError, TaskLock};
+use crate::store::{Snapshot, Store, StoreError, TaskLock};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -65,6 +65,24 @@ impl TaskTxn {
             lock: Some(lock),
             now: Utc::now(),
         })
+    }
+
+    /// A txn over a graph read earlier under `lock`.
+    pub fn from_snapshot(snapshot: Snapshot) -> TaskTxn {
+        let graph = snapshot.graph;
+        let index = graph
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        TaskTxn {
+            graph,
+            index,
+            ops: Vec::new(),
+            lock: Some(snapshot.lock),
+            now: Utc::now(),
+        }
     }
 
     pub fn graph(&self) -> &TaskGraph {
@@ -132,6 +150,18 @@ impl TaskTxn {
         metadata: Value,
         change: impl FnOnce(&mut Step),
     ) -> Result<(), IllegalTransition> {
+        self.step_to_at(idx, to, self.now, metadata, change)
+    }
+
+    /// [`TaskTxn::step_to`] for a transition that happened at `at`.
+    pub fn step_to_at(
+        &mut self,
+        idx: usize,
+        to: StepState,
+        at: DateTime<Utc>,
+        metadata: Value,
+        change: impl FnOnce(&mut Step),
+    ) -> Result<(), IllegalTransition> {
         let step = &mut self.graph.steps[idx];
         step.state.check(to)?;
         let from = step.state;
@@ -145,7 +175,7 @@ impl TaskTxn {
                 from: Some(from),
                 to,
                 attempt: step.attempts,
-                at: self.now,
+                at,
                 metadata,
             },
             attempts: step.attempts,

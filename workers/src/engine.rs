@@ -92,7 +92,13 @@ impl Engine {
         ));
         let handlers = Arc::new(handlers);
         let worker = if config.inline_orchestration {
-            Worker::with_inline_orchestration(store.clone(), queue, handlers, config.worker, orchestrator.clone())
+            Worker::with_inline_orchestration(
+                store.clone(),
+                queue,
+                handlers,
+                config.worker,
+                orchestrator.clone(),
+            )
         } else {
             Worker::new(store.clone(), queue, handlers, config.worker)
         };

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{encode_all, worker_queue, Delivery, Outbox, ORCHESTRATION_QUEUE};
 use stepgraph_core::{
-    Orchestrator, OrchestrationMessage, Queue, Shutdown, StartOutcome, StepError, StepMessage, StepOutcome,
-    StepWork, Store, StoreError, SubmitOutcome,
+    OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError, StepMessage,
+    StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
 };
 use tokio::sync::Semaphore;
 
@@ -30,6 +30,10 @@ pub struct WorkerConfig {
     pub receive_wait: Duration,
     /// How long shutdown waits for running steps.
     pub shutdown_grace: Duration,
+    /// With inline orchestration, a step running this long is marked
+    /// InProgress while it runs; a shorter one gets the mark (with its start
+    /// time) in the commit that records its outcome.
+    pub lazy_start: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +45,7 @@ impl Default for WorkerConfig {
             default_step_timeout: Duration::from_secs(300),
             receive_wait: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            lazy_start: Duration::from_millis(100),
         }
     }
 }
@@ -158,7 +163,10 @@ impl Worker {
                 return Ok(());
             }
         };
-        let started = match self.store.start_step(msg.step_id, msg.attempt).await {
+        // With inline orchestration the InProgress mark is written lazily
+        // (see `run_marking`): a short step then costs one durable commit.
+        let mark = self.inline.is_none();
+        let started = match self.store.start_step(msg.step_id, msg.attempt, mark).await {
             Ok(s) => s,
             Err(StoreError::StepNotFound(_)) => {
                 tracing::error!(step_id = %msg.step_id, "message for an unknown step dropped");
@@ -179,19 +187,42 @@ impl Worker {
             Ok(outbox)
         };
         let rest = match started {
-            StartOutcome::Started(work) => {
+            StartOutcome::Started(work, snapshot) => {
                 let began = std::time::Instant::now();
-                let outcome = self.execute(*work).await;
-                if let Some(orchestrator) = &self.inline {
-                    let ack = Some((queue.to_string(), delivery.receipt));
-                    let done = orchestrator
-                        .complete_inline(msg.task_id, msg.step_id, msg.attempt, outcome.clone(), began.elapsed(), ack)
-                        .await;
-                    match done {
-                        Ok(_) => return Ok(()),
-                        Err(e) => tracing::debug!(step = %msg.step_name, error = %e, "inline orchestration failed; using the queue"),
+                let started_at = chrono::Utc::now();
+                let Some(orchestrator) = &self.inline else {
+                    let outcome = self.execute(*work).await;
+                    let (submitted, rest) =
+                        self.submit(&msg, outcome, notify(began.elapsed())?).await?;
+                    if let SubmitOutcome::Refused { state, attempts } = submitted {
+                        tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
+                    }
+                    return Ok(rest.deliver(self.queue.as_ref()).await?);
+                };
+                let outcome = self.run_marking(&msg, *work).await;
+                let ack = Some((queue.to_string(), delivery.receipt));
+                let done = orchestrator
+                    .complete_inline(
+                        msg.task_id,
+                        msg.step_id,
+                        msg.attempt,
+                        outcome.clone(),
+                        started_at,
+                        began.elapsed(),
+                        ack,
+                        snapshot,
+                    )
+                    .await;
+                match done {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        tracing::debug!(step = %msg.step_name, error = %e, "inline orchestration failed; using the queue")
                     }
                 }
+                // The classic path needs the step InProgress before its result.
+                self.store
+                    .start_step(msg.step_id, msg.attempt, true)
+                    .await?;
                 let notify = notify(began.elapsed())?;
                 let (submitted, rest) = self.submit(&msg, outcome, notify).await?;
                 if let SubmitOutcome::Refused { state, attempts } = submitted {
@@ -208,6 +239,22 @@ impl Worker {
         };
         rest.deliver(self.queue.as_ref()).await?;
         Ok(())
+    }
+
+    /// Runs the attempt; if it is still running after `lazy_start`, marks the
+    /// step InProgress so that observers see it running.
+    async fn run_marking(&self, msg: &StepMessage, work: StepWork) -> StepOutcome {
+        let run = self.execute(work);
+        tokio::pin!(run);
+        tokio::select! {
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(self.config.lazy_start) => {
+                if let Err(e) = self.store.start_step(msg.step_id, msg.attempt, true).await {
+                    tracing::warn!(step = %msg.step_name, error = %e, "marking the step in progress failed");
+                }
+                run.await
+            }
+        }
     }
 
     /// Makes an outcome durable. A backend error is retried for a while: the

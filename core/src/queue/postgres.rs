@@ -34,29 +34,42 @@ impl PgQueue {
         PgQueue { pool, notifier }
     }
 
+    /// Claims up to `max` messages; when there are none, when the next one
+    /// becomes visible (None: the queue is empty).
     async fn claim(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        let rows: Vec<(i64, Vec<u8>, i32)> =
-            retrying!(self, pool => sqlx::query_as("SELECT id, payload, delivery_count FROM sg_receive($1, $2, $3)")
-                .bind(queue)
-                .bind(max as i32)
-                .bind(visibility.as_millis() as i64)
-                .fetch_all(pool))
-                .map_err(err)?;
-        let mut out: Vec<Delivery> = rows
-            .into_iter()
-            .map(|(id, payload, count)| Delivery {
-                receipt: id as u64,
-                payload,
-                delivery_count: count as u32,
-            })
-            .collect();
+    ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>), QueueError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<i32>,
+            Option<DateTime<Utc>>,
+        )> = retrying!(self, pool => sqlx::query_as(
+            "SELECT id, payload, delivery_count, next_visible FROM sg_receive($1, $2, $3)",
+        )
+        .bind(queue)
+        .bind(max as i32)
+        .bind(visibility.as_millis() as i64)
+        .fetch_all(pool))
+        .map_err(err)?;
+        let mut next = None;
+        let mut out = Vec::new();
+        for (id, payload, count, next_visible) in rows {
+            match (id, payload) {
+                (Some(id), Some(payload)) => out.push(Delivery {
+                    receipt: id as u64,
+                    payload,
+                    delivery_count: count.unwrap_or(1) as u32,
+                }),
+                _ => next = next_visible,
+            }
+        }
         out.sort_by_key(|d| d.receipt);
-        Ok(out)
+        Ok((out, next))
     }
 }
 
@@ -94,18 +107,18 @@ impl Queue for PgQueue {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.claim(queue, max, visibility).await?;
+            let (got, next) = self.claim(queue, max, visibility).await?;
             if !got.is_empty() || Instant::now() >= deadline {
                 return Ok(got);
             }
-            let next: Option<DateTime<Utc>> =
-                retrying!(self, pool => sqlx::query_scalar("SELECT min(visible_at) FROM sg_queue WHERE queue = $1")
-                    .bind(queue)
-                    .fetch_one(pool))
-                    .map_err(err)?;
             let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
             if let Some(next) = next {
-                let due = (next - Utc::now()).to_std().unwrap_or_default();
+                // A visible message we could not claim is being claimed by
+                // another consumer right now: look again shortly, not at once.
+                let due = (next - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(1));
                 wake_at = wake_at.min(Instant::now() + due);
             }
             tokio::select! {

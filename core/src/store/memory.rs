@@ -348,7 +348,12 @@ impl Store for MemoryStore {
         Ok(outbox)
     }
 
-    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
+    async fn start_step(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        mark: bool,
+    ) -> Result<StartOutcome, StoreError> {
         let mut inner = self.inner.lock();
         let (entry, idx) = inner.locate(step_id)?;
         let s = &entry.steps[idx];
@@ -358,11 +363,13 @@ impl Store for MemoryStore {
         }
         match state {
             StepState::Enqueued => {
-                entry.step_transition(idx, StepState::InProgress, json!({}));
-                Ok(StartOutcome::Started(Box::new(entry.work(idx))))
+                if mark {
+                    entry.step_transition(idx, StepState::InProgress, json!({}));
+                }
+                Ok(StartOutcome::Started(Box::new(entry.work(idx)), None))
             }
             // The worker that held this attempt died: run it again.
-            StepState::InProgress => Ok(StartOutcome::Started(Box::new(entry.work(idx)))),
+            StepState::InProgress => Ok(StartOutcome::Started(Box::new(entry.work(idx)), None)),
             StepState::EnqueuedForOrchestration => Ok(StartOutcome::AlreadySubmitted),
             _ => Ok(StartOutcome::Stale { state, attempts }),
         }

@@ -38,6 +38,20 @@ pub struct StateCounts {
 /// Proof that the caller holds a task's exclusive lock; given back on commit.
 pub struct TaskLock(pub Box<dyn Any + Send>);
 
+/// A task's graph with the lock it was read under.
+pub struct Snapshot {
+    pub graph: TaskGraph,
+    pub lock: TaskLock,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("task", &self.graph.task.id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or nothing.
@@ -58,8 +72,15 @@ pub trait Store: Send + Sync + 'static {
         outbox: Outbox,
     ) -> Result<Outbox, StoreError>;
 
-    /// Worker: Enqueued -> InProgress for `attempt`, returning what the handler needs.
-    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError>;
+    /// Worker: what the handler of `attempt` needs; with `mark`, also the
+    /// Enqueued -> InProgress transition (without it, the transition is left
+    /// to the commit that records the outcome).
+    async fn start_step(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        mark: bool,
+    ) -> Result<StartOutcome, StoreError>;
 
     /// Worker: InProgress -> EnqueuedForOrchestration with the attempt's
     /// outcome. `outbox` sends go out only when the result is Accepted or a

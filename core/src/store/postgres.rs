@@ -2,7 +2,7 @@
 //! one round trip: reading a graph, committing an orchestration decision with
 //! its sends and ack, starting a step, submitting its result.
 
-use super::{StateCounts, Store, StoreError, TaskLock};
+use super::{Snapshot, StateCounts, Store, StoreError, TaskLock};
 use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
 use crate::queue::Outbox;
@@ -236,12 +236,19 @@ impl Store for PgStore {
         Ok(rest)
     }
 
-    async fn start_step(&self, step_id: StepId, attempt: u32) -> Result<StartOutcome, StoreError> {
-        let row: Value = retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2)")
+    async fn start_step(
+        &self,
+        step_id: StepId,
+        attempt: u32,
+        mark: bool,
+    ) -> Result<StartOutcome, StoreError> {
+        let row: Value =
+            retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2, $3)")
             .bind(step_id)
             .bind(attempt as i32)
+            .bind(mark)
             .fetch_one(pool))
-        .map_err(backend_error)?;
+            .map_err(backend_error)?;
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
@@ -256,22 +263,42 @@ impl Store for PgStore {
                         )
                     })
                     .collect();
-                Ok(StartOutcome::Started(Box::new(StepWork {
-                    task_id: w.task_id,
-                    step_id: w.step_id,
-                    namespace: w.namespace,
-                    task_name: w.task_name,
-                    step_name: w.step_name,
-                    handler: w.handler,
-                    config: w.config,
-                    context: w.context,
-                    dependency_results,
-                    attempt: w.attempt,
-                    max_attempts: w.max_attempts,
-                    timeout_seconds: w.timeout_seconds,
-                    batch_size: w.batch_size,
-                    cursor: w.cursor,
-                })))
+                let snapshot = match row.get("graph") {
+                    Some(g) if !g.is_null() => {
+                        let g: GraphRow = serde_json::from_value(g.clone()).map_err(bad)?;
+                        Some(Box::new(Snapshot {
+                            lock: TaskLock(Box::new(PgLock {
+                                task_id: g.task.id,
+                                version: g.lock_version,
+                            })),
+                            graph: TaskGraph {
+                                task: g.task,
+                                steps: g.steps,
+                                edges: g.edges,
+                            },
+                        }))
+                    }
+                    _ => None,
+                };
+                Ok(StartOutcome::Started(
+                    Box::new(StepWork {
+                        task_id: w.task_id,
+                        step_id: w.step_id,
+                        namespace: w.namespace,
+                        task_name: w.task_name,
+                        step_name: w.step_name,
+                        handler: w.handler,
+                        config: w.config,
+                        context: w.context,
+                        dependency_results,
+                        attempt: w.attempt,
+                        max_attempts: w.max_attempts,
+                        timeout_seconds: w.timeout_seconds,
+                        batch_size: w.batch_size,
+                        cursor: w.cursor,
+                    }),
+                    snapshot,
+                ))
             }
             Some("already_submitted") => Ok(StartOutcome::AlreadySubmitted),
             Some("not_found") => Err(StoreError::StepNotFound(step_id)),
