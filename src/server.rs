@@ -28,24 +28,21 @@ pub async fn migrate(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C trigger a graceful shutdown.
-fn on_signal(trigger: ShutdownTrigger) {
+/// SIGTERM or Ctrl-C trigger a graceful shutdown. The handlers are in place
+/// when this returns (a signal right after start-up is not lost).
+fn on_signal(trigger: ShutdownTrigger) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = term => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
         tracing::info!("shutting down");
         trigger.trigger();
     });
+    Ok(())
 }
 
 pub async fn serve(config: &Config) -> Result<()> {
@@ -65,7 +62,7 @@ pub async fn serve(config: &Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let (trigger, shutdown) = shutdown_channel();
-    on_signal(trigger);
+    on_signal(trigger)?;
     // Tests and scripts read the bound address (the port may be 0).
     println!("listening on http://{}", listener.local_addr()?);
     let consumer = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
@@ -103,7 +100,7 @@ pub async fn worker(config: &Config) -> Result<()> {
         Worker::new(store, queue, handlers, worker_config)
     };
     let (trigger, shutdown) = shutdown_channel();
-    on_signal(trigger);
+    on_signal(trigger)?;
     println!("worker serving namespaces {namespaces:?}");
     worker.run(shutdown).await;
     Ok(())
