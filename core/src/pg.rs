@@ -15,8 +15,6 @@ use uuid::Uuid;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_set_based_apply.sql")),
-    (3, include_str!("../migrations/0003_lazy_start.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.
