@@ -193,10 +193,14 @@ fn a_killed_orchestrator_leaves_its_work_to_the_other() {
     let quick = [("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "1500")];
     let mut a = Process::serve(&db, templates.path(), &quick);
     let b = Process::serve(&db, templates.path(), &quick);
+    // Results go through the orchestrators, so the killed one holds some.
     let _w = Process::worker(
         &db,
         templates.path(),
-        &[("STEPGRAPH_WORKER_CONCURRENCY", "32")],
+        &[
+            ("STEPGRAPH_WORKER_CONCURRENCY", "32"),
+            ("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"),
+        ],
     );
     let ids: Vec<String> = (0..30)
         .map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 })))
