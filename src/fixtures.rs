@@ -39,3 +39,11 @@ pub fn registry() -> Result<TemplateRegistry, TemplateErrors> {
     }
     Ok(reg)
 }
+
+/// Writes the fixture templates into `dir` (for server processes).
+pub fn write_templates(dir: &std::path::Path) -> std::io::Result<()> {
+    for (file, text) in TEMPLATES {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The `stepgraph` command line: run a template, validate templates, bench.
 
 mod bench;
+mod cluster;
 mod config;
 mod fixtures;
 mod server;
@@ -81,6 +82,9 @@ enum Command {
         /// After the latency table, submit this many linear tasks at once and report steps/s.
         #[arg(long, default_value_t = 0)]
         throughput: usize,
+        /// With --database-url: the seed's cluster rows against 2 serve + 2 worker processes.
+        #[arg(long, requires = "database_url")]
+        cluster: bool,
         /// Runs against PostgreSQL (state and queue) instead of embedded mode.
         #[arg(long, env = "STEPGRAPH_DATABASE_URL")]
         database_url: Option<String>,
@@ -183,7 +187,14 @@ fn main() -> ExitCode {
                 runtime,
                 database_url,
                 throughput,
+                cluster,
             } => {
+                if cluster {
+                    let url = database_url.as_deref().unwrap_or_default();
+                    return cluster::run(url, iterations.max(1), warmup)
+                        .await
+                        .map(|()| true);
+                }
                 let label = match runtime {
                     RuntimeKind::CurrentThread => "current-thread",
                     RuntimeKind::MultiThread => "multi-thread",
