@@ -40,6 +40,7 @@ async fn spawn(args: &[&str], url: &str, templates: &std::path::Path) -> Result<
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
+        .and_then(|a| a.split_whitespace().next())
         .unwrap_or_default()
         .to_string();
     Ok((Proc(child), addr))

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use stepgraph_core::api::{self, ApiState};
 use stepgraph_core::{
-    shutdown_channel, Orchestrator, PgBackend, ShutdownTrigger, TemplateRegistry,
+    shutdown_channel, MemoryQueue, MemoryStore, Orchestrator, PgBackend, Queue, ShutdownTrigger,
+    Store, TemplateRegistry,
 };
 use stepgraph_worker::{examples, Worker};
 
@@ -45,17 +46,29 @@ fn on_signal(trigger: ShutdownTrigger) -> Result<()> {
     Ok(())
 }
 
+/// The orchestrator and the HTTP API. Without a database URL it runs in
+/// embedded mode: in-memory state and queue and a worker in this process
+/// (nothing persists; for trying things out).
 pub async fn serve(config: &Config) -> Result<()> {
-    let templates =
-        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pg = connect(config).await?;
-    pg.store_templates(&templates).await?;
-    let store = Arc::new(pg.store(true));
-    let queue = Arc::new(pg.queue());
+    let templates = Arc::new(
+        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let (store, queue, mode): (Arc<dyn Store>, Arc<dyn Queue>, &str) = match &config.database_url {
+        Some(_) => {
+            let pg = connect(config).await?;
+            pg.store_templates(&templates).await?;
+            (Arc::new(pg.store(true)), Arc::new(pg.queue()), "")
+        }
+        None => (
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryQueue::new()),
+            " (embedded mode: in-memory state, nothing persists)",
+        ),
+    };
     let orchestrator = Arc::new(Orchestrator::new(
         store.clone(),
         queue.clone(),
-        Arc::new(templates),
+        templates.clone(),
         config.orchestrator(),
     ));
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -63,16 +76,31 @@ pub async fn serve(config: &Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger)?;
+    let mut loops = vec![tokio::spawn(orchestrator.clone().run(shutdown.clone()))];
+    if config.database_url.is_none() {
+        let mut worker_config = config.worker();
+        worker_config.namespaces = templates.namespaces();
+        let handlers = Arc::new(examples::registry());
+        let worker = Worker::with_inline_orchestration(
+            store.clone(),
+            queue.clone(),
+            handlers,
+            worker_config,
+            orchestrator.clone(),
+        );
+        loops.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
     // Tests and scripts read the bound address (the port may be 0).
-    println!("listening on http://{}", listener.local_addr()?);
-    let consumer = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
+    println!("listening on http://{}{mode}", listener.local_addr()?);
     let state = ApiState {
         orchestrator,
         store,
         queue,
     };
     api::serve(listener, state, shutdown).await?;
-    consumer.await?;
+    for l in loops {
+        l.await?;
+    }
     Ok(())
 }
 
@@ -85,8 +113,8 @@ pub async fn worker(config: &Config) -> Result<()> {
         worker_config.namespaces = templates.namespaces();
     }
     let namespaces = worker_config.namespaces.clone();
-    let store: Arc<dyn stepgraph_core::Store> = Arc::new(pg.store(true));
-    let queue: Arc<dyn stepgraph_core::Queue> = Arc::new(pg.queue());
+    let store: Arc<dyn Store> = Arc::new(pg.store(true));
+    let queue: Arc<dyn Queue> = Arc::new(pg.queue());
     let handlers = Arc::new(examples::registry());
     let worker = if config.worker.inline_orchestration {
         let orchestrator = Arc::new(Orchestrator::new(

@@ -293,3 +293,18 @@ fn cli_bad_input_gets_one_line_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn serve_without_a_database_runs_embedded() {
+    use common::cluster::{create, templates_dir, wait, Process};
+    let templates = templates_dir();
+    let serve = Process::serve_embedded(templates.path());
+    let id = create(
+        serve.addr(),
+        "tree",
+        serde_json::json!({ "even_number": 6 }),
+    );
+    let v = wait(serve.addr(), &id, std::time::Duration::from_secs(30));
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(v["result"], serde_json::json!(common::SIX_64));
+}

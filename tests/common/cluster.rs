@@ -122,7 +122,7 @@ pub struct Process {
 impl Process {
     fn spawn(
         args: &[&str],
-        db: &TestDb,
+        db: Option<&TestDb>,
         templates: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Process {
@@ -130,13 +130,16 @@ impl Process {
         cmd.args(args)
             .arg("--templates")
             .arg(templates)
-            .env("STEPGRAPH_DATABASE_URL", &db.url)
+            .env_remove("STEPGRAPH_DATABASE_URL")
             .env("STEPGRAPH_LOG", "warn")
             // Several processes of several tests share one server's connection limit.
             .env("STEPGRAPH_MAX_CONNECTIONS", "5")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(db) = db {
+            cmd.env("STEPGRAPH_DATABASE_URL", &db.url);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -149,18 +152,31 @@ impl Process {
         let addr = first
             .trim()
             .strip_prefix("listening on http://")
+            .and_then(|a| a.split_whitespace().next())
             .map(str::to_string);
         Process { child, addr }
     }
 
     pub fn serve(db: &TestDb, templates: &std::path::Path, env: &[(&str, &str)]) -> Process {
-        let p = Process::spawn(&["serve", "--listen", "127.0.0.1:0"], db, templates, env);
+        let p = Process::spawn(
+            &["serve", "--listen", "127.0.0.1:0"],
+            Some(db),
+            templates,
+            env,
+        );
         assert!(p.addr.is_some(), "serve did not say where it listens");
         p
     }
 
     pub fn worker(db: &TestDb, templates: &std::path::Path, env: &[(&str, &str)]) -> Process {
-        Process::spawn(&["worker"], db, templates, env)
+        Process::spawn(&["worker"], Some(db), templates, env)
+    }
+
+    /// `stepgraph serve` without a database: embedded mode.
+    pub fn serve_embedded(templates: &std::path::Path) -> Process {
+        let p = Process::spawn(&["serve", "--listen", "127.0.0.1:0"], None, templates, &[]);
+        assert!(p.addr.is_some(), "serve did not say where it listens");
+        p
     }
 
     pub fn addr(&self) -> &str {
