@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{create, http, templates_dir, wait, Process, TestDb};
+use common::cluster::{create, http, wait, TestEnv};
 use common::{assert_audit_chains, products_csv, SIX_16, SIX_64};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -123,45 +123,41 @@ fn run_seed_shapes(servers: &[&str]) {
 
 #[test]
 fn seed_shapes_through_the_api_single_instance() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let serve = Process::serve(&db, templates.path(), &[]);
-    let _worker = Process::worker(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let _worker = t.worker(&[]);
     run_seed_shapes(&[serve.addr()]);
 }
 
 #[test]
 fn seed_shapes_with_results_through_the_orchestration_queue() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let serve = Process::serve(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
     let classic = [("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false")];
-    let _worker = Process::worker(&db, templates.path(), &classic);
+    let _worker = t.worker(&classic);
     run_seed_shapes(&[serve.addr()]);
 }
 
 #[test]
 fn seed_shapes_through_the_api_in_cluster_mode() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let a = Process::serve(&db, templates.path(), &[]);
-    let b = Process::serve(&db, templates.path(), &[]);
-    let _w1 = Process::worker(&db, templates.path(), &[]);
-    let _w2 = Process::worker(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let a = t.serve(&[]);
+    let b = t.serve(&[]);
+    let _w1 = t.worker(&[]);
+    let _w2 = t.worker(&[]);
     run_seed_shapes(&[a.addr(), b.addr()]);
 }
 
 #[test]
 fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
-    let db = TestDb::create();
-    let templates = templates_dir();
+    let t = TestEnv::new();
     let fast_redelivery = [("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500")];
-    let serve = Process::serve(&db, templates.path(), &[]);
-    let mut doomed = Process::worker(&db, templates.path(), &fast_redelivery);
+    let serve = t.serve(&[]);
+    let mut doomed = t.worker(&fast_redelivery);
     let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 1000 }));
     // Wait until the doomed worker holds the first step.
     let started = std::time::Instant::now();
-    while db.query(&format!(
+    while t.db.query(&format!(
         "SELECT state FROM sg_steps WHERE task_id = '{id}' AND name = 'nap'"
     )) != ["in_progress"]
     {
@@ -172,7 +168,7 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     doomed.kill9();
-    let _rescuer = Process::worker(&db, templates.path(), &fast_redelivery);
+    let _rescuer = t.worker(&fast_redelivery);
     let v = wait(serve.addr(), &id, LONG);
     assert_eq!(v["state"], "complete", "{v}");
     assert_eq!(v["result"], json!({ "slept_ms": 1000 }));
@@ -188,20 +184,15 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
 
 #[test]
 fn a_killed_orchestrator_leaves_its_work_to_the_other() {
-    let db = TestDb::create();
-    let templates = templates_dir();
+    let t = TestEnv::new();
     let quick = [("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "1500")];
-    let mut a = Process::serve(&db, templates.path(), &quick);
-    let b = Process::serve(&db, templates.path(), &quick);
+    let mut a = t.serve(&quick);
+    let b = t.serve(&quick);
     // Results go through the orchestrators, so the killed one holds some.
-    let _w = Process::worker(
-        &db,
-        templates.path(),
-        &[
-            ("STEPGRAPH_WORKER_CONCURRENCY", "32"),
-            ("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"),
-        ],
-    );
+    let _w = t.worker(&[
+        ("STEPGRAPH_WORKER_CONCURRENCY", "32"),
+        ("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"),
+    ]);
     let ids: Vec<String> = (0..30)
         .map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 })))
         .collect();
@@ -216,21 +207,20 @@ fn a_killed_orchestrator_leaves_its_work_to_the_other() {
 
 #[test]
 fn processes_recover_when_their_connections_are_dropped() {
-    let db = TestDb::create();
-    let templates = templates_dir();
+    let t = TestEnv::new();
     let env = [
         ("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "3000"),
         ("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "3000"),
     ];
-    let serve = Process::serve(&db, templates.path(), &env);
-    let _w = Process::worker(&db, templates.path(), &env);
+    let serve = t.serve(&env);
+    let _w = t.worker(&env);
     let ids: Vec<String> = (0..10)
         .map(|_| create(serve.addr(), "sleepy", json!({ "sleep_ms": 300 })))
         .collect();
     std::thread::sleep(Duration::from_millis(150));
-    assert!(db.terminate_connections() > 0);
+    assert!(t.db.terminate_connections() > 0);
     std::thread::sleep(Duration::from_millis(400));
-    db.terminate_connections();
+    t.db.terminate_connections();
     for id in ids {
         let v = wait(serve.addr(), &id, LONG);
         assert_eq!(v["state"], "complete", "{v}");
@@ -240,12 +230,11 @@ fn processes_recover_when_their_connections_are_dropped() {
 
 #[test]
 fn a_thousand_linear_tasks_in_cluster_mode_lose_and_duplicate_nothing() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let a = Process::serve(&db, templates.path(), &[]);
-    let b = Process::serve(&db, templates.path(), &[]);
-    let _w1 = Process::worker(&db, templates.path(), &[]);
-    let _w2 = Process::worker(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let a = t.serve(&[]);
+    let b = t.serve(&[]);
+    let _w1 = t.worker(&[]);
+    let _w2 = t.worker(&[]);
     let servers = [a.addr().to_string(), b.addr().to_string()];
     let ids: Vec<(String, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
@@ -276,7 +265,7 @@ fn a_thousand_linear_tasks_in_cluster_mode_lose_and_duplicate_nothing() {
         assert_eq!(v["result"], json!(SIX_16));
     }
     let count = |sql: &str| {
-        db.query(&format!("SELECT ({sql})::text"))[0]
+        t.db.query(&format!("SELECT ({sql})::text"))[0]
             .parse::<i64>()
             .unwrap()
     };
@@ -306,9 +295,8 @@ fn a_thousand_linear_tasks_in_cluster_mode_lose_and_duplicate_nothing() {
 
 #[test]
 fn bad_http_input_gets_its_status_and_a_clear_message() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let serve = Process::serve(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
     let addr = serve.addr();
     let post = |body: &[u8]| http(addr, "POST", "/v1/tasks", Some(body));
 
@@ -375,9 +363,8 @@ fn bad_http_input_gets_its_status_and_a_clear_message() {
 
 #[test]
 fn idempotency_cancel_and_graceful_shutdown() {
-    let db = TestDb::create();
-    let templates = templates_dir();
-    let mut serve = Process::serve(&db, templates.path(), &[]);
+    let t = TestEnv::new();
+    let mut serve = t.serve(&[]);
     let addr = serve.addr().to_string();
     let body = br#"{"namespace": "e2e", "name": "sleepy", "context": {"sleep_ms": 2000}, "idempotency_key": "order-7"}"#;
     let (s1, v1) = http(&addr, "POST", "/v1/tasks", Some(body));
@@ -396,7 +383,7 @@ fn idempotency_cancel_and_graceful_shutdown() {
         "SIGTERM shuts serve down cleanly"
     );
 
-    let mut worker = Process::worker(&db, templates.path(), &[]);
+    let mut worker = t.worker(&[]);
     assert!(
         worker.terminate().success(),
         "SIGTERM shuts a worker down cleanly"

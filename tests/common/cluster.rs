@@ -112,6 +112,29 @@ pub fn templates_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A test's database and templates, and the processes started on them.
+pub struct TestEnv {
+    pub db: TestDb,
+    templates: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv {
+            db: TestDb::create(),
+            templates: templates_dir(),
+        }
+    }
+
+    pub fn serve(&self, env: &[(&str, &str)]) -> Process {
+        Process::serve(&self.db, self.templates.path(), env)
+    }
+
+    pub fn worker(&self, env: &[(&str, &str)]) -> Process {
+        Process::worker(&self.db, self.templates.path(), env)
+    }
+}
+
 /// A `stepgraph serve` or `stepgraph worker` process, killed when dropped.
 pub struct Process {
     child: Child,
