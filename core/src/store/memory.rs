@@ -334,10 +334,7 @@ impl Store for MemoryStore {
         ops: Vec<WriteOp>,
         outbox: Outbox,
     ) -> Result<Outbox, StoreError> {
-        let lock = lock
-            .0
-            .downcast::<MemoryLock>()
-            .map_err(|_| StoreError::Backend("lock from another store".into()))?;
+        let lock = lock.into_inner::<MemoryLock>()?;
         let mut inner = self.inner.lock();
         let entry = inner
             .tasks

@@ -38,6 +38,15 @@ pub struct StateCounts {
 /// Proof that the caller holds a task's exclusive lock; given back on commit.
 pub struct TaskLock(pub Box<dyn Any + Send>);
 
+impl TaskLock {
+    /// The store's own lock type back; another store's lock is an error.
+    pub fn into_inner<T: Any>(self) -> Result<Box<T>, StoreError> {
+        self.0
+            .downcast::<T>()
+            .map_err(|_| StoreError::Backend("lock from another store".into()))
+    }
+}
+
 /// A task's graph with the lock it was read under.
 pub struct Snapshot {
     pub graph: TaskGraph,

@@ -222,10 +222,7 @@ impl Store for PgStore {
         ops: Vec<WriteOp>,
         outbox: Outbox,
     ) -> Result<Outbox, StoreError> {
-        let lock = lock
-            .0
-            .downcast::<PgLock>()
-            .map_err(|_| StoreError::Backend("lock from another store".into()))?;
+        let lock = lock.into_inner::<PgLock>()?;
         if ops.is_empty() && outbox.is_empty() {
             return Ok(outbox);
         }
