@@ -81,12 +81,9 @@ pub async fn serve(config: &Config) -> Result<()> {
         let mut worker_config = config.worker();
         worker_config.namespaces = templates.namespaces();
         let handlers = Arc::new(examples::registry());
-        let worker = Worker::with_inline_orchestration(
-            store.clone(),
-            queue.clone(),
-            handlers,
-            worker_config,
-            orchestrator.clone(),
+        let worker = Arc::new(
+            Worker::new(store.clone(), queue.clone(), handlers, worker_config)
+                .with_inline_orchestration(orchestrator.clone()),
         );
         loops.push(tokio::spawn(worker.run(shutdown.clone())));
     }
@@ -123,9 +120,12 @@ pub async fn worker(config: &Config) -> Result<()> {
             Arc::new(templates),
             config.orchestrator(),
         ));
-        Worker::with_inline_orchestration(store, queue, handlers, worker_config, orchestrator)
+        Arc::new(
+            Worker::new(store, queue, handlers, worker_config)
+                .with_inline_orchestration(orchestrator),
+        )
     } else {
-        Worker::new(store, queue, handlers, worker_config)
+        Arc::new(Worker::new(store, queue, handlers, worker_config))
     };
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger)?;

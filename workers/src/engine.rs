@@ -92,15 +92,12 @@ impl Engine {
         ));
         let handlers = Arc::new(handlers);
         let worker = if config.inline_orchestration {
-            Worker::with_inline_orchestration(
-                store.clone(),
-                queue,
-                handlers,
-                config.worker,
-                orchestrator.clone(),
+            Arc::new(
+                Worker::new(store.clone(), queue, handlers, config.worker)
+                    .with_inline_orchestration(orchestrator.clone()),
             )
         } else {
-            Worker::new(store.clone(), queue, handlers, config.worker)
+            Arc::new(Worker::new(store.clone(), queue, handlers, config.worker))
         };
         let (trigger, shutdown) = shutdown_channel();
         let loops = vec![

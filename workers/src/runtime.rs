@@ -74,39 +74,33 @@ impl Worker {
         queue: Arc<dyn Queue>,
         handlers: Arc<HandlerRegistry>,
         config: WorkerConfig,
-    ) -> Arc<Worker> {
+    ) -> Worker {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Arc::new(Worker {
+        Worker {
             inline: None,
             store,
             queue,
             handlers,
             config,
             slots,
-        })
+        }
     }
 
-    /// Like [`Worker::new`], but each outcome is recorded and its task
-    /// orchestrated in one commit by `orchestrator` (which needs the
-    /// templates), instead of going through the orchestration queue: one
-    /// durable write and several round trips fewer per step. A task whose
-    /// template it lacks falls back to the queue.
-    pub fn with_inline_orchestration(
-        store: Arc<dyn Store>,
-        queue: Arc<dyn Queue>,
-        handlers: Arc<HandlerRegistry>,
-        config: WorkerConfig,
-        orchestrator: Arc<Orchestrator>,
-    ) -> Arc<Worker> {
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Arc::new(Worker {
-            inline: Some(orchestrator),
-            store,
-            queue,
-            handlers,
-            config,
-            slots,
-        })
+    /// Each outcome is recorded and its task orchestrated in one commit by
+    /// `orchestrator` (which needs the templates), instead of going through
+    /// the orchestration queue: one durable write and several round trips
+    /// fewer per step. A task whose template it lacks falls back to the queue.
+    pub fn with_inline_orchestration(mut self, orchestrator: Arc<Orchestrator>) -> Worker {
+        self.inline = Some(orchestrator);
+        self
+    }
+
+    /// Claims only as many messages as `credits` has permits, instead of
+    /// `concurrency`: a foreign handler host grants them as its language side
+    /// asks for work.
+    pub fn with_credits(mut self, credits: Arc<Semaphore>) -> Worker {
+        self.slots = credits;
+        self
     }
 
     /// Serves every configured namespace until shutdown, then waits (up to the
