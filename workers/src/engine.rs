@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub orchestrator: OrchestratorConfig,
     /// How long [`Engine::run`] waits for a task.
     pub run_timeout: Duration,
+    /// Claim permits granted by a foreign handler host (see [`crate::Host::credits`]).
+    pub credits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +35,7 @@ impl Default for EngineConfig {
             worker: WorkerConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             run_timeout: Duration::from_secs(300),
+            credits: None,
         }
     }
 }
@@ -90,15 +93,14 @@ impl Engine {
             Arc::new(templates),
             config.orchestrator,
         ));
-        let handlers = Arc::new(handlers);
-        let worker = if config.inline_orchestration {
-            Arc::new(
-                Worker::new(store.clone(), queue, handlers, config.worker)
-                    .with_inline_orchestration(orchestrator.clone()),
-            )
-        } else {
-            Arc::new(Worker::new(store.clone(), queue, handlers, config.worker))
-        };
+        let mut worker = Worker::new(store.clone(), queue, Arc::new(handlers), config.worker);
+        if config.inline_orchestration {
+            worker = worker.with_inline_orchestration(orchestrator.clone());
+        }
+        if let Some(credits) = config.credits {
+            worker = worker.with_credits(credits);
+        }
+        let worker = Arc::new(worker);
         let (trigger, shutdown) = shutdown_channel();
         let loops = vec![
             tokio::spawn(orchestrator.clone().run(shutdown.clone())),

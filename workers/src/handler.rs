@@ -33,6 +33,8 @@ pub struct StepContext {
     pub batch_size: Option<u64>,
     /// For batch workers: the slice of the work this step owns.
     pub cursor: Option<BatchCursor>,
+    /// The step's `timeout_seconds`, when the template sets one.
+    pub timeout: Option<Duration>,
 }
 
 impl StepContext {
@@ -57,6 +59,7 @@ impl From<StepWork> for StepContext {
             max_attempts: w.max_attempts,
             batch_size: w.batch_size,
             cursor: w.cursor.and_then(|c| serde_json::from_value(c).ok()),
+            timeout: w.timeout_seconds.map(Duration::from_secs_f64),
         }
     }
 }
@@ -96,23 +99,36 @@ pub struct HandlerError {
     pub message: String,
     /// Overrides the template's backoff for the next attempt.
     pub retry_after: Option<Duration>,
+    /// A machine-readable reason (`timeout`, `circuit_open`, ...).
+    pub code: Option<String>,
+    /// The exception class, for handlers in other languages.
+    pub error_type: Option<String>,
+    pub backtrace: Option<String>,
 }
 
 impl HandlerError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        HandlerError {
-            kind: ErrorKind::Retryable,
-            message: message.into(),
-            retry_after: None,
-        }
+        HandlerError::new(ErrorKind::Retryable, message.into())
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::new(ErrorKind::Permanent, message.into())
+    }
+
+    fn new(kind: ErrorKind, message: String) -> Self {
         HandlerError {
-            kind: ErrorKind::Permanent,
-            message: message.into(),
+            kind,
+            message,
             retry_after: None,
+            code: None,
+            error_type: None,
+            backtrace: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
     }
 
     pub fn retry_after(mut self, delay: Duration) -> Self {
@@ -126,9 +142,9 @@ impl From<HandlerError> for StepError {
         StepError {
             kind: e.kind,
             message: e.message,
-            code: None,
-            error_type: None,
-            backtrace: None,
+            code: e.code,
+            error_type: e.error_type,
+            backtrace: e.backtrace,
             retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),
         }
     }

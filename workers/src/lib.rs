@@ -6,10 +6,12 @@
 pub mod engine;
 pub mod examples;
 pub mod handler;
+pub mod host;
 pub mod runtime;
 
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
+pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
 pub use runtime::{Worker, WorkerConfig};

@@ -1,0 +1,295 @@
+//! The foreign handler host, driven by a simulated language side: threads
+//! that pull events with `next_events` and report with `complete`, as a
+//! binding's handler threads do.
+
+mod common;
+
+use common::*;
+use num_bigint::BigInt;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::{StepError, StepOutcome, StepState, TaskRequest, TaskState, TemplateRegistry};
+use stepgraph_worker::{
+    Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError, StepEvent,
+};
+
+fn int(v: &Value) -> BigInt {
+    match v {
+        Value::String(s) => s.parse().unwrap(),
+        other => other.as_i64().unwrap().into(),
+    }
+}
+
+fn int_json(n: BigInt) -> Value {
+    i64::try_from(&n)
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::String(n.to_string()))
+}
+
+/// The math handlers as a language side would write them.
+fn math(e: &StepEvent) -> StepOutcome {
+    let deps: Vec<BigInt> = e.dependency_results.values().map(int).collect();
+    let x: BigInt = match (e.handler.as_str(), deps.as_slice()) {
+        ("math.square", []) => int(&e.input["even_number"]),
+        ("math.square", [one]) => one.clone(),
+        _ => deps.iter().product(),
+    };
+    StepOutcome::Success {
+        result: int_json(&x * &x),
+    }
+}
+
+/// `threads` language-side threads, each with one handler slot, until `stop`.
+fn language_side(
+    host: &Arc<Host>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    run: impl Fn(&Host, StepEvent) + Send + Sync + 'static,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let run = Arc::new(run);
+    (0..threads)
+        .map(|_| {
+            let (host, stop, run) = (host.clone(), stop.clone(), run.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match host.next_events(1, Duration::from_millis(50)) {
+                        Ok(events) => events.into_iter().for_each(|e| run(&host, e)),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn engine(templates: TemplateRegistry, host: &Arc<Host>, names: &[&str]) -> Engine {
+    let mut handlers = HandlerRegistry::new();
+    for n in names {
+        handlers.register(n, host.handler(n));
+    }
+    let config = EngineConfig {
+        credits: Some(host.credits()),
+        run_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Engine::embedded(templates, handlers, config)
+}
+
+const MATH: &[&str] = &["math.square", "math.multiply_and_square"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_handlers_run_the_seed_shapes_exactly() {
+    let host = Host::new(HostConfig::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = language_side(&host, 4, &stop, |h, e| {
+        h.complete(e.event_id, math(&e)).unwrap()
+    });
+    let engine = engine(fixture_templates(), &host, MATH);
+    for (name, expected) in [
+        ("linear", json!(SIX_16)),
+        ("diamond", json!(SIX_16)),
+        ("tree", json!(SIX_64)),
+    ] {
+        let report = engine
+            .run("e2e", name, json!({ "even_number": 6 }))
+            .await
+            .unwrap();
+        assert_eq!(
+            report.state(),
+            TaskState::Complete,
+            "{name}: {:?}",
+            report.task.error
+        );
+        assert_eq!(result(&report), &expected, "{name}");
+        assert_audit_chains(&report.transitions);
+    }
+    engine.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    host.shutdown();
+    assert!(matches!(
+        host.next_events(1, Duration::ZERO),
+        Err(HostError::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_event_times_out_and_its_late_completion_is_refused() {
+    let yaml = r#"
+namespace: t
+name: hang
+version: "1"
+steps:
+  - name: slow
+    handler: { callable: slow }
+    timeout_seconds: 0.2
+    retry: { retryable: false, max_attempts: 1 }
+"#;
+    let host = Host::new(HostConfig::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let late: Arc<parking_lot::Mutex<Option<Result<(), HostError>>>> = Default::default();
+    let l = late.clone();
+    let threads = language_side(&host, 1, &stop, move |h, e| {
+        std::thread::sleep(Duration::from_millis(600));
+        *l.lock() = Some(h.complete(e.event_id, StepOutcome::Success { result: json!(1) }));
+    });
+    let engine = engine(templates_from(yaml), &host, &["slow"]);
+    let report = engine.run("t", "hang", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let err = report.step("slow").unwrap().error().unwrap().clone();
+    assert_eq!(err.code.as_deref(), Some("timeout"), "{err:?}");
+    while late.lock().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = late.lock().clone().unwrap();
+    assert!(
+        matches!(refused, Err(HostError::NotPending(_))),
+        "{refused:?}"
+    );
+    // The refused result changed nothing.
+    let again = engine.report(report.task.id).await.unwrap();
+    assert_eq!(again.step("slow").unwrap().state, StepState::Error);
+    assert_eq!(host.pending_count(), 0);
+    engine.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_short_circuits_then_closes_after_a_probe() {
+    let yaml = r#"
+namespace: t
+name: flaky
+version: "1"
+steps:
+  - name: call_api
+    handler: { callable: api }
+    retry: { max_attempts: 10, backoff: none }
+"#;
+    let config = HostConfig {
+        failure_threshold: 2,
+        cool_down: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let host = Host::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let threads = language_side(&host, 1, &stop, move |h, e| {
+        // The first two calls fail; the API is back by the time of the probe.
+        let outcome = if s.fetch_add(1, Ordering::SeqCst) < 2 {
+            StepOutcome::Failure {
+                error: StepError::retryable("503 from the API"),
+            }
+        } else {
+            StepOutcome::Success {
+                result: json!("ok"),
+            }
+        };
+        h.complete(e.event_id, outcome).unwrap();
+    });
+    let engine = engine(templates_from(yaml), &host, &["api"]);
+    let report = engine.run("t", "flaky", json!({})).await.unwrap();
+    assert_eq!(
+        report.state(),
+        TaskState::Complete,
+        "{:?}",
+        report.task.error
+    );
+    // Two failures reached the language side, then the probe; the attempt in
+    // between was short-circuited without reaching it.
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    let step = report.step("call_api").unwrap();
+    assert_eq!(step.attempts, 4);
+    let circuit: Vec<&Value> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.to == StepState::WaitingForRetry)
+        .map(|t| &t.metadata["error"])
+        .collect();
+    assert_eq!(circuit.len(), 3);
+    assert!(
+        circuit[2]
+            .as_str()
+            .unwrap()
+            .starts_with("circuit open for handler `api`"),
+        "{circuit:?}"
+    );
+    // The short-circuited attempt waited out the cool-down before the probe.
+    let backoffs: Vec<u64> = report
+        .transitions
+        .steps
+        .iter()
+        .filter_map(|t| t.metadata["backoff_ms"].as_u64())
+        .collect();
+    assert!(backoffs[2] > 0, "{backoffs:?}");
+    assert_eq!(
+        host.breaker_state("api"),
+        stepgraph_worker::host::BreakerState::Closed
+    );
+    engine.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_completion_channel_applies_backpressure_and_loses_nothing() {
+    let host = Host::new(HostConfig {
+        completion_capacity: 1,
+        ..Default::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = language_side(&host, 8, &stop, |h, e| {
+        h.complete(e.event_id, math(&e)).unwrap()
+    });
+    let engine = engine(fixture_templates(), &host, MATH);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let req = TaskRequest::new("e2e", "tree", json!({ "even_number": 6 }));
+        ids.push(engine.submit(req).await.unwrap().task_id);
+    }
+    for id in ids {
+        let report = engine.wait(id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(report.state(), TaskState::Complete);
+        assert_eq!(result(&report), &json!(SIX_64));
+    }
+    assert_eq!(host.pending_count(), 0);
+    engine.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_claims_only_what_the_language_side_asked_for() {
+    let host = Host::new(HostConfig::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let p = peak.clone();
+    // One thread, one slot: at most the event it runs and the one it asked for next.
+    let threads = language_side(&host, 1, &stop, move |h, e| {
+        p.fetch_max(h.pending_count(), Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        h.complete(e.event_id, math(&e)).unwrap();
+    });
+    let engine = engine(fixture_templates(), &host, MATH);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let req = TaskRequest::new("e2e", "tree", json!({ "even_number": 6 }));
+        ids.push(engine.submit(req).await.unwrap().task_id);
+    }
+    for id in ids {
+        let report = engine.wait(id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(report.state(), TaskState::Complete);
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "{} events were out at once",
+        peak.load(Ordering::SeqCst)
+    );
+    engine.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}
