@@ -5,6 +5,7 @@
 use crate::handler::{HandlerRegistry, StepContext};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{encode_all, worker_queue, Delivery, Outbox, ORCHESTRATION_QUEUE};
@@ -12,7 +13,7 @@ use stepgraph_core::{
     OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError, StepMessage,
     StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// How soon a message whose processing failed on a backend error comes back.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -58,6 +59,8 @@ pub struct Worker {
     handlers: Arc<HandlerRegistry>,
     config: WorkerConfig,
     slots: Arc<Semaphore>,
+    /// Steps being processed, and a wake-up when none are: what shutdown waits for.
+    running: Arc<(AtomicUsize, Notify)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ impl Worker {
             handlers,
             config,
             slots,
+            running: Default::default(),
         }
     }
 
@@ -115,8 +119,16 @@ impl Worker {
         for l in loops {
             let _ = l.await;
         }
-        let all = self.config.concurrency.max(1) as u32;
-        if tokio::time::timeout(self.config.shutdown_grace, self.slots.acquire_many(all))
+        let drained = async {
+            loop {
+                let idle = self.running.1.notified();
+                if self.running.0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, drained)
             .await
             .is_err()
         {
@@ -136,10 +148,14 @@ impl Worker {
             shutdown,
             move |d| {
                 let (this, queue) = (this.clone(), name.clone());
+                this.running.0.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if let Err(e) = this.process(&queue, &d).await {
                         tracing::warn!(%queue, error = %e, "step processing failed; the message comes back shortly");
                         let _ = this.queue.release(&queue, d.receipt, RETRY_DELAY).await;
+                    }
+                    if this.running.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        this.running.1.notify_waiters();
                     }
                 }
             },

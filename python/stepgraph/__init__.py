@@ -1,0 +1,35 @@
+"""stepgraph: step handlers in Python, orchestrated by a Rust engine.
+
+Write handlers as subclasses of :class:`StepHandler` or with the
+:func:`handler` decorator, then run tasks with :meth:`Engine.embedded` (no
+services needed). A handler receives a :class:`Context` and returns a JSON
+value, a :class:`Decision` or a :class:`Batch`; it raises
+:class:`PermanentError` to fail without retrying or :class:`RetryableError`
+to ask for a retry (any other exception is retried too).
+"""
+
+from ._native import ForkedProcessError, StepgraphError
+from .engine import Engine, TaskResult
+from .handlers import (
+    Batch,
+    Context,
+    Decision,
+    PermanentError,
+    RetryableError,
+    StepHandler,
+    handler,
+)
+
+__all__ = [
+    "Batch",
+    "Context",
+    "Decision",
+    "Engine",
+    "ForkedProcessError",
+    "PermanentError",
+    "RetryableError",
+    "StepHandler",
+    "StepgraphError",
+    "TaskResult",
+    "handler",
+]

@@ -1,0 +1,120 @@
+"""The embedded engine: orchestrator, in-memory state and queue, and this
+process's handlers on a pool of threads that pull work from the Rust host."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from ._native import NativeEngine, StepgraphError
+from .handlers import Context, StepHandler, run_handler
+
+
+def _step_view(step: dict) -> dict:
+    """A step as users see it: its latest outcome split into result and error."""
+    outcome = step.get("outcome") or {}
+    status = outcome.get("status")
+    result = {
+        "success": outcome.get("result"),
+        "decision": {"branches": outcome.get("branches")},
+        "batch": outcome.get("batch"),
+    }.get(status)
+    return {
+        "name": step["name"],
+        "state": step["state"],
+        "attempts": step["attempts"],
+        "max_attempts": step["max_attempts"],
+        "cursor": step.get("cursor"),
+        "result": result,
+        "error": outcome.get("error") if status == "failure" else None,
+    }
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A finished task: its state, result (or error), and its steps by name."""
+
+    task_id: str
+    state: str
+    result: Any
+    error: Any
+    steps: dict
+    report: dict
+
+
+class Engine:
+    """Runs tasks in this process, with Python handlers; needs no services."""
+
+    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int):
+        self._native = native
+        self._handlers = handlers
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"stepgraph-handler-{i}", daemon=True)
+            for i in range(concurrency)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def embedded(
+        cls,
+        templates_dir: str,
+        handlers: Iterable[StepHandler],
+        concurrency: int = 4,
+        completion_capacity: int = 1024,
+        breaker_failure_threshold: int = 5,
+        breaker_cool_down: float = 30.0,
+    ) -> "Engine":
+        by_name = {}
+        for h in handlers:
+            if not getattr(h, "name", ""):
+                raise ValueError(f"handler {h!r} has no name")
+            by_name[h.name] = h
+        native = NativeEngine.embedded(
+            str(templates_dir),
+            list(by_name),
+            completion_capacity,
+            breaker_failure_threshold,
+            int(breaker_cool_down * 1000),
+        )
+        return cls(native, by_name, max(1, concurrency))
+
+    def _serve(self) -> None:
+        # One handler slot per thread: ask for one event at a time.
+        while not self._stop.is_set():
+            try:
+                events = self._native.next_events(1, 200)
+            except StepgraphError:
+                return
+            for raw in events:
+                event = json.loads(raw)
+                ctx = Context.from_event(event)
+                outcome = run_handler(self._handlers[event["handler"]], ctx)
+                try:
+                    self._native.complete(event["event_id"], outcome)
+                except StepgraphError:
+                    pass  # timed out meanwhile: the host refused the late result
+
+    def run(self, namespace: str, name: str, context: Any, timeout: Optional[float] = 300.0) -> TaskResult:
+        """Creates a task and waits for it to end."""
+        report = json.loads(self._native.run(namespace, name, json.dumps(context), int(timeout * 1000)))
+        task = report["task"]
+        steps = {s["name"]: _step_view(s) for s in report["steps"]}
+        return TaskResult(task["id"], task["state"], task["result"], task["error"], steps, report)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._native.shutdown()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,195 @@
+"""The seed's workflow shapes and the failure paths with Python handlers, in
+the embedded engine (no services)."""
+
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+import stepgraph
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "tests" / "fixtures" / "templates"
+SIX_16 = 6**16
+SIX_64 = 6**64
+
+
+class Square(stepgraph.StepHandler):
+    name = "math.square"
+
+    def call(self, ctx):
+        deps = [int(v) for v in ctx.dependency_results.values()]
+        x = deps[0] if deps else ctx.input["even_number"]
+        return x * x
+
+
+@stepgraph.handler("math.multiply_and_square")
+def multiply_and_square(ctx):
+    product = 1
+    for v in ctx.dependency_results.values():
+        product *= int(v)
+    return product * product
+
+
+@stepgraph.handler("approval.routing_decision")
+def routing(ctx):
+    amount = ctx.input["amount"]
+    if amount < 1000:
+        return stepgraph.Decision(["auto_approve"])
+    if amount < 5000:
+        return stepgraph.Decision(["manager_approval"])
+    return stepgraph.Decision(["manager_approval", "finance_review"])
+
+
+@stepgraph.handler("csv.analyze")
+def analyze(ctx):
+    with open(ctx.input["csv_file_path"]) as f:
+        rows = sum(1 for _ in f) - 1
+    return stepgraph.Batch(total_items=rows, batch_size=ctx.batch_size)
+
+
+@pytest.fixture
+def engine():
+    e = stepgraph.Engine.embedded(TEMPLATES, [Square(), multiply_and_square, routing, analyze], concurrency=4)
+    yield e
+    e.close()
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("linear", SIX_16), ("diamond", SIX_16), ("complex_dag", SIX_64), ("tree", SIX_64)],
+)
+def test_math_shapes_are_exact(engine, name, expected):
+    result = engine.run("e2e", name, {"even_number": 6})
+    assert result.state == "complete", result.error
+    assert int(result.result) == expected
+    assert all(s["state"] == "complete" and s["attempts"] == 1 for s in result.steps.values())
+
+
+@pytest.mark.parametrize(
+    "amount,branches",
+    [(500, ["auto_approve"]), (2500, ["manager_approval"]), (7500, ["finance_review", "manager_approval"])],
+)
+def test_python_decision_creates_only_the_chosen_branches(engine, amount, branches):
+    # The decision is Python's; the other approval steps are the built-in Rust handlers.
+    result = engine.run("e2e", "conditional_approval", {"amount": amount, "requester": "py"})
+    assert result.state == "complete", result.error
+    assert result.result == {"approved": True, "approvals": branches}
+    assert sorted(result.steps) == sorted(["validate_request", "routing_decision", "finalize_approval", *branches])
+
+
+def test_python_batch_outcome_creates_the_workers(engine):
+    result = engine.run("e2e", "csv_batch", {"csv_file_path": str(ROOT / "tests" / "fixtures" / "products.csv")})
+    assert result.state == "complete", result.error
+    assert result.result["worker_count"] == 5
+    assert result.result["total_inventory_value_cents"] == 12745576047
+
+
+def write_template(tmp_path, body):
+    (tmp_path / "t.yaml").write_text(body)
+    return tmp_path
+
+
+def test_exceptions_retry_and_permanent_errors_do_not(tmp_path):
+    calls = {"flaky": 0, "broken": 0}
+
+    @stepgraph.handler("flaky")
+    def flaky(ctx):
+        calls["flaky"] += 1
+        if ctx.attempt < 3:
+            raise ConnectionError("the API is down")
+        return {"attempt": ctx.attempt}
+
+    @stepgraph.handler("broken")
+    def broken(ctx):
+        calls["broken"] += 1
+        raise stepgraph.PermanentError("card declined")
+
+    templates = write_template(
+        tmp_path,
+        """
+namespace: t
+name: retry
+version: "1"
+steps:
+  - name: flaky
+    handler: { callable: flaky }
+    retry: { max_attempts: 3, backoff: linear, backoff_base_ms: 20, max_backoff_ms: 100 }
+  - name: broken
+    dependencies: [flaky]
+    handler: { callable: broken }
+    retry: { max_attempts: 3, backoff: none }
+""",
+    )
+    with stepgraph.Engine.embedded(templates, [flaky, broken]) as e:
+        result = e.run("t", "retry", {})
+    assert result.state == "error"
+    assert result.steps["flaky"]["attempts"] == 3
+    assert result.steps["flaky"]["result"] == {"attempt": 3}
+    assert calls == {"flaky": 3, "broken": 1}
+    error = result.steps["broken"]["error"]
+    assert error["kind"] == "permanent"
+    assert error["message"] == "card declined"
+    assert error["error_type"] == "PermanentError"
+    assert "card declined" in error["backtrace"]
+
+
+def test_a_value_that_is_not_json_fails_naming_the_step(tmp_path):
+    @stepgraph.handler("sock")
+    def sock(ctx):
+        return threading.Lock()
+
+    templates = write_template(
+        tmp_path, 'namespace: t\nname: s\nversion: "1"\nsteps:\n  - name: give_lock\n    handler: { callable: sock }\n'
+    )
+    with stepgraph.Engine.embedded(templates, [sock]) as e:
+        result = e.run("t", "s", {})
+    assert result.state == "error"
+    message = result.steps["give_lock"]["error"]["message"]
+    assert message.startswith("step 'give_lock' returned a value that is not JSON"), message
+
+
+def test_a_hung_handler_is_timed_out(tmp_path):
+    release = threading.Event()
+
+    @stepgraph.handler("hang")
+    def hang(ctx):
+        release.wait(5)
+        return 1
+
+    templates = write_template(
+        tmp_path,
+        'namespace: t\nname: h\nversion: "1"\nsteps:\n  - name: stuck\n    handler: { callable: hang }\n'
+        "    timeout_seconds: 0.2\n    retry: { retryable: false, max_attempts: 1 }\n",
+    )
+    with stepgraph.Engine.embedded(templates, [hang]) as e:
+        result = e.run("t", "h", {})
+        release.set()
+    assert result.state == "error"
+    assert result.steps["stuck"]["error"]["code"] == "timeout"
+
+
+def test_waiting_for_events_releases_the_gil(engine):
+    # Four handler threads block in next_events; this thread still runs.
+    counted = 0
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        counted += 1
+    assert counted > 10_000
+
+
+def test_the_engine_refuses_use_in_a_forked_child(engine):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            engine._native.next_events(1, 0)
+            code = 1
+        except stepgraph.ForkedProcessError:
+            code = 0
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
