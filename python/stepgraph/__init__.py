@@ -10,6 +10,7 @@ to ask for a retry (any other exception is retried too).
 
 from ._native import ForkedProcessError, StepgraphError
 from .engine import Engine, TaskResult
+from .worker import Worker
 from .handlers import (
     Batch,
     Context,
@@ -31,5 +32,6 @@ __all__ = [
     "StepHandler",
     "StepgraphError",
     "TaskResult",
+    "Worker",
     "handler",
 ]

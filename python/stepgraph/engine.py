@@ -4,7 +4,6 @@ process's handlers on a pool of threads that pull work from the Rust host."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -45,20 +44,61 @@ class TaskResult:
     report: dict
 
 
-class Engine:
-    """Runs tasks in this process, with Python handlers; needs no services."""
+class _HandlerPool:
+    """Threads, one handler slot each, that pull events from the native host
+    (without the GIL while they wait) and report each handler's outcome."""
 
     def __init__(self, native: NativeEngine, handlers: dict, concurrency: int):
         self._native = native
         self._handlers = handlers
         self._stop = threading.Event()
-        self._pid = os.getpid()
         self._threads = [
             threading.Thread(target=self._serve, name=f"stepgraph-handler-{i}", daemon=True)
-            for i in range(concurrency)
+            for i in range(max(1, concurrency))
         ]
+
+    def start(self) -> None:
         for t in self._threads:
             t.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = self._native.next_events(1, 200)
+            except StepgraphError:
+                return
+            for raw in events:
+                event = json.loads(raw)
+                outcome = run_handler(self._handlers[event["handler"]], Context.from_event(event))
+                try:
+                    self._native.complete(event["event_id"], outcome)
+                except StepgraphError:
+                    pass  # timed out meanwhile: the host refused the late result
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._native.shutdown()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=5)
+
+
+def handlers_by_name(handlers: Iterable[StepHandler]) -> dict:
+    by_name = {}
+    for h in handlers:
+        if not getattr(h, "name", ""):
+            raise ValueError(f"handler {h!r} has no name")
+        by_name[h.name] = h
+    return by_name
+
+
+class Engine:
+    """Runs tasks in this process, with Python handlers; needs no services."""
+
+    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int):
+        self._native = native
+        self._pool = _HandlerPool(native, handlers, concurrency)
+        self._pool.start()
 
     @classmethod
     def embedded(
@@ -70,11 +110,7 @@ class Engine:
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
     ) -> "Engine":
-        by_name = {}
-        for h in handlers:
-            if not getattr(h, "name", ""):
-                raise ValueError(f"handler {h!r} has no name")
-            by_name[h.name] = h
+        by_name = handlers_by_name(handlers)
         native = NativeEngine.embedded(
             str(templates_dir),
             list(by_name),
@@ -82,23 +118,7 @@ class Engine:
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
         )
-        return cls(native, by_name, max(1, concurrency))
-
-    def _serve(self) -> None:
-        # One handler slot per thread: ask for one event at a time.
-        while not self._stop.is_set():
-            try:
-                events = self._native.next_events(1, 200)
-            except StepgraphError:
-                return
-            for raw in events:
-                event = json.loads(raw)
-                ctx = Context.from_event(event)
-                outcome = run_handler(self._handlers[event["handler"]], ctx)
-                try:
-                    self._native.complete(event["event_id"], outcome)
-                except StepgraphError:
-                    pass  # timed out meanwhile: the host refused the late result
+        return cls(native, by_name, concurrency)
 
     def run(self, namespace: str, name: str, context: Any, timeout: Optional[float] = 300.0) -> TaskResult:
         """Creates a task and waits for it to end."""
@@ -108,10 +128,7 @@ class Engine:
         return TaskResult(task["id"], task["state"], task["result"], task["error"], steps, report)
 
     def close(self) -> None:
-        self._stop.set()
-        self._native.shutdown()
-        for t in self._threads:
-            t.join(timeout=5)
+        self._pool.stop()
 
     def __enter__(self) -> "Engine":
         return self

@@ -10,8 +10,14 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stepgraph_core::{StepOutcome, TaskRequest, TemplateRegistry};
-use stepgraph_worker::{examples, Engine, EngineConfig, Host, HostConfig, HostError};
+use stepgraph_core::{
+    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, Queue, ShutdownTrigger,
+    StepOutcome, Store, StoreError, TaskRequest, TemplateRegistry,
+};
+use stepgraph_worker::{
+    examples, Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError, Worker,
+    WorkerConfig,
+};
 
 create_exception!(
     _native,
@@ -44,7 +50,39 @@ fn host_error(e: HostError) -> PyErr {
 struct NativeEngine {
     runtime: tokio::runtime::Runtime,
     engine: Mutex<Option<Arc<Engine>>>,
+    /// A worker against PostgreSQL: its shutdown trigger and its task.
+    worker: Mutex<Option<(ShutdownTrigger, tokio::task::JoinHandle<()>)>>,
     host: Arc<Host>,
+}
+
+fn host_config(
+    completion_capacity: usize,
+    failure_threshold: u32,
+    cool_down_ms: u64,
+) -> HostConfig {
+    HostConfig {
+        completion_capacity,
+        failure_threshold,
+        cool_down: Duration::from_millis(cool_down_ms),
+        ..Default::default()
+    }
+}
+
+/// The built-in Rust handlers, and the host's for the names Python serves.
+fn registry(host: &Arc<Host>, names: &[String]) -> HandlerRegistry {
+    let mut registry = examples::registry();
+    for name in names {
+        registry.register(name, host.handler(name));
+    }
+    registry
+}
+
+fn runtime() -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(error)
 }
 
 #[pymethods]
@@ -62,21 +100,13 @@ impl NativeEngine {
         cool_down_ms: u64,
     ) -> PyResult<Self> {
         let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
-        let host = Host::new(HostConfig {
+        let host = Host::new(host_config(
             completion_capacity,
             failure_threshold,
-            cool_down: Duration::from_millis(cool_down_ms),
-            ..Default::default()
-        });
-        let mut registry = examples::registry();
-        for name in &handlers {
-            registry.register(name, host.handler(name));
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(error)?;
+            cool_down_ms,
+        ));
+        let registry = registry(&host, &handlers);
+        let runtime = runtime()?;
         let config = EngineConfig {
             credits: Some(host.credits()),
             ..Default::default()
@@ -88,6 +118,71 @@ impl NativeEngine {
         Ok(NativeEngine {
             runtime,
             engine: Mutex::new(Some(Arc::new(engine))),
+            worker: Mutex::new(None),
+            host,
+        })
+    }
+
+    /// A worker for the steps of `namespaces` (default: every template's)
+    /// in the PostgreSQL database at `database_url`; it orchestrates the
+    /// results of its own steps, so it loads the templates too.
+    #[staticmethod]
+    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000))]
+    #[allow(clippy::too_many_arguments)]
+    fn postgres(
+        py: Python<'_>,
+        database_url: &str,
+        templates_dir: &str,
+        namespaces: Vec<String>,
+        handlers: Vec<String>,
+        concurrency: usize,
+        completion_capacity: usize,
+        failure_threshold: u32,
+        cool_down_ms: u64,
+    ) -> PyResult<Self> {
+        let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
+        let host = Host::new(host_config(
+            completion_capacity,
+            failure_threshold,
+            cool_down_ms,
+        ));
+        let registry = registry(&host, &handlers);
+        let runtime = runtime()?;
+        let credits = host.credits();
+        let worker = py.allow_threads(|| {
+            runtime.block_on(async {
+                let pg = PgBackend::connect(database_url, 10).await?;
+                pg.migrate().await?;
+                let store: Arc<dyn Store> = Arc::new(pg.store(true));
+                let queue: Arc<dyn Queue> = Arc::new(pg.queue());
+                let namespaces = if namespaces.is_empty() {
+                    templates.namespaces()
+                } else {
+                    namespaces
+                };
+                let orchestrator = Arc::new(Orchestrator::new(
+                    store.clone(),
+                    queue.clone(),
+                    Arc::new(templates),
+                    OrchestratorConfig::default(),
+                ));
+                let config = WorkerConfig {
+                    namespaces,
+                    concurrency: concurrency.max(1),
+                    ..Default::default()
+                };
+                let worker = Worker::new(store, queue, Arc::new(registry), config)
+                    .with_inline_orchestration(orchestrator)
+                    .with_credits(credits);
+                let (trigger, shutdown) = shutdown_channel();
+                let task = tokio::spawn(Arc::new(worker).run(shutdown));
+                Ok::<_, StoreError>((trigger, task))
+            })
+        });
+        Ok(NativeEngine {
+            runtime,
+            engine: Mutex::new(None),
+            worker: Mutex::new(Some(worker.map_err(error)?)),
             host,
         })
     }
@@ -126,12 +221,11 @@ impl NativeEngine {
         context: &str,
         timeout_ms: u64,
     ) -> PyResult<String> {
-        let engine = self
-            .engine
-            .lock()
-            .map_err(error)?
-            .clone()
-            .ok_or_else(|| error("the engine is shut down"))?;
+        let engine = self.engine.lock().map_err(error)?.clone().ok_or_else(|| {
+            error(
+                "no embedded engine here (shut down, or a worker: create tasks over the HTTP API)",
+            )
+        })?;
         let context: Value = serde_json::from_str(context)
             .map_err(|e| error(format!("context is not JSON: {e}")))?;
         let request = TaskRequest::new(namespace, name, context);
@@ -147,16 +241,21 @@ impl NativeEngine {
         serde_json::to_string(&report).map_err(error)
     }
 
-    /// Stops the engine; waiting Python threads are released.
+    /// Stops the engine or worker; waiting Python threads are released.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let engine = self.engine.lock().map_err(error)?.take();
+        let worker = self.worker.lock().map_err(error)?.take();
         self.host.shutdown();
-        if let Some(engine) = engine {
+        py.allow_threads(|| {
             // Tasks still being waited for hold the engine; their waits end with it.
-            if let Ok(engine) = Arc::try_unwrap(engine) {
-                py.allow_threads(|| self.runtime.block_on(engine.shutdown()));
+            if let Some(Ok(engine)) = engine.map(Arc::try_unwrap) {
+                self.runtime.block_on(engine.shutdown());
             }
-        }
+            if let Some((trigger, task)) = worker {
+                trigger.trigger();
+                let _ = self.runtime.block_on(task);
+            }
+        });
         Ok(())
     }
 }

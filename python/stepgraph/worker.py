@@ -1,0 +1,73 @@
+"""A worker process's Python side: handlers for the steps of some namespaces,
+in a PostgreSQL-backed deployment (tasks come from `stepgraph serve`)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Iterable, Optional, Sequence
+
+from ._native import NativeEngine
+from .engine import _HandlerPool, handlers_by_name
+from .handlers import StepHandler
+
+
+class Worker:
+    """Serves ``handlers`` for the steps of ``namespaces`` (default: every
+    template's). It orchestrates the results of its own steps, so it loads
+    ``templates_dir`` too. ``start``/``stop``, or ``run`` until SIGINT/SIGTERM."""
+
+    def __init__(
+        self,
+        database_url: str,
+        templates_dir: str,
+        handlers: Iterable[StepHandler],
+        namespaces: Optional[Sequence[str]] = None,
+        concurrency: int = 4,
+        completion_capacity: int = 1024,
+        breaker_failure_threshold: int = 5,
+        breaker_cool_down: float = 30.0,
+    ):
+        self._handlers = handlers_by_name(handlers)
+        self._args = (
+            database_url,
+            str(templates_dir),
+            list(namespaces or []),
+            list(self._handlers),
+            max(1, concurrency),
+            completion_capacity,
+            breaker_failure_threshold,
+            int(breaker_cool_down * 1000),
+        )
+        self._concurrency = max(1, concurrency)
+        self._pool: Optional[_HandlerPool] = None
+
+    def start(self) -> "Worker":
+        native = NativeEngine.postgres(*self._args)
+        self._pool = _HandlerPool(native, self._handlers, self._concurrency)
+        self._pool.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops asking for work; running handlers finish, the rest is redelivered."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+
+    def run(self) -> None:
+        """Serves until SIGINT or SIGTERM, then stops gracefully."""
+        done = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            done.wait()
+        finally:
+            self.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

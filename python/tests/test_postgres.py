@@ -1,0 +1,90 @@
+"""A Python worker in a PostgreSQL deployment: tasks created over the HTTP API
+of a real `stepgraph serve` process, steps run by Python handlers."""
+
+import json
+import os
+import pathlib
+import subprocess
+import urllib.request
+
+import pytest
+
+import stepgraph
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "tests" / "fixtures" / "templates"
+ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"]
+
+
+def binary() -> pathlib.Path:
+    path = pathlib.Path(os.environ.get("STEPGRAPH_BIN", ROOT / "target" / "debug" / "stepgraph"))
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: build it first (cargo build), or set STEPGRAPH_BIN")
+    return path
+
+
+@pytest.fixture
+def database():
+    name = f"sg_pytest_{os.getpid()}"
+    try:
+        subprocess.run(ADMIN + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=True)
+        subprocess.run(ADMIN + [f"CREATE DATABASE {name}"], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e}); .ci/run starts it")
+    yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    subprocess.run(ADMIN + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
+
+
+@pytest.fixture
+def server(database):
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
+    proc = subprocess.Popen(
+        [binary(), "serve", "--templates", str(TEMPLATES), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("listening on http://"), line
+    yield line.split()[2].removeprefix("http://")
+    proc.kill()
+    proc.wait()
+
+
+def http(addr, method, path, body=None):
+    req = urllib.request.Request(f"http://{addr}{path}", method=method, data=json.dumps(body).encode() if body else None)
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+class Square(stepgraph.StepHandler):
+    name = "math.square"
+
+    def call(self, ctx):
+        deps = [int(v) for v in ctx.dependency_results.values()]
+        x = deps[0] if deps else ctx.input["even_number"]
+        return x * x
+
+
+@stepgraph.handler("math.multiply_and_square")
+def multiply_and_square(ctx):
+    product = 1
+    for v in ctx.dependency_results.values():
+        product *= int(v)
+    return product * product
+
+
+@pytest.mark.parametrize("name,expected", [("linear", 6**16), ("diamond", 6**16), ("tree", 6**64)])
+def test_python_worker_runs_tasks_created_over_http(database, server, name, expected):
+    with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=4):
+        created = http(server, "POST", "/v1/tasks", {"namespace": "e2e", "name": name, "context": {"even_number": 6}})
+        task = http(server, "GET", f"/v1/tasks/{created['task_id']}/wait?timeout_ms=30000")
+    assert task["state"] == "complete", task.get("error")
+    assert int(task["result"]) == expected
+    assert all(s["state"] == "complete" and s["attempts"] == 1 for s in task["steps"])
+
+
+def test_a_bad_database_url_is_a_clear_error():
+    with pytest.raises(stepgraph.StepgraphError, match="cannot connect"):
+        stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", TEMPLATES, [Square()]).start()
