@@ -193,3 +193,79 @@ def test_the_engine_refuses_use_in_a_forked_child(engine):
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_stubs_match_the_module():
+    import inspect
+
+    from stepgraph import _native
+
+    stub = (pathlib.Path(stepgraph.__file__).parent / "_native.pyi").read_text()
+    for name in ("embedded", "postgres", "next_events", "complete", "run", "shutdown"):
+        assert hasattr(_native.NativeEngine, name), name
+        assert f"def {name}(" in stub, name
+    for name in ("StepgraphError", "ForkedProcessError"):
+        assert inspect.isclass(getattr(_native, name))
+        assert f"class {name}(" in stub
+
+
+def test_sync_handlers_overlap_up_to_the_concurrency(tmp_path):
+    spans = []
+    lock = threading.Lock()
+
+    @stepgraph.handler("nap")
+    def nap(ctx):
+        start = time.monotonic()
+        time.sleep(0.1)
+        with lock:
+            spans.append((start, time.monotonic()))
+        return ctx.step_name
+
+    steps = "".join(f"  - name: s{i}\n    handler: {{ callable: nap }}\n" for i in range(8))
+    templates = write_template(tmp_path, f'namespace: t\nname: wide\nversion: "1"\nsteps:\n{steps}')
+    with stepgraph.Engine.embedded(templates, [nap], concurrency=8) as e:
+        result = e.run("t", "wide", {})
+    assert result.state == "complete"
+    assert len(spans) == 8
+    # All eight ran at once: each started before any finished.
+    assert max(s for s, _ in spans) < min(f for _, f in spans)
+
+
+def test_the_breaker_opens_then_closes_after_a_probe(tmp_path):
+    calls = []
+
+    @stepgraph.handler("api")
+    def api(ctx):
+        calls.append(ctx.attempt)
+        if len(calls) <= 2:
+            raise RuntimeError("503 from the API")
+        return "ok"
+
+    templates = write_template(
+        tmp_path,
+        'namespace: t\nname: b\nversion: "1"\nsteps:\n  - name: call\n    handler: { callable: api }\n'
+        "    retry: { max_attempts: 10, backoff: none }\n",
+    )
+    with stepgraph.Engine.embedded(templates, [api], breaker_failure_threshold=2, breaker_cool_down=0.3) as e:
+        result = e.run("t", "b", {})
+    assert result.state == "complete"
+    # Attempts 1 and 2 failed in Python, attempt 3 was short-circuited by the
+    # open breaker, attempt 4 was the probe.
+    assert calls == [1, 2, 4]
+    assert result.steps["call"]["attempts"] == 4
+
+
+def test_completions_at_capacity_one_lose_nothing():
+    handlers = [Square(), multiply_and_square, routing, analyze]
+    with stepgraph.Engine.embedded(TEMPLATES, handlers, concurrency=8, completion_capacity=1) as e:
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(e.run("e2e", "tree", {"even_number": 6})))
+            for _ in range(12)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 12
+    assert all(r.state == "complete" and int(r.result) == SIX_64 for r in results)

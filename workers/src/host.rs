@@ -26,7 +26,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -129,6 +129,8 @@ struct Inner {
     pid: u32,
     config: HostConfig,
     ready: Mutex<VecDeque<StepEvent>>,
+    /// Handler slots of the callers waiting in `next_events` (changed under the `ready` lock).
+    waiting: AtomicUsize,
     arrived: Condvar,
     pending: Mutex<HashMap<u64, Pending>>,
     breakers: Mutex<HashMap<String, Breaker>>,
@@ -151,6 +153,7 @@ impl Host {
             pid: std::process::id(),
             config,
             ready: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
             arrived: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
@@ -208,19 +211,14 @@ impl Host {
 
     /// Blocks (call it without holding an interpreter lock) until events are
     /// there or `timeout` passes; returns at most `max`. `max` is the
-    /// language side's free handler slots: the worker is granted that many
-    /// claims, less the events already waiting.
+    /// caller's free handler slots: while callers wait, the worker is granted
+    /// as many claims as they wait for in all, less the events already queued.
     pub fn next_events(&self, max: usize, timeout: Duration) -> Result<Vec<StepEvent>, HostError> {
         self.check()?;
         let deadline = Instant::now() + timeout;
         let mut ready = self.inner.ready.lock();
-        let target = max.saturating_sub(ready.len());
-        let available = self.inner.credits.available_permits();
-        if available < target {
-            self.inner.credits.add_permits(target - available);
-        } else if available > target {
-            self.inner.credits.forget_permits(available - target);
-        }
+        self.inner.waiting.fetch_add(max, Ordering::SeqCst);
+        self.inner.rebalance(ready.len());
         while ready.is_empty() && !self.inner.closed.load(Ordering::SeqCst) {
             if self
                 .inner
@@ -232,7 +230,10 @@ impl Host {
             }
         }
         let n = max.min(ready.len());
-        Ok(ready.drain(..n).collect())
+        let events: Vec<StepEvent> = ready.drain(..n).collect();
+        self.inner.waiting.fetch_sub(max, Ordering::SeqCst);
+        self.inner.rebalance(ready.len());
+        Ok(events)
     }
 
     /// Reports an event's outcome. Waits while the completion channel is
@@ -307,6 +308,18 @@ impl Drop for Host {
 }
 
 impl Inner {
+    /// Grants the worker as many claims as waiting slots not already served
+    /// by queued events. Call with the `ready` lock held (`queued` its length).
+    fn rebalance(&self, queued: usize) {
+        let target = self.waiting.load(Ordering::SeqCst).saturating_sub(queued);
+        let available = self.credits.available_permits();
+        if available < target {
+            self.credits.add_permits(target - available);
+        } else if available > target {
+            self.credits.forget_permits(available - target);
+        }
+    }
+
     /// Ok to dispatch, or the cool-down left on an open breaker.
     fn allow(&self, handler: &str) -> Result<(), Duration> {
         let mut breakers = self.breakers.lock();
@@ -495,6 +508,7 @@ mod tests {
                 pid: std::process::id() + 1,
                 config: HostConfig::default(),
                 ready: Mutex::new(VecDeque::new()),
+                waiting: AtomicUsize::new(0),
                 arrived: Condvar::new(),
                 pending: Mutex::new(HashMap::new()),
                 breakers: Mutex::new(HashMap::new()),
