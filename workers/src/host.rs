@@ -432,6 +432,9 @@ impl StepHandler for ForeignHandler {
             return Err(HandlerError::retryable(e.to_string()).with_code("host_unavailable"));
         }
         if let Err(remaining) = inner.allow(&self.name) {
+            // Rounded up to the next millisecond, so the retry never comes a
+            // hair before the cool-down ends (and burns an attempt).
+            let remaining = Duration::from_millis(remaining.as_millis() as u64 + 1);
             return Err(HandlerError::retryable(format!(
                 "circuit open for handler `{}` after repeated failures; retrying in {remaining:?}",
                 self.name
