@@ -9,28 +9,12 @@ import time
 import pytest
 
 import stepgraph
+from math_handlers import Square, multiply_and_square
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "tests" / "fixtures" / "templates"
 SIX_16 = 6**16
 SIX_64 = 6**64
-
-
-class Square(stepgraph.StepHandler):
-    name = "math.square"
-
-    def call(self, ctx):
-        deps = [int(v) for v in ctx.dependency_results.values()]
-        x = deps[0] if deps else ctx.input["even_number"]
-        return x * x
-
-
-@stepgraph.handler("math.multiply_and_square")
-def multiply_and_square(ctx):
-    product = 1
-    for v in ctx.dependency_results.values():
-        product *= int(v)
-    return product * product
 
 
 @stepgraph.handler("approval.routing_decision")

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 import stepgraph
+from math_handlers import Square, multiply_and_square
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "tests" / "fixtures" / "templates"
@@ -56,23 +57,6 @@ def http(addr, method, path, body=None):
     req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
-
-
-class Square(stepgraph.StepHandler):
-    name = "math.square"
-
-    def call(self, ctx):
-        deps = [int(v) for v in ctx.dependency_results.values()]
-        x = deps[0] if deps else ctx.input["even_number"]
-        return x * x
-
-
-@stepgraph.handler("math.multiply_and_square")
-def multiply_and_square(ctx):
-    product = 1
-    for v in ctx.dependency_results.values():
-        product *= int(v)
-    return product * product
 
 
 @pytest.mark.parametrize("name,expected", [("linear", 6**16), ("diamond", 6**16), ("tree", 6**64)])

@@ -77,12 +77,27 @@ fn registry(host: &Arc<Host>, names: &[String]) -> HandlerRegistry {
     registry
 }
 
-fn runtime() -> PyResult<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// What both kinds of engine start from: the templates, the host, the
+/// handler registry, and a runtime of their own.
+fn prepare(
+    templates_dir: &str,
+    handlers: &[String],
+    config: HostConfig,
+) -> PyResult<(
+    TemplateRegistry,
+    Arc<Host>,
+    HandlerRegistry,
+    tokio::runtime::Runtime,
+)> {
+    let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
+    let host = Host::new(config);
+    let registry = registry(&host, handlers);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(error)
+        .map_err(error)?;
+    Ok((templates, host, registry, runtime))
 }
 
 #[pymethods]
@@ -99,14 +114,11 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> PyResult<Self> {
-        let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
-        let host = Host::new(host_config(
-            completion_capacity,
-            failure_threshold,
-            cool_down_ms,
-        ));
-        let registry = registry(&host, &handlers);
-        let runtime = runtime()?;
+        let (templates, host, registry, runtime) = prepare(
+            templates_dir,
+            &handlers,
+            host_config(completion_capacity, failure_threshold, cool_down_ms),
+        )?;
         let config = EngineConfig {
             credits: Some(host.credits()),
             ..Default::default()
@@ -140,14 +152,11 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> PyResult<Self> {
-        let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
-        let host = Host::new(host_config(
-            completion_capacity,
-            failure_threshold,
-            cool_down_ms,
-        ));
-        let registry = registry(&host, &handlers);
-        let runtime = runtime()?;
+        let (templates, host, registry, runtime) = prepare(
+            templates_dir,
+            &handlers,
+            host_config(completion_capacity, failure_threshold, cool_down_ms),
+        )?;
         let credits = host.credits();
         let worker = py.allow_threads(|| {
             runtime.block_on(async {
