@@ -102,6 +102,47 @@ fn fmt_latency(d: Duration) -> String {
     }
 }
 
+/// A language whose handlers `stepgraph bench --language` compares with Rust's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Language {
+    Python,
+}
+
+/// The seed's FFI rows: the language's own bench module runs linear and
+/// diamond with its handlers and with the native ones, and prints the table.
+pub fn foreign(language: Language, iterations: usize, warmup: usize) -> Result<()> {
+    let dir =
+        std::env::temp_dir().join(format!("stepgraph-bench-templates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    fixtures::write_templates(&dir).context("writing the fixture templates")?;
+    let (program, args): (&str, Vec<String>) = match language {
+        Language::Python => (
+            "python3",
+            vec![
+                "-m".into(),
+                "stepgraph.bench".into(),
+                "--templates".into(),
+                dir.display().to_string(),
+                "--runs".into(),
+                iterations.to_string(),
+                "--warmup".into(),
+                warmup.to_string(),
+            ],
+        ),
+    };
+    let status = std::process::Command::new(program)
+        .args(&args)
+        .status()
+        .with_context(|| {
+            format!("cannot run {program} (is it installed? ./scripts/setup installs the package)")
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    if !status?.success() {
+        bail!("the {language:?} bench failed (see above); ./scripts/setup installs its package");
+    }
+    Ok(())
+}
+
 pub struct Options<'a> {
     pub iterations: usize,
     pub warmup: usize,

@@ -91,6 +91,10 @@ enum Command {
         /// The tokio runtime the engine runs on.
         #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
         runtime: RuntimeKind,
+        /// The seed's FFI rows (linear, diamond) with this language's handlers
+        /// beside native Rust ones (its package must be installed: ./scripts/setup).
+        #[arg(long, value_enum)]
+        language: Option<bench::Language>,
     },
 }
 
@@ -188,7 +192,11 @@ fn main() -> ExitCode {
                 database_url,
                 throughput,
                 cluster,
+                language,
             } => {
+                if let Some(language) = language {
+                    return bench::foreign(language, iterations.max(1), warmup).map(|()| true);
+                }
                 if cluster {
                     let url = database_url.as_deref().unwrap_or_default();
                     return cluster::run(url, iterations.max(1), warmup)

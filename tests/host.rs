@@ -293,3 +293,55 @@ async fn the_worker_claims_only_what_the_language_side_asked_for() {
     stop.store(true, Ordering::SeqCst);
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_handing_out_events_but_takes_running_ones_results() {
+    use stepgraph_worker::roundtrip::sample_context;
+    use stepgraph_worker::{HandlerError, StepHandler, StepOutput};
+    let host = Host::new(HostConfig::default());
+    let handler = Arc::new(host.handler("noop"));
+    // One step handed out (running on the language side), one still queued.
+    let running = tokio::spawn({
+        let h = handler.clone();
+        async move { h.call(&sample_context("noop")).await }
+    });
+    let event = loop {
+        let got = host.next_events(1, Duration::from_secs(5)).unwrap();
+        if let Some(e) = got.into_iter().next() {
+            break e;
+        }
+    };
+    let queued = tokio::spawn({
+        let h = handler.clone();
+        async move { h.call(&sample_context("noop")).await }
+    });
+    while host.pending_count() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    host.drain();
+    assert_eq!(
+        host.next_events(1, Duration::ZERO).unwrap_err(),
+        HostError::Closed
+    );
+    let refused: Result<StepOutput, HandlerError> = queued.await.unwrap();
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("host_unavailable"));
+    assert!(
+        refused
+            .message
+            .contains("shut down before the step was handed"),
+        "{}",
+        refused.message
+    );
+    // The running handler's result still arrives.
+    host.complete(event.event_id, StepOutcome::Success { result: json!(7) })
+        .unwrap();
+    assert_eq!(
+        running.await.unwrap().unwrap(),
+        StepOutput::Success(json!(7))
+    );
+    // New steps are refused at once, without waiting for a language side.
+    let late = handler.call(&sample_context("noop")).await.unwrap_err();
+    assert_eq!(late.code.as_deref(), Some("host_unavailable"));
+    host.shutdown();
+}

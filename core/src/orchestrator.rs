@@ -392,7 +392,7 @@ impl Orchestrator {
         queue::consume(
             self.queue.clone(),
             ORCHESTRATION_QUEUE,
-            slots.clone(),
+            queue::Slots::Concurrency(slots.clone()),
             self.config.visibility_timeout,
             self.config.receive_wait,
             shutdown,

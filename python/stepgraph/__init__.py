@@ -5,10 +5,13 @@ Write handlers as subclasses of :class:`StepHandler` or with the
 services needed). A handler receives a :class:`Context` and returns a JSON
 value, a :class:`Decision` or a :class:`Batch`; it raises
 :class:`PermanentError` to fail without retrying or :class:`RetryableError`
-to ask for a retry (any other exception is retried too).
+to ask for a retry (any other exception is retried too). Handlers may be
+``async def``: they run on one long-lived asyncio loop. :class:`Worker` serves
+handlers in a PostgreSQL deployment; :class:`Client` talks to its HTTP API.
 """
 
 from ._native import ForkedProcessError, StepgraphError
+from .client import ApiError, Client
 from .engine import Engine, TaskResult
 from .worker import Worker
 from .handlers import (
@@ -22,6 +25,8 @@ from .handlers import (
 )
 
 __all__ = [
+    "ApiError",
+    "Client",
     "Batch",
     "Context",
     "Decision",

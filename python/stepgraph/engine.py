@@ -3,13 +3,15 @@ process's handlers on a pool of threads that pull work from the Rust host."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from ._native import NativeEngine, StepgraphError
-from .handlers import Context, StepHandler, run_handler
+from .handlers import Context, StepHandler, finish_async, not_json, start_handler
 
 
 def _step_view(step: dict) -> dict:
@@ -46,9 +48,13 @@ class TaskResult:
 
 class _HandlerPool:
     """Threads, one handler slot each, that pull events from the native host
-    (without the GIL while they wait) and report each handler's outcome."""
+    (without the GIL while they wait) and report each handler's outcome.
 
-    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int):
+    An ``async def`` handler's coroutine goes to one long-lived asyncio loop
+    (its own thread), where up to ``async_concurrency`` of them run at once;
+    the thread that pulled it goes back for more work."""
+
+    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int, async_concurrency: int = 64):
         self._native = native
         self._handlers = handlers
         self._stop = threading.Event()
@@ -56,8 +62,13 @@ class _HandlerPool:
             threading.Thread(target=self._serve, name=f"stepgraph-handler-{i}", daemon=True)
             for i in range(max(1, concurrency))
         ]
+        self._async_slots = threading.BoundedSemaphore(max(1, async_concurrency))
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="stepgraph-asyncio", daemon=True)
+        self._in_flight: set = set()
 
     def start(self) -> None:
+        self._loop_thread.start()
         for t in self._threads:
             t.start()
 
@@ -67,20 +78,45 @@ class _HandlerPool:
                 events = self._native.next_events(1, 200)
             except StepgraphError:
                 return
-            for raw in events:
-                event = json.loads(raw)
-                outcome = run_handler(self._handlers[event["handler"]], Context.from_event(event))
-                try:
-                    self._native.complete(event["event_id"], outcome)
-                except StepgraphError:
-                    pass  # timed out meanwhile: the host refused the late result
+            for event in events:
+                ctx = Context(event)
+                outcome = start_handler(self._handlers[event["handler"]], ctx)
+                if isinstance(outcome, dict):
+                    self._complete(event["event_id"], outcome, ctx)
+                else:
+                    self._async_slots.acquire()
+                    future = asyncio.run_coroutine_threadsafe(self._finish(event["event_id"], outcome, ctx), self._loop)
+                    self._in_flight.add(future)
+                    future.add_done_callback(self._in_flight.discard)
+
+    async def _finish(self, event_id: int, awaitable: Any, ctx: Context) -> None:
+        try:
+            self._complete(event_id, await finish_async(awaitable), ctx)
+        finally:
+            self._async_slots.release()
+
+    def _complete(self, event_id: int, outcome: dict, ctx: Context) -> None:
+        try:
+            try:
+                self._native.complete(event_id, outcome)
+            except ValueError as e:  # the result is not JSON; the event is still pending
+                self._native.complete(event_id, not_json(ctx, e))
+        except StepgraphError:
+            pass  # timed out meanwhile, or shut down: the host refused the late result
 
     def stop(self) -> None:
+        """Graceful: the native side hands out nothing new and waits (its
+        grace period) for the handlers running here, threads and coroutines."""
         self._stop.set()
         self._native.shutdown()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=5)
+        concurrent.futures.wait(list(self._in_flight), timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=5)
+        if not self._loop_thread.is_alive():
+            self._loop.close()
 
 
 def handlers_by_name(handlers: Iterable[StepHandler]) -> dict:
@@ -95,9 +131,9 @@ def handlers_by_name(handlers: Iterable[StepHandler]) -> dict:
 class Engine:
     """Runs tasks in this process, with Python handlers; needs no services."""
 
-    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int):
+    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int, async_concurrency: int = 64):
         self._native = native
-        self._pool = _HandlerPool(native, handlers, concurrency)
+        self._pool = _HandlerPool(native, handlers, concurrency, async_concurrency)
         self._pool.start()
 
     @classmethod
@@ -106,6 +142,7 @@ class Engine:
         templates_dir: str,
         handlers: Iterable[StepHandler],
         concurrency: int = 4,
+        async_concurrency: int = 64,
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
@@ -118,7 +155,7 @@ class Engine:
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
         )
-        return cls(native, by_name, concurrency)
+        return cls(native, by_name, concurrency, async_concurrency)
 
     def run(self, namespace: str, name: str, context: Any, timeout: Optional[float] = 300.0) -> TaskResult:
         """Creates a task and waits for it to end."""
@@ -126,6 +163,11 @@ class Engine:
         task = report["task"]
         steps = {s["name"]: _step_view(s) for s in report["steps"]}
         return TaskResult(task["id"], task["state"], task["result"], task["error"], steps, report)
+
+    def roundtrip(self, handler: str, n: int) -> float:
+        """Benchmarks: the mean seconds of one host round trip (the step
+        handed to ``handler`` here, run, its result back in Rust), over ``n``."""
+        return self._native.roundtrip(handler, n) / 1e9 / max(1, n)
 
     def close(self) -> None:
         self._pool.stop()

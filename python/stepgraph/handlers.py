@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import abc
-import json
+import inspect
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
-
-_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
-
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Optional, Union
 
 class PermanentError(Exception):
     """Fails the step without retrying."""
@@ -47,9 +44,25 @@ class Batch:
         return {"worker_count": count, "total_items": self.total_items, "cursors": cursors}
 
 
-@dataclass(frozen=True)
 class Context:
-    """What a handler sees of its step."""
+    """What a handler sees of its step (read-only by convention)."""
+
+    __slots__ = (
+        "task_id",
+        "step_id",
+        "step_name",
+        "handler",
+        "namespace",
+        "task_name",
+        "attempt",
+        "max_attempts",
+        "input",
+        "config",
+        "dependency_results",
+        "batch_size",
+        "cursor",
+        "timeout",
+    )
 
     task_id: str
     step_id: str
@@ -59,12 +72,34 @@ class Context:
     task_name: str
     attempt: int
     max_attempts: int
+    #: The task context.
     input: Any
+    #: ``handler.config`` from the template.
     config: Mapping[str, Any]
+    #: The results of the steps this one depends on, by step name.
     dependency_results: Mapping[str, Any]
-    batch_size: Optional[int] = None
-    cursor: Optional[Mapping[str, int]] = None
-    timeout: Optional[float] = field(default=None)
+    #: For a batchable step: the template's ``batch.batch_size``.
+    batch_size: Optional[int]
+    #: For a batch worker: ``{"batch_no", "start", "end"}`` of its slice.
+    cursor: Optional[Mapping[str, int]]
+    #: Seconds the handler has before the host times the step out.
+    timeout: Optional[float]
+
+    def __init__(self, event: Mapping[str, Any]):
+        self.task_id = event["task_id"]
+        self.step_id = event["step_id"]
+        self.step_name = event["step_name"]
+        self.handler = event["handler"]
+        self.namespace = event["namespace"]
+        self.task_name = event["task_name"]
+        self.attempt = event["attempt"]
+        self.max_attempts = event["max_attempts"]
+        self.input = event["input"]
+        self.config = event["config"]
+        self.dependency_results = event["dependency_results"]
+        self.batch_size = event.get("batch_size")
+        self.cursor = event.get("cursor")
+        self.timeout = event["timeout_ms"] / 1000.0
 
     def dependency(self, step_name: str) -> Any:
         """The result of the dependency ``step_name``; KeyError names the known ones."""
@@ -75,23 +110,11 @@ class Context:
             raise KeyError(f"step {self.step_name!r} has no dependency {step_name!r} (it has: {known})") from None
 
     @classmethod
-    def from_event(cls, e: Mapping[str, Any]) -> "Context":
-        return cls(
-            task_id=e["task_id"],
-            step_id=e["step_id"],
-            step_name=e["step_name"],
-            handler=e["handler"],
-            namespace=e["namespace"],
-            task_name=e["task_name"],
-            attempt=e["attempt"],
-            max_attempts=e["max_attempts"],
-            input=e["input"],
-            config=e["config"],
-            dependency_results=e["dependency_results"],
-            batch_size=e.get("batch_size"),
-            cursor=e.get("cursor"),
-            timeout=e["timeout_ms"] / 1000.0,
-        )
+    def from_event(cls, event: Mapping[str, Any]) -> "Context":
+        return cls(event)
+
+    def __repr__(self) -> str:
+        return f"Context(step_name={self.step_name!r}, task_id={self.task_id!r}, attempt={self.attempt})"
 
 
 class StepHandler(abc.ABC):
@@ -101,7 +124,8 @@ class StepHandler(abc.ABC):
 
     @abc.abstractmethod
     def call(self, ctx: Context) -> Any:
-        """Runs the step; returns its result (JSON value, Decision or Batch)."""
+        """Runs the step; returns its result (JSON value, Decision or Batch).
+        May be ``async def``: it then runs on the engine's event loop."""
 
 
 class _FunctionHandler(StepHandler):
@@ -122,20 +146,8 @@ def handler(name: str) -> Callable[[Callable[[Context], Any]], StepHandler]:
     return wrap
 
 
-def _jsonable(value: Any) -> Any:
-    """Integers beyond 64 bits travel as decimal strings."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return value if _I64_MIN <= value <= _U64_MAX else str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _failure(kind: str, message: str, exc: BaseException, retry_after: Optional[float] = None) -> dict:
+    """A failure outcome carrying the exception's type and traceback."""
     error = {
         "kind": kind,
         "message": message,
@@ -147,24 +159,43 @@ def _failure(kind: str, message: str, exc: BaseException, retry_after: Optional[
     return {"status": "failure", "error": error}
 
 
-def run_handler(h: StepHandler, ctx: Context) -> str:
-    """Runs a handler; its outcome as the engine's JSON (never raises)."""
+def _exception_outcome(e: BaseException) -> dict:
+    if isinstance(e, PermanentError):
+        return _failure("permanent", str(e), e)
+    if isinstance(e, RetryableError):
+        return _failure("retryable", str(e), e, e.retry_after)
+    return _failure("retryable", f"{type(e).__name__}: {e}", e)
+
+
+def _value_outcome(value: Any) -> dict:
+    if isinstance(value, Decision):
+        return {"status": "decision", "branches": list(value.branches)}
+    if isinstance(value, Batch):
+        return {"status": "batch", "batch": value.to_outcome()}
+    return {"status": "success", "result": value}
+
+
+def not_json(ctx: Context, e: Exception) -> dict:
+    """The outcome of a step whose result the engine cannot take."""
+    return _failure("permanent", f"step {ctx.step_name!r} returned a value that is not JSON: {e}", e)
+
+
+def start_handler(h: StepHandler, ctx: Context) -> Union[dict, Awaitable[Any]]:
+    """Calls a handler: its outcome for the engine, or, for an ``async def``
+    handler, the awaitable to finish with :func:`finish_async`. Never raises."""
     try:
         value = h.call(ctx)
-    except PermanentError as e:
-        return json.dumps(_failure("permanent", str(e), e))
-    except RetryableError as e:
-        return json.dumps(_failure("retryable", str(e), e, e.retry_after))
-    except Exception as e:  # noqa: BLE001 - any other exception is a retryable failure
-        return json.dumps(_failure("retryable", f"{type(e).__name__}: {e}", e))
-    if isinstance(value, Decision):
-        outcome = {"status": "decision", "branches": list(value.branches)}
-    elif isinstance(value, Batch):
-        outcome = {"status": "batch", "batch": value.to_outcome()}
-    else:
-        outcome = {"status": "success", "result": _jsonable(value)}
+    except Exception as e:  # noqa: BLE001 - every exception becomes a failure
+        return _exception_outcome(e)
+    if inspect.isawaitable(value):
+        return value
+    return _value_outcome(value)
+
+
+async def finish_async(awaitable: Awaitable[Any]) -> dict:
+    """Awaits an async handler's result; its outcome for the engine."""
     try:
-        return json.dumps(outcome, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        message = f"step {ctx.step_name!r} returned a value that is not JSON: {e}"
-        return json.dumps(_failure("permanent", message, e))
+        value = await awaitable
+    except Exception as e:  # noqa: BLE001 - every exception becomes a failure
+        return _exception_outcome(e)
+    return _value_outcome(value)

@@ -14,7 +14,8 @@ from .handlers import StepHandler
 
 class Worker:
     """Serves ``handlers`` for the steps of ``namespaces`` (default: every
-    template's). It orchestrates the results of its own steps, so it loads
+    template's): sync handlers on ``concurrency`` threads, ``async def`` ones
+    on one asyncio loop, up to ``async_concurrency`` at once. It orchestrates the results of its own steps, so it loads
     ``templates_dir`` too. ``start``/``stop``, or ``run`` until SIGINT/SIGTERM."""
 
     def __init__(
@@ -24,6 +25,7 @@ class Worker:
         handlers: Iterable[StepHandler],
         namespaces: Optional[Sequence[str]] = None,
         concurrency: int = 4,
+        async_concurrency: int = 64,
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
@@ -40,11 +42,12 @@ class Worker:
             int(breaker_cool_down * 1000),
         )
         self._concurrency = max(1, concurrency)
+        self._async_concurrency = max(1, async_concurrency)
         self._pool: Optional[_HandlerPool] = None
 
     def start(self) -> "Worker":
         native = NativeEngine.postgres(*self._args)
-        self._pool = _HandlerPool(native, self._handlers, self._concurrency)
+        self._pool = _HandlerPool(native, self._handlers, self._concurrency, self._async_concurrency)
         self._pool.start()
         return self
 

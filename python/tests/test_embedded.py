@@ -1,6 +1,7 @@
 """The seed's workflow shapes and the failure paths with Python handlers, in
 the embedded engine (no services)."""
 
+import asyncio
 import os
 import pathlib
 import threading
@@ -185,7 +186,7 @@ def test_the_stubs_match_the_module():
     from stepgraph import _native
 
     stub = (pathlib.Path(stepgraph.__file__).parent / "_native.pyi").read_text()
-    for name in ("embedded", "postgres", "next_events", "complete", "run", "shutdown"):
+    for name in ("embedded", "postgres", "next_events", "complete", "run", "roundtrip", "shutdown"):
         assert hasattr(_native.NativeEngine, name), name
         assert f"def {name}(" in stub, name
     for name in ("StepgraphError", "ForkedProcessError"):
@@ -253,3 +254,114 @@ def test_completions_at_capacity_one_lose_nothing():
             t.join()
     assert len(results) == 12
     assert all(r.state == "complete" and int(r.result) == SIX_64 for r in results)
+
+
+def test_async_handlers_overlap_on_one_long_lived_loop(tmp_path):
+    spans, loops = [], set()
+
+    @stepgraph.handler("nap")
+    async def nap(ctx):
+        loops.add(id(asyncio.get_running_loop()))
+        start = time.monotonic()
+        await asyncio.sleep(0.1)
+        spans.append((start, time.monotonic()))
+        return ctx.step_name
+
+    class Double(stepgraph.StepHandler):
+        name = "double"
+
+        async def call(self, ctx):
+            await asyncio.sleep(0)
+            loops.add(id(asyncio.get_running_loop()))
+            return len(ctx.dependency_results) * 2
+
+    steps = "".join(f"  - name: s{i}\n    handler: {{ callable: nap }}\n" for i in range(8))
+    deps = ", ".join(f"s{i}" for i in range(8))
+    steps += f"  - name: total\n    dependencies: [{deps}]\n    handler: {{ callable: double }}\n"
+    templates = write_template(tmp_path, f'namespace: t\nname: wide\nversion: "1"\nsteps:\n{steps}')
+    # One handler thread: the eight coroutines still run at once, on the loop.
+    with stepgraph.Engine.embedded(templates, [nap, Double()], concurrency=1) as e:
+        first = e.run("t", "wide", {})
+        second = e.run("t", "wide", {})
+    assert first.state == second.state == "complete", first.error
+    assert first.steps["total"]["result"] == 16
+    assert len(spans) == 16
+    first_run = spans[:8]
+    assert max(s for s, _ in first_run) < min(f for _, f in first_run)
+    assert len(loops) == 1, "every coroutine ran on the same loop"
+
+
+def test_async_handler_errors_are_failures_like_sync_ones(tmp_path):
+    @stepgraph.handler("flaky")
+    async def flaky(ctx):
+        await asyncio.sleep(0)
+        if ctx.attempt == 1:
+            raise ValueError("not yet")
+        if ctx.attempt == 2:
+            raise stepgraph.RetryableError("later", retry_after=0.01)
+        return {"attempt": ctx.attempt}
+
+    @stepgraph.handler("broken")
+    async def broken(ctx):
+        raise stepgraph.PermanentError("bad input")
+
+    templates = write_template(
+        tmp_path,
+        'namespace: t\nname: a\nversion: "1"\nsteps:\n  - name: f\n    handler: { callable: flaky }\n'
+        "    retry: { max_attempts: 3, backoff: none }\n",
+    )
+    (pathlib.Path(templates) / "b.yaml").write_text(
+        'namespace: t\nname: b\nversion: "1"\nsteps:\n  - name: p\n    handler: { callable: broken }\n'
+        "    retry: { max_attempts: 3, backoff: none }\n"
+    )
+    with stepgraph.Engine.embedded(templates, [flaky, broken]) as e:
+        ok = e.run("t", "a", {})
+        bad = e.run("t", "b", {})
+    assert ok.state == "complete" and ok.steps["f"]["result"] == {"attempt": 3}
+    assert bad.state == "error"
+    assert bad.steps["p"]["attempts"] == 1
+    assert bad.steps["p"]["error"]["kind"] == "permanent"
+    assert bad.steps["p"]["error"]["message"] == "bad input"
+
+
+def test_close_lets_running_handlers_finish(tmp_path):
+    started, finished = threading.Event(), []
+
+    @stepgraph.handler("slow")
+    def slow(ctx):
+        started.set()
+        time.sleep(0.3)
+        finished.append(ctx.step_name)
+        return 1
+
+    templates = write_template(
+        tmp_path, 'namespace: t\nname: s\nversion: "1"\nsteps:\n  - name: only\n    handler: { callable: slow }\n'
+    )
+    e = stepgraph.Engine.embedded(templates, [slow])
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(e.run("t", "s", {}, timeout=5).state)
+        except stepgraph.StepgraphError as err:
+            outcome.append(str(err))
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    assert started.wait(5)
+    e.close()
+    runner.join(5)
+    # The handler that was running when close() began ran to its end.
+    assert finished == ["only"]
+    assert outcome == ["complete"]
+
+
+def test_roundtrip_measures_a_python_handler():
+    @stepgraph.handler("noop")
+    def noop(ctx):
+        assert ctx.dependency("linear_step_1") == 36
+        return None
+
+    with stepgraph.Engine.embedded(TEMPLATES, [noop]) as e:
+        mean = e.roundtrip("noop", 200)
+    assert 0 < mean < 1.0

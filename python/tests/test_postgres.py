@@ -72,3 +72,41 @@ def test_python_worker_runs_tasks_created_over_http(database, server, name, expe
 def test_a_bad_database_url_is_a_clear_error():
     with pytest.raises(stepgraph.StepgraphError, match="cannot connect"):
         stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", TEMPLATES, [Square()]).start()
+
+
+def test_client_creates_waits_reads_and_cancels(database, server):
+    client = stepgraph.Client(f"http://{server}")
+    assert client.health()["status"] == "ok"
+    assert {(t["namespace"], t["name"]) for t in client.templates()} >= {("e2e", "linear"), ("e2e", "diamond")}
+    with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square]):
+        created = client.create_task("e2e", "linear", {"even_number": 6}, idempotency_key="order-1")
+        assert created["created"] is True
+        again = client.create_task("e2e", "linear", {"even_number": 6}, idempotency_key="order-1")
+        assert again == {**created, "created": False}
+        task = client.wait(created["task_id"], timeout=30)
+        assert task["state"] == "complete" and int(task["result"]) == 6**16
+        assert client.get_task(created["task_id"])["state"] == "complete"
+    # No worker serves this one: it waits, is cancelled, and says so.
+    pending = client.create_task("e2e", "linear", {"even_number": 6})
+    with pytest.raises(TimeoutError, match="did not end"):
+        client.wait(pending["task_id"], timeout=0.2)
+    assert client.cancel(pending["task_id"])["state"] == "cancelled"
+    assert client.wait(pending["task_id"], timeout=5)["state"] == "cancelled"
+
+
+def test_client_errors_carry_the_status_and_the_servers_message(server):
+    client = stepgraph.Client(server)
+    with pytest.raises(stepgraph.ApiError, match="HTTP 404") as e:
+        client.get_task("0190f3a2-0000-7000-8000-000000000000")
+    assert e.value.status == 404
+    with pytest.raises(stepgraph.ApiError) as e:
+        client.create_task("e2e", "no_such_template", {})
+    assert e.value.status == 422 and "no_such_template" in e.value.message
+    with pytest.raises(stepgraph.ApiError) as e:
+        client.create_task("e2e", "linear", {"even_number": "six"})
+    assert e.value.status == 422
+    with pytest.raises(stepgraph.ApiError) as e:
+        client.get_task("not-a-uuid")
+    assert e.value.status == 400
+    with pytest.raises(stepgraph.StepgraphError, match="cannot reach"):
+        stepgraph.Client("http://127.0.0.1:1").health()

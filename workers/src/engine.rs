@@ -25,7 +25,7 @@ pub struct EngineConfig {
     /// How long [`Engine::run`] waits for a task.
     pub run_timeout: Duration,
     /// Claim permits granted by a foreign handler host (see [`crate::Host::credits`]).
-    pub credits: Option<Arc<tokio::sync::Semaphore>>,
+    pub credits: Option<stepgraph_core::queue::Credits>,
 }
 
 impl Default for EngineConfig {

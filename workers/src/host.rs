@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use stepgraph_core::queue::Credits;
 use stepgraph_core::{BatchCursor, StepError, StepId, StepOutcome, TaskId};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -133,10 +134,17 @@ struct Inner {
     waiting: AtomicUsize,
     arrived: Condvar,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// `complete` calls between taking an event off `pending` and handing
+    /// its result to the router (changed under the `pending` lock).
+    completing: AtomicUsize,
+    /// Notified when no event is pending or being completed.
+    idle: Condvar,
     breakers: Mutex<HashMap<String, Breaker>>,
     completions: Mutex<Option<Sender<Completion>>>,
     credits: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// No new events are handed out; completions are still taken.
+    draining: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -156,10 +164,13 @@ impl Host {
             waiting: AtomicUsize::new(0),
             arrived: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
+            completing: AtomicUsize::new(0),
+            idle: Condvar::new(),
             breakers: Mutex::new(HashMap::new()),
             completions: Mutex::new(Some(tx)),
             credits: Arc::new(Semaphore::new(0)),
             next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         let router = {
@@ -183,8 +194,15 @@ impl Host {
     }
 
     /// The permits the worker claims steps with (see [`crate::Worker::with_credits`]).
-    pub fn credits(&self) -> Arc<Semaphore> {
-        self.inner.credits.clone()
+    pub fn credits(&self) -> Credits {
+        let inner = self.inner.clone();
+        Credits {
+            permits: self.inner.credits.clone(),
+            settle: Arc::new(move || {
+                let ready = inner.ready.lock();
+                inner.rebalance(ready.len());
+            }),
+        }
     }
 
     /// The Rust-side handler that dispatches `name`'s steps to the language side.
@@ -215,11 +233,17 @@ impl Host {
     /// as many claims as they wait for in all, less the events already queued.
     pub fn next_events(&self, max: usize, timeout: Duration) -> Result<Vec<StepEvent>, HostError> {
         self.check()?;
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return Err(HostError::Closed);
+        }
         let deadline = Instant::now() + timeout;
         let mut ready = self.inner.ready.lock();
         self.inner.waiting.fetch_add(max, Ordering::SeqCst);
         self.inner.rebalance(ready.len());
-        while ready.is_empty() && !self.inner.closed.load(Ordering::SeqCst) {
+        while ready.is_empty()
+            && !self.inner.closed.load(Ordering::SeqCst)
+            && !self.inner.draining.load(Ordering::SeqCst)
+        {
             if self
                 .inner
                 .arrived
@@ -240,21 +264,47 @@ impl Host {
     /// full; refuses an event that is not pending (timed out, say).
     pub fn complete(&self, event_id: u64, result: StepResult) -> Result<(), HostError> {
         self.check()?;
-        let Some(p) = self.inner.pending.lock().remove(&event_id) else {
-            return Err(HostError::NotPending(event_id));
+        let p = {
+            let mut pending = self.inner.pending.lock();
+            let Some(p) = pending.remove(&event_id) else {
+                return Err(HostError::NotPending(event_id));
+            };
+            self.inner.completing.fetch_add(1, Ordering::SeqCst);
+            p
         };
-        let tx = self
-            .inner
-            .completions
-            .lock()
-            .clone()
-            .ok_or(HostError::Closed)?;
-        tx.send(Completion {
-            handler: p.handler,
-            result,
-            reply: p.reply,
-        })
-        .map_err(|_| HostError::Closed)
+        let tx = self.inner.completions.lock().clone();
+        let sent = match tx {
+            Some(tx) => tx
+                .send(Completion {
+                    handler: p.handler,
+                    result,
+                    reply: p.reply,
+                })
+                .map_err(|_| HostError::Closed),
+            None => Err(HostError::Closed),
+        };
+        let pending = self.inner.pending.lock();
+        self.inner.completing.fetch_sub(1, Ordering::SeqCst);
+        self.inner.notify_if_idle(&pending);
+        sent
+    }
+
+    /// Waits (call it without an interpreter lock) until no event is out
+    /// with the language side, or `timeout` passes; true when none is.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pending = self.inner.pending.lock();
+        while !self.inner.is_idle(&pending) {
+            if self
+                .inner
+                .idle
+                .wait_until(&mut pending, deadline)
+                .timed_out()
+            {
+                return self.inner.is_idle(&pending);
+            }
+        }
+        true
     }
 
     /// Completions waiting for the router (a metric).
@@ -285,6 +335,34 @@ impl Host {
         }
     }
 
+    /// The first half of a graceful shutdown: hands out no more events
+    /// (waiting callers get [`HostError::Closed`]) and gives the events not
+    /// yet handed out back to their steps as retryable failures, but still
+    /// takes the completions of the handlers that are running.
+    pub fn drain(&self) {
+        let undelivered: Vec<StepEvent> = {
+            let mut ready = self.inner.ready.lock();
+            self.inner.draining.store(true, Ordering::SeqCst);
+            ready.drain(..).collect()
+        };
+        self.inner.arrived.notify_all();
+        for event in undelivered {
+            let removed = {
+                let mut pending = self.inner.pending.lock();
+                let p = pending.remove(&event.event_id);
+                self.inner.notify_if_idle(&pending);
+                p
+            };
+            if let Some(p) = removed {
+                let error = StepError::retryable(
+                    "the worker shut down before the step was handed to its handler",
+                )
+                .with_code("host_unavailable");
+                let _ = p.reply.send(StepOutcome::Failure { error });
+            }
+        }
+    }
+
     /// Stops handing out events and wakes every waiter; steps still waiting
     /// for the language side fail as retryable and are run again later.
     pub fn shutdown(&self) {
@@ -293,7 +371,11 @@ impl Host {
         }
         self.inner.arrived.notify_all();
         self.inner.ready.lock().clear();
-        self.inner.pending.lock().clear();
+        {
+            let mut pending = self.inner.pending.lock();
+            pending.clear();
+            self.inner.idle.notify_all();
+        }
         self.inner.completions.lock().take();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -361,8 +443,23 @@ impl Inner {
 
     /// Takes an event back that its step no longer waits for.
     fn withdraw(&self, event_id: u64) {
-        self.pending.lock().remove(&event_id);
+        {
+            let mut pending = self.pending.lock();
+            pending.remove(&event_id);
+            self.notify_if_idle(&pending);
+        }
         self.ready.lock().retain(|e| e.event_id != event_id);
+    }
+
+    fn is_idle(&self, pending: &HashMap<u64, Pending>) -> bool {
+        pending.is_empty() && self.completing.load(Ordering::SeqCst) == 0
+    }
+
+    /// Call with the `pending` lock held, after taking events off it.
+    fn notify_if_idle(&self, pending: &HashMap<u64, Pending>) {
+        if self.is_idle(pending) {
+            self.idle.notify_all();
+        }
     }
 }
 
@@ -386,9 +483,12 @@ fn reap(inner: &Inner) {
                 .filter(|(_, p)| p.deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            ids.into_iter()
+            let overdue = ids
+                .into_iter()
                 .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
-                .collect()
+                .collect();
+            inner.notify_if_idle(&pending);
+            overdue
         };
         for (id, p) in overdue {
             inner.ready.lock().retain(|e| e.event_id != id);
@@ -458,7 +558,7 @@ impl StepHandler for ForeignHandler {
             event_id,
             done: false,
         };
-        inner.ready.lock().push_back(StepEvent {
+        let event = StepEvent {
             event_id,
             task_id: ctx.task_id,
             step_id: ctx.step_id,
@@ -474,7 +574,17 @@ impl StepHandler for ForeignHandler {
             batch_size: ctx.batch_size,
             cursor: ctx.cursor.clone(),
             timeout_ms: timeout.as_millis() as u64,
-        });
+        };
+        {
+            // Under the lock `drain` takes: an event is either handed back by
+            // it or never queued.
+            let mut ready = inner.ready.lock();
+            if inner.draining.load(Ordering::SeqCst) {
+                return Err(HandlerError::retryable("the worker is shutting down")
+                    .with_code("host_unavailable"));
+            }
+            ready.push_back(event);
+        }
         inner.arrived.notify_one();
         let outcome = result.await;
         dispatched.done = true;
@@ -514,10 +624,13 @@ mod tests {
                 waiting: AtomicUsize::new(0),
                 arrived: Condvar::new(),
                 pending: Mutex::new(HashMap::new()),
+                completing: AtomicUsize::new(0),
+                idle: Condvar::new(),
                 breakers: Mutex::new(HashMap::new()),
                 completions: Mutex::new(None),
                 credits: Arc::new(Semaphore::new(0)),
                 next_id: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
             }),
             threads: Mutex::new(Vec::new()),

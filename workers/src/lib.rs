@@ -7,6 +7,7 @@ pub mod engine;
 pub mod examples;
 pub mod handler;
 pub mod host;
+pub mod roundtrip;
 pub mod runtime;
 
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};

@@ -8,7 +8,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::queue::{encode_all, worker_queue, Delivery, Outbox, ORCHESTRATION_QUEUE};
+use stepgraph_core::queue::{
+    encode_all, worker_queue, Credits, Delivery, Outbox, Slots, ORCHESTRATION_QUEUE,
+};
 use stepgraph_core::{
     OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError, StepMessage,
     StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
@@ -58,7 +60,7 @@ pub struct Worker {
     queue: Arc<dyn Queue>,
     handlers: Arc<HandlerRegistry>,
     config: WorkerConfig,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     /// Steps being processed, and a wake-up when none are: what shutdown waits for.
     running: Arc<(AtomicUsize, Notify)>,
 }
@@ -85,7 +87,7 @@ impl Worker {
             queue,
             handlers,
             config,
-            slots,
+            slots: Slots::Concurrency(slots),
             running: Default::default(),
         }
     }
@@ -102,8 +104,8 @@ impl Worker {
     /// Claims only as many messages as `credits` has permits, instead of
     /// `concurrency`: a foreign handler host grants them as its language side
     /// asks for work.
-    pub fn with_credits(mut self, credits: Arc<Semaphore>) -> Worker {
-        self.slots = credits;
+    pub fn with_credits(mut self, credits: Credits) -> Worker {
+        self.slots = Slots::Credits(credits);
         self
     }
 

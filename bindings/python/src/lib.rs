@@ -3,6 +3,8 @@
 //! blocking call releases the GIL, and the host in `stepgraph-worker` does
 //! the rest (credits, deadlines, breakers, backpressure, the fork guard).
 
+mod convert;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -15,8 +17,8 @@ use stepgraph_core::{
     StepOutcome, Store, StoreError, TaskRequest, TemplateRegistry,
 };
 use stepgraph_worker::{
-    examples, Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError, Worker,
-    WorkerConfig,
+    examples, roundtrip, Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError,
+    Worker, WorkerConfig,
 };
 
 create_exception!(
@@ -119,8 +121,9 @@ impl NativeEngine {
             &handlers,
             host_config(completion_capacity, failure_threshold, cool_down_ms),
         )?;
+        // Without Python handlers nothing asks for work: the Rust ones run freely.
         let config = EngineConfig {
-            credits: Some(host.credits()),
+            credits: (!handlers.is_empty()).then(|| host.credits()),
             ..Default::default()
         };
         let engine = {
@@ -196,28 +199,42 @@ impl NativeEngine {
         })
     }
 
-    /// Up to `max` events (JSON text), waiting up to `timeout_ms` without the GIL.
-    fn next_events(&self, py: Python<'_>, max: usize, timeout_ms: u64) -> PyResult<Vec<String>> {
+    /// Up to `max` events (dicts), waiting up to `timeout_ms` without the GIL.
+    fn next_events(&self, py: Python<'_>, max: usize, timeout_ms: u64) -> PyResult<Vec<PyObject>> {
         let host = self.host.clone();
         let events = py
             .allow_threads(move || host.next_events(max, Duration::from_millis(timeout_ms)))
             .map_err(host_error)?;
         events
             .iter()
-            .map(|e| serde_json::to_string(e).map_err(error))
+            .map(|e| convert::to_python(py, &serde_json::to_value(e).map_err(error)?))
             .collect()
     }
 
-    /// Reports an event's result (JSON text of a step outcome).
-    fn complete(&self, py: Python<'_>, event_id: u64, result: &str) -> PyResult<()> {
-        let outcome: StepOutcome = serde_json::from_str(result).map_err(|e| {
-            error(format!(
-                "result of event {event_id} is not a step outcome: {e}"
-            ))
-        })?;
+    /// Reports an event's outcome: a dict `{"status": "success", "result":
+    /// ...}` (or a failure, decision or batch). A result that is not JSON
+    /// raises ValueError naming what is not; the event stays pending then.
+    fn complete(&self, py: Python<'_>, event_id: u64, outcome: &Bound<'_, PyAny>) -> PyResult<()> {
+        let outcome: StepOutcome =
+            serde_json::from_value(convert::from_python(outcome)?).map_err(|e| {
+                error(format!(
+                    "outcome of event {event_id} is not a step outcome: {e}"
+                ))
+            })?;
         let host = self.host.clone();
         py.allow_threads(move || host.complete(event_id, outcome))
             .map_err(host_error)
+    }
+
+    /// Benchmarks: runs `n` steps, one after another, through the handler
+    /// `handler` this process serves, and returns the nanoseconds they took
+    /// as measured in Rust (dispatch, the Python call, the completion).
+    fn roundtrip(&self, py: Python<'_>, handler: &str, n: u64) -> PyResult<u64> {
+        let foreign = self.host.handler(handler);
+        let took = py
+            .allow_threads(|| roundtrip::roundtrip(&foreign, handler, n))
+            .map_err(error)?;
+        Ok(took.as_nanos() as u64)
     }
 
     /// Creates a task and waits (without the GIL) for it; its report as JSON text.
@@ -250,11 +267,14 @@ impl NativeEngine {
         serde_json::to_string(&report).map_err(error)
     }
 
-    /// Stops the engine or worker; waiting Python threads are released.
+    /// Stops the engine or worker gracefully: no more events are handed
+    /// out (waiting Python threads get StepgraphError), the handlers that
+    /// are running finish and their results are recorded (up to the
+    /// worker's grace period), then the host stops.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let engine = self.engine.lock().map_err(error)?.take();
         let worker = self.worker.lock().map_err(error)?.take();
-        self.host.shutdown();
+        self.host.drain();
         py.allow_threads(|| {
             // Tasks still being waited for hold the engine; their waits end with it.
             if let Some(Ok(engine)) = engine.map(Arc::try_unwrap) {
@@ -264,6 +284,9 @@ impl NativeEngine {
                 trigger.trigger();
                 let _ = self.runtime.block_on(task);
             }
+            // Steps of `run` calls still waiting elsewhere: their handlers finish too.
+            self.host.wait_idle(WorkerConfig::default().shutdown_grace);
+            self.host.shutdown();
         });
         Ok(())
     }

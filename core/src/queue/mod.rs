@@ -131,14 +131,44 @@ pub fn encode_all<T: Serialize>(
         .collect()
 }
 
+/// What limits a consumer's claims.
+#[derive(Clone)]
+pub enum Slots {
+    /// At most this many steps at once: a permit per running step.
+    Concurrency(Arc<Semaphore>),
+    /// Claims granted by a foreign handler host, one per waiting handler slot.
+    Credits(Credits),
+}
+
+/// Claim permits granted by someone else (a foreign handler host): a permit
+/// is spent by a claim, and when its step is done `settle` lets the grantor
+/// set the permits to what it still wants (it never has to take back a
+/// permit that came home while nobody asked for work).
+#[derive(Clone)]
+pub struct Credits {
+    pub permits: Arc<Semaphore>,
+    pub settle: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Credits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credits")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Consumes queue `name` until shutdown. Claims no more messages than `slots`
 /// has free permits (credits), so nothing waits in a local buffer, and runs
 /// `process` on its own task for each, holding one permit. A message whose
 /// permit another consumer of the same slots took meanwhile goes back at once.
+/// [`Slots::Concurrency`] permits come back when the step is done;
+/// [`Slots::Credits`] are not given back but settled by their grantor, who
+/// knows how many are still wanted.
 pub async fn consume<F, Fut>(
     queue: Arc<dyn Queue>,
     name: &str,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     visibility: Duration,
     wait: Duration,
     mut shutdown: Shutdown,
@@ -147,6 +177,10 @@ pub async fn consume<F, Fut>(
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let (slots, settle) = match slots {
+        Slots::Concurrency(s) => (s, None),
+        Slots::Credits(c) => (c.permits, Some(c.settle)),
+    };
     loop {
         let first = tokio::select! {
             _ = shutdown.wait() => return,
@@ -179,10 +213,19 @@ pub async fn consume<F, Fut>(
                 }
             };
             let work = process(d);
-            tokio::spawn(async move {
-                work.await;
-                drop(permit);
-            });
+            if let Some(settle) = &settle {
+                let settle = settle.clone();
+                tokio::spawn(async move {
+                    work.await;
+                    permit.forget();
+                    settle();
+                });
+            } else {
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
         }
     }
 }

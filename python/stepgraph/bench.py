@@ -1,0 +1,85 @@
+"""``python -m stepgraph.bench --templates DIR``: the seed's FFI rows (linear
+and diamond, embedded mode) with Python handlers beside the same workflows
+with the engine's native Rust handlers. ``stepgraph bench --language python``
+runs this with the fixture templates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Optional, Sequence
+
+from .engine import Engine
+from .handlers import StepHandler, handler
+
+SIX_16 = 6**16
+ROWS = [("FFI linear", "linear", 4, 312.0), ("FFI diamond", "diamond", 4, 260.0)]
+
+
+class Square(StepHandler):
+    name = "math.square"
+
+    def call(self, ctx):
+        deps = list(ctx.dependency_results.values())
+        x = int(deps[0]) if deps else ctx.input["even_number"]
+        return x * x
+
+
+@handler("math.multiply_and_square")
+def multiply_and_square(ctx):
+    product = 1
+    for v in ctx.dependency_results.values():
+        product *= int(v)
+    return product * product
+
+
+def _p50_us(engine: Engine, name: str, runs: int, warmup: int) -> float:
+    samples = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        report = engine._native.run("e2e", name, '{"even_number": 6}', 30000)
+        elapsed = time.perf_counter() - start
+        task = json.loads(report)["task"]
+        if task["state"] != "complete" or int(task["result"]) != SIX_16:
+            raise SystemExit(f"{name}: task ended {task['state']} with {task.get('result')!r}: {task.get('error')}")
+        if i >= warmup:
+            samples.append(elapsed * 1e6)
+    return statistics.median(samples)
+
+
+def _fmt(us: float) -> str:
+    return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stepgraph.bench", description=__doc__)
+    parser.add_argument("--templates", required=True, help="directory holding the e2e fixture templates")
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    results = []
+    for label, name, steps, seed in ROWS:
+        with Engine.embedded(args.templates, []) as native:
+            rust = _p50_us(native, name, args.runs, args.warmup)
+        with Engine.embedded(args.templates, [Square(), multiply_and_square], concurrency=2) as python:
+            py = _p50_us(python, name, args.runs, args.warmup)
+        results.append((label, steps, rust, py, seed))
+
+    print(
+        f"stepgraph bench --language python: embedded mode, {args.runs} runs per row after {args.warmup} warm-up runs"
+    )
+    print()
+    print("| Scenario    | Steps | Rust P50 | Python P50 | Python overhead/step | Python vs Rust | Seed FFI P50 |")
+    print("|-------------|------:|---------:|-----------:|---------------------:|---------------:|-------------:|")
+    for label, steps, rust, py, seed in results:
+        print(
+            f"| {label:<11} | {steps:>5} | {_fmt(rust):>8} | {_fmt(py):>10} | {_fmt((py - rust) / steps):>20} "
+            f"| {py / rust:>13.2}x | {seed:>9.0f} ms |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+//! The host round trip, measured from the Rust side: a step handed to a
+//! handler, run, and its result back in Rust. The benches use it for a
+//! native handler and, through each binding, for a foreign one (a no-op
+//! handler on the language side), so every language is timed by the same
+//! code over the same step.
+
+use crate::handler::{StepContext, StepHandler};
+use serde_json::{json, Map};
+use std::time::{Duration, Instant};
+use stepgraph_core::new_id;
+
+/// The step every round trip carries: the second step of the linear
+/// fixture (its context, config and one dependency result).
+pub fn sample_context(handler: &str) -> StepContext {
+    let mut dependency_results = Map::new();
+    dependency_results.insert("linear_step_1".into(), json!(36));
+    StepContext {
+        task_id: new_id(),
+        step_id: new_id(),
+        namespace: "bench".into(),
+        task_name: "roundtrip".into(),
+        step_name: "linear_step_2".into(),
+        handler: handler.into(),
+        input: json!({ "even_number": 6 }),
+        config: json!({}),
+        dependency_results,
+        attempt: 1,
+        max_attempts: 3,
+        batch_size: None,
+        cursor: None,
+        timeout: Some(Duration::from_secs(30)),
+    }
+}
+
+/// Runs `n` steps through `handler` (serving handler name `name`), one after another, and returns the
+/// total time; fails on the first step that does not succeed.
+pub fn roundtrip(handler: &dyn StepHandler, name: &str, n: u64) -> Result<Duration, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ctx = sample_context(name);
+    runtime.block_on(async {
+        let start = Instant::now();
+        for _ in 0..n {
+            if let Err(e) = handler.call(&ctx).await {
+                return Err(format!("round-trip step failed: {e}"));
+            }
+        }
+        Ok(start.elapsed())
+    })
+}
