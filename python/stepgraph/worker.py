@@ -29,6 +29,7 @@ class Worker:
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
+        queue: str = "postgres",
     ):
         self._handlers = handlers_by_name(handlers)
         self._args = (
@@ -40,6 +41,7 @@ class Worker:
             completion_capacity,
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
+            queue,
         )
         self._concurrency = max(1, concurrency)
         self._async_concurrency = max(1, async_concurrency)

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod examples;
 pub mod handler;
 pub mod host;
+pub mod hosted;
 pub mod roundtrip;
 pub mod runtime;
 
@@ -15,4 +16,5 @@ pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
 pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
+pub use hosted::{HostedEngine, HostedError, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};

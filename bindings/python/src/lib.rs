@@ -1,7 +1,8 @@
 //! `stepgraph._native`: the Python side's view of the foreign handler host.
 //! Thin and mechanical: events and results cross as JSON text, every
-//! blocking call releases the GIL, and the host in `stepgraph-worker` does
-//! the rest (credits, deadlines, breakers, backpressure, the fork guard).
+//! blocking call releases the GIL, and `HostedEngine` and the host in
+//! `stepgraph-worker` do the rest (credits, deadlines, breakers,
+//! backpressure, the fork guard, graceful shutdown).
 
 mod convert;
 
@@ -10,16 +11,9 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use serde_json::Value;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stepgraph_core::{
-    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, Queue, ShutdownTrigger,
-    StepOutcome, Store, StoreError, TaskRequest, TemplateRegistry,
-};
-use stepgraph_worker::{
-    examples, roundtrip, Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError,
-    Worker, WorkerConfig,
-};
+use stepgraph_core::StepOutcome;
+use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
 
 create_exception!(
     _native,
@@ -45,16 +39,12 @@ fn host_error(e: HostError) -> PyErr {
     }
 }
 
-/// An embedded engine (orchestrator, in-memory store and queue, worker)
-/// whose steps for the named handlers are run by Python threads.
+/// An engine whose steps for the named handlers are run by Python threads:
+/// embedded, or a worker against PostgreSQL (see `HostedEngine`).
 // Frozen: handler threads use it concurrently, each without the GIL.
 #[pyclass(module = "stepgraph._native", frozen)]
 struct NativeEngine {
-    runtime: tokio::runtime::Runtime,
-    engine: Mutex<Option<Arc<Engine>>>,
-    /// A worker against PostgreSQL: its shutdown trigger and its task.
-    worker: Mutex<Option<(ShutdownTrigger, tokio::task::JoinHandle<()>)>>,
-    host: Arc<Host>,
+    inner: HostedEngine,
 }
 
 fn host_config(
@@ -70,38 +60,6 @@ fn host_config(
     }
 }
 
-/// The built-in Rust handlers, and the host's for the names Python serves.
-fn registry(host: &Arc<Host>, names: &[String]) -> HandlerRegistry {
-    let mut registry = examples::registry();
-    for name in names {
-        registry.register(name, host.handler(name));
-    }
-    registry
-}
-
-/// What both kinds of engine start from: the templates, the host, the
-/// handler registry, and a runtime of their own.
-fn prepare(
-    templates_dir: &str,
-    handlers: &[String],
-    config: HostConfig,
-) -> PyResult<(
-    TemplateRegistry,
-    Arc<Host>,
-    HandlerRegistry,
-    tokio::runtime::Runtime,
-)> {
-    let templates = TemplateRegistry::load_dir(Path::new(templates_dir)).map_err(error)?;
-    let host = Host::new(config);
-    let registry = registry(&host, handlers);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(error)?;
-    Ok((templates, host, registry, runtime))
-}
-
 #[pymethods]
 impl NativeEngine {
     /// Loads the templates in `templates_dir`; `handlers` are the names the
@@ -110,39 +68,25 @@ impl NativeEngine {
     #[staticmethod]
     #[pyo3(signature = (templates_dir, handlers, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000))]
     fn embedded(
+        py: Python<'_>,
         templates_dir: &str,
         handlers: Vec<String>,
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> PyResult<Self> {
-        let (templates, host, registry, runtime) = prepare(
-            templates_dir,
-            &handlers,
-            host_config(completion_capacity, failure_threshold, cool_down_ms),
-        )?;
-        // Without Python handlers nothing asks for work: the Rust ones run freely.
-        let config = EngineConfig {
-            credits: (!handlers.is_empty()).then(|| host.credits()),
-            ..Default::default()
-        };
-        let engine = {
-            let _guard = runtime.enter();
-            Engine::embedded(templates, registry, config)
-        };
-        Ok(NativeEngine {
-            runtime,
-            engine: Mutex::new(Some(Arc::new(engine))),
-            worker: Mutex::new(None),
-            host,
-        })
+        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let inner = py
+            .allow_threads(|| HostedEngine::embedded(Path::new(templates_dir), &handlers, config))
+            .map_err(error)?;
+        Ok(NativeEngine { inner })
     }
 
     /// A worker for the steps of `namespaces` (default: every template's)
     /// in the PostgreSQL database at `database_url`; it orchestrates the
     /// results of its own steps, so it loads the templates too.
     #[staticmethod]
-    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000))]
+    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue="postgres"))]
     #[allow(clippy::too_many_arguments)]
     fn postgres(
         py: Python<'_>,
@@ -154,56 +98,28 @@ impl NativeEngine {
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
+        queue: &str,
     ) -> PyResult<Self> {
-        let (templates, host, registry, runtime) = prepare(
-            templates_dir,
-            &handlers,
-            host_config(completion_capacity, failure_threshold, cool_down_ms),
-        )?;
-        let credits = host.credits();
-        let worker = py.allow_threads(|| {
-            runtime.block_on(async {
-                let pg = PgBackend::connect(database_url, 10).await?;
-                pg.migrate().await?;
-                let store: Arc<dyn Store> = Arc::new(pg.store(true));
-                let queue: Arc<dyn Queue> = Arc::new(pg.queue());
-                let namespaces = if namespaces.is_empty() {
-                    templates.namespaces()
-                } else {
-                    namespaces
-                };
-                let orchestrator = Arc::new(Orchestrator::new(
-                    store.clone(),
-                    queue.clone(),
-                    Arc::new(templates),
-                    OrchestratorConfig::default(),
-                ));
-                let config = WorkerConfig {
-                    namespaces,
-                    concurrency: concurrency.max(1),
-                    ..Default::default()
-                };
-                let worker = Worker::new(store, queue, Arc::new(registry), config)
-                    .with_inline_orchestration(orchestrator)
-                    .with_credits(credits);
-                let (trigger, shutdown) = shutdown_channel();
-                let task = tokio::spawn(Arc::new(worker).run(shutdown));
-                Ok::<_, StoreError>((trigger, task))
+        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let options = WorkerOptions {
+            database_url: database_url.to_string(),
+            queue: queue.to_string(),
+            namespaces,
+            concurrency,
+        };
+        let inner = py
+            .allow_threads(|| {
+                HostedEngine::worker(Path::new(templates_dir), &handlers, options, config)
             })
-        });
-        Ok(NativeEngine {
-            runtime,
-            engine: Mutex::new(None),
-            worker: Mutex::new(Some(worker.map_err(error)?)),
-            host,
-        })
+            .map_err(error)?;
+        Ok(NativeEngine { inner })
     }
 
     /// Up to `max` events (dicts), waiting up to `timeout_ms` without the GIL.
     fn next_events(&self, py: Python<'_>, max: usize, timeout_ms: u64) -> PyResult<Vec<PyObject>> {
-        let host = self.host.clone();
+        let host = self.inner.host();
         let events = py
-            .allow_threads(move || host.next_events(max, Duration::from_millis(timeout_ms)))
+            .allow_threads(|| host.next_events(max, Duration::from_millis(timeout_ms)))
             .map_err(host_error)?;
         events
             .iter()
@@ -221,8 +137,8 @@ impl NativeEngine {
                     "outcome of event {event_id} is not a step outcome: {e}"
                 ))
             })?;
-        let host = self.host.clone();
-        py.allow_threads(move || host.complete(event_id, outcome))
+        let host = self.inner.host();
+        py.allow_threads(|| host.complete(event_id, outcome))
             .map_err(host_error)
     }
 
@@ -230,9 +146,8 @@ impl NativeEngine {
     /// `handler` this process serves, and returns the nanoseconds they took
     /// as measured in Rust (dispatch, the Python call, the completion).
     fn roundtrip(&self, py: Python<'_>, handler: &str, n: u64) -> PyResult<u64> {
-        let foreign = self.host.handler(handler);
         let took = py
-            .allow_threads(|| roundtrip::roundtrip(&foreign, handler, n))
+            .allow_threads(|| self.inner.roundtrip(handler, n))
             .map_err(error)?;
         Ok(took.as_nanos() as u64)
     }
@@ -247,48 +162,22 @@ impl NativeEngine {
         context: &str,
         timeout_ms: u64,
     ) -> PyResult<String> {
-        let engine = self.engine.lock().map_err(error)?.clone().ok_or_else(|| {
-            error(
-                "no embedded engine here (shut down, or a worker: create tasks over the HTTP API)",
-            )
-        })?;
         let context: Value = serde_json::from_str(context)
             .map_err(|e| error(format!("context is not JSON: {e}")))?;
-        let request = TaskRequest::new(namespace, name, context);
-        let report = py.allow_threads(|| {
-            self.runtime.block_on(async {
-                let created = engine.submit(request).await?;
-                engine
-                    .wait(created.task_id, Duration::from_millis(timeout_ms))
-                    .await
+        let report = py
+            .allow_threads(|| {
+                self.inner
+                    .run(namespace, name, context, Duration::from_millis(timeout_ms))
             })
-        });
-        let report = report.map_err(error)?;
+            .map_err(error)?;
         serde_json::to_string(&report).map_err(error)
     }
 
-    /// Stops the engine or worker gracefully: no more events are handed
-    /// out (waiting Python threads get StepgraphError), the handlers that
-    /// are running finish and their results are recorded (up to the
-    /// worker's grace period), then the host stops.
-    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = self.engine.lock().map_err(error)?.take();
-        let worker = self.worker.lock().map_err(error)?.take();
-        self.host.drain();
-        py.allow_threads(|| {
-            // Tasks still being waited for hold the engine; their waits end with it.
-            if let Some(Ok(engine)) = engine.map(Arc::try_unwrap) {
-                self.runtime.block_on(engine.shutdown());
-            }
-            if let Some((trigger, task)) = worker {
-                trigger.trigger();
-                let _ = self.runtime.block_on(task);
-            }
-            // Steps of `run` calls still waiting elsewhere: their handlers finish too.
-            self.host.wait_idle(WorkerConfig::default().shutdown_grace);
-            self.host.shutdown();
-        });
-        Ok(())
+    /// Stops gracefully: no more events are handed out (waiting Python
+    /// threads get StepgraphError), the handlers that are running finish
+    /// and their results are recorded, then the host stops.
+    fn shutdown(&self, py: Python<'_>) {
+        py.allow_threads(|| self.inner.shutdown());
     }
 }
 

@@ -1,0 +1,214 @@
+//! What every binding drives: an engine whose steps for some handler names
+//! are run by another language through a [`Host`], with a tokio runtime of
+//! its own. Either embedded (orchestrator, in-memory store and queue, and a
+//! worker, for `run`) or a worker against PostgreSQL (tasks come from
+//! `stepgraph serve`). Every method blocks: a binding calls them with its
+//! interpreter lock released.
+
+use crate::engine::{Engine, EngineConfig, TaskReport};
+use crate::handler::HandlerRegistry;
+use crate::host::{Host, HostConfig};
+use crate::runtime::{Worker, WorkerConfig};
+use crate::{examples, roundtrip};
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_core::{
+    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, Queue, ShutdownTrigger, Store,
+    TaskRequest, TemplateRegistry,
+};
+use tokio::task::JoinHandle;
+
+/// Where a hosted worker's state and queue live.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub database_url: String,
+    /// The queue backend: `postgres` (the only one so far).
+    pub queue: String,
+    /// The namespaces served; empty: every template's.
+    pub namespaces: Vec<String>,
+    /// Steps run at once (of the built-in Rust handlers; the foreign ones
+    /// are limited by what the language side asks for).
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostedError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("no embedded engine here (shut down, or a worker: create tasks over the HTTP API)")]
+    NoEngine,
+    #[error("{0}")]
+    Run(String),
+}
+
+pub struct HostedEngine {
+    runtime: tokio::runtime::Runtime,
+    engine: Mutex<Option<Arc<Engine>>>,
+    /// A worker against PostgreSQL: its shutdown trigger and its task.
+    worker: Mutex<Option<(ShutdownTrigger, JoinHandle<()>)>>,
+    host: Arc<Host>,
+}
+
+/// The templates, the host, the handler registry (the built-in Rust
+/// handlers, and the host's for the names the language side serves, which
+/// take precedence) and a runtime.
+fn prepare(
+    templates_dir: &Path,
+    handlers: &[String],
+    config: HostConfig,
+) -> Result<
+    (
+        TemplateRegistry,
+        Arc<Host>,
+        HandlerRegistry,
+        tokio::runtime::Runtime,
+    ),
+    HostedError,
+> {
+    let templates =
+        TemplateRegistry::load_dir(templates_dir).map_err(|e| HostedError::Setup(e.to_string()))?;
+    let host = Host::new(config);
+    let mut registry = examples::registry();
+    for name in handlers {
+        registry.register(name, host.handler(name));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("stepgraph-runtime")
+        .enable_all()
+        .build()
+        .map_err(|e| HostedError::Setup(format!("cannot start the runtime: {e}")))?;
+    Ok((templates, host, registry, runtime))
+}
+
+impl HostedEngine {
+    /// Loads the templates in `templates_dir`; `handlers` are the names the
+    /// language side serves.
+    pub fn embedded(
+        templates_dir: &Path,
+        handlers: &[String],
+        config: HostConfig,
+    ) -> Result<HostedEngine, HostedError> {
+        let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
+        // Without foreign handlers nothing asks for work: the Rust ones run freely.
+        let config = EngineConfig {
+            credits: (!handlers.is_empty()).then(|| host.credits()),
+            ..Default::default()
+        };
+        let engine = {
+            let _guard = runtime.enter();
+            Engine::embedded(templates, registry, config)
+        };
+        Ok(HostedEngine {
+            runtime,
+            engine: Mutex::new(Some(Arc::new(engine))),
+            worker: Mutex::new(None),
+            host,
+        })
+    }
+
+    /// A worker for the steps of `options.namespaces` in PostgreSQL; it
+    /// orchestrates the results of its own steps, so it loads the templates too.
+    pub fn worker(
+        templates_dir: &Path,
+        handlers: &[String],
+        options: WorkerOptions,
+        config: HostConfig,
+    ) -> Result<HostedEngine, HostedError> {
+        if options.queue != "postgres" {
+            return Err(HostedError::Setup(format!(
+                "unknown queue backend {:?} (this build has: postgres)",
+                options.queue
+            )));
+        }
+        let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
+        let credits = host.credits();
+        let worker = runtime.block_on(async {
+            let pg = PgBackend::connect(&options.database_url, 10).await?;
+            pg.migrate().await?;
+            let store: Arc<dyn Store> = Arc::new(pg.store(true));
+            let queue: Arc<dyn Queue> = Arc::new(pg.queue());
+            let namespaces = if options.namespaces.is_empty() {
+                templates.namespaces()
+            } else {
+                options.namespaces
+            };
+            let orchestrator = Arc::new(Orchestrator::new(
+                store.clone(),
+                queue.clone(),
+                Arc::new(templates),
+                OrchestratorConfig::default(),
+            ));
+            let config = WorkerConfig {
+                namespaces,
+                concurrency: options.concurrency.max(1),
+                ..Default::default()
+            };
+            let worker = Worker::new(store, queue, Arc::new(registry), config)
+                .with_inline_orchestration(orchestrator)
+                .with_credits(credits);
+            let (trigger, shutdown) = shutdown_channel();
+            let task = tokio::spawn(Arc::new(worker).run(shutdown));
+            Ok::<_, stepgraph_core::StoreError>((trigger, task))
+        });
+        let worker = worker.map_err(|e| HostedError::Setup(e.to_string()))?;
+        Ok(HostedEngine {
+            runtime,
+            engine: Mutex::new(None),
+            worker: Mutex::new(Some(worker)),
+            host,
+        })
+    }
+
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Creates a task in the embedded engine and waits for it to end.
+    pub fn run(
+        &self,
+        namespace: &str,
+        name: &str,
+        context: Value,
+        timeout: Duration,
+    ) -> Result<TaskReport, HostedError> {
+        let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
+        let request = TaskRequest::new(namespace, name, context);
+        self.runtime
+            .block_on(async {
+                let created = engine.submit(request).await?;
+                engine.wait(created.task_id, timeout).await
+            })
+            .map_err(|e| HostedError::Run(e.to_string()))
+    }
+
+    /// Benchmarks: `n` steps, one after another, through the handler
+    /// `handler` of the language side (see [`roundtrip::roundtrip`]).
+    pub fn roundtrip(&self, handler: &str, n: u64) -> Result<Duration, HostedError> {
+        roundtrip::roundtrip(&self.host.handler(handler), handler, n).map_err(HostedError::Run)
+    }
+
+    /// Stops gracefully: no more events are handed out (waiting callers of
+    /// `next_events` get an error), the handlers that are running finish
+    /// and their results are recorded (up to the worker's grace period),
+    /// then the host stops.
+    pub fn shutdown(&self) {
+        let engine = self.engine.lock().take();
+        let worker = self.worker.lock().take();
+        self.host.drain();
+        // `run` calls still waiting hold the engine; their waits end with it.
+        if let Some(Ok(engine)) = engine.map(Arc::try_unwrap) {
+            self.runtime.block_on(engine.shutdown());
+        }
+        if let Some((trigger, task)) = worker {
+            trigger.trigger();
+            let _ = self.runtime.block_on(task);
+        }
+        // The steps of `run` calls still waiting elsewhere finish too.
+        self.host.wait_idle(WorkerConfig::default().shutdown_grace);
+        self.host.shutdown();
+    }
+}
