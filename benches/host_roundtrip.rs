@@ -6,7 +6,9 @@
 //! - `rust/host`: through the host, with a Rust thread as the language side
 //!   (the host's own cost: queue, wake-up, completion channel);
 //! - `python`: through the PyO3 binding to a Python handler (a driver
-//!   process, `benches/drivers/roundtrip.py`, needs `./scripts/python-deps`).
+//!   process, `benches/drivers/roundtrip.py`, needs `./scripts/python-deps`);
+//! - `ruby`: through the Magnus binding to a Ruby handler
+//!   (`benches/drivers/roundtrip.rb`, needs `./scripts/ruby-deps`).
 //!
 //! `cargo bench --bench host_roundtrip [-- python]`.
 
@@ -116,6 +118,10 @@ fn bench(c: &mut Criterion) {
 
     group.bench_function("python", |b| {
         let mut driver = Driver::spawn("Python", "python3", &["benches/drivers/roundtrip.py"]);
+        b.iter_custom(|iters| driver.run(iters));
+    });
+    group.bench_function("ruby", |b| {
+        let mut driver = Driver::spawn("Ruby", "ruby", &["benches/drivers/roundtrip.rb"]);
         b.iter_custom(|iters| driver.run(iters));
     });
     group.finish();

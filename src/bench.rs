@@ -106,6 +106,7 @@ fn fmt_latency(d: Duration) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Language {
     Python,
+    Ruby,
 }
 
 /// The seed's FFI rows: the language's own bench module runs linear and
@@ -115,21 +116,27 @@ pub fn foreign(language: Language, iterations: usize, warmup: usize) -> Result<(
         std::env::temp_dir().join(format!("stepgraph-bench-templates-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     fixtures::write_templates(&dir).context("writing the fixture templates")?;
-    let (program, args): (&str, Vec<String>) = match language {
-        Language::Python => (
-            "python3",
+    let options = [
+        "--templates".to_string(),
+        dir.display().to_string(),
+        "--runs".into(),
+        iterations.to_string(),
+        "--warmup".into(),
+        warmup.to_string(),
+    ];
+    let (program, mut args): (&str, Vec<String>) = match language {
+        Language::Python => ("python3", vec!["-m".into(), "stepgraph.bench".into()]),
+        Language::Ruby => (
+            "ruby",
             vec![
-                "-m".into(),
-                "stepgraph.bench".into(),
-                "--templates".into(),
-                dir.display().to_string(),
-                "--runs".into(),
-                iterations.to_string(),
-                "--warmup".into(),
-                warmup.to_string(),
+                "-rstepgraph/bench".into(),
+                "-e".into(),
+                "Stepgraph::Bench.main(ARGV)".into(),
+                "--".into(),
             ],
         ),
     };
+    args.extend(options);
     let status = std::process::Command::new(program)
         .args(&args)
         .status()

@@ -79,7 +79,7 @@ pub async fn serve(config: &Config) -> Result<()> {
     let mut loops = vec![tokio::spawn(orchestrator.clone().run(shutdown.clone()))];
     if config.database_url.is_none() {
         let mut worker_config = config.worker();
-        worker_config.namespaces = templates.namespaces();
+        worker_config.namespaces = templates.queues();
         let handlers = Arc::new(examples::registry());
         let worker = Arc::new(
             Worker::new(store.clone(), queue.clone(), handlers, worker_config)

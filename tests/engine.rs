@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
-    ErrorKind, OrchestratorError, StepOutcome, StepState, TaskRequest, TaskState,
+    ErrorKind, OrchestratorError, StepOutcome, StepState, TaskRequest, TaskState, TaskTemplate,
+    TemplateRegistry,
 };
 use stepgraph_worker::{
-    examples, EngineError, HandlerError, HandlerRegistry, StepHandler, StepOutput,
+    examples, Engine, EngineConfig, EngineError, HandlerError, HandlerRegistry, StepHandler,
+    StepOutput,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -796,5 +798,38 @@ async fn the_worker_never_runs_more_steps_than_its_concurrency() {
         3,
         "20 trees of 8 steps keep all 3 slots busy, never more"
     );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_engine_serves_queue_routed_handlers_too() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/polyglot/mixed.yaml"
+    ))
+    .unwrap();
+    let mut templates = TemplateRegistry::new();
+    templates
+        .register(TaskTemplate::from_yaml(&text, "mixed.yaml").unwrap())
+        .unwrap();
+    let mut handlers = examples::registry();
+    handlers.register_fn("py.double", |ctx| async move {
+        Ok(json!({ "value": ctx.dependency("square").and_then(|v| v.as_i64()).unwrap() * 2, "by": "rust" }).into())
+    });
+    handlers.register_fn("rb.add_one", |ctx| async move {
+        Ok(json!(ctx.dependency("double").unwrap()["value"].as_i64().unwrap() + 1).into())
+    });
+    let engine = Engine::embedded(templates, handlers, EngineConfig::default());
+    let report = engine
+        .run("polyglot", "mixed", json!({ "even_number": 6 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.state(),
+        TaskState::Complete,
+        "{:?}",
+        report.task.error
+    );
+    assert_eq!(report.task.result, Some(json!(73)));
     engine.shutdown().await;
 }

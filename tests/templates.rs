@@ -308,3 +308,25 @@ fn serve_without_a_database_runs_embedded() {
     assert_eq!(v["state"], "complete", "{v}");
     assert_eq!(v["result"], serde_json::json!(common::SIX_64));
 }
+
+#[test]
+fn handler_queues_route_steps_and_an_empty_one_is_refused() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/polyglot/mixed.yaml"
+    ))
+    .unwrap();
+    let t = TaskTemplate::from_yaml(&text, "mixed.yaml").unwrap();
+    assert_eq!(t.queue_of("math.square"), "polyglot");
+    assert_eq!(t.queue_of("py.double"), "python");
+    assert_eq!(t.queue_of("rb.add_one"), "ruby");
+    assert_eq!(t.queues(), ["polyglot", "python", "ruby"]);
+    let e = errors(&template(
+        "  - name: a\n    handler: { callable: x, queue: \"  \" }\n",
+    ));
+    assert!(
+        e.0.iter()
+            .any(|e| matches!(e.kind, K::EmptyField("handler.queue"))),
+        "{e}"
+    );
+}

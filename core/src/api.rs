@@ -269,7 +269,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     queues.extend(
         s.orchestrator
             .templates()
-            .namespaces()
+            .queues()
             .iter()
             .map(|n| worker_queue(n)),
     );

@@ -175,7 +175,7 @@ impl Orchestrator {
         let mut txn = TaskTxn::create(task);
         txn.task_to(TaskState::Initializing, json!({}))?;
         let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
-        let outbox = dispatch(&template.namespace, &messages)?;
+        let outbox = dispatch(&template, &messages)?;
         match txn.commit(self.store.as_ref(), outbox).await {
             Ok(rest) => rest.deliver(self.queue.as_ref()).await?,
             Err(StoreError::DuplicateIdempotencyKey { existing, .. }) => {
@@ -336,7 +336,7 @@ impl Orchestrator {
             Work::Wake => Trigger::Wake,
         };
         let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
-        let mut outbox = dispatch(&txn.task().namespace, &messages)?.acking(ack);
+        let mut outbox = dispatch(&template, &messages)?.acking(ack);
         if let Some(at) = wake_at {
             let delay = (at - Utc::now()).to_std().unwrap_or_default();
             let wake = OrchestrationMessage::Wake { task_id };
@@ -449,13 +449,16 @@ impl Orchestrator {
     }
 }
 
-/// The step messages for a namespace's workers, as an outbox.
-fn dispatch(namespace: &str, messages: &[StepMessage]) -> Result<Outbox, QueueError> {
+/// The step messages for the workers, as an outbox: each to its handler's
+/// queue (the task's namespace unless the template names another).
+fn dispatch(template: &TaskTemplate, messages: &[StepMessage]) -> Result<Outbox, QueueError> {
     let mut outbox = Outbox::default();
-    outbox.send(
-        &worker_queue(namespace),
-        encode_all(messages, Duration::ZERO)?,
-    );
+    for m in messages {
+        outbox.send(
+            &worker_queue(template.queue_of(&m.handler)),
+            encode_all(std::slice::from_ref(m), Duration::ZERO)?,
+        );
+    }
     Ok(outbox)
 }
 

@@ -82,6 +82,11 @@ pub struct HandlerSpec {
     pub callable: String,
     #[serde(default = "empty_object")]
     pub config: Value,
+    /// The worker queue this handler's steps go to, instead of the task's
+    /// namespace: how one task mixes handlers served by different workers
+    /// (a Ruby worker and a Python one, say, each serving its own queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -124,6 +129,7 @@ impl StepTemplate {
             handler: HandlerSpec {
                 callable: callable.into(),
                 config: empty_object(),
+                queue: None,
             },
             dependencies,
             retry: RetryPolicy::default(),
@@ -373,6 +379,26 @@ impl TaskTemplate {
     }
 
     /// Checks a task context against `input_schema`; the error lists every violation.
+    /// Where the steps of `handler` go: the queue its template step names,
+    /// or the task's namespace (batch workers share their template step's handler).
+    pub fn queue_of<'a>(&'a self, handler: &str) -> &'a str {
+        self.steps
+            .iter()
+            .find(|s| s.handler.callable == handler && s.handler.queue.is_some())
+            .and_then(|s| s.handler.queue.as_deref())
+            .unwrap_or(&self.namespace)
+    }
+
+    /// Every worker queue this template's steps use.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = std::iter::once(self.namespace.clone())
+            .chain(self.steps.iter().filter_map(|s| s.handler.queue.clone()))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
     pub fn validate_context(&self, context: &Value) -> Result<(), String> {
         let Some(validator) = &self.compiled else {
             return Ok(());
@@ -479,6 +505,13 @@ fn validate(t: &TaskTemplate) -> Vec<Problem> {
     }
     for s in &t.steps {
         let at = || Some(s.name.clone());
+        if s.handler
+            .queue
+            .as_deref()
+            .is_some_and(|q| q.trim().is_empty())
+        {
+            out.push((at(), K::EmptyField("handler.queue")));
+        }
         if s.handler.callable.trim().is_empty() {
             out.push((at(), K::EmptyField("handler.callable")));
         }
@@ -772,6 +805,15 @@ impl TemplateRegistry {
             .collect();
         all.sort_by_key(|t| t.key());
         all
+    }
+
+    /// Every worker queue of every template (namespaces, and the queues
+    /// handlers are routed to).
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self.all().iter().flat_map(|t| t.queues()).collect();
+        queues.sort();
+        queues.dedup();
+        queues
     }
 
     pub fn namespaces(&self) -> Vec<String> {

@@ -85,7 +85,8 @@ impl Engine {
         mut config: EngineConfig,
     ) -> Engine {
         if config.worker.namespaces.is_empty() {
-            config.worker.namespaces = templates.namespaces();
+            // One worker serves everything here, queue-routed handlers too.
+            config.worker.namespaces = templates.queues();
         }
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),

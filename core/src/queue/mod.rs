@@ -92,9 +92,14 @@ impl Outbox {
         self.sends.iter().all(|(_, m)| m.is_empty()) && self.ack.is_none()
     }
 
+    /// Adds `messages` for `queue` (to the messages already there for it).
     pub fn send(&mut self, queue: &str, messages: Vec<Outgoing>) -> &mut Self {
-        if !messages.is_empty() {
-            self.sends.push((queue.to_string(), messages));
+        if messages.is_empty() {
+            return self;
+        }
+        match self.sends.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, pending)) => pending.extend(messages),
+            None => self.sends.push((queue.to_string(), messages)),
         }
         self
     }

@@ -1,0 +1,258 @@
+//! `Stepgraph::Native`: the Ruby side's view of the foreign handler host,
+//! loaded by the `stepgraph` gem (`lib/stepgraph.rb`). Thin and mechanical:
+//! events become Ruby Hashes and outcomes JSON values, every blocking call
+//! runs without the GVL, and `HostedEngine` and the host in
+//! `stepgraph-worker` do the rest (credits, deadlines, breakers,
+//! backpressure, the fork guard, graceful shutdown).
+//!
+//! GC safety: nothing here keeps a Ruby object. Events are converted to
+//! fresh Ruby values on the calling Ruby thread, outcomes to Rust values
+//! before the GVL is released; the handlers themselves live in Ruby.
+
+mod convert;
+
+use magnus::{function, method, prelude::*, Error, ExceptionClass, RArray, RHash, RModule, Ruby};
+use std::ffi::c_void;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::time::Duration;
+use stepgraph_core::StepOutcome;
+use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
+
+/// The exception class `Stepgraph::<name>` (defined by `init`).
+fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {
+    ruby.class_object()
+        .const_get::<_, RModule>("Stepgraph")
+        .and_then(|m| m.const_get::<_, ExceptionClass>(name))
+        .unwrap_or_else(|_| ruby.exception_runtime_error())
+}
+
+fn error(ruby: &Ruby, e: impl std::fmt::Display) -> Error {
+    Error::new(error_class(ruby, "Error"), e.to_string())
+}
+
+fn host_error(ruby: &Ruby, e: HostError) -> Error {
+    match e {
+        HostError::Forked { .. } => {
+            Error::new(error_class(ruby, "ForkedProcessError"), e.to_string())
+        }
+        other => error(ruby, other),
+    }
+}
+
+/// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
+/// not touch Ruby; a panic in it is caught and becomes an error.
+fn without_gvl<F, R>(ruby: &Ruby, f: F) -> Result<R, Error>
+where
+    F: FnOnce() -> R,
+{
+    struct Call<F, R> {
+        f: Option<F>,
+        result: Option<std::thread::Result<R>>,
+    }
+    unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is the `Call` below, alive for the whole call.
+        let call = unsafe { &mut *(data as *mut Call<F, R>) };
+        if let Some(f) = call.f.take() {
+            call.result = Some(std::panic::catch_unwind(AssertUnwindSafe(f)));
+        }
+        std::ptr::null_mut()
+    }
+    let mut call = Call {
+        f: Some(f),
+        result: None,
+    };
+    // SAFETY: the trampoline only runs `f` (no Ruby calls) and returns;
+    // without an unblocking function Ruby waits for it to return.
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+            None,
+            std::ptr::null_mut(),
+        );
+    }
+    match call.result {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(error(ruby, format!("internal error (panic): {message}")))
+        }
+        None => Err(error(ruby, "the call without the GVL did not run")),
+    }
+}
+
+fn host_config(
+    completion_capacity: usize,
+    failure_threshold: u32,
+    cool_down_ms: u64,
+) -> HostConfig {
+    HostConfig {
+        completion_capacity,
+        failure_threshold,
+        cool_down: Duration::from_millis(cool_down_ms),
+        ..Default::default()
+    }
+}
+
+/// An engine whose steps for the named handlers are run by Ruby threads.
+#[magnus::wrap(class = "Stepgraph::Native::Engine", free_immediately, size)]
+struct NativeEngine {
+    inner: HostedEngine,
+}
+
+impl NativeEngine {
+    fn embedded(
+        ruby: &Ruby,
+        templates_dir: String,
+        handlers: Vec<String>,
+        completion_capacity: usize,
+        failure_threshold: u32,
+        cool_down_ms: u64,
+    ) -> Result<NativeEngine, Error> {
+        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        without_gvl(ruby, || {
+            HostedEngine::embedded(Path::new(&templates_dir), &handlers, config)
+        })?
+        .map(|inner| NativeEngine { inner })
+        .map_err(|e| error(ruby, e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn worker(
+        ruby: &Ruby,
+        database_url: String,
+        queue: String,
+        templates_dir: String,
+        namespaces: Vec<String>,
+        handlers: Vec<String>,
+        concurrency: usize,
+        completion_capacity: usize,
+        failure_threshold: u32,
+        cool_down_ms: u64,
+    ) -> Result<NativeEngine, Error> {
+        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let options = WorkerOptions {
+            database_url,
+            queue,
+            namespaces,
+            concurrency,
+        };
+        without_gvl(ruby, || {
+            HostedEngine::worker(Path::new(&templates_dir), &handlers, options, config)
+        })?
+        .map(|inner| NativeEngine { inner })
+        .map_err(|e| error(ruby, e))
+    }
+
+    /// Up to `max` events (Hashes with String keys), waiting up to
+    /// `timeout_ms` without the GVL.
+    fn next_events(
+        ruby: &Ruby,
+        rb_self: &Self,
+        max: usize,
+        timeout_ms: u64,
+    ) -> Result<RArray, Error> {
+        let host = rb_self.inner.host();
+        let events = without_gvl(ruby, || {
+            host.next_events(max, Duration::from_millis(timeout_ms))
+        })?
+        .map_err(|e| host_error(ruby, e))?;
+        let out = ruby.ary_new_capa(events.len());
+        for e in &events {
+            let value = serde_json::to_value(e).map_err(|e| error(ruby, e))?;
+            out.push(convert::to_ruby(ruby, &value)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Reports an event's outcome (`{"status" => "success", "result" =>
+    /// ...}`, a failure, decision or batch). A result that is not JSON
+    /// raises TypeError naming what is not; the event stays pending then.
+    fn complete(ruby: &Ruby, rb_self: &Self, event_id: u64, outcome: RHash) -> Result<(), Error> {
+        let value = convert::from_ruby(ruby, outcome.as_value())?;
+        let outcome: StepOutcome = serde_json::from_value(value).map_err(|e| {
+            error(
+                ruby,
+                format!("outcome of event {event_id} is not a step outcome: {e}"),
+            )
+        })?;
+        let host = rb_self.inner.host();
+        without_gvl(ruby, || host.complete(event_id, outcome))?.map_err(|e| host_error(ruby, e))
+    }
+
+    /// Creates a task in the embedded engine and waits (without the GVL)
+    /// for it; its report as a Hash.
+    fn run(
+        ruby: &Ruby,
+        rb_self: &Self,
+        namespace: String,
+        name: String,
+        context: magnus::Value,
+        timeout_ms: u64,
+    ) -> Result<magnus::Value, Error> {
+        let context = convert::from_ruby(ruby, context)?;
+        let report = without_gvl(ruby, || {
+            rb_self.inner.run(
+                &namespace,
+                &name,
+                context,
+                Duration::from_millis(timeout_ms),
+            )
+        })?
+        .map_err(|e| error(ruby, e))?;
+        let value = serde_json::to_value(&report).map_err(|e| error(ruby, e))?;
+        convert::to_ruby(ruby, &value)
+    }
+
+    /// Benchmarks: `n` steps through the Ruby handler `handler`, one after
+    /// another; the nanoseconds they took, timed in Rust.
+    fn roundtrip(ruby: &Ruby, rb_self: &Self, handler: String, n: u64) -> Result<u64, Error> {
+        let took = without_gvl(ruby, || rb_self.inner.roundtrip(&handler, n))?
+            .map_err(|e| error(ruby, e))?;
+        Ok(took.as_nanos() as u64)
+    }
+
+    /// Events handed to Ruby and not yet completed.
+    fn pending_count(&self) -> usize {
+        self.inner.host().pending_count()
+    }
+
+    /// `closed`, `open` or `half_open`.
+    fn breaker_state(&self, handler: String) -> String {
+        serde_json::to_value(self.inner.host().breaker_state(&handler))
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Stops gracefully: no more events are handed out (waiting threads get
+    /// Stepgraph::Error), running handlers finish and are recorded, then the
+    /// host stops.
+    fn shutdown(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        without_gvl(ruby, || rb_self.inner.shutdown())
+    }
+}
+
+#[magnus::init(name = "stepgraph_native")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let module = ruby.define_module("Stepgraph")?;
+    let base = module.define_error("Error", ruby.exception_standard_error())?;
+    module.define_error("ForkedProcessError", base)?;
+    let native = module.define_module("Native")?;
+    let class = native.define_class("Engine", ruby.class_object())?;
+    class.define_singleton_method("embedded", function!(NativeEngine::embedded, 5))?;
+    class.define_singleton_method("worker", function!(NativeEngine::worker, 9))?;
+    class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
+    class.define_method("complete", method!(NativeEngine::complete, 2))?;
+    class.define_method("run", method!(NativeEngine::run, 4))?;
+    class.define_method("roundtrip", method!(NativeEngine::roundtrip, 2))?;
+    class.define_method("pending_count", method!(NativeEngine::pending_count, 0))?;
+    class.define_method("breaker_state", method!(NativeEngine::breaker_state, 1))?;
+    class.define_method("shutdown", method!(NativeEngine::shutdown, 0))?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+# frozen_string_literal: true
+
+require "stepgraph"
+require "optparse"
+
+module Stepgraph
+  # `stepgraph bench --language ruby`: the seed's FFI rows (linear and
+  # diamond, embedded mode) with Ruby handlers beside the same workflows with
+  # the engine's native Rust handlers.
+  module Bench
+    ROWS = [["FFI linear", "linear", 4, 312.0], ["FFI diamond", "diamond", 4, 260.0]].freeze
+
+    # The seed's math handlers in Ruby.
+    class Square < StepHandler
+      handler_name "math.square"
+
+      def call(ctx)
+        deps = ctx.dependency_results.values
+        x = deps.empty? ? ctx.input.fetch("even_number") : Integer(deps.first)
+        x * x
+      end
+    end
+
+    MULTIPLY_AND_SQUARE = Stepgraph.handler("math.multiply_and_square") do |ctx|
+      product = ctx.dependency_results.values.map { |v| Integer(v) }.reduce(1, :*)
+      product * product
+    end
+
+    module_function
+
+    def p50_us(engine, name, runs, warmup)
+      native = engine.instance_variable_get(:@native)
+      samples = []
+      (warmup + runs).times do |i|
+        start = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        report = native.run("e2e", name, { "even_number" => 6 }, 30_000)
+        elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - start
+        task = report.fetch("task")
+        unless task["state"] == "complete" && Integer(task["result"]) == 6**16
+          abort("#{name}: task ended #{task['state']} with #{task['result'].inspect}: #{task['error'].inspect}")
+        end
+        samples << elapsed * 1e6 if i >= warmup
+      end
+      samples.sort[samples.size / 2]
+    end
+
+    def fmt(micros)
+      micros < 1000 ? format("%.0f µs", micros) : format("%.2f ms", micros / 1000)
+    end
+
+    def main(argv)
+      options = { runs: 1000, warmup: 100 }
+      OptionParser.new do |o|
+        o.on("--templates DIR") { |v| options[:templates] = v }
+        o.on("--runs N", Integer) { |v| options[:runs] = v }
+        o.on("--warmup N", Integer) { |v| options[:warmup] = v }
+      end.parse!(argv)
+      abort("--templates DIR is required") unless options[:templates]
+      results = ROWS.map do |label, name, steps, seed|
+        rust = Engine.embedded(templates_dir: options[:templates], handlers: []) do |e|
+          p50_us(e, name, options[:runs], options[:warmup])
+        end
+        ruby = Engine.embedded(templates_dir: options[:templates], handlers: [Square, MULTIPLY_AND_SQUARE],
+                               concurrency: 2) do |e|
+          p50_us(e, name, options[:runs], options[:warmup])
+        end
+        [label, steps, rust, ruby, seed]
+      end
+      puts "stepgraph bench --language ruby: embedded mode, #{options[:runs]} runs per row after " \
+           "#{options[:warmup]} warm-up runs"
+      puts
+      puts "| Scenario    | Steps | Rust P50 | Ruby P50 | Ruby overhead/step | Ruby vs Rust | Seed FFI P50 |"
+      puts "|-------------|------:|---------:|---------:|-------------------:|-------------:|-------------:|"
+      results.each do |label, steps, rust, ruby, seed|
+        puts format("| %-11s | %5d | %8s | %8s | %18s | %11.2fx | %9.0f ms |", label, steps, fmt(rust), fmt(ruby),
+                    fmt((ruby - rust) / steps), ruby / rust, seed)
+      end
+    end
+  end
+end

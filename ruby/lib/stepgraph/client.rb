@@ -1,0 +1,95 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "uri"
+
+module Stepgraph
+  # The server refused a request: +status+ is the HTTP status, the message
+  # the server's explanation.
+  class ApiError < Error
+    attr_reader :status
+
+    def initialize(status, message)
+      super("HTTP #{status}: #{message}")
+      @status = status
+    end
+  end
+
+  # A client of the HTTP API of `stepgraph serve`.
+  class Client
+    TERMINAL = %w[complete error cancelled resolved_manually].freeze
+
+    def initialize(url, timeout: 30)
+      url = "http://#{url}" unless url.to_s.start_with?("http://", "https://")
+      @uri = URI(url.to_s.chomp("/"))
+      @timeout = timeout
+    end
+
+    # Creates a task; returns {"task_id" => ..., "created" => bool}.
+    def create_task(namespace, name, context, version: nil, idempotency_key: nil, priority: nil)
+      body = { namespace: namespace, name: name, context: context, version: version,
+               idempotency_key: idempotency_key, priority: priority }.compact
+      request(:post, "/v1/tasks", body)
+    end
+
+    def get_task(task_id)
+      request(:get, "/v1/tasks/#{escape(task_id)}")
+    end
+
+    # Waits (long-polling) until the task ends; Timeout::Error if it has not after +timeout+ seconds.
+    def wait(task_id, timeout: 60)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      loop do
+        left = [deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 0].max
+        wait_ms = ([left, 25].min * 1000).to_i
+        task = request(:get, "/v1/tasks/#{escape(task_id)}/wait?timeout_ms=#{wait_ms}", nil, wait_ms / 1000.0)
+        return task if TERMINAL.include?(task["state"])
+        if Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
+          raise Timeout::Error, "task #{task_id} did not end within #{timeout}s (state #{task['state']})"
+        end
+      end
+    end
+
+    def run(namespace, name, context, timeout: 60, **options)
+      wait(create_task(namespace, name, context, **options).fetch("task_id"), timeout: timeout)
+    end
+
+    def cancel(task_id)
+      request(:post, "/v1/tasks/#{escape(task_id)}/cancel")
+    end
+
+    def templates
+      request(:get, "/v1/templates").fetch("templates")
+    end
+
+    def health
+      request(:get, "/health")
+    end
+
+    private
+
+    def escape(id)
+      URI.encode_www_form_component(id.to_s)
+    end
+
+    def request(method, path, body = nil, extra_timeout = 0)
+      http = Net::HTTP.new(@uri.host, @uri.port)
+      http.use_ssl = @uri.scheme == "https"
+      http.open_timeout = @timeout
+      http.read_timeout = @timeout + extra_timeout
+      klass = method == :post ? Net::HTTP::Post : Net::HTTP::Get
+      req = klass.new(@uri.path + path, "Content-Type" => "application/json", "Accept" => "application/json")
+      req.body = JSON.generate(body) if body
+      response = http.request(req)
+      parsed = response.body.to_s.empty? ? {} : JSON.parse(response.body)
+      return parsed if response.is_a?(Net::HTTPSuccess)
+
+      raise ApiError.new(response.code.to_i, parsed.is_a?(Hash) ? parsed.fetch("error", response.body) : response.body)
+    rescue JSON::ParserError
+      raise ApiError.new(response.code.to_i, response.body.to_s)
+    rescue SystemCallError, IOError, Net::OpenTimeout, SocketError => e
+      raise Error, "cannot reach the stepgraph server at #{@uri}: #{e.message}"
+    end
+  end
+end

@@ -1,0 +1,127 @@
+# frozen_string_literal: true
+
+module Stepgraph
+  # Ruby threads, one handler slot each, that pull events from the native
+  # host (without the GVL while they wait) and report each handler's outcome.
+  class HandlerPool
+    def initialize(native, handlers, concurrency)
+      @native = native
+      @handlers = handlers
+      @concurrency = [Integer(concurrency), 1].max
+      @stopping = false
+      @threads = []
+    end
+
+    def start
+      @threads = Array.new(@concurrency) do |i|
+        Thread.new do
+          Thread.current.name = "stepgraph-handler-#{i}"
+          serve
+        end
+      end
+      self
+    end
+
+    # Graceful: the native side hands out nothing new and waits (its grace
+    # period) for the handlers running on these threads.
+    def stop
+      @stopping = true
+      @native.shutdown
+      @threads.each { |t| t.join(5) }
+      @threads = []
+    end
+
+    private
+
+    def serve
+      until @stopping
+        begin
+          events = @native.next_events(1, 200)
+        rescue Stepgraph::Error
+          return
+        end
+        events.each { |event| handle(event) }
+      end
+    end
+
+    def handle(event)
+      ctx = Context.new(event)
+      outcome = Outcome.run(@handlers.fetch(event["handler"]), ctx)
+      begin
+        @native.complete(event["event_id"], outcome)
+      rescue TypeError => e # the result is not JSON; the event is still pending
+        @native.complete(event["event_id"], Outcome.not_json(ctx, e))
+      end
+    rescue Stepgraph::Error
+      nil # timed out meanwhile, or shut down: the host refused the late result
+    end
+  end
+
+  # A finished task: its state, result (or error), and its steps by name.
+  TaskResult = Struct.new(:task_id, :state, :result, :error, :steps, :report, keyword_init: true) do
+    def complete?
+      state == "complete"
+    end
+  end
+
+  # Runs tasks in this process, with Ruby handlers; needs no services.
+  class Engine
+    def self.embedded(templates_dir:, handlers:, concurrency: 4, completion_capacity: 1024,
+                      breaker_failure_threshold: 5, breaker_cool_down: 30.0)
+      by_name = Stepgraph.handlers_by_name(handlers)
+      native = Native::Engine.embedded(templates_dir.to_s, by_name.keys, completion_capacity,
+                                       breaker_failure_threshold, (breaker_cool_down * 1000).to_i)
+      engine = new(native, by_name, concurrency)
+      return engine unless block_given?
+
+      begin
+        yield engine
+      ensure
+        engine.close
+      end
+    end
+
+    def initialize(native, handlers, concurrency)
+      @native = native
+      @pool = HandlerPool.new(native, handlers, concurrency).start
+    end
+
+    # Creates a task and waits for it to end.
+    def run(namespace, name, context, timeout: 300)
+      report = @native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i)
+      task = report.fetch("task")
+      steps = report.fetch("steps").to_h { |s| [s["name"], Engine.step_view(s)] }
+      TaskResult.new(task_id: task["id"], state: task["state"], result: task["result"], error: task["error"],
+                     steps: steps, report: report)
+    end
+
+    # Benchmarks: the mean seconds of one host round trip through +handler+, over +n+.
+    def roundtrip(handler, count)
+      @native.roundtrip(handler.to_s, count) / 1e9 / [count, 1].max
+    end
+
+    # The state of +handler+'s circuit breaker: "closed", "open" or "half_open".
+    def breaker_state(handler)
+      @native.breaker_state(handler.to_s)
+    end
+
+    def close
+      @pool.stop
+    end
+
+    # A step as users see it: its latest outcome split into result and error.
+    def self.step_view(step)
+      outcome = step["outcome"] || {}
+      result = case outcome["status"]
+               when "success" then outcome["result"]
+               when "decision" then { "branches" => outcome["branches"] }
+               when "batch" then outcome["batch"]
+               end
+      {
+        "name" => step["name"], "state" => step["state"], "attempts" => step["attempts"],
+        "max_attempts" => step["max_attempts"], "cursor" => step["cursor"], "result" => result,
+        "error" => outcome["status"] == "failure" ? outcome["error"] : nil
+      }
+    end
+  end
+end

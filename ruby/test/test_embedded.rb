@@ -1,0 +1,283 @@
+# frozen_string_literal: true
+
+require_relative "helper"
+
+class EmbeddedTest < Minitest::Test
+  def engine(handlers = ALL_HANDLERS, **options, &block)
+    Stepgraph::Engine.embedded(templates_dir: TEMPLATES, handlers: handlers, **options, &block)
+  end
+
+  def test_math_shapes_are_exact_integers
+    engine do |e|
+      { "linear" => SIX_16, "diamond" => SIX_16, "complex_dag" => SIX_64, "tree" => SIX_64 }.each do |name, expected|
+        result = e.run("e2e", name, { "even_number" => 6 })
+        assert_equal "complete", result.state, result.error.inspect
+        assert_equal expected, Integer(result.result)
+        assert(result.steps.values.all? { |s| s["state"] == "complete" && s["attempts"] == 1 })
+      end
+    end
+  end
+
+  def test_a_ruby_decision_creates_only_the_chosen_branches
+    # The decision is Ruby's; the approval steps are the built-in Rust handlers.
+    engine do |e|
+      { 500 => %w[auto_approve], 2500 => %w[manager_approval], 7500 => %w[finance_review manager_approval] }
+        .each do |amount, branches|
+        result = e.run("e2e", "conditional_approval", { "amount" => amount, "requester" => "rb" })
+        assert_equal "complete", result.state, result.error.inspect
+        created = result.steps.keys & %w[auto_approve manager_approval finance_review]
+        assert_equal branches, created.sort
+        assert_equal({ "branches" => branches.sort }, result.steps["routing_decision"]["result"].transform_values(&:sort))
+      end
+    end
+  end
+
+  def test_a_ruby_batch_outcome_creates_the_workers
+    csv = File.join(ROOT, "tests", "fixtures", "products.csv")
+    engine do |e|
+      result = e.run("e2e", "csv_batch", { "csv_file_path" => csv })
+      assert_equal "complete", result.state, result.error.inspect
+      assert_equal 12_745_576_047, result.result["total_inventory_value_cents"]
+      assert_equal 5, result.steps.keys.count { |k| k.start_with?("process_csv_batch_") }
+    end
+  end
+
+  def test_symbol_keys_and_big_integers_cross_as_json
+    big = Stepgraph.handler("big") { |_ctx| { total: 2**70, items: [1, 2.5, nil, true, :sym] } }
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: b\nversion: \"1\"\nsteps:\n" \
+                                       "  - name: only\n    handler: { callable: big }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [big]) do |e|
+        result = e.run("t", "b", {})
+        assert_equal({ "total" => (2**70).to_s, "items" => [1, 2.5, nil, true, "sym"] }, result.result)
+      end
+    end
+  end
+
+  def test_exceptions_retry_with_backoff_and_permanent_errors_do_not
+    calls = Hash.new(0)
+    flaky = Stepgraph.handler("flaky") do |ctx|
+      calls[:flaky] += 1
+      raise ArgumentError, "not yet" if ctx.attempt < 3
+
+      "ok after #{ctx.attempt}"
+    end
+    broken = Stepgraph.handler("broken") do |_ctx|
+      calls[:broken] += 1
+      raise Stepgraph::PermanentError, "bad input"
+    end
+    later = Stepgraph.handler("later") do |ctx|
+      raise Stepgraph::RetryableError.new("busy", retry_after: 0.05) if ctx.attempt == 1
+
+      ctx.attempt
+    end
+    Dir.mktmpdir do |dir|
+      write_templates(dir,
+                      "a.yaml" => "namespace: t\nname: a\nversion: \"1\"\nsteps:\n  - name: f\n    handler: { callable: flaky }\n" \
+                                  "    retry: { max_attempts: 3, backoff: exponential, backoff_base_ms: 10 }\n",
+                      "b.yaml" => "namespace: t\nname: b\nversion: \"1\"\nsteps:\n  - name: p\n    handler: { callable: broken }\n" \
+                                  "    retry: { max_attempts: 5 }\n",
+                      "c.yaml" => "namespace: t\nname: c\nversion: \"1\"\nsteps:\n  - name: l\n    handler: { callable: later }\n" \
+                                  "    retry: { max_attempts: 2, backoff: none }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [flaky, broken, later]) do |e|
+        ok = e.run("t", "a", {})
+        assert_equal "complete", ok.state
+        assert_equal "ok after 3", ok.result
+        assert_equal 3, ok.steps["f"]["attempts"]
+
+        bad = e.run("t", "b", {})
+        assert_equal "error", bad.state
+        assert_equal 1, calls[:broken]
+        error = bad.steps["p"]["error"]
+        assert_equal "permanent", error["kind"]
+        assert_equal "bad input", error["message"]
+        assert_equal "Stepgraph::PermanentError", error["error_type"]
+        assert_match(/test_embedded\.rb/, error["backtrace"])
+
+        waited = e.run("t", "c", {})
+        assert_equal "complete", waited.state
+        assert_equal 2, waited.result
+        assert_equal 2, waited.steps["l"]["attempts"]
+      end
+    end
+    assert_equal 3, calls[:flaky]
+  end
+
+  def test_a_value_that_is_not_json_fails_naming_the_step
+    weird = Stepgraph.handler("weird") { |_ctx| { "io" => $stdout } }
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: w\nversion: \"1\"\nsteps:\n" \
+                                       "  - name: odd_step\n    handler: { callable: weird }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [weird]) do |e|
+        result = e.run("t", "w", {})
+        assert_equal "error", result.state
+        error = result.steps["odd_step"]["error"]
+        assert_equal "permanent", error["kind"]
+        assert_match(/step "odd_step" returned a value that is not JSON: \$\.result\.io is a IO/, error["message"])
+      end
+    end
+  end
+
+  def test_a_hung_handler_is_timed_out_and_its_late_result_refused
+    released = Queue.new
+    late = Queue.new
+    hang = Stepgraph.handler("hang") do |ctx|
+      if ctx.attempt == 1
+        released.pop
+        late << :returned
+        "too late"
+      else
+        "second attempt"
+      end
+    end
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: h\nversion: \"1\"\nsteps:\n" \
+                                       "  - name: slow\n    handler: { callable: hang }\n    timeout_seconds: 0.2\n" \
+                                       "    retry: { max_attempts: 2, backoff: none }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [hang], concurrency: 2) do |e|
+        result = e.run("t", "h", {})
+        assert_equal "complete", result.state
+        assert_equal "second attempt", result.result
+        assert_equal 2, result.steps["slow"]["attempts"]
+        released << :go
+        late.pop
+        # The late result was refused (the handler thread got an error and
+        # went on): the step keeps the second attempt's result.
+        assert_equal 0, e.instance_variable_get(:@native).pending_count
+      end
+    end
+  end
+
+  def test_the_breaker_opens_then_closes_after_a_probe
+    calls = []
+    api = Stepgraph.handler("api") do |ctx|
+      calls << ctx.attempt
+      raise "503 from the API" if calls.size <= 2
+
+      "ok"
+    end
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: b\nversion: \"1\"\nsteps:\n" \
+                                       "  - name: call\n    handler: { callable: api }\n" \
+                                       "    retry: { max_attempts: 10, backoff: none }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [api], breaker_failure_threshold: 2,
+                                 breaker_cool_down: 0.3) do |e|
+        result = e.run("t", "b", {})
+        assert_equal "complete", result.state
+        # Attempts 1 and 2 failed in Ruby, 3 was short-circuited by the open breaker, 4 was the probe.
+        assert_equal [1, 2, 4], calls
+        assert_equal "closed", e.breaker_state("api")
+      end
+    end
+  end
+
+  def test_completions_at_capacity_one_lose_nothing
+    engine(ALL_HANDLERS, concurrency: 8, completion_capacity: 1) do |e|
+      results = Array.new(12) { Thread.new { e.run("e2e", "tree", { "even_number" => 6 }) } }.map(&:value)
+      assert_equal 12, results.size
+      assert(results.all? { |r| r.state == "complete" && Integer(r.result) == SIX_64 })
+    end
+  end
+
+  def test_handlers_overlap_up_to_the_concurrency
+    spans = Queue.new
+    nap = Stepgraph.handler("nap") do |ctx|
+      start = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      sleep 0.1
+      spans << [start, Process.clock_gettime(Process::CLOCK_MONOTONIC)]
+      ctx.step_name
+    end
+    steps = (0...8).map { |i| "  - name: s#{i}\n    handler: { callable: nap }\n" }.join
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: wide\nversion: \"1\"\nsteps:\n#{steps}")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [nap], concurrency: 8) do |e|
+        assert_equal "complete", e.run("t", "wide", {}).state
+      end
+    end
+    all = Array.new(spans.size) { spans.pop }
+    assert_equal 8, all.size
+    # All eight ran at once: each started before any finished.
+    assert_operator all.map(&:first).max, :<, all.map(&:last).min
+  end
+
+  def test_waiting_for_events_releases_the_gvl
+    engine do |e|
+      native = e.instance_variable_get(:@native)
+      ticks = 0
+      ticker = Thread.new { 50.times { ticks += 1; sleep 0.005 } }
+      native.next_events(1, 400) # nothing to do: waits 400 ms without the GVL
+      ticker.join
+      assert_equal 50, ticks
+    end
+  end
+
+  def test_the_engine_refuses_use_in_a_forked_child
+    engine do |e|
+      native = e.instance_variable_get(:@native)
+      reader, writer = IO.pipe
+      pid = fork do
+        reader.close
+        begin
+          native.next_events(1, 0)
+          writer.write("no error")
+        rescue Stepgraph::ForkedProcessError => err
+          writer.write(err.message)
+        end
+        writer.close
+        exit!(0)
+      end
+      writer.close
+      message = reader.read
+      Process.wait(pid)
+      assert_match(/cannot be used in the forked child/, message)
+    end
+  end
+
+  def test_gc_compaction_and_stress_between_steps_do_not_crash
+    gc = Stepgraph.handler("math.square") do |ctx|
+      GC.compact if ctx.attempt == 1 && GC.respond_to?(:compact)
+      deps = ctx.dependency_results.values.map { |v| Integer(v) }
+      x = deps.first || ctx.input.fetch("even_number")
+      x * x
+    end
+    engine([gc, MULTIPLY_AND_SQUARE]) do |e|
+      20.times { assert_equal SIX_64, Integer(e.run("e2e", "tree", { "even_number" => 6 }).result) }
+      GC.stress = true
+      begin
+        assert_equal SIX_16, Integer(e.run("e2e", "linear", { "even_number" => 6 }).result)
+      ensure
+        GC.stress = false
+      end
+    end
+  end
+
+  def test_bad_input_is_a_clear_error
+    assert_raises(ArgumentError) { Stepgraph.handler("x") }
+    error = assert_raises(Stepgraph::Error) do
+      Stepgraph::Engine.embedded(templates_dir: "/no/such/dir", handlers: [])
+    end
+    assert_match(%r{/no/such/dir}, error.message)
+    engine do |e|
+      error = assert_raises(Stepgraph::Error) { e.run("e2e", "no_such", {}) }
+      assert_match(/no_such/, error.message)
+      error = assert_raises(Stepgraph::Error) { e.run("e2e", "linear", { "even_number" => "six" }) }
+      assert_match(/even_number|schema/, error.message)
+    end
+  end
+
+  def test_handler_names_derive_from_the_class
+    klass = Class.new(Stepgraph::StepHandler)
+    Object.const_set(:ValidateOrderItems, klass)
+    assert_equal "validate_order_items", ValidateOrderItems.handler_name
+    assert_equal "math.square", Square.new.handler_name
+  end
+
+  def test_roundtrip_measures_a_ruby_handler
+    noop = Stepgraph.handler("noop") { |ctx| ctx.dependency("linear_step_1") && nil }
+    engine([noop]) do |e|
+      mean = e.roundtrip("noop", 200)
+      assert_operator mean, :>, 0
+      assert_operator mean, :<, 1
+    end
+  end
+end

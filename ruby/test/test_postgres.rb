@@ -1,0 +1,140 @@
+# frozen_string_literal: true
+
+require_relative "helper"
+require "open3"
+
+# A database of its own per test, and a real `stepgraph serve` on it.
+module PostgresSetup
+  ADMIN = %w[psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -qc].freeze
+
+  def setup
+    @name = "sg_rbtest_#{Process.pid}_#{name.hash.abs % 10_000}"
+    admin("DROP DATABASE IF EXISTS #{@name} WITH (FORCE)")
+    admin("CREATE DATABASE #{@name}")
+    @url = "postgres://postgres@127.0.0.1:5432/#{@name}"
+    binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
+    flunk("#{binary} does not exist: build it first (cargo build), or set STEPGRAPH_BIN") unless File.exist?(binary)
+    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5" }
+    @server_in, @server_out, @server = Open3.popen2(env, binary, "serve", "--templates", TEMPLATES,
+                                                    "--listen", "127.0.0.1:0")
+    line = @server_out.gets.to_s
+    assert line.start_with?("listening on http://"), line
+    @client = Stepgraph::Client.new(line.split[2])
+  end
+
+  def teardown
+    Process.kill("KILL", @server.pid) if @server
+    @server&.join
+    admin("DROP DATABASE IF EXISTS #{@name} WITH (FORCE)", check: false)
+  end
+
+  def admin(sql, check: true)
+    ok = system(*ADMIN, sql, out: File::NULL, err: File::NULL)
+    flunk("PostgreSQL is not reachable on 127.0.0.1:5432 (psql: #{sql}); .ci/run starts it") if check && !ok
+  end
+end
+
+# A Ruby worker in a PostgreSQL deployment: tasks created over the HTTP API
+# of a real `stepgraph serve` process, steps run by Ruby handlers.
+class PostgresTest < Minitest::Test
+  include PostgresSetup
+
+  def worker(**options)
+    Stepgraph::Worker.new(database_url: @url, templates_dir: TEMPLATES, handlers: ALL_HANDLERS, **options)
+  end
+
+  def test_every_seed_shape_with_ruby_handlers
+    csv = File.join(ROOT, "tests", "fixtures", "products.csv")
+    w = worker(concurrency: 4).start
+    begin
+      { "linear" => SIX_16, "diamond" => SIX_16, "complex_dag" => SIX_64, "tree" => SIX_64 }.each do |name, expected|
+        task = @client.run("e2e", name, { "even_number" => 6 }, timeout: 30)
+        assert_equal "complete", task["state"], task["error"].inspect
+        assert_equal expected, Integer(task["result"])
+        assert(task["steps"].all? { |s| s["state"] == "complete" && s["attempts"] == 1 })
+      end
+      approval = @client.run("e2e", "conditional_approval", { "amount" => 7500, "requester" => "rb" }, timeout: 30)
+      assert_equal "complete", approval["state"], approval["error"].inspect
+      assert_equal 5, approval["steps"].size
+      batch = @client.run("e2e", "csv_batch", { "csv_file_path" => csv }, timeout: 30)
+      assert_equal "complete", batch["state"], batch["error"].inspect
+      assert_equal 12_745_576_047, batch["result"]["total_inventory_value_cents"]
+    ensure
+      w.stop
+    end
+  end
+
+  def test_client_creates_waits_reads_cancels_and_reports_errors
+    assert_equal "ok", @client.health["status"]
+    assert_includes @client.templates.map { |t| t["name"] }, "linear"
+    w = worker.start
+    begin
+      created = @client.create_task("e2e", "linear", { "even_number" => 6 }, idempotency_key: "rb-1")
+      assert_equal true, created["created"]
+      assert_equal false, @client.create_task("e2e", "linear", { "even_number" => 6 }, idempotency_key: "rb-1")["created"]
+      assert_equal SIX_16, Integer(@client.wait(created["task_id"], timeout: 30)["result"])
+    ensure
+      w.stop
+    end
+    pending = @client.create_task("e2e", "linear", { "even_number" => 6 })
+    assert_raises(Timeout::Error) { @client.wait(pending["task_id"], timeout: 0.2) }
+    assert_equal "cancelled", @client.cancel(pending["task_id"])["state"]
+    error = assert_raises(Stepgraph::ApiError) { @client.create_task("e2e", "no_such_template", {}) }
+    assert_equal 422, error.status
+    error = assert_raises(Stepgraph::ApiError) { @client.get_task("0190f3a2-0000-7000-8000-000000000000") }
+    assert_equal 404, error.status
+    assert_raises(Stepgraph::Error) { Stepgraph::Client.new("http://127.0.0.1:1").health }
+  end
+
+  def test_a_bad_database_url_or_queue_is_a_clear_error
+    error = assert_raises(Stepgraph::Error) do
+      Stepgraph::Worker.new(database_url: "postgres://postgres@127.0.0.1:1/none", templates_dir: TEMPLATES,
+                            handlers: ALL_HANDLERS).start
+    end
+    assert_match(/cannot connect/, error.message)
+    error = assert_raises(Stepgraph::Error) { worker(queue: "kafka").start }
+    assert_match(/unknown queue backend "kafka"/, error.message)
+  end
+end
+
+# Rust, Python and Ruby steps in one workflow: a Rust `stepgraph worker`, a
+# Python worker process and this process's Ruby worker, each on its queue.
+class PolyglotTest < Minitest::Test
+  include PostgresSetup
+
+  POLYGLOT = File.join(ROOT, "tests", "fixtures", "polyglot")
+  PYTHON_WORKER = <<~PY
+    import sys, stepgraph
+    double = stepgraph.handler("py.double")(lambda ctx: {"value": int(ctx.dependency("square")) * 2, "by": "python"})
+    stepgraph.Worker(sys.argv[1], sys.argv[2], [double], namespaces=["python"]).run()
+  PY
+
+  def test_one_task_runs_rust_python_and_ruby_steps
+    binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
+    serve_in, serve_out, serve = Open3.popen2({ "STEPGRAPH_DATABASE_URL" => @url }, binary, "serve",
+                                              "--templates", POLYGLOT, "--listen", "127.0.0.1:0")
+    client = Stepgraph::Client.new(serve_out.gets.to_s.split[2])
+    rust = spawn(binary, "worker", "--database-url", @url, "--templates", POLYGLOT, "--namespace", "polyglot")
+    python = spawn("python3", "-c", PYTHON_WORKER, @url, POLYGLOT)
+    add_one = Stepgraph.handler("rb.add_one") do |ctx|
+      { "value" => ctx.dependency("double").fetch("value") + 1, "by" => "ruby" }
+    end
+    ruby = Stepgraph::Worker.new(database_url: @url, templates_dir: POLYGLOT, handlers: [add_one],
+                                 namespaces: ["ruby"]).start
+    begin
+      task = client.run("polyglot", "mixed", { "even_number" => 6 }, timeout: 60)
+      assert_equal "complete", task["state"], task["error"].inspect
+      steps = task["steps"].to_h { |s| [s["name"], s["result"]] }
+      assert_equal 36, steps["square"]
+      assert_equal({ "value" => 72, "by" => "python" }, steps["double"])
+      assert_equal({ "value" => 73, "by" => "ruby" }, steps["add_one"])
+    ensure
+      ruby.stop
+      [rust, python].each { |pid| Process.kill("TERM", pid) rescue nil } # rubocop:disable Style/RescueModifier
+      [rust, python].each { |pid| Process.wait(pid) }
+      Process.kill("KILL", serve.pid)
+      serve.join
+      serve_in.close
+    end
+  end
+end
