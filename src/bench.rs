@@ -5,9 +5,8 @@ use crate::fixtures;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stepgraph_core::{PgBackend, TaskRequest, TaskState};
+use stepgraph_core::{PgBackend, TaskRequest, TaskState, Transport};
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 pub struct Scenario {
@@ -158,6 +157,8 @@ pub struct Options<'a> {
     pub database_url: Option<&'a str>,
     /// After the latency table: this many linear tasks at once, for steps/s.
     pub throughput: usize,
+    /// How steps travel (with a database URL).
+    pub transport: Transport,
 }
 
 pub async fn run(o: Options<'_>) -> Result<()> {
@@ -177,9 +178,10 @@ pub async fn run(o: Options<'_>) -> Result<()> {
         Some(url) => {
             let backend = PgBackend::connect(url, 16).await?;
             backend.migrate().await?;
+            let (store, queue) = backend.backends(&o.transport).await?;
             let engine = Engine::with_backends(
-                Arc::new(backend.store(true)),
-                Arc::new(backend.queue()),
+                store,
+                queue,
                 fixtures::registry()?,
                 examples::registry(),
                 EngineConfig::default(),
@@ -187,7 +189,10 @@ pub async fn run(o: Options<'_>) -> Result<()> {
             pg = Some(backend);
             (
                 engine,
-                "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process",
+                match o.transport {
+                    Transport::Postgres => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process",
+                    Transport::RabbitMq(_) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process",
+                },
             )
         }
     };

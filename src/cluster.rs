@@ -18,13 +18,19 @@ impl Drop for Proc {
     }
 }
 
-async fn spawn(args: &[&str], url: &str, templates: &std::path::Path) -> Result<(Proc, String)> {
+async fn spawn(
+    args: &[&str],
+    url: &str,
+    env: &[(&str, String)],
+    templates: &std::path::Path,
+) -> Result<(Proc, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(args)
         .arg("--templates")
         .arg(templates)
         .env("STEPGRAPH_DATABASE_URL", url)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -87,19 +93,24 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
     sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
 }
 
-pub async fn run(url: &str, iterations: usize, warmup: usize) -> Result<()> {
+pub async fn run(
+    url: &str,
+    env: &[(&str, String)],
+    iterations: usize,
+    warmup: usize,
+) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("stepgraph-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     fixtures::write_templates(&dir)?;
     let mut procs = Vec::new();
     let mut servers = Vec::new();
     for _ in 0..2 {
-        let (proc, addr) = spawn(&["serve", "--listen", "127.0.0.1:0"], url, &dir).await?;
+        let (proc, addr) = spawn(&["serve", "--listen", "127.0.0.1:0"], url, env, &dir).await?;
         procs.push(proc);
         servers.push(addr);
     }
     for _ in 0..2 {
-        procs.push(spawn(&["worker"], url, &dir).await?.0);
+        procs.push(spawn(&["worker"], url, env, &dir).await?.0);
     }
     let mut single = Vec::new();
     let mut double = Vec::new();

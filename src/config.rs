@@ -10,8 +10,14 @@ use std::time::Duration;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub database_url: Option<String>,
-    /// `postgres` (the queue lives in the database) or `memory`.
+    /// `postgres` (the queue lives in the database) or `rabbitmq` (with `amqp_url`).
     pub queue: String,
+    /// RabbitMQ's address, for `queue = "rabbitmq"`.
+    pub amqp_url: Option<String>,
+    /// Prepended to every RabbitMQ queue name.
+    pub amqp_prefix: String,
+    /// RabbitMQ deletes this process's queues after they are unused this long (for tests).
+    pub amqp_queue_expires_ms: Option<u64>,
     pub templates_dir: PathBuf,
     pub listen: String,
     pub max_connections: u32,
@@ -43,6 +49,9 @@ impl Default for Config {
         Config {
             database_url: None,
             queue: "postgres".into(),
+            amqp_url: None,
+            amqp_prefix: "stepgraph.".into(),
+            amqp_queue_expires_ms: None,
             templates_dir: PathBuf::from("templates"),
             listen: "127.0.0.1:8080".into(),
             max_connections: 10,
@@ -106,6 +115,17 @@ impl Config {
         if let Some(v) = env("QUEUE") {
             c.queue = v;
         }
+        if let Some(v) = env("AMQP_URL") {
+            c.amqp_url = Some(v);
+        }
+        if let Some(v) = env("AMQP_PREFIX") {
+            c.amqp_prefix = v;
+        }
+        if let Some(v) = env("AMQP_QUEUE_EXPIRES_MS") {
+            c.amqp_queue_expires_ms = Some(v.parse().with_context(|| {
+                format!("STEPGRAPH_AMQP_QUEUE_EXPIRES_MS: not a number: {v:?}")
+            })?);
+        }
         if let Some(v) = env("TEMPLATES_DIR") {
             c.templates_dir = v.into();
         }
@@ -144,13 +164,19 @@ impl Config {
             &mut c.worker.default_step_timeout_ms,
         )?;
         env_num("WORKER_SHUTDOWN_GRACE_MS", &mut c.worker.shutdown_grace_ms)?;
-        if c.queue != "postgres" {
-            bail!(
-                "queue {:?} is not supported by the server processes (use \"postgres\")",
-                c.queue
-            );
-        }
+        c.transport()?;
         Ok(c)
+    }
+
+    /// How steps travel: the `queue` setting, with `amqp_url` and `amqp_prefix`.
+    pub fn transport(&self) -> Result<stepgraph_core::Transport> {
+        let mut t = stepgraph_core::Transport::parse(&self.queue, self.amqp_url.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        if let stepgraph_core::Transport::RabbitMq(r) = &mut t {
+            r.prefix = self.amqp_prefix.clone();
+            r.expires = self.amqp_queue_expires_ms.map(Duration::from_millis);
+        }
+        Ok(t)
     }
 
     pub fn database_url(&self) -> Result<&str> {

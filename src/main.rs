@@ -88,6 +88,12 @@ enum Command {
         /// Runs against PostgreSQL (state and queue) instead of embedded mode.
         #[arg(long, env = "STEPGRAPH_DATABASE_URL")]
         database_url: Option<String>,
+        /// With --database-url: how steps travel (postgres, or rabbitmq with --amqp-url).
+        #[arg(long, env = "STEPGRAPH_QUEUE", default_value = "postgres")]
+        queue: String,
+        /// RabbitMQ's address, for --queue rabbitmq.
+        #[arg(long, env = "STEPGRAPH_AMQP_URL")]
+        amqp_url: Option<String>,
         /// The tokio runtime the engine runs on.
         #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
         runtime: RuntimeKind,
@@ -193,13 +199,21 @@ fn main() -> ExitCode {
                 throughput,
                 cluster,
                 language,
+                queue,
+                amqp_url,
             } => {
+                let transport = stepgraph_core::Transport::parse(&queue, amqp_url.as_deref())
+                    .map_err(anyhow::Error::msg)?;
                 if let Some(language) = language {
                     return bench::foreign(language, iterations.max(1), warmup).map(|()| true);
                 }
                 if cluster {
                     let url = database_url.as_deref().unwrap_or_default();
-                    return cluster::run(url, iterations.max(1), warmup)
+                    let mut env = vec![("STEPGRAPH_QUEUE", queue.clone())];
+                    if let Some(u) = &amqp_url {
+                        env.push(("STEPGRAPH_AMQP_URL", u.clone()));
+                    }
+                    return cluster::run(url, &env, iterations.max(1), warmup)
                         .await
                         .map(|()| true);
                 }
@@ -214,6 +228,7 @@ fn main() -> ExitCode {
                     runtime: label,
                     database_url: database_url.as_deref(),
                     throughput,
+                    transport,
                 })
                 .await
                 .map(|()| true)

@@ -57,7 +57,8 @@ pub async fn serve(config: &Config) -> Result<()> {
         Some(_) => {
             let pg = connect(config).await?;
             pg.store_templates(&templates).await?;
-            (Arc::new(pg.store(true)), Arc::new(pg.queue()), "")
+            let (store, queue) = pg.backends(&config.transport()?).await?;
+            (store, queue, "")
         }
         None => (
             Arc::new(MemoryStore::new()),
@@ -110,8 +111,7 @@ pub async fn worker(config: &Config) -> Result<()> {
         worker_config.namespaces = templates.namespaces();
     }
     let namespaces = worker_config.namespaces.clone();
-    let store: Arc<dyn Store> = Arc::new(pg.store(true));
-    let queue: Arc<dyn Queue> = Arc::new(pg.queue());
+    let (store, queue) = pg.backends(&config.transport()?).await?;
     let handlers = Arc::new(examples::registry());
     let worker = if config.worker.inline_orchestration {
         let orchestrator = Arc::new(Orchestrator::new(

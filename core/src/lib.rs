@@ -20,8 +20,8 @@ pub use model::*;
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest,
 };
-pub use pg::PgBackend;
-pub use queue::{MemoryQueue, Queue, QueueError};
+pub use pg::{PgBackend, Transport};
+pub use queue::{MemoryQueue, Queue, QueueError, RabbitConfig, RabbitQueue};
 pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
 pub use state::{IllegalTransition, StepState, TaskState};
 pub use store::{MemoryStore, PgStore, Store, StoreError};

@@ -409,10 +409,11 @@ impl Orchestrator {
         let message: OrchestrationMessage = match delivery.decode() {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "undecodable orchestration message dropped");
+                let reason = format!("undecodable orchestration message: {e}");
+                tracing::error!(%reason, "orchestration message moved to the dead letters");
                 let _ = self
                     .queue
-                    .ack(ORCHESTRATION_QUEUE, &[delivery.receipt])
+                    .dead_letter(ORCHESTRATION_QUEUE, delivery.receipt, &reason)
                     .await;
                 return;
             }
@@ -422,7 +423,13 @@ impl Orchestrator {
             Err(OrchestratorError::Store(
                 StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
             )) => {
-                tracing::error!(?message, "message for an unknown task or step dropped");
+                let reason = format!("message for an unknown task or step: {message:?}");
+                tracing::error!(%reason, "orchestration message moved to the dead letters");
+                let _ = self
+                    .queue
+                    .dead_letter(ORCHESTRATION_QUEUE, delivery.receipt, &reason)
+                    .await;
+                return;
             }
             Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
                 // Transient: the message comes back after its visibility timeout.

@@ -2,8 +2,8 @@
 //! migrations, and one LISTEN connection that wakes waiters on queue sends
 //! and on tasks reaching a terminal state.
 
-use crate::queue::PgQueue;
-use crate::store::{PgStore, StoreError};
+use crate::queue::{PgQueue, Queue, QueueError, RabbitConfig, RabbitQueue};
+use crate::store::{PgStore, Store, StoreError};
 use parking_lot::Mutex;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
@@ -242,6 +242,23 @@ impl PgBackend {
         PgQueue::new(self.pool.clone(), self.notifier.clone())
     }
 
+    /// The store and queue of a deployment whose state is in this database
+    /// and whose messages travel over `transport`. With the queue in this
+    /// database a state change and its messages are one commit; with
+    /// RabbitMQ the messages are published (confirmed) once the state is durable.
+    pub async fn backends(
+        &self,
+        transport: &Transport,
+    ) -> Result<(Arc<dyn Store>, Arc<dyn Queue>), QueueError> {
+        Ok(match transport {
+            Transport::Postgres => (Arc::new(self.store(true)), Arc::new(self.queue())),
+            Transport::RabbitMq(config) => (
+                Arc::new(self.store(false)),
+                Arc::new(RabbitQueue::connect(config.clone()).await?),
+            ),
+        })
+    }
+
     /// Records every loaded template (versioned) in the database.
     pub async fn store_templates(
         &self,
@@ -292,5 +309,34 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// How steps travel in a PostgreSQL deployment.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// The queue tables in the same database.
+    Postgres,
+    RabbitMq(RabbitConfig),
+}
+
+impl Transport {
+    /// `postgres`, `rabbitmq` (with `amqp_url`), or an AMQP URL itself.
+    pub fn parse(queue: &str, amqp_url: Option<&str>) -> Result<Transport, String> {
+        match queue {
+            "postgres" => Ok(Transport::Postgres),
+            "rabbitmq" => amqp_url
+                .map(|url| Transport::RabbitMq(RabbitConfig::new(url)))
+                .ok_or_else(|| {
+                    "queue \"rabbitmq\" needs an AMQP URL (amqp_url, or STEPGRAPH_AMQP_URL)"
+                        .to_string()
+                }),
+            url if url.starts_with("amqp://") || url.starts_with("amqps://") => {
+                Ok(Transport::RabbitMq(RabbitConfig::new(url)))
+            }
+            other => Err(format!(
+                "unknown queue backend {other:?} (postgres, rabbitmq, or an amqp:// URL)"
+            )),
+        }
     }
 }

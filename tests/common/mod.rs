@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod shapes;
 
 use serde_json::Value;
 use std::path::PathBuf;

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
-    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, Queue, ShutdownTrigger, Store,
-    TaskRequest, TemplateRegistry,
+    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, ShutdownTrigger, TaskRequest,
+    TemplateRegistry, Transport,
 };
 use tokio::task::JoinHandle;
 
@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub database_url: String,
-    /// The queue backend: `postgres` (the only one so far).
+    /// The queue backend: `postgres`, or an AMQP URL for RabbitMQ.
     pub queue: String,
     /// The namespaces served; empty: every template's.
     pub namespaces: Vec<String>,
@@ -118,19 +118,15 @@ impl HostedEngine {
         options: WorkerOptions,
         config: HostConfig,
     ) -> Result<HostedEngine, HostedError> {
-        if options.queue != "postgres" {
-            return Err(HostedError::Setup(format!(
-                "unknown queue backend {:?} (this build has: postgres)",
-                options.queue
-            )));
-        }
+        let transport = Transport::parse(&options.queue, None).map_err(HostedError::Setup)?;
         let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
         let credits = host.credits();
         let worker = runtime.block_on(async {
-            let pg = PgBackend::connect(&options.database_url, 10).await?;
-            pg.migrate().await?;
-            let store: Arc<dyn Store> = Arc::new(pg.store(true));
-            let queue: Arc<dyn Queue> = Arc::new(pg.queue());
+            let pg = PgBackend::connect(&options.database_url, 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.migrate().await.map_err(|e| e.to_string())?;
+            let (store, queue) = pg.backends(&transport).await.map_err(|e| e.to_string())?;
             let namespaces = if options.namespaces.is_empty() {
                 templates.namespaces()
             } else {
@@ -152,9 +148,9 @@ impl HostedEngine {
                 .with_credits(credits);
             let (trigger, shutdown) = shutdown_channel();
             let task = tokio::spawn(Arc::new(worker).run(shutdown));
-            Ok::<_, stepgraph_core::StoreError>((trigger, task))
+            Ok::<_, String>((trigger, task))
         });
-        let worker = worker.map_err(|e| HostedError::Setup(e.to_string()))?;
+        let worker = worker.map_err(HostedError::Setup)?;
         Ok(HostedEngine {
             runtime,
             engine: Mutex::new(None),

@@ -170,8 +170,11 @@ impl Worker {
         let msg: StepMessage = match delivery.decode() {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(%queue, error = %e, "undecodable step message dropped");
-                ack.deliver(self.queue.as_ref()).await?;
+                let reason = format!("undecodable step message: {e}");
+                tracing::error!(%queue, %reason, "step message moved to the dead letters");
+                self.queue
+                    .dead_letter(queue, delivery.receipt, &reason)
+                    .await?;
                 return Ok(());
             }
         };
@@ -181,8 +184,11 @@ impl Worker {
         let started = match self.store.start_step(msg.step_id, msg.attempt, mark).await {
             Ok(s) => s,
             Err(StoreError::StepNotFound(_)) => {
-                tracing::error!(step_id = %msg.step_id, "message for an unknown step dropped");
-                ack.deliver(self.queue.as_ref()).await?;
+                let reason = format!("message for an unknown step {}", msg.step_id);
+                tracing::error!(%queue, %reason, "step message moved to the dead letters");
+                self.queue
+                    .dead_letter(queue, delivery.receipt, &reason)
+                    .await?;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),

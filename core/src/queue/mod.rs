@@ -3,9 +3,11 @@
 
 mod memory;
 mod postgres;
+mod rabbitmq;
 
 pub use memory::MemoryQueue;
 pub use postgres::PgQueue;
+pub use rabbitmq::{RabbitConfig, RabbitQueue};
 
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
@@ -74,6 +76,19 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Messages waiting or claimed.
     async fn depth(&self, queue: &str) -> Result<u64, QueueError>;
+
+    /// Takes a poison message (undecodable, or for a step that does not
+    /// exist) out of the way, saying why. Where the backend has a
+    /// dead-letter queue it goes there; otherwise it is deleted (the reason
+    /// is logged by the caller).
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        receipt: u64,
+        _reason: &str,
+    ) -> Result<(), QueueError> {
+        self.ack(queue, &[receipt]).await
+    }
 }
 
 /// The messages a state change sends and the delivery it consumes. A store

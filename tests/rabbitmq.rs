@@ -1,0 +1,289 @@
+//! The RabbitMQ transport against the real RabbitMQ on this machine
+//! (127.0.0.1:5672, guest/guest): state in PostgreSQL, steps over RabbitMQ,
+//! real `stepgraph serve` / `stepgraph worker` processes. Each test has its
+//! own queue-name prefix; its queues expire a minute after it ends.
+
+mod common;
+
+use common::cluster::{create, wait, TestEnv};
+use common::shapes::run_seed_shapes;
+use common::SIX_16;
+use serde_json::json;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use stepgraph_core::queue::Outgoing;
+use stepgraph_core::{Queue, RabbitConfig, RabbitQueue, StepMessage};
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const LONG: Duration = Duration::from_secs(120);
+
+/// A queue-name prefix of this test's own, and the settings that select RabbitMQ.
+struct Rabbit {
+    prefix: String,
+}
+
+impl Rabbit {
+    fn new() -> Rabbit {
+        static N: AtomicU32 = AtomicU32::new(0);
+        if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
+            panic!("RabbitMQ is not reachable on 127.0.0.1:5672; .ci/run starts it");
+        }
+        Rabbit {
+            prefix: format!(
+                "sgtest.{}.{}.",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ),
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("STEPGRAPH_QUEUE", "rabbitmq"),
+            ("STEPGRAPH_AMQP_URL", AMQP_URL),
+            ("STEPGRAPH_AMQP_PREFIX", &self.prefix),
+            ("STEPGRAPH_AMQP_QUEUE_EXPIRES_MS", "60000"),
+        ]
+    }
+
+    async fn queue(&self) -> RabbitQueue {
+        let mut config = RabbitConfig::new(AMQP_URL);
+        config.prefix = self.prefix.clone();
+        config.expires = Some(Duration::from_secs(60));
+        RabbitQueue::connect(config).await.unwrap()
+    }
+}
+
+fn count(t: &TestEnv, sql: &str) -> i64 {
+    t.db.query(&format!("SELECT ({sql})::text"))[0]
+        .parse()
+        .unwrap()
+}
+
+/// Every step completed exactly once.
+fn assert_nothing_lost_or_duplicated(t: &TestEnv, tasks: i64) {
+    assert_eq!(
+        count(t, "SELECT count(*) FROM sg_tasks WHERE state = 'complete'"),
+        tasks
+    );
+    assert_eq!(
+        count(
+            t,
+            "SELECT count(*) FROM sg_step_transitions WHERE to_state = 'complete'"
+        ),
+        tasks * 4
+    );
+    assert_eq!(
+        count(t, "SELECT count(*) FROM (SELECT step_id FROM sg_step_transitions WHERE to_state = 'complete' GROUP BY step_id HAVING count(*) > 1) d"),
+        0
+    );
+}
+
+#[test]
+fn seed_shapes_on_rabbitmq_single_instance() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let serve = t.serve(&r.env());
+    let _worker = t.worker(&r.env());
+    run_seed_shapes(&[serve.addr()]);
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM sg_queue"),
+        0,
+        "no message went through PostgreSQL"
+    );
+}
+
+#[test]
+fn seed_shapes_on_rabbitmq_in_cluster_mode() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let a = t.serve(&r.env());
+    let b = t.serve(&r.env());
+    let _w1 = t.worker(&r.env());
+    let _w2 = t.worker(&r.env());
+    run_seed_shapes(&[a.addr(), b.addr()]);
+}
+
+#[test]
+fn results_through_the_orchestration_queue_on_rabbitmq() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let serve = t.serve(&r.env());
+    let mut env = r.env();
+    env.push(("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"));
+    let _worker = t.worker(&env);
+    run_seed_shapes(&[serve.addr()]);
+}
+
+#[test]
+fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let serve = t.serve(&r.env());
+    let _worker = t.worker(&r.env());
+    let ids: Vec<String> = (0..300)
+        .map(|_| create(serve.addr(), "linear", json!({ "even_number": 6 })))
+        .collect();
+    // Server side: RabbitMQ drops the connections of the worker and the server.
+    for _ in 0..2 {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "close_all_connections",
+                "stepgraph test: connection closed mid-run",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for id in &ids {
+        let v = wait(serve.addr(), id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_eq!(v["result"], json!(SIX_16));
+    }
+    assert_nothing_lost_or_duplicated(&t, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_serving() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let serve = t.serve(&r.env());
+    let _worker = t.worker(&r.env());
+    let queue = r.queue().await;
+    let unknown = StepMessage {
+        task_id: stepgraph_core::new_id(),
+        step_id: stepgraph_core::new_id(),
+        attempt: 1,
+        step_name: "ghost".into(),
+        handler: "math.square".into(),
+    };
+    let poison = vec![
+        Outgoing {
+            payload: b"{ this is not a step message".to_vec(),
+            delay: Duration::ZERO,
+        },
+        Outgoing {
+            payload: serde_json::to_vec(&unknown).unwrap(),
+            delay: Duration::ZERO,
+        },
+    ];
+    queue.send("worker.e2e", poison).await.unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        let got = queue
+            .receive(
+                "worker.e2e.dead",
+                2,
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !got.is_empty(),
+            "the poison messages did not reach the dead-letter queue"
+        );
+        queue
+            .ack(
+                "worker.e2e.dead",
+                &got.iter().map(|d| d.receipt).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        dead.extend(got);
+    }
+    let payloads: Vec<String> = dead
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        .collect();
+    assert!(
+        payloads.contains(&"{ this is not a step message".to_string()),
+        "{payloads:?}"
+    );
+    assert!(payloads.iter().any(|p| p.contains("ghost")), "{payloads:?}");
+    // The worker is still serving.
+    let addr = serve.addr().to_string();
+    let v = tokio::task::spawn_blocking(move || {
+        let id = create(&addr, "linear", json!({ "even_number": 6 }));
+        wait(&addr, &id, LONG)
+    })
+    .await
+    .unwrap();
+    assert_eq!(v["result"], json!(SIX_16));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_arrive_after_their_delay_and_releases_come_back() {
+    let r = Rabbit::new();
+    let queue = r.queue().await;
+    let start = std::time::Instant::now();
+    queue
+        .send(
+            "delays",
+            vec![Outgoing {
+                payload: b"later".to_vec(),
+                delay: Duration::from_millis(200),
+            }],
+        )
+        .await
+        .unwrap();
+    let got = queue
+        .receive(
+            "delays",
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"later");
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "it came early"
+    );
+    queue
+        .release("delays", got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = queue
+        .receive(
+            "delays",
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].delivery_count, 2,
+        "a released message comes back as a redelivery"
+    );
+    queue.ack("delays", &[again[0].receipt]).await.unwrap();
+    assert_eq!(queue.depth("delays").await.unwrap(), 0);
+}
+
+#[test]
+fn a_bad_amqp_url_is_a_clear_error() {
+    let t = TestEnv::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"))
+        .args(["worker", "--templates"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/templates"
+        ))
+        .env("STEPGRAPH_DATABASE_URL", &t.db.url)
+        .env("STEPGRAPH_QUEUE", "rabbitmq")
+        .env_remove("STEPGRAPH_AMQP_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs an AMQP URL"), "{stderr}");
+}
