@@ -2,6 +2,7 @@
 
 require_relative "helper"
 require "open3"
+require "socket"
 
 # A database of its own per test, and a real `stepgraph serve` on it.
 module PostgresSetup
@@ -136,5 +137,39 @@ class PolyglotTest < Minitest::Test
       serve.join
       serve_in.close
     end
+  end
+end
+
+# A Ruby worker whose steps travel over RabbitMQ (state still in PostgreSQL).
+class RabbitTest < Minitest::Test
+  include PostgresSetup
+
+  AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+  def test_a_ruby_worker_over_rabbitmq
+    flunk("RabbitMQ is not reachable on 127.0.0.1:5672; .ci/run starts it") unless port_open?(5672)
+    binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
+    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_QUEUE" => "rabbitmq", "STEPGRAPH_AMQP_URL" => AMQP_URL }
+    serve_in, serve_out, serve = Open3.popen2(env, binary, "serve", "--templates", TEMPLATES, "--listen", "127.0.0.1:0")
+    client = Stepgraph::Client.new(serve_out.gets.to_s.split[2])
+    worker = Stepgraph::Worker.new(database_url: @url, templates_dir: TEMPLATES, handlers: ALL_HANDLERS,
+                                   queue: AMQP_URL).start
+    begin
+      task = client.run("e2e", "diamond", { "even_number" => 6 }, timeout: 60)
+      assert_equal "complete", task["state"], task["error"].inspect
+      assert_equal SIX_16, Integer(task["result"])
+    ensure
+      worker.stop
+      Process.kill("KILL", serve.pid)
+      serve.join
+      serve_in.close
+    end
+  end
+
+  def port_open?(port)
+    Socket.tcp("127.0.0.1", port, connect_timeout: 2).close
+    true
+  rescue SystemCallError
+    false
   end
 end

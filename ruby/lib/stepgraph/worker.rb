@@ -4,9 +4,12 @@ module Stepgraph
   # Serves +handlers+ for the steps of +namespaces+ (default: every
   # template's) in a PostgreSQL deployment (tasks come from `stepgraph
   # serve`), on +concurrency+ Ruby threads. It orchestrates the results of
-  # its own steps, so it loads +templates_dir+ too.
+  # its own steps, so it loads +templates_dir+ too (default:
+  # STEPGRAPH_TEMPLATES_DIR, else ./templates). +queue+: "postgres", or an
+  # AMQP URL for RabbitMQ.
   class Worker
-    def initialize(database_url:, handlers:, templates_dir:, queue: "postgres", namespaces: [], concurrency: 4,
+    def initialize(database_url:, handlers:, templates_dir: ENV.fetch("STEPGRAPH_TEMPLATES_DIR", "templates"),
+                   queue: "postgres", namespaces: [], concurrency: 4,
                    completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0)
       @handlers = Stepgraph.handlers_by_name(handlers)
       @args = [database_url.to_s, queue.to_s, templates_dir.to_s, Array(namespaces).map(&:to_s), @handlers.keys,
