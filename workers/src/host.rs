@@ -74,6 +74,23 @@ pub struct HostConfig {
     pub reaper_interval: Duration,
 }
 
+impl HostConfig {
+    /// The settings the bindings expose: the completion channel's capacity
+    /// and the breaker's threshold and cool-down; defaults for the rest.
+    pub fn tuned(
+        completion_capacity: usize,
+        failure_threshold: u32,
+        cool_down_ms: u64,
+    ) -> HostConfig {
+        HostConfig {
+            completion_capacity,
+            failure_threshold,
+            cool_down: Duration::from_millis(cool_down_ms),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {

@@ -47,19 +47,6 @@ struct NativeEngine {
     inner: HostedEngine,
 }
 
-fn host_config(
-    completion_capacity: usize,
-    failure_threshold: u32,
-    cool_down_ms: u64,
-) -> HostConfig {
-    HostConfig {
-        completion_capacity,
-        failure_threshold,
-        cool_down: Duration::from_millis(cool_down_ms),
-        ..Default::default()
-    }
-}
-
 #[pymethods]
 impl NativeEngine {
     /// Loads the templates in `templates_dir`; `handlers` are the names the
@@ -75,7 +62,7 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> PyResult<Self> {
-        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let inner = py
             .allow_threads(|| HostedEngine::embedded(Path::new(templates_dir), &handlers, config))
             .map_err(error)?;
@@ -100,7 +87,7 @@ impl NativeEngine {
         cool_down_ms: u64,
         queue: &str,
     ) -> PyResult<Self> {
-        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url: database_url.to_string(),
             queue: queue.to_string(),

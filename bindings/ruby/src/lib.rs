@@ -86,19 +86,6 @@ where
     }
 }
 
-fn host_config(
-    completion_capacity: usize,
-    failure_threshold: u32,
-    cool_down_ms: u64,
-) -> HostConfig {
-    HostConfig {
-        completion_capacity,
-        failure_threshold,
-        cool_down: Duration::from_millis(cool_down_ms),
-        ..Default::default()
-    }
-}
-
 /// An engine whose steps for the named handlers are run by Ruby threads.
 #[magnus::wrap(class = "Stepgraph::Native::Engine", free_immediately, size)]
 struct NativeEngine {
@@ -114,7 +101,7 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> Result<NativeEngine, Error> {
-        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         without_gvl(ruby, || {
             HostedEngine::embedded(Path::new(&templates_dir), &handlers, config)
         })?
@@ -135,7 +122,7 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
     ) -> Result<NativeEngine, Error> {
-        let config = host_config(completion_capacity, failure_threshold, cool_down_ms);
+        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url,
             queue,
