@@ -405,17 +405,21 @@ impl Orchestrator {
         let _ = slots.acquire_many(size as u32).await;
     }
 
+    /// A poison message: out of the way, with why.
+    async fn dead_letter(&self, receipt: u64, reason: &str) {
+        tracing::error!(%reason, "orchestration message moved to the dead letters");
+        let _ = self
+            .queue
+            .dead_letter(ORCHESTRATION_QUEUE, receipt, reason)
+            .await;
+    }
+
     async fn process(&self, delivery: Delivery) {
         let message: OrchestrationMessage = match delivery.decode() {
             Ok(m) => m,
             Err(e) => {
                 let reason = format!("undecodable orchestration message: {e}");
-                tracing::error!(%reason, "orchestration message moved to the dead letters");
-                let _ = self
-                    .queue
-                    .dead_letter(ORCHESTRATION_QUEUE, delivery.receipt, &reason)
-                    .await;
-                return;
+                return self.dead_letter(delivery.receipt, &reason).await;
             }
         };
         match self.handle(&message, Some(delivery.receipt)).await {
@@ -424,12 +428,7 @@ impl Orchestrator {
                 StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
             )) => {
                 let reason = format!("message for an unknown task or step: {message:?}");
-                tracing::error!(%reason, "orchestration message moved to the dead letters");
-                let _ = self
-                    .queue
-                    .dead_letter(ORCHESTRATION_QUEUE, delivery.receipt, &reason)
-                    .await;
-                return;
+                return self.dead_letter(delivery.receipt, &reason).await;
             }
             Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
                 // Transient: the message comes back after its visibility timeout.
