@@ -11,8 +11,9 @@ use crate::host::{Host, HostConfig};
 use crate::runtime::{Worker, WorkerConfig};
 use crate::{examples, roundtrip};
 use parking_lot::Mutex;
+use serde::Deserialize;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::{
@@ -42,6 +43,72 @@ pub enum HostedError {
     NoEngine,
     #[error("{0}")]
     Run(String),
+}
+
+/// An engine's settings as a binding passes them (JSON): an embedded
+/// engine, or a worker when `database_url` is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    pub templates_dir: PathBuf,
+    /// The handler names the language side serves.
+    #[serde(default)]
+    pub handlers: Vec<String>,
+    #[serde(default = "default_capacity")]
+    pub completion_capacity: usize,
+    #[serde(default = "default_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "default_cool_down_ms")]
+    pub cool_down_ms: u64,
+    pub database_url: Option<String>,
+    /// `postgres`, or an AMQP URL for RabbitMQ.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_capacity() -> usize {
+    HostConfig::default().completion_capacity
+}
+fn default_threshold() -> u32 {
+    HostConfig::default().failure_threshold
+}
+fn default_cool_down_ms() -> u64 {
+    HostConfig::default().cool_down.as_millis() as u64
+}
+fn default_queue() -> String {
+    "postgres".into()
+}
+fn default_concurrency() -> usize {
+    4
+}
+
+/// A blocking operation, asked for by a language whose handlers run on the
+/// thread that would otherwise wait for it (JavaScript's): see
+/// [`HostedEngine::call`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Call {
+    /// Creates a task and waits for it; replies with its report.
+    Run {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        context: Value,
+        #[serde(default = "default_run_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// Benchmarks: replies with the nanoseconds `n` round trips took.
+    Roundtrip { handler: String, n: u64 },
+    /// Stops gracefully; replies with null.
+    Shutdown,
+}
+
+fn default_run_timeout_ms() -> u64 {
+    300_000
 }
 
 pub struct HostedEngine {
@@ -159,6 +226,29 @@ impl HostedEngine {
         })
     }
 
+    /// An embedded engine, or a worker when `options.database_url` is set.
+    pub fn open(options: EngineOptions) -> Result<HostedEngine, HostedError> {
+        let config = HostConfig::tuned(
+            options.completion_capacity,
+            options.failure_threshold,
+            options.cool_down_ms,
+        );
+        match options.database_url {
+            None => HostedEngine::embedded(&options.templates_dir, &options.handlers, config),
+            Some(database_url) => HostedEngine::worker(
+                &options.templates_dir,
+                &options.handlers,
+                WorkerOptions {
+                    database_url,
+                    queue: options.queue,
+                    namespaces: options.namespaces,
+                    concurrency: options.concurrency,
+                },
+                config,
+            ),
+        }
+    }
+
     pub fn host(&self) -> &Arc<Host> {
         &self.host
     }
@@ -179,6 +269,56 @@ impl HostedEngine {
                 engine.wait(created.task_id, timeout).await
             })
             .map_err(|e| HostedError::Run(e.to_string()))
+    }
+
+    /// Runs `call` without blocking the caller and hands `reply` its outcome
+    /// (JSON) on another thread: the caller's own thread stays free to run
+    /// the handlers the call waits for.
+    pub fn call(
+        self: &Arc<Self>,
+        call: Call,
+        reply: impl FnOnce(Result<Value, String>) + Send + 'static,
+    ) {
+        if let Call::Run {
+            namespace,
+            name,
+            context,
+            timeout_ms,
+        } = call
+        {
+            let Some(engine) = self.engine.lock().clone() else {
+                return reply(Err(HostedError::NoEngine.to_string()));
+            };
+            self.runtime.spawn(async move {
+                let request = TaskRequest::new(&namespace, &name, context);
+                let report = async {
+                    let created = engine.submit(request).await?;
+                    engine
+                        .wait(created.task_id, Duration::from_millis(timeout_ms))
+                        .await
+                }
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+                reply(report);
+            });
+            return;
+        }
+        let this = self.clone();
+        // Both block a thread for as long as the language side's handlers take.
+        std::thread::spawn(move || {
+            reply(match call {
+                Call::Roundtrip { handler, n } => this
+                    .roundtrip(&handler, n)
+                    .map(|took| Value::from(took.as_nanos() as u64))
+                    .map_err(|e| e.to_string()),
+                Call::Shutdown => {
+                    this.shutdown();
+                    Ok(Value::Null)
+                }
+                Call::Run { .. } => unreachable!("runs are spawned above"),
+            })
+        });
     }
 
     /// Benchmarks: `n` steps, one after another, through the handler

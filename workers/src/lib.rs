@@ -16,5 +16,5 @@ pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
 pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
-pub use hosted::{HostedEngine, HostedError, WorkerOptions};
+pub use hosted::{Call, EngineOptions, HostedEngine, HostedError, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
