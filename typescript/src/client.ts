@@ -1,0 +1,113 @@
+// A client of the HTTP API of `stepgraph serve`: create tasks, read them,
+// wait for them (long-polling: the server answers when the task ends),
+// cancel them. Uses fetch; big integers in results are BigInt.
+
+import { TERMINAL } from "./engine.js";
+import { parseJson, stringifyJson } from "./json.js";
+import { StepgraphError } from "./native.js";
+
+/** The server refused a request: `status` is the HTTP status, the message the server's. */
+export class ApiError extends StepgraphError {
+  override name = "ApiError";
+  readonly status: number;
+
+  constructor(status: number, message: string) {
+    super("Api", `HTTP ${status}: ${message}`);
+    this.status = status;
+  }
+}
+
+export interface CreateTaskOptions {
+  version?: string;
+  idempotencyKey?: string;
+  priority?: number;
+}
+
+export class Client {
+  readonly url: string;
+  readonly timeoutMs: number;
+
+  /** `new Client("http://127.0.0.1:8080")`. */
+  constructor(url: string, options: { timeoutMs?: number } = {}) {
+    this.url = (/^https?:\/\//.test(url) ? url : `http://${url}`).replace(/\/+$/, "");
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  /** Creates a task: `{task_id, created, ...}` (`created` false when the idempotency key names an existing task). */
+  createTask(namespace: string, name: string, context: unknown, options: CreateTaskOptions = {}): Promise<any> {
+    const body: Record<string, unknown> = { namespace, name, context };
+    if (options.version !== undefined) body.version = options.version;
+    if (options.idempotencyKey !== undefined) body.idempotency_key = options.idempotencyKey;
+    if (options.priority !== undefined) body.priority = options.priority;
+    return this.#request("POST", "/v1/tasks", body);
+  }
+
+  /** The task: state, result or error, its steps and its timeline. */
+  getTask(taskId: string): Promise<any> {
+    return this.#request("GET", `/v1/tasks/${encodeURIComponent(taskId)}`);
+  }
+
+  /** Waits until the task ends and returns it; rejects with a timeout error naming its state. */
+  async wait(taskId: string, timeoutMs = 60_000): Promise<any> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const waitMs = Math.max(0, Math.min(deadline - Date.now(), 25_000));
+      const task = await this.#request(
+        "GET",
+        `/v1/tasks/${encodeURIComponent(taskId)}/wait?timeout_ms=${waitMs}`,
+        undefined,
+        waitMs + this.timeoutMs,
+      );
+      if (TERMINAL.has(task.state)) return task;
+      if (Date.now() >= deadline) {
+        throw new StepgraphError("Timeout", `task ${taskId} did not end within ${timeoutMs} ms (state ${task.state})`);
+      }
+    }
+  }
+
+  /** Creates a task and waits for it. */
+  async run(namespace: string, name: string, context: unknown, options: CreateTaskOptions & { timeoutMs?: number } = {}): Promise<any> {
+    const created = await this.createTask(namespace, name, context, options);
+    return this.wait(created.task_id, options.timeoutMs);
+  }
+
+  /** Cancels the task (its running steps finish, nothing new starts). */
+  cancel(taskId: string): Promise<any> {
+    return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}/cancel`);
+  }
+
+  /** The templates the server knows. */
+  async templates(): Promise<any[]> {
+    return (await this.#request("GET", "/v1/templates")).templates;
+  }
+
+  /** The server's view of its database and queue (rejects with ApiError 503 when unhealthy). */
+  health(): Promise<any> {
+    return this.#request("GET", "/health");
+  }
+
+  async #request(method: string, path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<any> {
+    let response: Response;
+    try {
+      response = await fetch(this.url + path, {
+        method,
+        headers: { "content-type": "application/json", accept: "application/json" },
+        body: body === undefined ? undefined : stringifyJson(body),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (e) {
+      throw new StepgraphError("Unreachable", `cannot reach the stepgraph server at ${this.url}: ${(e as Error).message}`);
+    }
+    const text = await response.text();
+    if (!response.ok) {
+      let message = text || response.statusText;
+      try {
+        message = JSON.parse(text).error ?? message;
+      } catch {
+        // not JSON: the text is the message
+      }
+      throw new ApiError(response.status, message);
+    }
+    return parseJson(text);
+  }
+}

@@ -1,0 +1,133 @@
+// The embedded engine: orchestrator, in-memory state and queue, and this
+// process's TypeScript handlers, in one process with no services.
+
+import { handlersByName, type HandlerLike } from "./handlers.js";
+import { stringifyJson } from "./json.js";
+import { opener, type BackendName, type NativeEngine } from "./native.js";
+import { HandlerPool, type PoolStats } from "./pool.js";
+
+export const TERMINAL = new Set(["complete", "error", "cancelled", "resolved_manually"]);
+
+/** A step as users see it: its latest outcome split into result and error. */
+export interface StepView {
+  name: string;
+  state: string;
+  attempts: number;
+  maxAttempts: number;
+  cursor: { batch_no: number; start: number; end: number } | null;
+  result: any;
+  error: any;
+}
+
+/** A finished task: its state, result (or error), and its steps by name. */
+export interface TaskResult {
+  taskId: string;
+  state: string;
+  result: any;
+  error: any;
+  steps: Record<string, StepView>;
+  /** The engine's whole report: task, steps, edges, transitions. */
+  report: any;
+}
+
+function stepView(step: any): StepView {
+  const outcome = step.outcome ?? {};
+  const result =
+    outcome.status === "success"
+      ? outcome.result
+      : outcome.status === "decision"
+        ? { branches: outcome.branches }
+        : outcome.status === "batch"
+          ? outcome.batch
+          : null;
+  return {
+    name: step.name,
+    state: step.state,
+    attempts: step.attempts,
+    maxAttempts: step.max_attempts,
+    cursor: step.cursor ?? null,
+    result,
+    error: outcome.status === "failure" ? outcome.error : null,
+  };
+}
+
+export function taskResult(report: any): TaskResult {
+  const steps: Record<string, StepView> = {};
+  for (const s of report.steps) steps[s.name] = stepView(s);
+  const task = report.task;
+  return { taskId: task.id, state: task.state, result: task.result, error: task.error, steps, report };
+}
+
+export interface EngineOptions {
+  /** The directory of task templates (YAML). */
+  templatesDir: string;
+  handlers: Iterable<HandlerLike>;
+  /** Handlers running at once (async ones overlap on the event loop). Default 8. */
+  concurrency?: number;
+  /** Completions buffered in the engine before reporting one waits. Default 1024. */
+  completionCapacity?: number;
+  /** Consecutive failures that open a handler's circuit breaker. Default 5. */
+  breakerFailureThreshold?: number;
+  /** How long an open breaker refuses its handler's steps. Default 30000. */
+  breakerCoolDownMs?: number;
+  /** `bun-ffi` or `napi`; default: bun-ffi under Bun, napi under Node. */
+  backend?: BackendName;
+}
+
+export function hostOptions(options: EngineOptions, names: string[]): Record<string, unknown> {
+  return {
+    templates_dir: options.templatesDir,
+    handlers: names,
+    completion_capacity: options.completionCapacity ?? 1024,
+    failure_threshold: options.breakerFailureThreshold ?? 5,
+    cool_down_ms: options.breakerCoolDownMs ?? 30_000,
+  };
+}
+
+/** Runs tasks in this process with TypeScript handlers; needs no services. */
+export class Engine {
+  readonly #pool: HandlerPool;
+  readonly #native: NativeEngine;
+
+  private constructor(native: NativeEngine, pool: HandlerPool) {
+    this.#native = native;
+    this.#pool = pool;
+    pool.start();
+  }
+
+  static async embedded(options: EngineOptions): Promise<Engine> {
+    const handlers = handlersByName(options.handlers);
+    const open = await opener(options.backend);
+    const native = open(JSON.stringify(hostOptions(options, [...handlers.keys()])));
+    return new Engine(native, new HandlerPool(native, handlers, options.concurrency ?? 8));
+  }
+
+  /** Which binding carries this engine. */
+  get backend(): BackendName {
+    return this.#native.backend;
+  }
+
+  get stats(): PoolStats {
+    return this.#pool.stats;
+  }
+
+  /** Creates a task and waits for it to end. */
+  async run(namespace: string, name: string, context: unknown, options: { timeoutMs?: number } = {}): Promise<TaskResult> {
+    const request = stringifyJson({ op: "run", namespace, name, context, timeout_ms: options.timeoutMs ?? 300_000 });
+    return taskResult(await this.#native.call(request));
+  }
+
+  /**
+   * Benchmarks: the mean microseconds of one host round trip (the step
+   * handed to `handler` here, run, its result back in Rust), over `n`.
+   */
+  async roundtrip(handler: string, n: number): Promise<number> {
+    const nanos = await this.#native.call(JSON.stringify({ op: "roundtrip", handler, n }));
+    return Number(nanos) / 1000 / Math.max(1, n);
+  }
+
+  /** Graceful: running handlers finish and are recorded, then the engine stops. */
+  close(): Promise<void> {
+    return this.#pool.stop();
+  }
+}

@@ -1,0 +1,252 @@
+// Handler types, the step context, and the conversion of what a handler
+// returns or throws into the engine's outcome schema.
+
+import { checkJson } from "./json.js";
+
+/** Fails the step without retrying. */
+export class PermanentError extends Error {
+  override name = "PermanentError";
+}
+
+/** Fails this attempt; the step is retried (after `retryAfterMs` if given). */
+export class RetryableError extends Error {
+  override name = "RetryableError";
+  readonly retryAfterMs?: number;
+
+  constructor(message = "", options: { retryAfterMs?: number; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** A decision step's result: the names of the branches to create. */
+export class Decision {
+  readonly branches: string[];
+
+  constructor(branches: string[]) {
+    if (!Array.isArray(branches) || branches.some((b) => typeof b !== "string")) {
+      throw new TypeError("a Decision takes an array of step names");
+    }
+    this.branches = [...branches];
+  }
+}
+
+/** A batch worker's slice of the items. */
+export interface BatchCursor {
+  batchNo: number;
+  start: number;
+  end: number;
+}
+
+/** A batchable step's result: `totalItems` cut into slices of `batchSize`. */
+export class Batch {
+  constructor(
+    readonly totalItems: number,
+    readonly batchSize: number,
+  ) {
+    if (!Number.isSafeInteger(totalItems) || totalItems < 0) {
+      throw new TypeError(`a Batch's totalItems must be a non-negative integer, not ${totalItems}`);
+    }
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      throw new TypeError(`a Batch's batchSize must be a positive integer, not ${batchSize}`);
+    }
+  }
+
+  /** The engine's batch outcome. */
+  toOutcome(): { worker_count: number; total_items: number; cursors: object[] } {
+    const count = Math.ceil(this.totalItems / this.batchSize);
+    const cursors = Array.from({ length: count }, (_, i) => ({
+      batch_no: i + 1,
+      start: i * this.batchSize,
+      end: Math.min((i + 1) * this.batchSize, this.totalItems),
+    }));
+    return { worker_count: count, total_items: this.totalItems, cursors };
+  }
+}
+
+/** A step event as the engine sends it. */
+export interface StepEvent {
+  event_id: number;
+  task_id: string;
+  step_id: string;
+  namespace: string;
+  task_name: string;
+  step_name: string;
+  handler: string;
+  attempt: number;
+  max_attempts: number;
+  input: any;
+  config: any;
+  dependency_results: Record<string, any>;
+  batch_size: number | null;
+  cursor: { batch_no: number; start: number; end: number } | null;
+  timeout_ms: number;
+}
+
+/** What a handler sees of its step. */
+export class Context {
+  readonly taskId: string;
+  readonly stepId: string;
+  readonly stepName: string;
+  readonly handler: string;
+  readonly namespace: string;
+  readonly taskName: string;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  /** The task context. */
+  readonly input: any;
+  /** `handler.config` from the template. */
+  readonly config: Record<string, any>;
+  /** The results of the steps this one depends on, by step name. */
+  readonly dependencyResults: Record<string, any>;
+  /** For a batchable step: the template's `batch.batch_size`. */
+  readonly batchSize: number | null;
+  /** For a batch worker: its slice of the items. */
+  readonly cursor: BatchCursor | null;
+  /** Milliseconds the handler has before the engine times the step out. */
+  readonly timeoutMs: number;
+
+  constructor(event: StepEvent) {
+    this.taskId = event.task_id;
+    this.stepId = event.step_id;
+    this.stepName = event.step_name;
+    this.handler = event.handler;
+    this.namespace = event.namespace;
+    this.taskName = event.task_name;
+    this.attempt = event.attempt;
+    this.maxAttempts = event.max_attempts;
+    this.input = event.input;
+    this.config = event.config ?? {};
+    this.dependencyResults = event.dependency_results ?? {};
+    this.batchSize = event.batch_size ?? null;
+    this.cursor = event.cursor
+      ? { batchNo: event.cursor.batch_no, start: event.cursor.start, end: event.cursor.end }
+      : null;
+    this.timeoutMs = event.timeout_ms;
+  }
+
+  /** The result of dependency `stepName`; throws naming the known ones. */
+  dependency(stepName: string): any {
+    if (!Object.hasOwn(this.dependencyResults, stepName)) {
+      const known = Object.keys(this.dependencyResults).sort().join(", ") || "none";
+      throw new Error(`step '${this.stepName}' has no dependency '${stepName}' (it has: ${known})`);
+    }
+    return this.dependencyResults[stepName];
+  }
+}
+
+/**
+ * Subclass, set `static handlerName` (the template's `handler.callable`),
+ * implement `call` (sync or async). Return a JSON value (BigInts allowed),
+ * a {@link Decision} or a {@link Batch}; throw {@link PermanentError} or
+ * {@link RetryableError}; any other error fails the attempt as retryable.
+ */
+export abstract class StepHandler {
+  static handlerName = "";
+
+  /** The template's `handler.callable` this handler serves. */
+  get handlerName(): string {
+    return (this.constructor as typeof StepHandler).handlerName;
+  }
+
+  abstract call(ctx: Context): unknown;
+}
+
+export type HandlerFn = (ctx: Context) => unknown;
+
+class FunctionHandler extends StepHandler {
+  readonly #name: string;
+  readonly #fn: HandlerFn;
+
+  constructor(name: string, fn: HandlerFn) {
+    super();
+    this.#name = name;
+    this.#fn = fn;
+  }
+
+  override get handlerName(): string {
+    return this.#name;
+  }
+
+  call(ctx: Context): unknown {
+    return this.#fn(ctx);
+  }
+}
+
+/** A handler from a function: `defineHandler("square", async (ctx) => ...)`. */
+export function defineHandler(name: string, fn: HandlerFn): StepHandler {
+  if (!name) throw new TypeError("defineHandler needs the handler's name");
+  if (typeof fn !== "function") throw new TypeError(`handler '${name}' is not a function`);
+  return new FunctionHandler(name, fn);
+}
+
+/** A handler class (instantiated with no arguments) or instance. */
+export type HandlerLike = StepHandler | (new () => StepHandler);
+
+/** The handlers by name; throws on a nameless one or a name given twice. */
+export function handlersByName(handlers: Iterable<HandlerLike>): Map<string, StepHandler> {
+  const byName = new Map<string, StepHandler>();
+  for (const h of handlers) {
+    const handler = typeof h === "function" ? new h() : h;
+    if (!(handler instanceof StepHandler)) {
+      throw new TypeError(`${String(h)} is not a StepHandler (subclass it, or use defineHandler)`);
+    }
+    const name = handler.handlerName;
+    if (!name) throw new TypeError(`handler ${handler.constructor.name} has no handlerName`);
+    if (byName.has(name)) throw new TypeError(`two handlers are named '${name}'`);
+    byName.set(name, handler);
+  }
+  return byName;
+}
+
+export type Outcome =
+  | { status: "success"; result: unknown }
+  | { status: "decision"; branches: string[] }
+  | { status: "batch"; batch: object }
+  | { status: "failure"; error: Record<string, unknown> };
+
+function failure(kind: string, message: string, e: unknown, retryAfterMs?: number): Outcome {
+  const error: Record<string, unknown> = { kind, message };
+  if (e instanceof Error) {
+    error.error_type = e.name || e.constructor.name;
+    if (e.stack) error.backtrace = e.stack;
+  } else {
+    error.error_type = typeof e;
+  }
+  if (retryAfterMs !== undefined) error.retry_after_ms = Math.max(0, Math.round(retryAfterMs));
+  return { status: "failure", error };
+}
+
+/** The outcome of an error a handler threw (or a Promise rejected with). */
+export function errorOutcome(e: unknown): Outcome {
+  if (e instanceof PermanentError) return failure("permanent", e.message, e);
+  if (e instanceof RetryableError) return failure("retryable", e.message, e, e.retryAfterMs);
+  if (e instanceof Error) return failure("retryable", `${e.name}: ${e.message}`, e);
+  return failure("retryable", `a non-Error was thrown: ${String(e)}`, e);
+}
+
+/** The outcome of a value a handler returned. */
+export function valueOutcome(ctx: Context, value: unknown): Outcome {
+  if (value instanceof Decision) return { status: "decision", branches: value.branches };
+  if (value instanceof Batch) return { status: "batch", batch: value.toOutcome() };
+  if (value === undefined) value = null;
+  try {
+    checkJson(value);
+  } catch (e) {
+    return failure(
+      "permanent",
+      `step '${ctx.stepName}' returned a value that is not JSON: ${(e as Error).message}`,
+      e,
+    );
+  }
+  return { status: "success", result: value };
+}
+
+/** Runs a handler: its outcome, never a rejection. */
+export async function runHandler(handler: StepHandler, ctx: Context): Promise<Outcome> {
+  try {
+    return valueOutcome(ctx, await handler.call(ctx));
+  } catch (e) {
+    return errorOutcome(e);
+  }
+}

@@ -1,0 +1,22 @@
+// stepgraph for TypeScript: step handlers for the stepgraph workflow
+// engine, on Bun (C ABI through bun:ffi) and Node (Node-API).
+
+export {
+  Batch,
+  Context,
+  Decision,
+  PermanentError,
+  RetryableError,
+  StepHandler,
+  defineHandler,
+  type BatchCursor,
+  type HandlerFn,
+  type HandlerLike,
+  type StepEvent,
+} from "./handlers.js";
+export { Engine, type EngineOptions, type StepView, type TaskResult } from "./engine.js";
+export { Worker, type WorkerOptions } from "./worker.js";
+export { ApiError, Client, type CreateTaskOptions } from "./client.js";
+export { StepgraphError, type BackendName } from "./native.js";
+export { parseJson, stringifyJson } from "./json.js";
+export type { PoolStats } from "./pool.js";

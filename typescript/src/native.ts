@@ -1,0 +1,74 @@
+// The native engine, whichever binding carries it: the C ABI through
+// bun:ffi under Bun, or the Node-API module under Node (and under Bun when
+// asked). Both speak JSON text and never block the event loop: the waits
+// resolve Promises.
+
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+/** An error from the engine; `code` says which kind. */
+export class StepgraphError extends Error {
+  override name = "StepgraphError";
+  /** `NotPending`, `Closed`, `Forked`, `InvalidArgument`, `UnknownHandle`, `Panic` or `Error`. */
+  readonly code: string;
+
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export type BackendName = "bun-ffi" | "napi";
+
+export interface NativeEngine {
+  readonly backend: BackendName;
+  /** Up to `max` step events (JSON text) when some arrive, "[]" after `timeoutMs`. One at a time. */
+  nextEvents(max: number, timeoutMs: number): Promise<string>;
+  /** Reports an event's outcome (JSON text); throws StepgraphError (`NotPending`, say). */
+  complete(eventId: number, outcome: string): void;
+  /** A blocking operation (JSON `{"op": ...}`); resolves with its outcome (parsed, big integers as BigInt). */
+  call(request: string): Promise<unknown>;
+  /** Releases the engine (after a shutdown call). */
+  free(): void;
+}
+
+export type NativeOpener = (options: string) => NativeEngine;
+
+export const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
+
+/** Where the built libraries are: $STEPGRAPH_NATIVE_DIR, or the package's `native/`. */
+export function nativeDir(): string {
+  const dir =
+    process.env.STEPGRAPH_NATIVE_DIR ??
+    path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "native");
+  return path.resolve(dir);
+}
+
+export function nativeFile(name: string): string {
+  const file = path.join(nativeDir(), name);
+  if (!existsSync(file)) {
+    throw new StepgraphError(
+      "Error",
+      `the stepgraph native library ${file} is missing: build it with ./scripts/typescript-deps (or set STEPGRAPH_NATIVE_DIR)`,
+    );
+  }
+  return file;
+}
+
+/**
+ * The binding to use: `backend` if given, else $STEPGRAPH_BACKEND, else
+ * bun:ffi under Bun and napi elsewhere.
+ */
+export async function opener(backend?: BackendName): Promise<NativeOpener> {
+  const choice = backend ?? (process.env.STEPGRAPH_BACKEND as BackendName | undefined) ?? (isBun ? "bun-ffi" : "napi");
+  switch (choice) {
+    case "bun-ffi":
+      if (!isBun) throw new StepgraphError("InvalidArgument", "the bun-ffi backend needs Bun; under Node use napi");
+      return (await import("./bun-ffi.js")).openBunFfi;
+    case "napi":
+      return (await import("./napi.js")).openNapi;
+    default:
+      throw new StepgraphError("InvalidArgument", `unknown backend '${choice}' (bun-ffi or napi)`);
+  }
+}

@@ -1,0 +1,123 @@
+// The handlers' side of the host: pulls events with as many credits as
+// there are free slots, runs each handler (sync or async) on this thread's
+// event loop, and reports its outcome. A handler that outlives its step's
+// timeout gives its slot back when the engine times the step out; if it
+// settles later, the engine refuses that result and `refused` counts it.
+
+import { Context, runHandler, type StepEvent, type StepHandler } from "./handlers.js";
+import { parseJson, stringifyJson } from "./json.js";
+import { StepgraphError, type NativeEngine } from "./native.js";
+
+/** How long one wait for events lasts before it is renewed. */
+const WAIT_MS = 1000;
+
+export interface PoolStats {
+  /** Handlers running now. */
+  running: number;
+  /** Steps whose outcome was reported. */
+  completed: number;
+  /** Late outcomes the engine refused (their step had timed out). */
+  refused: number;
+}
+
+export class HandlerPool {
+  readonly #native: NativeEngine;
+  readonly #handlers: Map<string, StepHandler>;
+  readonly #concurrency: number;
+  #running = 0;
+  #completed = 0;
+  #refused = 0;
+  #slotFreed: (() => void) | undefined;
+  #stopping = false;
+  #loop: Promise<void> | undefined;
+  #idle: (() => void) | undefined;
+
+  constructor(native: NativeEngine, handlers: Map<string, StepHandler>, concurrency: number) {
+    this.#native = native;
+    this.#handlers = handlers;
+    this.#concurrency = Math.max(1, Math.floor(concurrency));
+  }
+
+  get stats(): PoolStats {
+    return { running: this.#running, completed: this.#completed, refused: this.#refused };
+  }
+
+  start(): void {
+    this.#loop ??= this.#pull();
+  }
+
+  async #pull(): Promise<void> {
+    while (!this.#stopping) {
+      if (this.#running >= this.#concurrency) {
+        await new Promise<void>((resolve) => (this.#slotFreed = resolve));
+        continue;
+      }
+      let text: string;
+      try {
+        text = await this.#native.nextEvents(this.#concurrency - this.#running, WAIT_MS);
+      } catch (e) {
+        if (e instanceof StepgraphError && e.code === "Closed") return;
+        throw e;
+      }
+      for (const event of parseJson(text) as StepEvent[]) this.#dispatch(event);
+    }
+  }
+
+  #dispatch(event: StepEvent): void {
+    this.#running++;
+    const ctx = new Context(event);
+    const handler = this.#handlers.get(event.handler)!;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.#running--;
+      const wake = this.#slotFreed;
+      this.#slotFreed = undefined;
+      wake?.();
+      if (this.#running === 0) this.#idle?.();
+    };
+    // The engine fails the step at its deadline; the slot comes back then too.
+    const deadline = setTimeout(release, event.timeout_ms + 50);
+    runHandler(handler, ctx).then((outcome) => {
+      clearTimeout(deadline);
+      try {
+        this.#native.complete(event.event_id, stringifyJson(outcome));
+        this.#completed++;
+      } catch (e) {
+        if (!(e instanceof StepgraphError)) throw e;
+        if (e.code === "NotPending") this.#refused++;
+        else if (e.code !== "Closed") console.error(`stepgraph: reporting step ${ctx.stepName}: ${e.message}`);
+      } finally {
+        release();
+      }
+    });
+  }
+
+  /** Resolves when no handler is running (or after `timeoutMs`). */
+  idle(timeoutMs: number): Promise<void> {
+    if (this.#running === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.#idle = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /**
+   * Graceful: the engine hands out nothing new, the handlers running here
+   * finish and their outcomes are recorded, then the engine stops.
+   */
+  async stop(): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    const wake = this.#slotFreed;
+    this.#slotFreed = undefined;
+    wake?.();
+    await this.#native.call(JSON.stringify({ op: "shutdown" }));
+    await this.#loop;
+    this.#native.free();
+  }
+}
