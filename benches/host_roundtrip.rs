@@ -8,7 +8,11 @@
 //! - `python`: through the PyO3 binding to a Python handler (a driver
 //!   process, `benches/drivers/roundtrip.py`, needs `./scripts/python-deps`);
 //! - `ruby`: through the Magnus binding to a Ruby handler
-//!   (`benches/drivers/roundtrip.rb`, needs `./scripts/ruby-deps`).
+//!   (`benches/drivers/roundtrip.rb`, needs `./scripts/ruby-deps`);
+//! - `bun/cabi`, `bun/napi`, `node/napi`: a TypeScript handler under Bun
+//!   through the C ABI (bun:ffi) and through the Node-API module, and under
+//!   Node through Node-API (`benches/drivers/roundtrip.mjs`, needs
+//!   `./scripts/typescript-deps`).
 //!
 //! `cargo bench --bench host_roundtrip [-- python]`.
 
@@ -124,6 +128,24 @@ fn bench(c: &mut Criterion) {
         let mut driver = Driver::spawn("Ruby", "ruby", &["benches/drivers/roundtrip.rb"]);
         b.iter_custom(|iters| driver.run(iters));
     });
+    let bun = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/typescript/node_modules/.bin/bun"
+    );
+    for (row, program, backend) in [
+        ("bun/cabi", bun, "bun-ffi"),
+        ("bun/napi", bun, "napi"),
+        ("node/napi", "node", "napi"),
+    ] {
+        group.bench_function(row, |b| {
+            let mut driver = Driver::spawn(
+                &format!("TypeScript ({row})"),
+                program,
+                &["benches/drivers/roundtrip.mjs", backend],
+            );
+            b.iter_custom(|iters| driver.run(iters));
+        });
+    }
     group.finish();
 }
 

@@ -106,6 +106,15 @@ fn fmt_latency(d: Duration) -> String {
 pub enum Language {
     Python,
     Ruby,
+    /// Under Bun (C ABI and napi), then under Node (napi).
+    Typescript,
+}
+
+/// The TypeScript package: $STEPGRAPH_TYPESCRIPT_DIR, or this checkout's.
+fn typescript_dir() -> std::path::PathBuf {
+    std::env::var_os("STEPGRAPH_TYPESCRIPT_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/typescript").into())
 }
 
 /// The seed's FFI rows: the language's own bench module runs linear and
@@ -123,30 +132,54 @@ pub fn foreign(language: Language, iterations: usize, warmup: usize) -> Result<(
         "--warmup".into(),
         warmup.to_string(),
     ];
-    let (program, mut args): (&str, Vec<String>) = match language {
-        Language::Python => ("python3", vec!["-m".into(), "stepgraph.bench".into()]),
-        Language::Ruby => (
-            "ruby",
+    let runs: Vec<(String, Vec<String>)> = match language {
+        Language::Python => vec![(
+            "python3".into(),
+            vec!["-m".into(), "stepgraph.bench".into()],
+        )],
+        Language::Ruby => vec![(
+            "ruby".into(),
             vec![
                 "-rstepgraph/bench".into(),
                 "-e".into(),
                 "Stepgraph::Bench.main(ARGV)".into(),
                 "--".into(),
             ],
-        ),
+        )],
+        Language::Typescript => {
+            let ts = typescript_dir();
+            let script = ts.join("dist/bench.js").display().to_string();
+            let bun = ts.join("node_modules/.bin/bun").display().to_string();
+            vec![(bun, vec![script.clone()]), ("node".into(), vec![script])]
+        }
     };
-    args.extend(options);
-    let status = std::process::Command::new(program)
-        .args(&args)
-        .status()
-        .with_context(|| {
-            format!("cannot run {program} (is it installed? ./scripts/setup installs the package)")
-        });
-    let _ = std::fs::remove_dir_all(&dir);
-    if !status?.success() {
-        bail!("the {language:?} bench failed (see above); ./scripts/setup installs its package");
+    let mut status = Ok(());
+    for (program, mut args) in runs {
+        args.extend(options.iter().cloned());
+        let ran = std::process::Command::new(&program)
+            .args(&args)
+            .status()
+            .with_context(|| {
+                format!(
+                    "cannot run {program} (is it installed? ./scripts/setup installs the package)"
+                )
+            });
+        match ran {
+            Ok(s) if s.success() => println!(),
+            Ok(_) => {
+                status = Err(anyhow::anyhow!(
+                    "the {language:?} bench failed under {program} (see above); ./scripts/setup installs its package"
+                ));
+                break;
+            }
+            Err(e) => {
+                status = Err(e);
+                break;
+            }
+        }
     }
-    Ok(())
+    let _ = std::fs::remove_dir_all(&dir);
+    status
 }
 
 pub struct Options<'a> {

@@ -1,0 +1,90 @@
+// `bun dist/bench.js --templates DIR` (or `node dist/bench.js ...`): the
+// seed's FFI rows (linear and diamond, embedded mode) with TypeScript
+// handlers, through every binding this runtime has, beside the same
+// workflows with the engine's native Rust handlers. `stepgraph bench
+// --language typescript` runs it under Bun and under Node.
+
+import { parseArgs } from "node:util";
+import { Engine, type EngineOptions } from "./engine.js";
+import { StepHandler, defineHandler } from "./handlers.js";
+import { isBun, type BackendName } from "./native.js";
+
+const SIX_16 = 6n ** 16n;
+const ROWS: [string, string, number, number][] = [
+  ["FFI linear", "linear", 4, 312],
+  ["FFI diamond", "diamond", 4, 260],
+];
+
+class Square extends StepHandler {
+  static override handlerName = "math.square";
+
+  call(ctx: { dependencyResults: Record<string, unknown>; input: { even_number: number } }): bigint {
+    const deps = Object.values(ctx.dependencyResults);
+    const x = BigInt((deps.length ? deps[0] : ctx.input.even_number) as number);
+    return x * x;
+  }
+}
+
+const multiplyAndSquare = defineHandler("math.multiply_and_square", (ctx) => {
+  let product = 1n;
+  for (const v of Object.values(ctx.dependencyResults)) product *= BigInt(v as number);
+  return product * product;
+});
+
+async function p50(options: EngineOptions, name: string, runs: number, warmup: number): Promise<number> {
+  const engine = await Engine.embedded(options);
+  try {
+    const samples: number[] = [];
+    for (let i = 0; i < warmup + runs; i++) {
+      const start = performance.now();
+      const r = await engine.run("e2e", name, { even_number: 6 });
+      const elapsed = performance.now() - start;
+      if (r.state !== "complete" || BigInt(r.result) !== SIX_16) {
+        throw new Error(`${name}: task ended ${r.state} with ${String(r.result)}: ${JSON.stringify(r.error)}`);
+      }
+      if (i >= warmup) samples.push(elapsed * 1000);
+    }
+    samples.sort((a, b) => a - b);
+    return samples[Math.floor(samples.length / 2)]!;
+  } finally {
+    await engine.close();
+  }
+}
+
+const fmt = (us: number) => (us < 1000 ? `${us.toFixed(0)} µs` : `${(us / 1000).toFixed(2)} ms`);
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      templates: { type: "string" },
+      runs: { type: "string", default: "1000" },
+      warmup: { type: "string", default: "100" },
+    },
+  });
+  if (!values.templates) throw new Error("--templates DIR is required (the e2e fixture templates)");
+  const runs = Number(values.runs);
+  const warmup = Number(values.warmup);
+  const runtime = isBun ? "Bun" : "Node";
+  const backends: BackendName[] = isBun ? ["bun-ffi", "napi"] : ["napi"];
+  const base = { templatesDir: values.templates, concurrency: 2 };
+
+  console.log(`stepgraph bench --language typescript: ${runtime}, embedded mode, ${runs} runs per row after ${warmup} warm-up runs`);
+  console.log();
+  console.log("| Scenario    | Binding        | Steps | Rust P50 | TypeScript P50 | overhead/step | vs Rust | Seed FFI P50 |");
+  console.log("|-------------|----------------|------:|---------:|---------------:|--------------:|--------:|-------------:|");
+  for (const [label, name, steps, seed] of ROWS) {
+    const rust = await p50({ ...base, handlers: [] }, name, runs, warmup);
+    for (const backend of backends) {
+      const ts = await p50({ ...base, backend, handlers: [Square, multiplyAndSquare] }, name, runs, warmup);
+      const binding = `${runtime} ${backend === "napi" ? "napi" : "C ABI"}`;
+      console.log(
+        `| ${label.padEnd(11)} | ${binding.padEnd(14)} | ${String(steps).padStart(5)} | ${fmt(rust).padStart(8)} | ${fmt(ts).padStart(14)} | ${fmt((ts - rust) / steps).padStart(13)} | ${(ts / rust).toFixed(2).padStart(6)}x | ${String(seed).padStart(9)} ms |`,
+      );
+    }
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});

@@ -1,0 +1,9 @@
+// `node --test`: every scenario through the Node-API module under Node.
+
+import { test } from "node:test";
+import { embeddedScenarios, postgresScenarios } from "./scenarios.mjs";
+
+const register = (name, fn, timeoutMs = 90_000) => test(name, { timeout: timeoutMs }, fn);
+
+embeddedScenarios(register, "napi");
+postgresScenarios(register, "napi");

@@ -1,0 +1,507 @@
+// Every behaviour the TypeScript package promises, as test bodies both
+// runners register: `bun test` (for the bun-ffi and napi backends) and
+// `node --test` (napi). `test(name, fn, timeoutMs)` is the runner's.
+
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import {
+  Client,
+  Engine,
+  PermanentError,
+  RetryableError,
+  StepHandler,
+  Worker,
+  defineHandler,
+} from "../dist/index.js";
+import {
+  POLYGLOT,
+  PRODUCTS,
+  SIX_16,
+  SIX_64,
+  TEMPLATES,
+  binary,
+  seedHandlers,
+  sleep,
+  writeTemplate,
+} from "./fixtures.mjs";
+
+async function withEngine(options, body) {
+  const engine = await Engine.embedded(options);
+  try {
+    return await body(engine);
+  } finally {
+    await engine.close();
+  }
+}
+
+export function embeddedScenarios(test, backend) {
+  const seed = (body, extra = {}) =>
+    withEngine({ templatesDir: TEMPLATES, handlers: seedHandlers(), backend, ...extra }, body);
+
+  test(`[${backend}] the math shapes are exact, big integers as BigInt`, () =>
+    seed(async (engine) => {
+      assert.equal(engine.backend, backend);
+      for (const [name, expected] of [
+        ["linear", SIX_16],
+        ["diamond", SIX_16],
+        ["complex_dag", SIX_64],
+        ["tree", SIX_64],
+      ]) {
+        const r = await engine.run("e2e", name, { even_number: 6 });
+        assert.equal(r.state, "complete", JSON.stringify(r.error));
+        assert.equal(BigInt(r.result), expected, name);
+        for (const s of Object.values(r.steps)) {
+          assert.equal(s.state, "complete");
+          assert.equal(s.attempts, 1);
+        }
+      }
+    }));
+
+  test(`[${backend}] a decision creates only the chosen branches`, () =>
+    seed(async (engine) => {
+      for (const [amount, branches] of [
+        [500, ["auto_approve"]],
+        [2500, ["manager_approval"]],
+        [7500, ["finance_review", "manager_approval"]],
+      ]) {
+        const r = await engine.run("e2e", "conditional_approval", { amount, requester: "ts" });
+        assert.equal(r.state, "complete", JSON.stringify(r.error));
+        assert.deepEqual(r.result, { approved: true, approvals: branches });
+        assert.deepEqual(
+          Object.keys(r.steps).sort(),
+          ["validate_request", "routing_decision", "finalize_approval", ...branches].sort(),
+        );
+      }
+    }));
+
+  test(`[${backend}] a batch outcome creates the batch workers`, () =>
+    seed(async (engine) => {
+      const r = await engine.run("e2e", "csv_batch", { csv_file_path: PRODUCTS });
+      assert.equal(r.state, "complete", JSON.stringify(r.error));
+      assert.equal(r.result.worker_count, 5);
+      assert.equal(r.result.total_inventory_value_cents, 12745576047);
+    }));
+
+  test(`[${backend}] the context carries input, config, dependencies and attempt`, async () => {
+    const seen = {};
+    const first = defineHandler("first", () => ({ n: 2n ** 70n }));
+    class Second extends StepHandler {
+      static handlerName = "second";
+      call(ctx) {
+        Object.assign(seen, {
+          input: ctx.input,
+          config: ctx.config,
+          first: ctx.dependency("first"),
+          deps: Object.keys(ctx.dependencyResults),
+          attempt: ctx.attempt,
+          maxAttempts: ctx.maxAttempts,
+          stepName: ctx.stepName,
+          taskName: ctx.taskName,
+          namespace: ctx.namespace,
+          taskId: ctx.taskId,
+        });
+        try {
+          ctx.dependency("zeroth");
+        } catch (e) {
+          seen.missing = e.message;
+        }
+        return "ok";
+      }
+    }
+    const dir = writeTemplate(`namespace: t
+name: ctx
+version: "1"
+steps:
+  - name: first
+    handler: { callable: first }
+  - name: second
+    dependencies: [first]
+    handler: { callable: second, config: { unit: cents } }
+    retry: { max_attempts: 4 }
+`);
+    await withEngine({ templatesDir: dir, handlers: [first, Second], backend }, async (engine) => {
+      const r = await engine.run("t", "ctx", { order: 7 });
+      assert.equal(r.state, "complete", JSON.stringify(r.error));
+      // 2^70 went out as the engine's decimal string and came back exact.
+      assert.equal(BigInt(r.steps.first.result.n), 2n ** 70n);
+      assert.deepEqual(seen.input, { order: 7 });
+      assert.deepEqual(seen.config, { unit: "cents" });
+      assert.equal(BigInt(seen.first.n), 2n ** 70n);
+      assert.deepEqual(seen.deps, ["first"]);
+      assert.equal(seen.attempt, 1);
+      assert.equal(seen.maxAttempts, 4);
+      assert.equal(seen.stepName, "second");
+      assert.equal(seen.taskName, "ctx");
+      assert.equal(seen.namespace, "t");
+      assert.equal(seen.taskId, r.taskId);
+      assert.equal(seen.missing, "step 'second' has no dependency 'zeroth' (it has: first)");
+    });
+  });
+
+  test(`[${backend}] errors retry, permanent errors do not, retryAfterMs is honoured`, async () => {
+    const calls = { flaky: 0, broken: 0, later: [] };
+    const flaky = defineHandler("flaky", async (ctx) => {
+      calls.flaky++;
+      if (ctx.attempt < 3) throw new TypeError("the API is down");
+      return { attempt: ctx.attempt };
+    });
+    const later = defineHandler("later", (ctx) => {
+      calls.later.push(Date.now());
+      if (ctx.attempt === 1) throw new RetryableError("rate limited", { retryAfterMs: 300 });
+      return "done";
+    });
+    const broken = defineHandler("broken", async () => {
+      calls.broken++;
+      throw new PermanentError("card declined");
+    });
+    const dir = writeTemplate(`namespace: t
+name: retry
+version: "1"
+steps:
+  - name: flaky
+    handler: { callable: flaky }
+    retry: { max_attempts: 3, backoff: linear, backoff_base_ms: 20, max_backoff_ms: 100 }
+  - name: later
+    dependencies: [flaky]
+    handler: { callable: later }
+    retry: { max_attempts: 2, backoff: none }
+  - name: broken
+    dependencies: [later]
+    handler: { callable: broken }
+    retry: { max_attempts: 3, backoff: none }
+`);
+    await withEngine({ templatesDir: dir, handlers: [flaky, later, broken], backend }, async (engine) => {
+      const r = await engine.run("t", "retry", {});
+      assert.equal(r.state, "error");
+      assert.equal(r.steps.flaky.attempts, 3);
+      assert.deepEqual(r.steps.flaky.result, { attempt: 3 });
+      assert.equal(calls.flaky, 3);
+      assert.equal(calls.broken, 1);
+      assert.equal(calls.later.length, 2);
+      assert.ok(calls.later[1] - calls.later[0] >= 290, `retried after ${calls.later[1] - calls.later[0]} ms`);
+      const error = r.steps.broken.error;
+      assert.equal(error.kind, "permanent");
+      assert.equal(error.message, "card declined");
+      assert.equal(error.error_type, "PermanentError");
+      assert.match(error.backtrace, /card declined/);
+    });
+  });
+
+  test(`[${backend}] a Promise that never settles is timed out, and its late settle refused`, async () => {
+    let settle;
+    const hang = defineHandler("hang", () => new Promise((resolve) => (settle = resolve)));
+    const dir = writeTemplate(`namespace: t
+name: h
+version: "1"
+steps:
+  - name: stuck
+    handler: { callable: hang }
+    timeout_seconds: 0.3
+    retry: { retryable: false, max_attempts: 1 }
+`);
+    await withEngine({ templatesDir: dir, handlers: [hang], backend, concurrency: 1 }, async (engine) => {
+      const r = await engine.run("t", "h", {});
+      assert.equal(r.state, "error");
+      assert.equal(r.steps.stuck.error.code, "timeout");
+      assert.equal(engine.stats.refused, 0);
+      settle(42);
+      await sleep(20);
+      assert.equal(engine.stats.refused, 1, "the late result was refused");
+      assert.equal(engine.stats.running, 0);
+      // The slot came back: the engine still serves (concurrency 1).
+      const again = await engine.run("t", "h", {});
+      settle(43);
+      assert.equal(again.steps.stuck.error.code, "timeout");
+    });
+  });
+
+  test(`[${backend}] a value that is not JSON fails the step, naming it and the part`, async () => {
+    const give = defineHandler("give", (ctx) => (ctx.input.kind === "map" ? { when: new Map() } : [1, NaN]));
+    const dir = writeTemplate(`namespace: t
+name: s
+version: "1"
+steps:
+  - name: give_garbage
+    handler: { callable: give }
+`);
+    await withEngine({ templatesDir: dir, handlers: [give], backend }, async (engine) => {
+      const map = await engine.run("t", "s", { kind: "map" });
+      assert.equal(map.state, "error");
+      assert.equal(
+        map.steps.give_garbage.error.message,
+        "step 'give_garbage' returned a value that is not JSON: $.when is a Map, which is not a JSON value",
+      );
+      assert.equal(map.steps.give_garbage.attempts, 1, "permanent: not retried");
+      const nan = await engine.run("t", "s", { kind: "nan" });
+      assert.match(nan.steps.give_garbage.error.message, /\$\[1\] is NaN/);
+    });
+  });
+
+  test(`[${backend}] the breaker opens, then a probe closes it`, async () => {
+    const calls = [];
+    const api = defineHandler("api", (ctx) => {
+      calls.push(ctx.attempt);
+      if (calls.length <= 2) throw new Error("503 from the API");
+      return "ok";
+    });
+    const dir = writeTemplate(`namespace: t
+name: b
+version: "1"
+steps:
+  - name: call
+    handler: { callable: api }
+    retry: { max_attempts: 10, backoff: none }
+`);
+    const options = { templatesDir: dir, handlers: [api], backend, breakerFailureThreshold: 2, breakerCoolDownMs: 300 };
+    await withEngine(options, async (engine) => {
+      const r = await engine.run("t", "b", {});
+      assert.equal(r.state, "complete");
+      // Attempts 1 and 2 failed here, 3 was refused by the open breaker, 4 was the probe.
+      assert.deepEqual(calls, [1, 2, 4]);
+      assert.equal(r.steps.call.attempts, 4);
+    });
+  });
+
+  test(`[${backend}] completions at capacity 1 lose nothing`, () =>
+    seed(
+      async (engine) => {
+        const runs = Array.from({ length: 12 }, () => engine.run("e2e", "tree", { even_number: 6 }));
+        const results = await Promise.all(runs);
+        assert.equal(results.length, 12);
+        for (const r of results) {
+          assert.equal(r.state, "complete");
+          assert.equal(BigInt(r.result), SIX_64);
+        }
+        assert.equal(engine.stats.completed, 12 * 8, "every step of every tree, once");
+      },
+      { concurrency: 8, completionCapacity: 1 },
+    ));
+
+  test(`[${backend}] async handlers overlap up to the concurrency`, async () => {
+    const spans = [];
+    let running = 0;
+    let peak = 0;
+    const nap = defineHandler("nap", async (ctx) => {
+      running++;
+      peak = Math.max(peak, running);
+      const start = performance.now();
+      await sleep(100);
+      spans.push([start, performance.now()]);
+      running--;
+      return ctx.stepName;
+    });
+    const steps = Array.from({ length: 12 }, (_, i) => `  - name: s${i}\n    handler: { callable: nap }\n`).join("");
+    const dir = writeTemplate(`namespace: t\nname: wide\nversion: "1"\nsteps:\n${steps}`);
+    await withEngine({ templatesDir: dir, handlers: [nap], backend, concurrency: 8 }, async (engine) => {
+      const r = await engine.run("t", "wide", {});
+      assert.equal(r.state, "complete");
+      assert.equal(r.steps.s7.result, "s7");
+    });
+    assert.equal(spans.length, 12);
+    assert.equal(peak, 8, "eight at once, never more");
+    const first = [...spans].sort((a, b) => a[0] - b[0]).slice(0, 8);
+    assert.ok(Math.max(...first.map((s) => s[0])) < Math.min(...first.map((s) => s[1])), "the first eight overlapped");
+  });
+
+  test(`[${backend}] the event loop keeps running while the engine waits for events`, () =>
+    seed(async (engine) => {
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
+      await sleep(300);
+      clearInterval(timer);
+      assert.ok(ticks >= 10, `a 10 ms timer fired ${ticks} times in 300 ms`);
+      // And the engine still answers.
+      const r = await engine.run("e2e", "linear", { even_number: 2 });
+      assert.equal(r.result, 65536);
+    }));
+
+  test(`[${backend}] bad input is refused with a message naming it`, async () => {
+    await seed(async (engine) => {
+      await assert.rejects(engine.run("e2e", "no_such_template", {}), /no_such_template/);
+      await assert.rejects(engine.run("e2e", "linear", { even_number: "six" }), /even_number|schema/);
+    });
+    await assert.rejects(
+      Engine.embedded({ templatesDir: "/nonexistent/stepgraph", handlers: [], backend }),
+      /nonexistent/,
+    );
+    await assert.rejects(
+      Engine.embedded({ templatesDir: TEMPLATES, handlers: [defineHandler("a", () => 1), defineHandler("a", () => 2)], backend }),
+      /two handlers are named 'a'/,
+    );
+    await assert.rejects(
+      Engine.embedded({ templatesDir: TEMPLATES, handlers: [{ call() {} }], backend }),
+      /is not a StepHandler/,
+    );
+  });
+
+  test(`[${backend}] roundtrip measures a TypeScript handler`, () =>
+    seed(async (engine) => {
+      const us = await engine.roundtrip("math.square", 200);
+      assert.ok(us > 0 && Number.isFinite(us), String(us));
+    }));
+}
+
+// ---- PostgreSQL: a real `stepgraph serve`, a database per test ----
+
+const ADMIN = ["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"];
+let databases = 0;
+
+function admin(sql) {
+  try {
+    execFileSync("psql", [...ADMIN, sql], { stdio: ["ignore", "ignore", "pipe"] });
+  } catch (e) {
+    throw new Error(`PostgreSQL is not reachable on 127.0.0.1:5432 (${e.message}); .ci/run starts it`);
+  }
+}
+
+/** Starts `stepgraph <args>`; for `serve`, resolves with its address once it listens. */
+function start(args, env = {}) {
+  const child = spawn(binary(), args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  child.on("error", (e) => {
+    throw new Error(`cannot start ${binary()} (build it with cargo build, or set STEPGRAPH_BIN): ${e.message}`);
+  });
+  return child;
+}
+
+function listening(child) {
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.once("line", (line) => {
+      if (line.startsWith("listening on http://")) resolve(line.split(" ")[2]);
+      else reject(new Error(`stepgraph serve said: ${line}`));
+    });
+    child.once("exit", (code) => reject(new Error(`stepgraph serve exited with ${code}`)));
+  });
+}
+
+async function withDeployment(templates, body) {
+  const name = `sg_tstest_${process.pid}_${++databases}`;
+  admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  admin(`CREATE DATABASE ${name}`);
+  const url = `postgres://postgres@127.0.0.1:5432/${name}`;
+  const serve = start(["serve", "--templates", templates, "--listen", "127.0.0.1:0"], {
+    STEPGRAPH_DATABASE_URL: url,
+    STEPGRAPH_MAX_CONNECTIONS: "5",
+  });
+  try {
+    const address = await listening(serve);
+    return await body({ url, client: new Client(address) });
+  } finally {
+    serve.kill("SIGKILL");
+    admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  }
+}
+
+async function withWorker(options, body) {
+  const worker = await new Worker(options).start();
+  try {
+    return await body(worker);
+  } finally {
+    await worker.stop();
+  }
+}
+
+export function postgresScenarios(test, backend) {
+  test(`[${backend}] every seed shape over PostgreSQL with a TypeScript worker`, () =>
+    withDeployment(TEMPLATES, ({ url, client }) =>
+      withWorker({ databaseUrl: url, templatesDir: TEMPLATES, handlers: seedHandlers(), backend }, async () => {
+        const cases = [
+          ["linear", { even_number: 6 }, (r) => assert.equal(BigInt(r), SIX_16)],
+          ["diamond", { even_number: 6 }, (r) => assert.equal(BigInt(r), SIX_16)],
+          ["complex_dag", { even_number: 6 }, (r) => assert.equal(BigInt(r), SIX_64)],
+          ["tree", { even_number: 6 }, (r) => assert.equal(BigInt(r), SIX_64)],
+          [
+            "conditional_approval",
+            { amount: 7500, requester: "ts" },
+            (r) => assert.deepEqual(r, { approved: true, approvals: ["finance_review", "manager_approval"] }),
+          ],
+          ["csv_batch", { csv_file_path: PRODUCTS }, (r) => assert.equal(r.total_inventory_value_cents, 12745576047)],
+        ];
+        const tasks = await Promise.all(cases.map(([name, ctx]) => client.run("e2e", name, ctx, { timeoutMs: 60_000 })));
+        tasks.forEach((task, i) => {
+          assert.equal(task.state, "complete", `${cases[i][0]}: ${JSON.stringify(task.error)}`);
+          cases[i][2](task.result);
+          for (const s of task.steps) assert.equal(s.attempts, 1, `${cases[i][0]}.${s.name}`);
+        });
+      }),
+    ));
+
+  test(`[${backend}] the Client creates, waits, reads, cancels and reports errors`, () =>
+    withDeployment(TEMPLATES, async ({ url, client }) => {
+      assert.equal((await client.health()).status, "ok");
+      const names = (await client.templates()).map((t) => `${t.namespace}/${t.name}`);
+      assert.ok(names.includes("e2e/linear"), names.join(","));
+      await withWorker({ databaseUrl: url, templatesDir: TEMPLATES, handlers: seedHandlers(), backend }, async () => {
+        const created = await client.createTask("e2e", "linear", { even_number: 6 }, { idempotencyKey: "order-1" });
+        assert.equal(created.created, true);
+        const again = await client.createTask("e2e", "linear", { even_number: 6 }, { idempotencyKey: "order-1" });
+        assert.deepEqual(again, { ...created, created: false });
+        const task = await client.wait(created.task_id, 30_000);
+        assert.equal(task.state, "complete");
+        assert.equal(BigInt(task.result), SIX_16);
+      });
+      const pending = await client.createTask("e2e", "linear", { even_number: 6 });
+      await assert.rejects(client.wait(pending.task_id, 200), /did not end within 200 ms/);
+      assert.equal((await client.cancel(pending.task_id)).state, "cancelled");
+      await assert.rejects(client.getTask("0190f3a2-0000-7000-8000-000000000000"), (e) => e.status === 404);
+      await assert.rejects(client.createTask("e2e", "no_such_template", {}), (e) => e.status === 422 && /no_such_template/.test(e.message));
+      await assert.rejects(client.createTask("e2e", "linear", { even_number: "six" }), (e) => e.status === 422);
+      await assert.rejects(client.getTask("not-a-uuid"), (e) => e.status === 400);
+      await assert.rejects(new Client("http://127.0.0.1:1").health(), /cannot reach/);
+    }));
+
+  test(`[${backend}] a bad database URL is a clear error`, async () => {
+    const worker = new Worker({ databaseUrl: "postgres://postgres@127.0.0.1:1/none", templatesDir: TEMPLATES, handlers: seedHandlers(), backend });
+    await assert.rejects(worker.start(), /cannot connect/);
+  });
+
+  test(`[${backend}] one task runs Rust, Python, Ruby and TypeScript steps`, () =>
+    withDeployment(POLYGLOT, async ({ url, client }) => {
+      const children = [
+        start(["worker", "--database-url", url, "--templates", POLYGLOT, "--namespace", "polyglot"]),
+        spawn(
+          "python3",
+          [
+            "-c",
+            `import sys, stepgraph
+double = stepgraph.handler("py.double")(lambda ctx: {"value": int(ctx.dependency("square")) * 2, "by": "python"})
+stepgraph.Worker(sys.argv[1], sys.argv[2], [double], namespaces=["python"]).run()`,
+            url,
+            POLYGLOT,
+          ],
+          { stdio: "inherit" },
+        ),
+        spawn(
+          "ruby",
+          [
+            "-e",
+            `require "stepgraph"
+add_one = Stepgraph.handler("rb.add_one") { |ctx| { "value" => ctx.dependency("double").fetch("value") + 1, "by" => "ruby" } }
+Stepgraph::Worker.new(database_url: ARGV[0], templates_dir: ARGV[1], handlers: [add_one], namespaces: ["ruby"]).run`,
+            url,
+            POLYGLOT,
+          ],
+          { stdio: "inherit" },
+        ),
+      ];
+      const describe = defineHandler("ts.describe", (ctx) => ({
+        text: `${ctx.dependency("add_one").value} ${ctx.config.unit}`,
+        by: "typescript",
+      }));
+      try {
+        await withWorker({ databaseUrl: url, templatesDir: POLYGLOT, namespaces: ["typescript"], handlers: [describe], backend }, async () => {
+          const task = await client.run("polyglot", "four", { even_number: 6 }, { timeoutMs: 60_000 });
+          assert.equal(task.state, "complete", JSON.stringify(task.error));
+          const results = Object.fromEntries(task.steps.map((s) => [s.name, s.result]));
+          assert.equal(results.square, 36);
+          assert.deepEqual(results.double, { value: 72, by: "python" });
+          assert.deepEqual(results.add_one, { value: 73, by: "ruby" });
+          assert.deepEqual(results.describe, { text: "73 widgets", by: "typescript" });
+        });
+      } finally {
+        for (const child of children) child.kill("SIGTERM");
+        await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : null)));
+      }
+    }));
+}
