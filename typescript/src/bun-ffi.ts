@@ -51,6 +51,7 @@ export function openBunFfi(options: string): NativeEngine {
     if (data.closed) {
       for (const c of calls.values()) c.reject(new StepgraphError("Closed", data.message ?? "closed"));
       calls.clear();
+      replies?.terminate();
       return;
     }
     for (const r of parseJson(data.text!) as { ticket: number; ok?: unknown; error?: string }[]) {
@@ -97,7 +98,8 @@ export function openBunFfi(options: string): NativeEngine {
     },
     free() {
       lib!.sg_engine_free(handle);
-      // The replies waiter returns (its wait ends with the engine); the events one idles.
+      // The replies waiter's wait ends with the engine (it is terminated
+      // when it says so); the events one idles.
       events?.terminate();
       replies?.unref();
     },
