@@ -30,6 +30,10 @@ pub struct Config {
 pub struct OrchestratorSection {
     pub concurrency: usize,
     pub visibility_timeout_ms: u64,
+    /// Over RabbitMQ: re-send the messages of steps stranded this long (a
+    /// crash between a commit and its send). Unused with PostgreSQL's
+    /// queue, which sends in the commit.
+    pub resend_stranded_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +70,7 @@ impl Default for OrchestratorSection {
         OrchestratorSection {
             concurrency: 64,
             visibility_timeout_ms: 30_000,
+            resend_stranded_after_ms: 60_000,
         }
     }
 }
@@ -154,6 +159,10 @@ impl Config {
             "ORCHESTRATOR_VISIBILITY_TIMEOUT_MS",
             &mut c.orchestrator.visibility_timeout_ms,
         )?;
+        env_num(
+            "ORCHESTRATOR_RESEND_STRANDED_AFTER_MS",
+            &mut c.orchestrator.resend_stranded_after_ms,
+        )?;
         env_num("WORKER_CONCURRENCY", &mut c.worker.concurrency)?;
         env_num(
             "WORKER_VISIBILITY_TIMEOUT_MS",
@@ -189,6 +198,11 @@ impl Config {
         stepgraph_core::OrchestratorConfig {
             concurrency: self.orchestrator.concurrency,
             visibility_timeout: Duration::from_millis(self.orchestrator.visibility_timeout_ms),
+            resend_stranded_after: matches!(
+                self.transport(),
+                Ok(stepgraph_core::Transport::RabbitMq(_))
+            )
+            .then(|| Duration::from_millis(self.orchestrator.resend_stranded_after_ms)),
             ..Default::default()
         }
     }

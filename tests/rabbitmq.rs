@@ -148,6 +148,67 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
     assert_nothing_lost_or_duplicated(&t, 300);
 }
 
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Messages ready in RabbitMQ's queue `name`.
+fn ready(name: &str) -> u64 {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .find(|(q, _)| *q == name)
+    .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
+}
+
+#[test]
+fn steps_whose_messages_were_lost_are_sent_again() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let mut env = r.env();
+    env.push(("STEPGRAPH_ORCHESTRATOR_RESEND_STRANDED_AFTER_MS", "2000"));
+    let serve = t.serve(&env);
+    let ids: Vec<String> = (0..20)
+        .map(|_| create(serve.addr(), "linear", json!({ "even_number": 6 })))
+        .collect();
+    // No worker yet: the first steps' messages wait in RabbitMQ. Lose them,
+    // as a crash between a commit and its send would.
+    let queue = format!("{}worker.e2e", r.prefix);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ready(&queue) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 20 messages never reached {queue}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every message a worker could take is gone (a copy the orchestrator
+    // re-sent before the purge went with them): only re-sending finishes these.
+    rabbitmqctl(&["purge_queue", &queue]);
+    let _worker = t.worker(&r.env());
+    for id in &ids {
+        let v = wait(serve.addr(), id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_eq!(v["result"], json!(SIX_16));
+    }
+    assert_nothing_lost_or_duplicated(&t, 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_serving() {
     let r = Rabbit::new();

@@ -24,7 +24,7 @@ pub use pg::{PgBackend, Transport};
 pub use queue::{MemoryQueue, Queue, QueueError, RabbitConfig, RabbitQueue};
 pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
 pub use state::{IllegalTransition, StepState, TaskState};
-pub use store::{MemoryStore, PgStore, Store, StoreError};
+pub use store::{MemoryStore, PgStore, Store, StoreError, Stranded, StrandedStep};
 pub use template::{
     TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry,
 };

@@ -81,6 +81,10 @@ pub struct OrchestratorConfig {
     pub receive_wait: Duration,
     /// Re-reads of a task after a compare-and-swap conflict.
     pub conflict_retries: u32,
+    /// With a queue that commits apart from the store (RabbitMQ): re-send
+    /// the messages of steps and tasks stranded this long (see
+    /// [`Store::stranded`]); a copy that was not lost is dropped as stale.
+    pub resend_stranded_after: Option<Duration>,
 }
 
 impl Default for OrchestratorConfig {
@@ -90,6 +94,7 @@ impl Default for OrchestratorConfig {
             visibility_timeout: Duration::from_secs(30),
             receive_wait: Duration::from_secs(1),
             conflict_retries: 20,
+            resend_stranded_after: None,
         }
     }
 }
@@ -383,9 +388,74 @@ impl Orchestrator {
         Err(OrchestratorError::Contention { task_id })
     }
 
+    /// Re-sends the messages of what [`Store::stranded`] finds stranded
+    /// for longer than `older_than`; how many it re-sent.
+    pub async fn resend_stranded(&self, older_than: Duration) -> Result<usize, OrchestratorError> {
+        let stranded = self.store.stranded(older_than, 1000).await?;
+        let mut outbox = Outbox::default();
+        for s in &stranded.steps {
+            if s.for_orchestration {
+                let result = OrchestrationMessage::StepResult {
+                    task_id: s.message.task_id,
+                    step_id: s.message.step_id,
+                    attempt: s.message.attempt,
+                    elapsed_us: 0,
+                };
+                outbox.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
+                continue;
+            }
+            let Some(template) = self
+                .templates
+                .get(&s.namespace, &s.task_name, Some(&s.version))
+            else {
+                tracing::error!(task = %s.message.task_id, step = %s.message.step_name, "stranded step of an unknown template");
+                continue;
+            };
+            for (queue, messages) in dispatch(&template, std::slice::from_ref(&s.message))?.sends {
+                outbox.send(&queue, messages);
+            }
+        }
+        let wakes: Vec<_> = stranded
+            .tasks
+            .iter()
+            .map(|&task_id| OrchestrationMessage::Wake { task_id })
+            .collect();
+        outbox.send(ORCHESTRATION_QUEUE, encode_all(&wakes, Duration::ZERO)?);
+        let count = stranded.steps.len() + stranded.tasks.len();
+        if count > 0 {
+            tracing::warn!(
+                steps = stranded.steps.len(),
+                tasks = stranded.tasks.len(),
+                "re-sent the messages of stranded steps and tasks"
+            );
+        }
+        outbox.deliver(self.queue.as_ref()).await?;
+        Ok(count)
+    }
+
+    /// Every half of `after`, re-sends what is stranded (see [`Self::resend_stranded`]).
+    async fn sweep(&self, after: Duration, mut shutdown: Shutdown) {
+        let every = (after / 2).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.resend_stranded(after).await {
+                tracing::warn!(error = %e, "looking for stranded steps failed; will look again");
+            }
+        }
+    }
+
     /// Consumes the orchestration queue until shutdown, then lets the
-    /// results being processed finish.
+    /// results being processed finish. With `resend_stranded_after`, also
+    /// re-sends what a crash between a commit and its send left stranded.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let sweeper = self.config.resend_stranded_after.map(|after| {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.sweep(after, shutdown).await })
+        });
         let size = self.config.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(size));
         let this = self.clone();
@@ -403,6 +473,9 @@ impl Orchestrator {
         )
         .await;
         let _ = slots.acquire_many(size as u32).await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
     }
 
     /// A poison message: out of the way, with why.

@@ -112,4 +112,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many tasks and steps are in each state (for metrics).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+
+    /// What may have lost its message: steps Enqueued (for a worker) or
+    /// EnqueuedForOrchestration for longer than `older_than`, and tasks
+    /// WaitingForRetry that long with every backoff over. Only a queue that
+    /// commits apart from the store can lose them (a crash between the
+    /// commit and the send); a store that sends with its commit has none.
+    async fn stranded(&self, _older_than: Duration, _limit: i64) -> Result<Stranded, StoreError> {
+        Ok(Stranded::default())
+    }
+}
+
+/// See [`Store::stranded`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stranded {
+    pub steps: Vec<StrandedStep>,
+    /// Tasks to wake (their retry timer's message may be lost).
+    pub tasks: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrandedStep {
+    pub message: StepMessage,
+    /// Waiting for the orchestrator (its result is recorded), not a worker.
+    pub for_orchestration: bool,
+    pub namespace: String,
+    pub task_name: String,
+    pub version: String,
 }

@@ -2,7 +2,7 @@
 //! one round trip: reading a graph, committing an orchestration decision with
 //! its sends and ack, starting a step, submitting its result.
 
-use super::{Snapshot, StateCounts, Store, StoreError, TaskLock};
+use super::{Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock};
 use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
 use crate::queue::Outbox;
@@ -422,6 +422,78 @@ impl Store for PgStore {
                 _ = tokio::time::sleep_until(poll.min(deadline)) => {}
             }
         }
+    }
+
+    async fn stranded(&self, older_than: Duration, limit: i64) -> Result<Stranded, StoreError> {
+        type Row = (
+            StepId,
+            TaskId,
+            String,
+            String,
+            i32,
+            String,
+            String,
+            String,
+            String,
+        );
+        let ms = older_than.as_millis() as f64;
+        let rows: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
+            "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version
+               FROM sg_steps s
+               JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
+               JOIN sg_tasks t ON t.id = s.task_id
+              WHERE s.state IN ('enqueued', 'enqueued_for_orchestration')
+                AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
+              ORDER BY tr.created_at
+              LIMIT $2",
+        )
+        .bind(ms)
+        .bind(limit)
+        .fetch_all(pool))
+        .map_err(backend_error)?;
+        let steps = rows
+            .into_iter()
+            .map(
+                |(
+                    step_id,
+                    task_id,
+                    step_name,
+                    handler,
+                    attempt,
+                    state,
+                    namespace,
+                    task_name,
+                    version,
+                )| {
+                    StrandedStep {
+                        message: StepMessage {
+                            task_id,
+                            step_id,
+                            attempt: attempt.max(0) as u32,
+                            step_name,
+                            handler,
+                        },
+                        for_orchestration: state == "enqueued_for_orchestration",
+                        namespace,
+                        task_name,
+                        version,
+                    }
+                },
+            )
+            .collect();
+        let tasks: Vec<TaskId> = retrying!(self, pool => sqlx::query_scalar::<_, TaskId>(
+            "SELECT t.id FROM sg_tasks t
+              WHERE t.state = 'waiting_for_retry'
+                AND t.updated_at < now() - make_interval(secs => $1 / 1000.0)
+                AND NOT EXISTS (SELECT 1 FROM sg_steps s WHERE s.task_id = t.id AND s.backoff_until > now())
+              ORDER BY t.updated_at
+              LIMIT $2",
+        )
+        .bind(ms)
+        .bind(limit)
+        .fetch_all(pool))
+        .map_err(backend_error)?;
+        Ok(Stranded { steps, tasks })
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
