@@ -60,6 +60,34 @@ fn count(t: &TestEnv, sql: &str) -> i64 {
         .unwrap()
 }
 
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Messages ready in RabbitMQ's queue `name`.
+fn ready(name: &str) -> u64 {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .find(|(q, _)| *q == name)
+    .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
+}
+
 /// Every step completed exactly once.
 fn assert_nothing_lost_or_duplicated(t: &TestEnv, tasks: i64) {
     assert_eq!(
@@ -126,18 +154,10 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
         .collect();
     // Server side: RabbitMQ drops the connections of the worker and the server.
     for _ in 0..2 {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args([
-                "close_all_connections",
-                "stepgraph test: connection closed mid-run",
-            ])
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        rabbitmqctl(&[
+            "close_all_connections",
+            "stepgraph test: connection closed mid-run",
+        ]);
         std::thread::sleep(Duration::from_millis(300));
     }
     for id in &ids {
@@ -146,34 +166,6 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
         assert_eq!(v["result"], json!(SIX_16));
     }
     assert_nothing_lost_or_duplicated(&t, 300);
-}
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Messages ready in RabbitMQ's queue `name`.
-fn ready(name: &str) -> u64 {
-    rabbitmqctl(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .find(|(q, _)| *q == name)
-    .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
 
-use crate::engine::{Engine, EngineConfig, TaskReport};
+use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
 use crate::handler::HandlerRegistry;
 use crate::host::{Host, HostConfig};
 use crate::runtime::{Worker, WorkerConfig};
@@ -262,12 +262,8 @@ impl HostedEngine {
         timeout: Duration,
     ) -> Result<TaskReport, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
-        let request = TaskRequest::new(namespace, name, context);
         self.runtime
-            .block_on(async {
-                let created = engine.submit(request).await?;
-                engine.wait(created.task_id, timeout).await
-            })
+            .block_on(submit_and_wait(&engine, namespace, name, context, timeout))
             .map_err(|e| HostedError::Run(e.to_string()))
     }
 
@@ -290,16 +286,11 @@ impl HostedEngine {
                 return reply(Err(HostedError::NoEngine.to_string()));
             };
             self.runtime.spawn(async move {
-                let request = TaskRequest::new(&namespace, &name, context);
-                let report = async {
-                    let created = engine.submit(request).await?;
-                    engine
-                        .wait(created.task_id, Duration::from_millis(timeout_ms))
-                        .await
-                }
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+                let timeout = Duration::from_millis(timeout_ms);
+                let report = submit_and_wait(&engine, &namespace, &name, context, timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
                 reply(report);
             });
             return;
@@ -347,4 +338,18 @@ impl HostedEngine {
         self.host.wait_idle(WorkerConfig::default().shutdown_grace);
         self.host.shutdown();
     }
+}
+
+/// Creates a task in `engine` and waits for it to end.
+async fn submit_and_wait(
+    engine: &Engine,
+    namespace: &str,
+    name: &str,
+    context: Value,
+    timeout: Duration,
+) -> Result<TaskReport, EngineError> {
+    let created = engine
+        .submit(TaskRequest::new(namespace, name, context))
+        .await?;
+    engine.wait(created.task_id, timeout).await
 }
