@@ -181,14 +181,7 @@ fn steps_whose_messages_were_lost_are_sent_again() {
     // No worker yet: the first steps' messages wait in RabbitMQ. Lose them,
     // as a crash between a commit and its send would.
     let queue = format!("{}worker.e2e", r.prefix);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ready(&queue) < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the 20 messages never reached {queue}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_ready(&queue, 20);
     // Every message a worker could take is gone (a copy the orchestrator
     // re-sent before the purge went with them): only re-sending finishes these.
     rabbitmqctl(&["purge_queue", &queue]);
@@ -199,6 +192,46 @@ fn steps_whose_messages_were_lost_are_sent_again() {
         assert_eq!(v["result"], json!(SIX_16));
     }
     assert_nothing_lost_or_duplicated(&t, 20);
+}
+
+/// Waits until RabbitMQ's queue `name` holds `n` ready messages.
+fn await_ready(name: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready(name) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never held {n} messages"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn results_whose_messages_were_lost_are_sent_again() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let mut serve = t.serve(&r.env());
+    let ids: Vec<String> = (0..10)
+        .map(|_| create(serve.addr(), "linear", json!({ "even_number": 6 })))
+        .collect();
+    // No orchestrator: the worker records step_1's results and sends them
+    // to the orchestration queue, where they wait. Lose them.
+    serve.kill9();
+    let mut env = r.env();
+    env.push(("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"));
+    let _worker = t.worker(&env);
+    let orchestration = format!("{}orchestration", r.prefix);
+    await_ready(&orchestration, 10);
+    rabbitmqctl(&["purge_queue", &orchestration]);
+    let mut env = r.env();
+    env.push(("STEPGRAPH_ORCHESTRATOR_RESEND_STRANDED_AFTER_MS", "1000"));
+    let serve = t.serve(&env);
+    for id in &ids {
+        let v = wait(serve.addr(), id, LONG);
+        assert_eq!(v["state"], "complete", "{v}");
+        assert_eq!(v["result"], json!(SIX_16));
+    }
+    assert_nothing_lost_or_duplicated(&t, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
