@@ -170,13 +170,26 @@ struct Entry {
 static ENGINES: LazyLock<Mutex<HashMap<u64, Arc<Entry>>>> = LazyLock::new(Default::default);
 static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 
+fn unknown_handle(handle: u64) -> Failure {
+    Failure::new(
+        SgStatus::UnknownHandle,
+        format!("no stepgraph engine has handle {handle} (never created, or freed)"),
+    )
+}
+
 fn entry(handle: u64) -> Result<Arc<Entry>, Failure> {
-    ENGINES.lock().get(&handle).cloned().ok_or_else(|| {
-        Failure::new(
-            SgStatus::UnknownHandle,
-            format!("no stepgraph engine has handle {handle} (never created, or freed)"),
-        )
-    })
+    ENGINES
+        .lock()
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| unknown_handle(handle))
+}
+
+/// `value` as a JSON buffer the caller owns.
+fn json_output(value: &impl serde::Serialize, what: &str) -> Result<SgBuffer, Failure> {
+    serde_json::to_vec(value)
+        .map(owned)
+        .map_err(|e| Failure::new(SgStatus::Error, format!("encoding {what}: {e}")))
 }
 
 /// Creates an engine from `options` (JSON: `templates_dir`, `handlers`, and
@@ -219,12 +232,10 @@ pub unsafe extern "C" fn sg_engine_new(
 #[no_mangle]
 pub extern "C" fn sg_engine_free(handle: u64) -> i32 {
     guard(|| {
-        let entry = ENGINES.lock().remove(&handle).ok_or_else(|| {
-            Failure::new(
-                SgStatus::UnknownHandle,
-                format!("no stepgraph engine has handle {handle} (never created, or freed)"),
-            )
-        })?;
+        let entry = ENGINES
+            .lock()
+            .remove(&handle)
+            .ok_or_else(|| unknown_handle(handle))?;
         let _ = entry.replies.0.send(Reply::Closed);
         Ok(())
     })
@@ -251,9 +262,7 @@ pub unsafe extern "C" fn sg_next_events(
             .engine
             .host()
             .next_events(max, Duration::from_millis(timeout_ms))?;
-        let bytes = serde_json::to_vec(&batch)
-            .map_err(|e| Failure::new(SgStatus::Error, format!("encoding events: {e}")))?;
-        *events = owned(bytes);
+        *events = json_output(&batch, "events")?;
         Ok(())
     })
 }
@@ -361,9 +370,7 @@ pub unsafe extern "C" fn sg_next_replies(
                 None
             };
         }
-        let bytes = serde_json::to_vec(&batch)
-            .map_err(|e| Failure::new(SgStatus::Error, format!("encoding replies: {e}")))?;
-        *replies = owned(bytes);
+        *replies = json_output(&batch, "replies")?;
         Ok(())
     })
 }
