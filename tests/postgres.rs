@@ -4,11 +4,15 @@
 
 mod common;
 
-use common::cluster::{create, http, wait, TestEnv};
+use common::cluster::{create, http, wait, TestDb, TestEnv};
 use common::shapes::{assert_clean_audit, run_seed_shapes};
 use common::SIX_16;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_core::queue::{worker_queue, Slots};
+use stepgraph_core::{Eager, Orchestrator, OrchestratorConfig, PgBackend, TaskRequest, Transport};
+use tokio::sync::Semaphore;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -72,6 +76,99 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
         .find(|s| s["name"] == "nap")
         .unwrap();
     assert_eq!(nap["attempts"], 1, "a redelivery is the same attempt");
+}
+
+#[test]
+fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
+    let t = TestEnv::new();
+    let fast_redelivery = [("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500")];
+    let serve = t.serve(&[]);
+    let mut doomed = t.worker(&fast_redelivery);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 800 }));
+    // `after` becomes ready in the commit that completes `nap`, which
+    // writes its message claimed by the worker that ran `nap`.
+    let started = std::time::Instant::now();
+    while t.db.query(&format!(
+        "SELECT state FROM sg_steps WHERE task_id = '{id}' AND name = 'after'"
+    )) != ["in_progress"]
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the second step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        t.db.query(
+            "SELECT delivery_count || ' ' || (visible_at > now()) FROM sg_queue WHERE queue = 'worker.e2e'"
+        ),
+        ["1 true"],
+        "the running step's message is claimed, invisible to other workers"
+    );
+    doomed.kill9();
+    let _rescuer = t.worker(&fast_redelivery);
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(v["result"], json!({ "slept_ms": 800 }));
+    assert_clean_audit(&v);
+    let after = &v["steps"][1];
+    assert_eq!(
+        (&after["name"], &after["attempts"]),
+        (&json!("after"), &json!(1))
+    );
+}
+
+#[test]
+fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
+    let db = TestDb::create();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
+        let orchestrator = Orchestrator::new(
+            store,
+            queue.clone(),
+            Arc::new(common::fixture_templates()),
+            OrchestratorConfig::default(),
+        );
+        let eager = Eager {
+            queues: vec![worker_queue("e2e")],
+            slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
+            visibility: Duration::from_secs(60),
+        };
+        let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let (created, claimed) = orchestrator
+            .create_task_eager(request(), Some(&eager))
+            .await
+            .unwrap();
+        assert!(created.created);
+        assert_eq!(claimed.len(), 1);
+        let first = &claimed[0];
+        assert_eq!(first.message.step_name, "step_1");
+        assert_eq!(first.work.context, json!({ "even_number": 6 }));
+        assert_eq!(first.work.attempt, 1);
+        assert!(
+            first.snapshot.is_some(),
+            "the graph to commit the outcome against"
+        );
+        let receive = || queue.receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO);
+        // Written claimed: there, but no other consumer gets it.
+        assert_eq!(queue.depth("worker.e2e").await.unwrap(), 1);
+        assert!(receive().await.unwrap().is_empty());
+
+        // The one slot is taken: the next task's first step is an ordinary message.
+        let (_, none) = orchestrator
+            .create_task_eager(request(), Some(&eager))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        assert_eq!(receive().await.unwrap().len(), 1);
+    });
 }
 
 #[test]

@@ -18,7 +18,8 @@ pub mod txn;
 
 pub use model::*;
 pub use orchestrator::{
-    Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated, TaskRequest,
+    Claimed, Eager, Orchestrated, Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated,
+    TaskRequest,
 };
 pub use pg::{PgBackend, Transport};
 pub use queue::{MemoryQueue, Queue, QueueError, RabbitConfig, RabbitQueue};

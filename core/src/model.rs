@@ -243,6 +243,39 @@ impl TaskGraph {
             .filter(move |e| e.to == id)
             .map(|e| e.from)
     }
+
+    /// What the handler of the step at `idx` needs (its current attempt).
+    pub fn work(&self, idx: usize) -> StepWork {
+        step_work(&self.task, &self.steps, &self.edges, idx)
+    }
+}
+
+/// What the handler of `steps[idx]` needs: its task's context, its config,
+/// and the results of the steps it depends on.
+pub fn step_work(task: &Task, steps: &[Step], edges: &[Edge], idx: usize) -> StepWork {
+    let s = &steps[idx];
+    let dependency_results = edges
+        .iter()
+        .filter(|e| e.to == s.id)
+        .filter_map(|e| steps.iter().find(|p| p.id == e.from))
+        .map(|p| (p.name.clone(), p.result_value().unwrap_or_default()))
+        .collect();
+    StepWork {
+        task_id: s.task_id,
+        step_id: s.id,
+        namespace: task.namespace.clone(),
+        task_name: task.name.clone(),
+        step_name: s.name.clone(),
+        handler: s.handler.clone(),
+        config: s.config.clone(),
+        context: task.context.clone(),
+        dependency_results,
+        attempt: s.attempts,
+        max_attempts: s.max_attempts,
+        timeout_seconds: s.timeout_seconds,
+        batch_size: s.batch_size,
+        cursor: s.cursor.clone(),
+    }
 }
 
 /// One change a store must apply atomically with the others of its batch.

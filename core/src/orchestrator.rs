@@ -4,11 +4,11 @@
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
 use crate::queue::{
-    self, encode_all, worker_queue, Delivery, Outbox, Queue, QueueError, ORCHESTRATION_QUEUE,
+    self, encode_all, worker_queue, Delivery, Outbox, Queue, QueueError, Slots, ORCHESTRATION_QUEUE,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{StepState, TaskState};
-use crate::store::{Snapshot, Store, StoreError};
+use crate::store::{Committed, Snapshot, Store, StoreError};
 use crate::template::{TaskTemplate, TemplateRegistry};
 use crate::txn::TaskTxn;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -138,6 +138,16 @@ impl Orchestrator {
     /// Validates the context, creates the task with its initial steps and
     /// dispatches the first ready steps, all before returning.
     pub async fn create_task(&self, req: TaskRequest) -> Result<TaskCreated, OrchestratorError> {
+        Ok(self.create_task_eager(req, None).await?.0)
+    }
+
+    /// [`Self::create_task`] for a process with a worker: with `eager`, the
+    /// first steps come back claimed for it (see [`Eager`]).
+    pub async fn create_task_eager(
+        &self,
+        req: TaskRequest,
+        eager: Option<&Eager>,
+    ) -> Result<(TaskCreated, Vec<Claimed>), OrchestratorError> {
         let template = self
             .templates
             .get(&req.namespace, &req.name, req.version.as_deref())
@@ -154,10 +164,11 @@ impl Orchestrator {
         })?;
         if let Some(key) = &req.idempotency_key {
             if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
-                return Ok(TaskCreated {
+                let created = TaskCreated {
                     task_id,
                     created: false,
-                });
+                };
+                return Ok((created, Vec::new()));
             }
         }
         let now = Utc::now();
@@ -180,21 +191,26 @@ impl Orchestrator {
         let mut txn = TaskTxn::create(task);
         txn.task_to(TaskState::Initializing, json!({}))?;
         let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
-        let outbox = dispatch(&template, &messages)?;
-        match txn.commit(self.store.as_ref(), outbox).await {
-            Ok(rest) => rest.deliver(self.queue.as_ref()).await?,
-            Err(StoreError::DuplicateIdempotencyKey { existing, .. }) => {
-                return Ok(TaskCreated {
+        let (outbox, taken) = dispatch_eager(&template, messages, eager)?;
+        match self.finish(txn, outbox, taken).await {
+            Ok(claimed) => {
+                let created = TaskCreated {
+                    task_id,
+                    created: true,
+                };
+                Ok((created, claimed))
+            }
+            Err(OrchestratorError::Store(StoreError::DuplicateIdempotencyKey {
+                existing, ..
+            })) => {
+                let created = TaskCreated {
                     task_id: existing,
                     created: false,
-                })
+                };
+                Ok((created, Vec::new()))
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e),
         }
-        Ok(TaskCreated {
-            task_id,
-            created: true,
-        })
     }
 
     fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
@@ -232,16 +248,18 @@ impl Orchestrator {
             ),
             OrchestrationMessage::Wake { task_id } => (*task_id, Work::Wake),
         };
-        self.orchestrate(task_id, &work, ack, None)
+        self.orchestrate(task_id, &work, ack, None, None)
             .await
             .map(|_| ())
     }
 
     /// The worker's fast path: records the outcome of a step attempt (the
     /// step must be InProgress with `attempt`) and orchestrates its task in the
-    /// same commit, which also acknowledges the step message `ack`. Returns
-    /// false, changing nothing but the ack, when the attempt is no longer
-    /// current (a late or repeated result).
+    /// same commit, which also acknowledges the step message `ack`. Not
+    /// `current`, changing nothing but the ack, when the attempt is no
+    /// longer current (a late or repeated result). With `eager`, the steps
+    /// this makes ready for the worker's queues come back claimed, as many
+    /// as it has free slots (when the store can claim in its commit).
     #[allow(clippy::too_many_arguments)]
     pub async fn complete_inline(
         &self,
@@ -253,14 +271,15 @@ impl Orchestrator {
         elapsed: Duration,
         ack: Option<(String, u64)>,
         snapshot: Option<Box<Snapshot>>,
-    ) -> Result<bool, OrchestratorError> {
+        eager: Option<&Eager>,
+    ) -> Result<Orchestrated, OrchestratorError> {
         let work = Work::Result {
             step_id,
             attempt,
             elapsed,
             outcome: Some((outcome, started_at)),
         };
-        self.orchestrate(task_id, &work, ack, snapshot).await
+        self.orchestrate(task_id, &work, ack, snapshot, eager).await
     }
 
     /// Orchestrates, starting from `snapshot` when given (a conflict means
@@ -271,13 +290,14 @@ impl Orchestrator {
         work: &Work,
         ack: Option<(String, u64)>,
         mut snapshot: Option<Box<Snapshot>>,
-    ) -> Result<bool, OrchestratorError> {
+        eager: Option<&Eager>,
+    ) -> Result<Orchestrated, OrchestratorError> {
         for _ in 0..=self.config.conflict_retries {
             let txn = match snapshot.take() {
                 Some(s) => TaskTxn::from_snapshot(*s),
                 None => TaskTxn::open(self.store.as_ref(), task_id).await?,
             };
-            match self.try_orchestrate(txn, work, ack.clone()).await {
+            match self.try_orchestrate(txn, work, ack.clone(), eager).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(why))) => {
                     tracing::debug!(%task_id, %why, "compare-and-swap conflict, re-evaluating");
                     tokio::task::yield_now().await;
@@ -293,7 +313,8 @@ impl Orchestrator {
         mut txn: TaskTxn,
         work: &Work,
         ack: Option<(String, u64)>,
-    ) -> Result<bool, OrchestratorError> {
+        eager: Option<&Eager>,
+    ) -> Result<Orchestrated, OrchestratorError> {
         let task_id = txn.task().id;
         let template = self.template_for(txn.task())?;
         let mut wake_at = None;
@@ -316,8 +337,9 @@ impl Orchestrator {
                 };
                 if !current || step.attempts != *attempt {
                     tracing::debug!(step = %step.name, state = %step.state, attempt, "stale result dropped");
-                    self.finish(txn, Outbox::default().acking(ack)).await?;
-                    return Ok(false);
+                    self.finish(txn, Outbox::default().acking(ack), Vec::new())
+                        .await?;
+                    return Ok(Orchestrated::default());
                 }
                 if let Some((outcome, started_at)) = outcome {
                     if step.state == StepState::Enqueued {
@@ -331,8 +353,9 @@ impl Orchestrator {
                 if txn.task().state.is_terminal() {
                     let meta = json!({ "reason": "task is terminal" });
                     txn.step_to(idx, StepState::Cancelled, meta, |_| {})?;
-                    self.finish(txn, Outbox::default().acking(ack)).await?;
-                    return Ok(true);
+                    self.finish(txn, Outbox::default().acking(ack), Vec::new())
+                        .await?;
+                    return Ok(Orchestrated::current());
                 }
                 wake_at = evaluate::apply_result(&mut txn, &template, idx)?;
                 observed = Some((txn.step(idx).handler.clone(), *elapsed));
@@ -341,7 +364,8 @@ impl Orchestrator {
             Work::Wake => Trigger::Wake,
         };
         let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
-        let mut outbox = dispatch(&template, &messages)?.acking(ack);
+        let (outbox, taken) = dispatch_eager(&template, messages, eager)?;
+        let mut outbox = outbox.acking(ack);
         if let Some(at) = wake_at {
             let delay = (at - Utc::now()).to_std().unwrap_or_default();
             let wake = OrchestrationMessage::Wake { task_id };
@@ -352,21 +376,39 @@ impl Orchestrator {
                 .to_std()
                 .unwrap_or_default()
         });
-        self.finish(txn, outbox).await?;
+        let claimed = self.finish(txn, outbox, taken).await?;
         if let Some((handler, took)) = observed {
             self.metrics.observe_step(&handler, took);
         }
         if let Some(took) = finished {
             self.metrics.observe_task(&template.key(), took);
         }
-        Ok(true)
+        Ok(Orchestrated {
+            current: true,
+            claimed,
+        })
     }
 
-    /// Commits, then delivers what the store did not send with the commit.
-    async fn finish(&self, txn: TaskTxn, outbox: Outbox) -> Result<(), OrchestratorError> {
-        let rest = txn.commit(self.store.as_ref(), outbox).await?;
-        rest.deliver(self.queue.as_ref()).await?;
-        Ok(())
+    /// Commits, then delivers what the store did not send with the commit;
+    /// the steps of `taken` that the commit claimed, ready to run.
+    async fn finish(
+        &self,
+        txn: TaskTxn,
+        outbox: Outbox,
+        taken: Vec<Taken>,
+    ) -> Result<Vec<Claimed>, OrchestratorError> {
+        let graph = (!taken.is_empty()).then(|| txn.graph().clone());
+        let mut committed = txn.commit(self.store.as_ref(), outbox).await?;
+        std::mem::take(&mut committed.rest)
+            .deliver(self.queue.as_ref())
+            .await?;
+        Ok(match graph {
+            Some(graph) if committed.claimed.len() == taken.len() => {
+                claimed_steps(graph, committed, taken)
+            }
+            // Sent as ordinary messages: the slots go back.
+            _ => Vec::new(),
+        })
     }
 
     /// Cancels a task: steps not yet started never run. Returns its new state.
@@ -379,10 +421,10 @@ impl Orchestrator {
             let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
             evaluate::cancel(&mut txn, reason)?;
             let state = txn.task().state;
-            match self.finish(txn, Outbox::default()).await {
+            match self.finish(txn, Outbox::default(), Vec::new()).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(_))) => continue,
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(state),
+                Ok(_) => return Ok(state),
             }
         }
         Err(OrchestratorError::Contention { task_id })
@@ -539,6 +581,118 @@ fn dispatch(template: &TaskTemplate, messages: &[StepMessage]) -> Result<Outbox,
         );
     }
     Ok(outbox)
+}
+
+/// A step message put in an outbox's claims, and the slot taken for it.
+type Taken = (StepMessage, String, OwnedSemaphorePermit);
+
+/// Like [`dispatch`], but the messages for `eager`'s queues go into the
+/// outbox's claims while it has free slots; returns the slots taken, with
+/// the message each is for, in the order of the claims.
+fn dispatch_eager(
+    template: &TaskTemplate,
+    messages: Vec<StepMessage>,
+    eager: Option<&Eager>,
+) -> Result<(Outbox, Vec<Taken>), QueueError> {
+    let Some(eager) = eager else {
+        return Ok((dispatch(template, &messages)?, Vec::new()));
+    };
+    let mut outbox = Outbox {
+        claim_for: eager.visibility,
+        ..Outbox::default()
+    };
+    let mut taken = Vec::new();
+    for m in messages {
+        let queue = worker_queue(template.queue_of(&m.handler));
+        let encoded = encode_all(std::slice::from_ref(&m), Duration::ZERO)?;
+        let permit = eager
+            .queues
+            .contains(&queue)
+            .then(|| eager.slots.try_take())
+            .flatten();
+        match permit {
+            Some(permit) => {
+                outbox
+                    .claims
+                    .extend(encoded.into_iter().map(|o| (queue.clone(), o)));
+                taken.push((m, queue, permit));
+            }
+            None => {
+                outbox.send(&queue, encoded);
+            }
+        }
+    }
+    Ok((outbox, taken))
+}
+
+/// The steps a commit claimed, each with what its handler needs; the first
+/// also gets the task's graph as of the commit, to commit its outcome
+/// against (the others read it afresh: the first will have changed it).
+fn claimed_steps(graph: TaskGraph, committed: Committed, taken: Vec<Taken>) -> Vec<Claimed> {
+    let mut lock = committed.lock;
+    let mut out = Vec::with_capacity(taken.len());
+    for ((message, queue, permit), receipt) in taken.into_iter().zip(committed.claimed) {
+        let Some(idx) = graph.steps.iter().position(|s| s.id == message.step_id) else {
+            continue;
+        };
+        let work = graph.work(idx);
+        let snapshot = lock.take().map(|lock| {
+            Box::new(Snapshot {
+                graph: graph.clone(),
+                lock,
+            })
+        });
+        out.push(Claimed {
+            queue,
+            receipt,
+            message,
+            work,
+            snapshot,
+            permit,
+        });
+    }
+    out
+}
+
+/// Eager dispatch: a worker that orchestrates its own results takes the
+/// steps its commit makes ready for its queues, as long as it has free
+/// slots, instead of sending them through the queue to be claimed back.
+/// They are written claimed by it in the same commit (so a worker that dies
+/// has them redelivered after `visibility`, like any claim).
+#[derive(Clone)]
+pub struct Eager {
+    pub queues: Vec<String>,
+    pub slots: Slots,
+    pub visibility: Duration,
+}
+
+/// What [`Orchestrator::complete_inline`] did.
+#[derive(Default)]
+pub struct Orchestrated {
+    /// The result was for the step's current attempt (else it was dropped).
+    pub current: bool,
+    /// Steps made ready and claimed for the caller (see [`Eager`]).
+    pub claimed: Vec<Claimed>,
+}
+
+impl Orchestrated {
+    fn current() -> Self {
+        Orchestrated {
+            current: true,
+            claimed: Vec::new(),
+        }
+    }
+}
+
+/// A step claimed by eager dispatch: its message's receipt, what its
+/// handler needs, and the slot it holds.
+pub struct Claimed {
+    pub queue: String,
+    pub receipt: u64,
+    pub message: StepMessage,
+    pub work: StepWork,
+    pub snapshot: Option<Box<Snapshot>>,
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// What the orchestrator is asked to look at.

@@ -13,7 +13,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_lean_apply.sql")),
+];
 
 /// Any stable number: serializes concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x5354_4550_4752_4150;

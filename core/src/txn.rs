@@ -4,7 +4,7 @@
 use crate::model::*;
 use crate::queue::Outbox;
 use crate::state::{IllegalTransition, StepState, TaskState};
-use crate::store::{Snapshot, Store, StoreError, TaskLock};
+use crate::store::{Committed, Snapshot, Store, StoreError, TaskLock};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -214,8 +214,8 @@ impl TaskTxn {
     }
 
     /// Writes everything (creating the task when this txn made it) and
-    /// releases the lock; returns what of `outbox` is left to deliver.
-    pub async fn commit(self, store: &dyn Store, outbox: Outbox) -> Result<Outbox, StoreError> {
+    /// releases the lock; see [`Committed`].
+    pub async fn commit(self, store: &dyn Store, outbox: Outbox) -> Result<Committed, StoreError> {
         match self.lock {
             Some(lock) => store.commit(lock, self.ops, outbox).await,
             None => store.create_task(self.ops, outbox).await,

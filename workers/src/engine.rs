@@ -56,6 +56,7 @@ pub enum EngineError {
 
 pub struct Engine {
     orchestrator: Arc<Orchestrator>,
+    worker: Arc<Worker>,
     store: Arc<dyn Store>,
     trigger: ShutdownTrigger,
     loops: Vec<JoinHandle<()>>,
@@ -105,10 +106,11 @@ impl Engine {
         let (trigger, shutdown) = shutdown_channel();
         let loops = vec![
             tokio::spawn(orchestrator.clone().run(shutdown.clone())),
-            tokio::spawn(worker.run(shutdown)),
+            tokio::spawn(worker.clone().run(shutdown)),
         ];
         Engine {
             orchestrator,
+            worker,
             store,
             trigger,
             loops,
@@ -120,8 +122,15 @@ impl Engine {
         &self.orchestrator
     }
 
+    /// Creates a task; its first steps start on this engine's worker at
+    /// once when it has free slots (see [`stepgraph_core::Eager`]).
     pub async fn submit(&self, request: TaskRequest) -> Result<TaskCreated, EngineError> {
-        Ok(self.orchestrator.create_task(request).await?)
+        let (created, claimed) = self
+            .orchestrator
+            .create_task_eager(request, self.worker.eager())
+            .await?;
+        self.worker.start_claimed(claimed);
+        Ok(created)
     }
 
     /// Waits for a terminal state; the task as it then is.

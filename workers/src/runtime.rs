@@ -4,16 +4,19 @@
 
 use crate::handler::{HandlerRegistry, StepContext};
 use futures::FutureExt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{
     encode_all, worker_queue, Credits, Delivery, Outbox, Slots, ORCHESTRATION_QUEUE,
 };
+use stepgraph_core::store::Snapshot;
 use stepgraph_core::{
-    OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError, StepMessage,
-    StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
+    Claimed, Eager, OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError,
+    StepMessage, StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -56,6 +59,10 @@ impl Default for WorkerConfig {
 pub struct Worker {
     /// Orchestrates a step's task in the commit that records its outcome.
     inline: Option<Arc<Orchestrator>>,
+    /// With `inline`: takes the steps its commits make ready, while it has
+    /// free slots and is not stopping.
+    eager: Eager,
+    stopping: AtomicBool,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handlers: Arc<HandlerRegistry>,
@@ -80,14 +87,20 @@ impl Worker {
         handlers: Arc<HandlerRegistry>,
         config: WorkerConfig,
     ) -> Worker {
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let slots = Slots::Concurrency(Arc::new(Semaphore::new(config.concurrency.max(1))));
         Worker {
             inline: None,
+            eager: Eager {
+                queues: config.namespaces.iter().map(|n| worker_queue(n)).collect(),
+                slots: slots.clone(),
+                visibility: config.visibility_timeout,
+            },
+            stopping: AtomicBool::new(false),
             store,
             queue,
             handlers,
             config,
-            slots: Slots::Concurrency(slots),
+            slots,
             running: Default::default(),
         }
     }
@@ -96,6 +109,9 @@ impl Worker {
     /// `orchestrator` (which needs the templates), instead of going through
     /// the orchestration queue: one durable write and several round trips
     /// fewer per step. A task whose template it lacks falls back to the queue.
+    /// The steps such a commit makes ready for this worker's namespaces are
+    /// taken by it while it has free slots ([`Eager`]): written claimed by
+    /// it in that commit, they start without a round trip through the queue.
     pub fn with_inline_orchestration(mut self, orchestrator: Arc<Orchestrator>) -> Worker {
         self.inline = Some(orchestrator);
         self
@@ -106,6 +122,7 @@ impl Worker {
     /// asks for work.
     pub fn with_credits(mut self, credits: Credits) -> Worker {
         self.slots = Slots::Credits(credits);
+        self.eager.slots = self.slots.clone();
         self
     }
 
@@ -121,6 +138,7 @@ impl Worker {
         for l in loops {
             let _ = l.await;
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let drained = async {
             loop {
                 let idle = self.running.1.notified();
@@ -153,19 +171,87 @@ impl Worker {
                 this.running.0.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if let Err(e) = this.process(&queue, &d).await {
-                        tracing::warn!(%queue, error = %e, "step processing failed; the message comes back shortly");
-                        let _ = this.queue.release(&queue, d.receipt, RETRY_DELAY).await;
+                        this.failed(&queue, d.receipt, e).await;
                     }
-                    if this.running.0.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        this.running.1.notify_waiters();
-                    }
+                    this.done_one();
                 }
             },
         )
         .await;
     }
 
-    async fn process(&self, queue: &str, delivery: &Delivery) -> Result<(), ProcessError> {
+    /// The message of a step whose processing failed comes back shortly.
+    async fn failed(&self, queue: &str, receipt: u64, e: ProcessError) {
+        tracing::warn!(%queue, error = %e, "step processing failed; the message comes back shortly");
+        let _ = self.queue.release(queue, receipt, RETRY_DELAY).await;
+    }
+
+    fn done_one(&self) {
+        if self.running.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.running.1.notify_waiters();
+        }
+    }
+
+    /// What eager dispatch may take for this worker now: nothing without
+    /// inline orchestration, or once it is stopping.
+    pub fn eager(&self) -> Option<&Eager> {
+        (self.inline.is_some() && !self.stopping.load(Ordering::SeqCst)).then_some(&self.eager)
+    }
+
+    /// Starts steps claimed for this worker, each on its own task in its slot.
+    pub fn start_claimed(self: &Arc<Self>, claimed: Vec<Claimed>) {
+        for c in claimed {
+            self.spawn_claimed(c);
+        }
+    }
+
+    fn spawn_claimed(self: &Arc<Self>, claimed: Claimed) {
+        self.running.0.fetch_add(1, Ordering::SeqCst);
+        let this = self.clone();
+        let Claimed {
+            queue,
+            receipt,
+            message,
+            work,
+            snapshot,
+            permit,
+        } = claimed;
+        let run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            if let Err(e) = this
+                .run_inline(&queue, receipt, &message, work, snapshot)
+                .await
+            {
+                this.failed(&queue, receipt, e).await;
+            }
+            this.done_one();
+        });
+        self.slots.spawn_holding(permit, run);
+    }
+
+    /// The outbox that tells the orchestration a step's result is durable,
+    /// acknowledging its message.
+    fn result_outbox(
+        queue: &str,
+        receipt: u64,
+        msg: &StepMessage,
+        elapsed: Duration,
+    ) -> Result<Outbox, ProcessError> {
+        let result = OrchestrationMessage::StepResult {
+            task_id: msg.task_id,
+            step_id: msg.step_id,
+            attempt: msg.attempt,
+            elapsed_us: elapsed.as_micros() as u64,
+        };
+        let mut outbox = Outbox::default().acking(Some((queue.to_string(), receipt)));
+        outbox.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
+        Ok(outbox)
+    }
+
+    async fn process(
+        self: &Arc<Self>,
+        queue: &str,
+        delivery: &Delivery,
+    ) -> Result<(), ProcessError> {
         let ack = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
         let msg: StepMessage = match delivery.decode() {
             Ok(m) => m,
@@ -193,63 +279,21 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
-        let notify = |elapsed: Duration| -> Result<Outbox, ProcessError> {
-            let result = OrchestrationMessage::StepResult {
-                task_id: msg.task_id,
-                step_id: msg.step_id,
-                attempt: msg.attempt,
-                elapsed_us: elapsed.as_micros() as u64,
-            };
-            let mut outbox = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
-            outbox.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
-            Ok(outbox)
-        };
+        let receipt = delivery.receipt;
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
+                if self.inline.is_some() {
+                    return self.run_inline(queue, receipt, &msg, *work, snapshot).await;
+                }
                 let began = std::time::Instant::now();
-                let started_at = chrono::Utc::now();
-                let Some(orchestrator) = &self.inline else {
-                    let outcome = self.execute(*work).await;
-                    let (submitted, rest) =
-                        self.submit(&msg, outcome, notify(began.elapsed())?).await?;
-                    if let SubmitOutcome::Refused { state, attempts } = submitted {
-                        tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
-                    }
-                    return Ok(rest.deliver(self.queue.as_ref()).await?);
-                };
-                let outcome = self.run_marking(&msg, *work).await;
-                let ack = Some((queue.to_string(), delivery.receipt));
-                let done = orchestrator
-                    .complete_inline(
-                        msg.task_id,
-                        msg.step_id,
-                        msg.attempt,
-                        outcome.clone(),
-                        started_at,
-                        began.elapsed(),
-                        ack,
-                        snapshot,
-                    )
-                    .await;
-                match done {
-                    Ok(_) => return Ok(()),
-                    Err(e) => {
-                        tracing::debug!(step = %msg.step_name, error = %e, "inline orchestration failed; using the queue")
-                    }
-                }
-                // The classic path needs the step InProgress before its result.
-                self.store
-                    .start_step(msg.step_id, msg.attempt, true)
-                    .await?;
-                let notify = notify(began.elapsed())?;
-                let (submitted, rest) = self.submit(&msg, outcome, notify).await?;
-                if let SubmitOutcome::Refused { state, attempts } = submitted {
-                    tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
-                }
-                rest
+                let outcome = self.execute(*work).await;
+                let notify = Self::result_outbox(queue, receipt, &msg, began.elapsed())?;
+                self.submit_notifying(&msg, outcome, notify).await?
             }
             // Durable already; the notification may have been lost.
-            StartOutcome::AlreadySubmitted => notify(Duration::ZERO)?,
+            StartOutcome::AlreadySubmitted => {
+                Self::result_outbox(queue, receipt, &msg, Duration::ZERO)?
+            }
             StartOutcome::Stale { state, attempts } => {
                 tracing::debug!(step = %msg.step_name, %state, attempts, "stale step message dropped");
                 ack
@@ -257,6 +301,70 @@ impl Worker {
         };
         rest.deliver(self.queue.as_ref()).await?;
         Ok(())
+    }
+
+    /// Runs a started step and records its outcome in the commit that
+    /// orchestrates its task (falling back to the orchestration queue when
+    /// that fails); the steps the commit claims for this worker start at once.
+    async fn run_inline(
+        self: &Arc<Self>,
+        queue: &str,
+        receipt: u64,
+        msg: &StepMessage,
+        work: StepWork,
+        snapshot: Option<Box<Snapshot>>,
+    ) -> Result<(), ProcessError> {
+        let orchestrator = self
+            .inline
+            .as_ref()
+            .expect("run_inline needs inline orchestration");
+        let began = std::time::Instant::now();
+        let started_at = chrono::Utc::now();
+        let outcome = self.run_marking(msg, work).await;
+        let done = orchestrator
+            .complete_inline(
+                msg.task_id,
+                msg.step_id,
+                msg.attempt,
+                outcome.clone(),
+                started_at,
+                began.elapsed(),
+                Some((queue.to_string(), receipt)),
+                snapshot,
+                self.eager(),
+            )
+            .await;
+        match done {
+            Ok(done) => {
+                self.start_claimed(done.claimed);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(step = %msg.step_name, error = %e, "inline orchestration failed; using the queue")
+            }
+        }
+        // The classic path needs the step InProgress before its result.
+        self.store
+            .start_step(msg.step_id, msg.attempt, true)
+            .await?;
+        let notify = Self::result_outbox(queue, receipt, msg, began.elapsed())?;
+        let rest = self.submit_notifying(msg, outcome, notify).await?;
+        rest.deliver(self.queue.as_ref()).await?;
+        Ok(())
+    }
+
+    /// [`Self::submit`], warning of a refused (late) result; what is left to deliver.
+    async fn submit_notifying(
+        &self,
+        msg: &StepMessage,
+        outcome: StepOutcome,
+        notify: Outbox,
+    ) -> Result<Outbox, ProcessError> {
+        let (submitted, rest) = self.submit(msg, outcome, notify).await?;
+        if let SubmitOutcome::Refused { state, attempts } = submitted {
+            tracing::warn!(step = %msg.step_name, %state, attempts, attempt = msg.attempt, "late result refused");
+        }
+        Ok(rest)
     }
 
     /// Runs the attempt; if it is still running after `lazy_start`, marks the

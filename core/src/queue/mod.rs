@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The queue the orchestrators consume: step results and timers.
 pub const ORCHESTRATION_QUEUE: &str = "orchestration";
@@ -98,13 +98,27 @@ pub trait Queue: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct Outbox {
     pub sends: Vec<(String, Vec<Outgoing>)>,
+    /// Messages the committing process will handle itself (eager dispatch),
+    /// for `claim_for`: a store that shares a database with its queue sends
+    /// them already claimed (invisible to other consumers until then) and
+    /// returns their receipts; any other store sends them like the rest.
+    pub claims: Vec<(String, Outgoing)>,
+    pub claim_for: Duration,
     /// A claimed message (queue, receipt) to acknowledge.
     pub ack: Option<(String, u64)>,
 }
 
 impl Outbox {
     pub fn is_empty(&self) -> bool {
-        self.sends.iter().all(|(_, m)| m.is_empty()) && self.ack.is_none()
+        self.sends.iter().all(|(_, m)| m.is_empty()) && self.claims.is_empty() && self.ack.is_none()
+    }
+
+    /// The claims as ordinary sends (for a store that cannot claim).
+    pub fn unclaimed(mut self) -> Self {
+        for (queue, message) in std::mem::take(&mut self.claims) {
+            self.send(&queue, vec![message]);
+        }
+        self
     }
 
     /// Adds `messages` for `queue` (to the messages already there for it).
@@ -124,12 +138,13 @@ impl Outbox {
         self
     }
 
-    /// Sends, then acknowledges.
+    /// Sends (claims too, as ordinary messages), then acknowledges.
     pub async fn deliver(self, queue: &dyn Queue) -> Result<(), QueueError> {
-        for (name, messages) in self.sends {
+        let this = self.unclaimed();
+        for (name, messages) in this.sends {
             queue.send(&name, messages).await?;
         }
-        if let Some((name, receipt)) = self.ack {
+        if let Some((name, receipt)) = this.ack {
             queue.ack(&name, &[receipt]).await?;
         }
         Ok(())
@@ -170,6 +185,44 @@ pub struct Credits {
     pub settle: Arc<dyn Fn() + Send + Sync>,
 }
 
+impl Slots {
+    fn semaphore(&self) -> &Arc<Semaphore> {
+        match self {
+            Slots::Concurrency(s) => s,
+            Slots::Credits(c) => &c.permits,
+        }
+    }
+
+    /// A free slot now, if there is one.
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.semaphore().clone().try_acquire_owned().ok()
+    }
+
+    /// Runs `work` on its own task holding `permit`, then gives the slot
+    /// back (a credit is settled by its grantor instead).
+    pub fn spawn_holding<F>(&self, permit: OwnedSemaphorePermit, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            Slots::Concurrency(_) => {
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Slots::Credits(c) => {
+                let settle = c.settle.clone();
+                tokio::spawn(async move {
+                    work.await;
+                    permit.forget();
+                    settle();
+                });
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Credits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credits")
@@ -197,16 +250,13 @@ pub async fn consume<F, Fut>(
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (slots, settle) = match slots {
-        Slots::Concurrency(s) => (s, None),
-        Slots::Credits(c) => (c.permits, Some(c.settle)),
-    };
+    let semaphore = slots.semaphore().clone();
     loop {
         let first = tokio::select! {
             _ = shutdown.wait() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let credits = 1 + slots.available_permits();
+        let credits = 1 + semaphore.available_permits();
         let received = tokio::select! {
             _ = shutdown.wait() => return,
             r = queue.receive(name, credits, visibility, wait) => r,
@@ -221,31 +271,11 @@ pub async fn consume<F, Fut>(
         };
         let mut first = Some(first);
         for d in deliveries {
-            let permit = match first
-                .take()
-                .map(Ok)
-                .unwrap_or_else(|| slots.clone().try_acquire_owned())
-            {
-                Ok(p) => p,
-                Err(_) => {
-                    let _ = queue.release(name, d.receipt, Duration::ZERO).await;
-                    continue;
-                }
+            let Some(permit) = first.take().or_else(|| slots.try_take()) else {
+                let _ = queue.release(name, d.receipt, Duration::ZERO).await;
+                continue;
             };
-            let work = process(d);
-            if let Some(settle) = &settle {
-                let settle = settle.clone();
-                tokio::spawn(async move {
-                    work.await;
-                    permit.forget();
-                    settle();
-                });
-            } else {
-                tokio::spawn(async move {
-                    work.await;
-                    drop(permit);
-                });
-            }
+            slots.spawn_holding(permit, process(d));
         }
     }
 }

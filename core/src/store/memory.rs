@@ -1,14 +1,14 @@
 //! In-memory store for the embedded mode. One mutex guards the data; a
 //! per-task async mutex is the orchestrator's exclusive task lock.
 
-use super::{StateCounts, Store, StoreError, TaskLock};
+use super::{Committed, StateCounts, Store, StoreError, TaskLock};
 use crate::model::*;
 use crate::queue::Outbox;
 use crate::state::{StepState, TaskState};
 use async_trait::async_trait;
 use chrono::Utc;
 use parking_lot::Mutex;
-use serde_json::{json, Map};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,35 +254,17 @@ impl TaskEntry {
     }
 
     fn work(&self, idx: usize) -> StepWork {
-        let s = &self.steps[idx];
-        let mut deps = Map::new();
-        for e in self.edges.iter().filter(|e| e.to == s.id) {
-            if let Some(p) = self.steps.iter().find(|p| p.id == e.from) {
-                deps.insert(p.name.clone(), p.result_value().unwrap_or_default());
-            }
-        }
-        StepWork {
-            task_id: s.task_id,
-            step_id: s.id,
-            namespace: self.task.namespace.clone(),
-            task_name: self.task.name.clone(),
-            step_name: s.name.clone(),
-            handler: s.handler.clone(),
-            config: s.config.clone(),
-            context: self.task.context.clone(),
-            dependency_results: deps,
-            attempt: s.attempts,
-            max_attempts: s.max_attempts,
-            timeout_seconds: s.timeout_seconds,
-            batch_size: s.batch_size,
-            cursor: s.cursor.clone(),
-        }
+        step_work(&self.task, &self.steps, &self.edges, idx)
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError> {
+    async fn create_task(
+        &self,
+        ops: Vec<WriteOp>,
+        outbox: Outbox,
+    ) -> Result<Committed, StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
             return Err(StoreError::Backend(
                 "create_task must start with InsertTask".into(),
@@ -300,7 +282,7 @@ impl Store for MemoryStore {
         }
         check_ops(None, &ops)?;
         inner.apply(task_id, ops);
-        Ok(outbox)
+        Ok(Committed::unclaimed(outbox))
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
@@ -333,7 +315,7 @@ impl Store for MemoryStore {
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-    ) -> Result<Outbox, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let lock = lock.into_inner::<MemoryLock>()?;
         let mut inner = self.inner.lock();
         let entry = inner
@@ -342,7 +324,7 @@ impl Store for MemoryStore {
             .ok_or(StoreError::TaskNotFound(lock.task_id))?;
         check_ops(Some(entry), &ops)?;
         inner.apply(lock.task_id, ops);
-        Ok(outbox)
+        Ok(Committed::unclaimed(outbox))
     }
 
     async fn start_step(

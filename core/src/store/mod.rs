@@ -2,6 +2,7 @@
 //! under an exclusive per-task lock, decides, and hands back a batch of
 //! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
 
+mod change;
 mod memory;
 mod postgres;
 
@@ -63,23 +64,23 @@ impl std::fmt::Debug for Snapshot {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or nothing.
-    /// Returns what of `outbox` the caller must still deliver (see [`Outbox`]).
-    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError>;
+    /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or
+    /// nothing. See [`Committed`] for what it did with `outbox`.
+    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox)
+        -> Result<Committed, StoreError>;
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError>;
 
     /// Takes the task's exclusive lock (waiting for it) and reads its graph.
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError>;
 
-    /// Applies `ops` atomically and releases the lock. Returns what of
-    /// `outbox` the caller must still deliver.
+    /// Applies `ops` atomically and releases the lock; see [`Committed`].
     async fn commit(
         &self,
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-    ) -> Result<Outbox, StoreError>;
+    ) -> Result<Committed, StoreError>;
 
     /// Worker: what the handler of `attempt` needs; with `mark`, also the
     /// Enqueued -> InProgress transition (without it, the transition is left
@@ -120,6 +121,30 @@ pub trait Store: Send + Sync + 'static {
     /// commit and the send); a store that sends with its commit has none.
     async fn stranded(&self, _older_than: Duration, _limit: i64) -> Result<Stranded, StoreError> {
         Ok(Stranded::default())
+    }
+}
+
+/// What a [`Store::commit`] did with its outbox.
+pub struct Committed {
+    /// What the caller must still deliver.
+    pub rest: Outbox,
+    /// The receipts of the outbox's claims, in order, when the store sent
+    /// them claimed; empty when it could not (they are in `rest` then).
+    pub claimed: Vec<u64>,
+    /// With claims, and a store whose task locks are versions: the lock as
+    /// of this commit. A commit against it succeeds if nothing has changed
+    /// the task since.
+    pub lock: Option<TaskLock>,
+}
+
+impl Committed {
+    /// Nothing claimed: the claims go out with the rest.
+    pub fn unclaimed(rest: Outbox) -> Committed {
+        Committed {
+            rest: rest.unclaimed(),
+            claimed: Vec::new(),
+            lock: None,
+        }
     }
 }
 

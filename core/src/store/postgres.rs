@@ -2,10 +2,13 @@
 //! one round trip: reading a graph, committing an orchestration decision with
 //! its sends and ack, starting a step, submitting its result.
 
-use super::{Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock};
+use super::change::group;
+use super::{
+    Committed, Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock,
+};
 use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
-use crate::queue::Outbox;
+use crate::queue::{Outbox, Outgoing};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -42,6 +45,33 @@ struct GraphRow {
     edges: Vec<Edge>,
 }
 
+/// A commit's outcome; with claims, the task's lock as of it.
+fn committed(task_id: TaskId, version: i64, rest: Outbox, claimed: Vec<u64>) -> Committed {
+    let lock = (!claimed.is_empty()).then(|| TaskLock(Box::new(PgLock { task_id, version })));
+    Committed {
+        rest,
+        claimed,
+        lock,
+    }
+}
+
+impl GraphRow {
+    /// The graph with its lock: its version as read.
+    fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            lock: TaskLock(Box::new(PgLock {
+                task_id: self.task.id,
+                version: self.lock_version,
+            })),
+            graph: TaskGraph {
+                task: self.task,
+                steps: self.steps,
+                edges: self.edges,
+            },
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Dependency {
     name: String,
@@ -67,28 +97,39 @@ struct WorkRow {
 }
 
 /// The outbox as the SQL functions take it: parallel arrays, and the ack.
+#[derive(Default)]
 struct Flat {
     queues: Vec<String>,
     payloads: Vec<Vec<u8>>,
     delays: Vec<i64>,
+    /// Sent claimed (for `claim_ms`) by the committing process.
+    claimed: Vec<bool>,
+    claim_ms: i64,
     ack_queue: Option<String>,
     ack_id: Option<i64>,
 }
 
+impl Flat {
+    fn push(&mut self, queue: &str, m: Outgoing, claimed: bool) {
+        self.queues.push(queue.to_string());
+        self.payloads.push(m.payload);
+        self.delays.push(m.delay.as_millis() as i64);
+        self.claimed.push(claimed);
+    }
+}
+
 fn flatten(outbox: Outbox) -> Flat {
     let mut f = Flat {
-        queues: Vec::new(),
-        payloads: Vec::new(),
-        delays: Vec::new(),
-        ack_queue: None,
-        ack_id: None,
+        claim_ms: outbox.claim_for.as_millis() as i64,
+        ..Flat::default()
     };
     for (queue, messages) in outbox.sends {
         for m in messages {
-            f.queues.push(queue.clone());
-            f.payloads.push(m.payload);
-            f.delays.push(m.delay.as_millis() as i64);
+            f.push(&queue, m, false);
         }
+    }
+    for (queue, m) in outbox.claims {
+        f.push(&queue, m, true);
     }
     if let Some((q, id)) = outbox.ack {
         f.ack_queue = Some(q);
@@ -118,30 +159,37 @@ impl PgStore {
         if self.queue_in_db {
             (flatten(outbox), Outbox::default())
         } else {
-            (flatten(Outbox::default()), outbox)
+            (Flat::default(), outbox.unclaimed())
         }
     }
 
+    /// Applies a write batch with its sends and ack in one statement;
+    /// returns the receipts of the messages it sent claimed.
     async fn apply(
         &self,
         task_id: TaskId,
         lock: Option<i64>,
         ops: &[WriteOp],
         flat: Flat,
-    ) -> Result<(), StoreError> {
-        let ops = serde_json::to_value(ops).map_err(|e| StoreError::Backend(e.to_string()))?;
-        retrying!(self, pool => sqlx::query("SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8)")
+    ) -> Result<Vec<u64>, StoreError> {
+        let change =
+            serde_json::to_value(group(ops)).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let claimed: Vec<i64> = retrying!(self, pool => sqlx::query_scalar(
+            "SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
             .bind(task_id)
             .bind(lock)
-            .bind(&ops)
+            .bind(&change)
             .bind(&flat.queues)
             .bind(&flat.payloads)
             .bind(&flat.delays)
+            .bind(&flat.claimed)
+            .bind(flat.claim_ms)
             .bind(&flat.ack_queue)
             .bind(flat.ack_id)
-            .execute(pool))
+            .fetch_one(pool))
         .map_err(backend_error)?;
-        Ok(())
+        Ok(claimed.into_iter().map(|id| id as u64).collect())
     }
 
     async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
@@ -170,7 +218,11 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox) -> Result<Outbox, StoreError> {
+    async fn create_task(
+        &self,
+        ops: Vec<WriteOp>,
+        outbox: Outbox,
+    ) -> Result<Committed, StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
             return Err(StoreError::Backend(
                 "create_task must start with InsertTask".into(),
@@ -189,7 +241,8 @@ impl Store for PgStore {
                 }
             }
             Err(e) => Err(e),
-            Ok(()) => Ok(rest),
+            // A new task's lock version is 0.
+            Ok(claimed) => Ok(committed(task_id, 0, rest, claimed)),
         }
     }
 
@@ -201,19 +254,8 @@ impl Store for PgStore {
     }
 
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError> {
-        let row = self.read_graph(task_id).await?;
-        let lock = TaskLock(Box::new(PgLock {
-            task_id,
-            version: row.lock_version,
-        }));
-        Ok((
-            TaskGraph {
-                task: row.task,
-                steps: row.steps,
-                edges: row.edges,
-            },
-            lock,
-        ))
+        let snapshot = self.read_graph(task_id).await?.into_snapshot();
+        Ok((snapshot.graph, snapshot.lock))
     }
 
     async fn commit(
@@ -221,16 +263,18 @@ impl Store for PgStore {
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-    ) -> Result<Outbox, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let lock = lock.into_inner::<PgLock>()?;
         if ops.is_empty() && outbox.is_empty() {
-            return Ok(outbox);
+            return Ok(Committed::unclaimed(outbox));
         }
         let (flat, rest) = self.split(outbox);
         // Without state changes there is nothing to guard: no version check.
         let version = (!ops.is_empty()).then_some(lock.version);
-        self.apply(lock.task_id, version, &ops, flat).await?;
-        Ok(rest)
+        let claimed = self.apply(lock.task_id, version, &ops, flat).await?;
+        // A commit with state changes bumps the version.
+        let after = version.map_or(lock.version, |v| v + 1);
+        Ok(committed(lock.task_id, after, rest, claimed))
     }
 
     async fn start_step(
@@ -249,6 +293,21 @@ impl Store for PgStore {
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
+                if let Some(g) = row.get("graph").filter(|g| !g.is_null()) {
+                    let g: GraphRow = serde_json::from_value(g.clone()).map_err(bad)?;
+                    let snapshot = g.into_snapshot();
+                    let idx = snapshot
+                        .graph
+                        .steps
+                        .iter()
+                        .position(|s| s.id == step_id)
+                        .ok_or(StoreError::StepNotFound(step_id))?;
+                    let work = snapshot.graph.work(idx);
+                    return Ok(StartOutcome::Started(
+                        Box::new(work),
+                        Some(Box::new(snapshot)),
+                    ));
+                }
                 let w: WorkRow = serde_json::from_value(row["work"].clone()).map_err(bad)?;
                 let dependency_results: Map<String, Value> = w
                     .dependencies
@@ -260,23 +319,6 @@ impl Store for PgStore {
                         )
                     })
                     .collect();
-                let snapshot = match row.get("graph") {
-                    Some(g) if !g.is_null() => {
-                        let g: GraphRow = serde_json::from_value(g.clone()).map_err(bad)?;
-                        Some(Box::new(Snapshot {
-                            lock: TaskLock(Box::new(PgLock {
-                                task_id: g.task.id,
-                                version: g.lock_version,
-                            })),
-                            graph: TaskGraph {
-                                task: g.task,
-                                steps: g.steps,
-                                edges: g.edges,
-                            },
-                        }))
-                    }
-                    _ => None,
-                };
                 Ok(StartOutcome::Started(
                     Box::new(StepWork {
                         task_id: w.task_id,
@@ -294,7 +336,7 @@ impl Store for PgStore {
                         batch_size: w.batch_size,
                         cursor: w.cursor,
                     }),
-                    snapshot,
+                    None,
                 ))
             }
             Some("already_submitted") => Ok(StartOutcome::AlreadySubmitted),
