@@ -191,7 +191,7 @@ impl Orchestrator {
         let mut txn = TaskTxn::create(task);
         txn.task_to(TaskState::Initializing, json!({}))?;
         let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
-        let (outbox, taken) = dispatch_eager(&template, messages, eager)?;
+        let (outbox, taken) = dispatch_eager(&template, messages, self.eager(eager))?;
         match self.finish(txn, outbox, taken).await {
             Ok(claimed) => {
                 let created = TaskCreated {
@@ -211,6 +211,12 @@ impl Orchestrator {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `eager` when the store can claim in its commits (else there is
+    /// nothing to take slots for).
+    fn eager<'a>(&self, eager: Option<&'a Eager>) -> Option<&'a Eager> {
+        eager.filter(|_| self.store.claims_in_commit())
     }
 
     fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
@@ -364,7 +370,7 @@ impl Orchestrator {
             Work::Wake => Trigger::Wake,
         };
         let messages = evaluate::evaluate(&mut txn, &template, trigger)?;
-        let (outbox, taken) = dispatch_eager(&template, messages, eager)?;
+        let (outbox, taken) = dispatch_eager(&template, messages, self.eager(eager))?;
         let mut outbox = outbox.acking(ack);
         if let Some(at) = wake_at {
             let delay = (at - Utc::now()).to_std().unwrap_or_default();
@@ -633,6 +639,9 @@ fn claimed_steps(graph: TaskGraph, committed: Committed, taken: Vec<Taken>) -> V
     let mut out = Vec::with_capacity(taken.len());
     for ((message, queue, permit), receipt) in taken.into_iter().zip(committed.claimed) {
         let Some(idx) = graph.steps.iter().position(|s| s.id == message.step_id) else {
+            // Cannot happen (the message was made from this graph); its
+            // claim runs out and another worker gets it.
+            tracing::error!(step = %message.step_name, "a claimed step is not in its task's graph");
             continue;
         };
         let work = graph.work(idx);

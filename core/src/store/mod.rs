@@ -74,6 +74,12 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the task's exclusive lock (waiting for it) and reads its graph.
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError>;
 
+    /// Whether a commit can send messages already claimed by the committing
+    /// process (its queue lives in the same database): eager dispatch.
+    fn claims_in_commit(&self) -> bool {
+        false
+    }
+
     /// Applies `ops` atomically and releases the lock; see [`Committed`].
     async fn commit(
         &self,

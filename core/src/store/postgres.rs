@@ -246,6 +246,10 @@ impl Store for PgStore {
         }
     }
 
+    fn claims_in_commit(&self) -> bool {
+        self.queue_in_db
+    }
+
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
         retrying!(self, pool => sqlx::query_scalar("SELECT id FROM sg_tasks WHERE idempotency_key = $1")
             .bind(key)
