@@ -193,3 +193,17 @@ END $$;
 ALTER FUNCTION sg_receive(text, integer, bigint) SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION sg_submit_result(uuid, integer, jsonb, text[], bytea[], bigint[], text, bigint)
     SET plan_cache_mode = force_generic_plan;
+
+-- A task's graph and its audit trail in one read, each trail in order.
+CREATE FUNCTION sg_view(p_task uuid) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'graph', sg_graph(p_task),
+        'task', coalesce((SELECT json_agg(json_build_object(
+                    'task_id', t.task_id, 'from', t.from_state, 'to', t.to_state, 'at', t.created_at,
+                    'metadata', t.metadata) ORDER BY t.sort_key)
+                  FROM sg_task_transitions t WHERE t.task_id = p_task), '[]'),
+        'steps', coalesce((SELECT json_agg(json_build_object(
+                    'task_id', t.task_id, 'step_id', t.step_id, 'step_name', t.step_name, 'from', t.from_state,
+                    'to', t.to_state, 'attempt', t.attempt, 'at', t.created_at, 'metadata', t.metadata) ORDER BY t.id)
+                  FROM sg_step_transitions t WHERE t.task_id = p_task), '[]'));
+$$;

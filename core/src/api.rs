@@ -159,8 +159,7 @@ struct TaskView {
 }
 
 async fn view(s: &ApiState, id: TaskId) -> Result<TaskView, ApiError> {
-    let graph = s.store.graph(id).await?;
-    let transitions = s.store.transitions(id).await?;
+    let (graph, transitions) = s.store.graph_and_transitions(id).await?;
     Ok(TaskView {
         steps: graph.steps.iter().map(StepView::from).collect(),
         task: graph.task,

@@ -171,8 +171,7 @@ impl Engine {
     }
 
     pub async fn report(&self, task_id: TaskId) -> Result<TaskReport, EngineError> {
-        let graph = self.store.graph(task_id).await?;
-        let transitions = self.store.transitions(task_id).await?;
+        let (graph, transitions) = self.store.graph_and_transitions(task_id).await?;
         Ok(TaskReport {
             task: graph.task,
             steps: graph.steps,

@@ -377,14 +377,16 @@ impl Store for MemoryStore {
             .graph())
     }
 
-    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
+    async fn graph_and_transitions(
+        &self,
+        task_id: TaskId,
+    ) -> Result<(TaskGraph, Transitions), StoreError> {
         let inner = self.inner.lock();
-        Ok(inner
+        let entry = inner
             .tasks
             .get(&task_id)
-            .ok_or(StoreError::TaskNotFound(task_id))?
-            .transitions
-            .clone())
+            .ok_or(StoreError::TaskNotFound(task_id))?;
+        Ok((entry.graph(), entry.transitions.clone()))
     }
 
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError> {

@@ -112,7 +112,11 @@ pub trait Store: Send + Sync + 'static {
     /// A consistent read without taking the lock.
     async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError>;
 
-    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError>;
+    /// The task's graph with its audit trail, read together.
+    async fn graph_and_transitions(
+        &self,
+        task_id: TaskId,
+    ) -> Result<(TaskGraph, Transitions), StoreError>;
 
     /// Waits until the task is in a terminal state or `timeout` passes; returns it either way.
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError>;

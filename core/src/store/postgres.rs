@@ -63,11 +63,15 @@ impl GraphRow {
                 task_id: self.task.id,
                 version: self.lock_version,
             })),
-            graph: TaskGraph {
-                task: self.task,
-                steps: self.steps,
-                edges: self.edges,
-            },
+            graph: self.into_graph(),
+        }
+    }
+
+    fn into_graph(self) -> TaskGraph {
+        TaskGraph {
+            task: self.task,
+            steps: self.steps,
+            edges: self.edges,
         }
     }
 }
@@ -391,63 +395,31 @@ impl Store for PgStore {
     }
 
     async fn graph(&self, task_id: TaskId) -> Result<TaskGraph, StoreError> {
-        let row = self.read_graph(task_id).await?;
-        Ok(TaskGraph {
-            task: row.task,
-            steps: row.steps,
-            edges: row.edges,
-        })
+        Ok(self.read_graph(task_id).await?.into_graph())
     }
 
-    async fn transitions(&self, task_id: TaskId) -> Result<Transitions, StoreError> {
-        let task: Vec<(Option<String>, String, chrono::DateTime<chrono::Utc>, Value)> = retrying!(self, pool => sqlx::query_as(
-            "SELECT from_state, to_state, created_at, metadata FROM sg_task_transitions WHERE task_id = $1 ORDER BY sort_key",
-        )
-        .bind(task_id)
-        .fetch_all(pool))
+    async fn graph_and_transitions(
+        &self,
+        task_id: TaskId,
+    ) -> Result<(TaskGraph, Transitions), StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            graph: Option<GraphRow>,
+            task: Vec<TaskTransition>,
+            steps: Vec<StepTransition>,
+        }
+        let row: Value = retrying!(self, pool => sqlx::query_scalar("SELECT sg_view($1)")
+            .bind(task_id)
+            .fetch_one(pool))
         .map_err(backend_error)?;
-        #[allow(clippy::type_complexity)]
-        let steps: Vec<(
-            StepId,
-            String,
-            Option<String>,
-            String,
-            i32,
-            chrono::DateTime<chrono::Utc>,
-            Value,
-        )> = retrying!(self, pool => sqlx::query_as(
-            "SELECT step_id, step_name, from_state, to_state, attempt, created_at, metadata
-                   FROM sg_step_transitions WHERE task_id = $1 ORDER BY id",
-        )
-        .bind(task_id)
-        .fetch_all(pool))
-        .map_err(backend_error)?;
-        fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
-            s.parse().map_err(StoreError::Backend)
-        }
-        let mut out = Transitions::default();
-        for (from, to, at, metadata) in task {
-            out.task.push(TaskTransition {
-                task_id,
-                from: from.as_deref().map(parse).transpose()?,
-                to: parse(&to)?,
-                at,
-                metadata,
-            });
-        }
-        for (step_id, step_name, from, to, attempt, at, metadata) in steps {
-            out.steps.push(StepTransition {
-                task_id,
-                step_id,
-                step_name,
-                from: from.as_deref().map(parse).transpose()?,
-                to: parse(&to)?,
-                attempt: attempt as u32,
-                at,
-                metadata,
-            });
-        }
-        Ok(out)
+        let row: Row = serde_json::from_value(row)
+            .map_err(|e| StoreError::Backend(format!("task {task_id} view: {e}")))?;
+        let graph = row.graph.ok_or(StoreError::TaskNotFound(task_id))?;
+        let transitions = Transitions {
+            task: row.task,
+            steps: row.steps,
+        };
+        Ok((graph.into_graph(), transitions))
     }
 
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError> {
