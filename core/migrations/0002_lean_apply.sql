@@ -7,9 +7,8 @@
 -- the committing process (it runs the steps it has just made ready without a
 -- round trip through the queue); their ids are returned in order.
 --
--- sg_start_step without p_mark returns only the task's graph (the caller
--- derives the handler's input from it), or, when the caller holds the graph
--- at the task's current lock version (p_version), only that it is current.
+-- sg_start_step without p_mark returns only the task's graph: the caller
+-- derives the handler's input from it.
 --
 -- The functions run their statements with generic plans (every lookup is by
 -- key, or by = ANY of an array of keys, so one plan fits every call): the
@@ -149,9 +148,7 @@ BEGIN
     RETURN coalesce(v_claimed, '{}');
 END $$;
 
-DROP FUNCTION sg_start_step(uuid, integer, boolean);
-
-CREATE FUNCTION sg_start_step(p_step uuid, p_attempt integer, p_mark boolean, p_version bigint) RETURNS jsonb
+CREATE OR REPLACE FUNCTION sg_start_step(p_step uuid, p_attempt integer, p_mark boolean) RETURNS jsonb
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     s sg_steps;
@@ -181,9 +178,6 @@ BEGIN
         RETURN jsonb_build_object('status', 'stale', 'state', s.state, 'attempts', s.attempts);
     END IF;
     IF NOT p_mark THEN
-        IF tk.lock_version = p_version THEN
-            RETURN jsonb_build_object('status', 'started', 'current', true);
-        END IF;
         RETURN jsonb_build_object('status', 'started', 'graph', sg_graph(tk.id)::jsonb);
     END IF;
     RETURN jsonb_build_object('status', 'started', 'work', jsonb_build_object(

@@ -217,8 +217,8 @@ impl TaskTxn {
     /// releases the lock; see [`Committed`].
     pub async fn commit(self, store: &dyn Store, outbox: Outbox) -> Result<Committed, StoreError> {
         match self.lock {
-            Some(lock) => store.commit(lock, self.ops, outbox, self.graph).await,
-            None => store.create_task(self.ops, outbox, self.graph).await,
+            Some(lock) => store.commit(lock, self.ops, outbox).await,
+            None => store.create_task(self.ops, outbox).await,
         }
     }
 }

@@ -267,11 +267,7 @@ impl Worker {
         // With inline orchestration the InProgress mark is written lazily
         // (see `run_marking`): a short step then costs one durable commit.
         let mark = self.inline.is_none();
-        let started = match self
-            .store
-            .start_step(msg.task_id, msg.step_id, msg.attempt, mark)
-            .await
-        {
+        let started = match self.store.start_step(msg.step_id, msg.attempt, mark).await {
             Ok(s) => s,
             Err(StoreError::StepNotFound(_)) => {
                 let reason = format!("message for an unknown step {}", msg.step_id);
@@ -349,7 +345,7 @@ impl Worker {
         }
         // The classic path needs the step InProgress before its result.
         self.store
-            .start_step(msg.task_id, msg.step_id, msg.attempt, true)
+            .start_step(msg.step_id, msg.attempt, true)
             .await?;
         let notify = Self::result_outbox(queue, receipt, msg, began.elapsed())?;
         let rest = self.submit_notifying(msg, outcome, notify).await?;
@@ -379,7 +375,7 @@ impl Worker {
         tokio::select! {
             outcome = &mut run => outcome,
             _ = tokio::time::sleep(self.config.lazy_start) => {
-                if let Err(e) = self.store.start_step(msg.task_id, msg.step_id, msg.attempt, true).await {
+                if let Err(e) = self.store.start_step(msg.step_id, msg.attempt, true).await {
                     tracing::warn!(step = %msg.step_name, error = %e, "marking the step in progress failed");
                 }
                 run.await

@@ -264,7 +264,6 @@ impl Store for MemoryStore {
         &self,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-        _after: TaskGraph,
     ) -> Result<Committed, StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
             return Err(StoreError::Backend(
@@ -316,7 +315,6 @@ impl Store for MemoryStore {
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-        _after: TaskGraph,
     ) -> Result<Committed, StoreError> {
         let lock = lock.into_inner::<MemoryLock>()?;
         let mut inner = self.inner.lock();
@@ -331,7 +329,6 @@ impl Store for MemoryStore {
 
     async fn start_step(
         &self,
-        _task_id: TaskId,
         step_id: StepId,
         attempt: u32,
         mark: bool,

@@ -5,7 +5,6 @@
 mod change;
 mod memory;
 mod postgres;
-mod recent;
 
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
@@ -66,14 +65,9 @@ impl std::fmt::Debug for Snapshot {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task: `ops` starts with [`WriteOp::InsertTask`]; all or
-    /// nothing. See [`Committed`] for what it did with `outbox`, and
-    /// [`Store::commit`] for `after`.
-    async fn create_task(
-        &self,
-        ops: Vec<WriteOp>,
-        outbox: Outbox,
-        after: TaskGraph,
-    ) -> Result<Committed, StoreError>;
+    /// nothing. See [`Committed`] for what it did with `outbox`.
+    async fn create_task(&self, ops: Vec<WriteOp>, outbox: Outbox)
+        -> Result<Committed, StoreError>;
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError>;
 
@@ -87,14 +81,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Applies `ops` atomically and releases the lock; see [`Committed`].
-    /// `after` is the task's graph as the commit leaves it: a store may keep
-    /// it to start the task's next step without reading it again.
     async fn commit(
         &self,
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-        after: TaskGraph,
     ) -> Result<Committed, StoreError>;
 
     /// Worker: what the handler of `attempt` needs; with `mark`, also the
@@ -102,7 +93,6 @@ pub trait Store: Send + Sync + 'static {
     /// to the commit that records the outcome).
     async fn start_step(
         &self,
-        task_id: TaskId,
         step_id: StepId,
         attempt: u32,
         mark: bool,

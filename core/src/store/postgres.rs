@@ -3,7 +3,6 @@
 //! its sends and ack, starting a step, submitting its result.
 
 use super::change::group;
-use super::recent::Recent;
 use super::{
     Committed, Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock,
 };
@@ -11,7 +10,6 @@ use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
 use crate::queue::{Outbox, Outgoing};
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
@@ -23,7 +21,6 @@ pub struct PgStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
     queue_in_db: bool,
-    recent: Mutex<Recent>,
 }
 
 /// The pool without counting statements (for client reads).
@@ -157,7 +154,6 @@ impl PgStore {
             pool,
             notifier,
             queue_in_db,
-            recent: Mutex::default(),
         }
     }
 
@@ -230,7 +226,6 @@ impl Store for PgStore {
         &self,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-        after: TaskGraph,
     ) -> Result<Committed, StoreError> {
         let Some(WriteOp::InsertTask(task)) = ops.first() else {
             return Err(StoreError::Backend(
@@ -251,10 +246,7 @@ impl Store for PgStore {
             }
             Err(e) => Err(e),
             // A new task's lock version is 0.
-            Ok(claimed) => {
-                self.recent.lock().put(0, after);
-                Ok(committed(task_id, 0, rest, claimed))
-            }
+            Ok(claimed) => Ok(committed(task_id, 0, rest, claimed)),
         }
     }
 
@@ -279,7 +271,6 @@ impl Store for PgStore {
         lock: TaskLock,
         ops: Vec<WriteOp>,
         outbox: Outbox,
-        after: TaskGraph,
     ) -> Result<Committed, StoreError> {
         let lock = lock.into_inner::<PgLock>()?;
         if ops.is_empty() && outbox.is_empty() {
@@ -290,44 +281,29 @@ impl Store for PgStore {
         let version = (!ops.is_empty()).then_some(lock.version);
         let claimed = self.apply(lock.task_id, version, &ops, flat).await?;
         // A commit with state changes bumps the version.
-        let now = version.map_or(lock.version, |v| v + 1);
-        self.recent.lock().put(now, after);
-        Ok(committed(lock.task_id, now, rest, claimed))
+        let after = version.map_or(lock.version, |v| v + 1);
+        Ok(committed(lock.task_id, after, rest, claimed))
     }
 
     async fn start_step(
         &self,
-        task_id: TaskId,
         step_id: StepId,
         attempt: u32,
         mark: bool,
     ) -> Result<StartOutcome, StoreError> {
-        // Without the mark the caller wants the graph: the one this process
-        // committed last will do if its version is still the task's.
-        let recent = (!mark).then(|| self.recent.lock().take(task_id)).flatten();
         let row: Value =
-            retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2, $3, $4)")
+            retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2, $3)")
             .bind(step_id)
             .bind(attempt as i32)
             .bind(mark)
-            .bind(recent.as_ref().map(|(version, _)| *version))
             .fetch_one(pool))
             .map_err(backend_error)?;
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
-                let snapshot = match (row.get("graph").filter(|g| !g.is_null()), recent) {
-                    (Some(g), _) => {
-                        let g: GraphRow = serde_json::from_value(g.clone()).map_err(bad)?;
-                        Some(g.into_snapshot())
-                    }
-                    (None, Some((version, graph))) if row["current"] == true => Some(Snapshot {
-                        lock: TaskLock(Box::new(PgLock { task_id, version })),
-                        graph,
-                    }),
-                    _ => None,
-                };
-                if let Some(snapshot) = snapshot {
+                if let Some(g) = row.get("graph").filter(|g| !g.is_null()) {
+                    let g: GraphRow = serde_json::from_value(g.clone()).map_err(bad)?;
+                    let snapshot = g.into_snapshot();
                     let idx = snapshot
                         .graph
                         .steps
