@@ -44,6 +44,21 @@ fn seed_shapes_through_the_api_in_cluster_mode() {
     run_seed_shapes(&[a.addr(), b.addr()]);
 }
 
+/// Waits (up to 30 s) until the task's step `name` is InProgress.
+fn await_running(t: &TestEnv, task: &str, name: &str) {
+    let started = std::time::Instant::now();
+    while t.db.query(&format!(
+        "SELECT state FROM sg_steps WHERE task_id = '{task}' AND name = '{name}'"
+    )) != ["in_progress"]
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "step {name} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
     let t = TestEnv::new();
@@ -52,17 +67,7 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
     let mut doomed = t.worker(&fast_redelivery);
     let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 1000 }));
     // Wait until the doomed worker holds the first step.
-    let started = std::time::Instant::now();
-    while t.db.query(&format!(
-        "SELECT state FROM sg_steps WHERE task_id = '{id}' AND name = 'nap'"
-    )) != ["in_progress"]
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_running(&t, &id, "nap");
     doomed.kill9();
     let _rescuer = t.worker(&fast_redelivery);
     let v = wait(serve.addr(), &id, LONG);
@@ -87,17 +92,7 @@ fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
     let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 800 }));
     // `after` becomes ready in the commit that completes `nap`, which
     // writes its message claimed by the worker that ran `nap`.
-    let started = std::time::Instant::now();
-    while t.db.query(&format!(
-        "SELECT state FROM sg_steps WHERE task_id = '{id}' AND name = 'after'"
-    )) != ["in_progress"]
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the second step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_running(&t, &id, "after");
     assert_eq!(
         t.db.query(
             "SELECT delivery_count || ' ' || (visible_at > now()) FROM sg_queue WHERE queue = 'worker.e2e'"
