@@ -281,8 +281,7 @@ pub fn step_work(task: &Task, steps: &[Step], edges: &[Edge], idx: usize) -> Ste
 /// One change a store must apply atomically with the others of its batch.
 /// Transitions are compare-and-swap on `from`: a batch whose `from` does not
 /// match the stored state is refused whole with [`crate::StoreError::Conflict`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "op", content = "data", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
     InsertTask(Task),
     InsertStep(Step),
