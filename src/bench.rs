@@ -192,6 +192,9 @@ pub struct Options<'a> {
     pub throughput: usize,
     /// How steps travel (with a database URL).
     pub transport: Transport,
+    /// Steps a commit makes ready run at once in this process (see
+    /// `stepgraph_core::Eager`); off: every step through the queue.
+    pub eager_dispatch: bool,
 }
 
 pub async fn run(o: Options<'_>) -> Result<()> {
@@ -212,19 +215,23 @@ pub async fn run(o: Options<'_>) -> Result<()> {
             let backend = PgBackend::connect(url, 16).await?;
             backend.migrate().await?;
             let (store, queue) = backend.backends(&o.transport).await?;
+            let mut config = EngineConfig::default();
+            config.worker.eager_dispatch = o.eager_dispatch;
             let engine = Engine::with_backends(
                 store,
                 queue,
                 fixtures::registry()?,
                 examples::registry(),
-                EngineConfig::default(),
+                config,
             );
             pg = Some(backend);
             (
                 engine,
-                match o.transport {
-                    Transport::Postgres => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process",
-                    Transport::RabbitMq(_) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process",
+                match (&o.transport, o.eager_dispatch) {
+                    (Transport::Postgres, true) => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, eager dispatch",
+                    (Transport::Postgres, false) => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, every step through the queue",
+                    (Transport::RabbitMq(_), true) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process, eager dispatch",
+                    (Transport::RabbitMq(_), false) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process, every step through RabbitMQ",
                 },
             )
         }

@@ -131,7 +131,20 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&dir);
     single.sort();
     double.sort();
-    println!("stepgraph bench --cluster: 2 serve + 2 worker processes on PostgreSQL, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let queue = match setting("STEPGRAPH_QUEUE") {
+        Some("rabbitmq") => "RabbitMQ queues",
+        _ => "PostgreSQL queue",
+    };
+    let dispatch = match setting("STEPGRAPH_WORKER_EAGER_DISPATCH") {
+        Some("false") => "every step through the queue",
+        _ => "eager dispatch",
+    };
+    println!("stepgraph bench --cluster: 2 serve + 2 worker processes, PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
     println!();
     println!("| Scenario | Steps | P50 | P95 | P99 | Seed P50 | Speed-up |");
     println!("|---|--:|--:|--:|--:|--:|--:|");

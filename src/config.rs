@@ -30,9 +30,9 @@ pub struct Config {
 pub struct OrchestratorSection {
     pub concurrency: usize,
     pub visibility_timeout_ms: u64,
-    /// Over RabbitMQ: re-send the messages of steps stranded this long (a
-    /// crash between a commit and its send). Unused with PostgreSQL's
-    /// queue, which sends in the commit.
+    /// Every half of this, re-send the messages of steps whose eager-dispatch
+    /// leases ran out (their worker died) and, over RabbitMQ, of steps
+    /// stranded this long (a crash between a commit and its send).
     pub resend_stranded_after_ms: u64,
 }
 
@@ -42,6 +42,10 @@ pub struct WorkerSection {
     pub namespaces: Vec<String>,
     /// Orchestrate each result in the commit that records it (needs the templates).
     pub inline_orchestration: bool,
+    /// With inline orchestration: run the steps a commit makes ready here,
+    /// while there are free slots, leased to this worker, instead of sending
+    /// them through the queue.
+    pub eager_dispatch: bool,
     pub concurrency: usize,
     pub visibility_timeout_ms: u64,
     pub default_step_timeout_ms: u64,
@@ -80,6 +84,7 @@ impl Default for WorkerSection {
         WorkerSection {
             namespaces: Vec::new(),
             inline_orchestration: true,
+            eager_dispatch: true,
             concurrency: 16,
             visibility_timeout_ms: 330_000,
             default_step_timeout_ms: 300_000,
@@ -99,6 +104,17 @@ fn env_num<T: std::str::FromStr>(name: &str, into: &mut T) -> Result<()> {
         *into = v
             .parse()
             .map_err(|_| anyhow::anyhow!("STEPGRAPH_{name} is not a number: {v:?}"))?;
+    }
+    Ok(())
+}
+
+fn env_bool(name: &str, into: &mut bool) -> Result<()> {
+    if let Some(v) = env(name) {
+        *into = match v.as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => bail!("STEPGRAPH_{name} must be true or false, not {v:?}"),
+        };
     }
     Ok(())
 }
@@ -145,15 +161,11 @@ impl Config {
                 .collect();
         }
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
-        if let Some(v) = env("WORKER_INLINE_ORCHESTRATION") {
-            c.worker.inline_orchestration = match v.as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    bail!("STEPGRAPH_WORKER_INLINE_ORCHESTRATION must be true or false, not {v:?}")
-                }
-            };
-        }
+        env_bool(
+            "WORKER_INLINE_ORCHESTRATION",
+            &mut c.worker.inline_orchestration,
+        )?;
+        env_bool("WORKER_EAGER_DISPATCH", &mut c.worker.eager_dispatch)?;
         env_num("ORCHESTRATOR_CONCURRENCY", &mut c.orchestrator.concurrency)?;
         env_num(
             "ORCHESTRATOR_VISIBILITY_TIMEOUT_MS",
@@ -198,11 +210,9 @@ impl Config {
         stepgraph_core::OrchestratorConfig {
             concurrency: self.orchestrator.concurrency,
             visibility_timeout: Duration::from_millis(self.orchestrator.visibility_timeout_ms),
-            resend_stranded_after: matches!(
-                self.transport(),
-                Ok(stepgraph_core::Transport::RabbitMq(_))
-            )
-            .then(|| Duration::from_millis(self.orchestrator.resend_stranded_after_ms)),
+            resend_stranded_after: Some(Duration::from_millis(
+                self.orchestrator.resend_stranded_after_ms,
+            )),
             ..Default::default()
         }
     }
@@ -214,6 +224,7 @@ impl Config {
             visibility_timeout: Duration::from_millis(self.worker.visibility_timeout_ms),
             default_step_timeout: Duration::from_millis(self.worker.default_step_timeout_ms),
             shutdown_grace: Duration::from_millis(self.worker.shutdown_grace_ms),
+            eager_dispatch: self.worker.eager_dispatch,
             ..Default::default()
         }
     }

@@ -97,6 +97,10 @@ enum Command {
         /// The tokio runtime the engine runs on.
         #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
         runtime: RuntimeKind,
+        /// With --database-url: every step through the queue, none taken
+        /// directly by the worker whose commit made it ready.
+        #[arg(long, requires = "database_url")]
+        no_eager_dispatch: bool,
         /// The seed's FFI rows (linear, diamond) with this language's handlers
         /// beside native Rust ones (its package must be installed: ./scripts/setup).
         #[arg(long, value_enum)]
@@ -201,6 +205,7 @@ fn main() -> ExitCode {
                 language,
                 queue,
                 amqp_url,
+                no_eager_dispatch,
             } => {
                 let transport = stepgraph_core::Transport::parse(&queue, amqp_url.as_deref())
                     .map_err(anyhow::Error::msg)?;
@@ -212,6 +217,9 @@ fn main() -> ExitCode {
                     let mut env = vec![("STEPGRAPH_QUEUE", queue.clone())];
                     if let Some(u) = &amqp_url {
                         env.push(("STEPGRAPH_AMQP_URL", u.clone()));
+                    }
+                    if no_eager_dispatch {
+                        env.push(("STEPGRAPH_WORKER_EAGER_DISPATCH", "false".into()));
                     }
                     return cluster::run(url, &env, iterations.max(1), warmup)
                         .await
@@ -229,6 +237,7 @@ fn main() -> ExitCode {
                     database_url: database_url.as_deref(),
                     throughput,
                     transport,
+                    eager_dispatch: !no_eager_dispatch,
                 })
                 .await
                 .map(|()| true)

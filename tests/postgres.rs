@@ -44,21 +44,6 @@ fn seed_shapes_through_the_api_in_cluster_mode() {
     run_seed_shapes(&[a.addr(), b.addr()]);
 }
 
-/// Waits (up to 30 s) until the task's step `name` is InProgress.
-fn await_running(t: &TestEnv, task: &str, name: &str) {
-    let started = std::time::Instant::now();
-    while t.db.query(&format!(
-        "SELECT state FROM sg_steps WHERE task_id = '{task}' AND name = '{name}'"
-    )) != ["in_progress"]
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "step {name} never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
     let t = TestEnv::new();
@@ -67,7 +52,7 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
     let mut doomed = t.worker(&fast_redelivery);
     let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 1000 }));
     // Wait until the doomed worker holds the first step.
-    await_running(&t, &id, "nap");
+    t.await_running(&id, "nap");
     doomed.kill9();
     let _rescuer = t.worker(&fast_redelivery);
     let v = wait(serve.addr(), &id, LONG);
@@ -87,18 +72,22 @@ fn a_step_held_by_a_killed_worker_is_redelivered_and_completes_once() {
 fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
     let t = TestEnv::new();
     let fast_redelivery = [("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500")];
-    let serve = t.serve(&[]);
+    let serve = t.serve(&[("STEPGRAPH_ORCHESTRATOR_RESEND_STRANDED_AFTER_MS", "1000")]);
     let mut doomed = t.worker(&fast_redelivery);
     let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 800 }));
     // `after` becomes ready in the commit that completes `nap`, which
-    // writes its message claimed by the worker that ran `nap`.
-    await_running(&t, &id, "after");
+    // leases it to the worker that ran `nap`: no message for it.
+    t.await_running(&id, "after");
     assert_eq!(
-        t.db.query(
-            "SELECT delivery_count || ' ' || (visible_at > now()) FROM sg_queue WHERE queue = 'worker.e2e'"
-        ),
-        ["1 true"],
-        "the running step's message is claimed, invisible to other workers"
+        t.db.query(&format!(
+            "SELECT (claimed_until > now())::text FROM sg_steps WHERE task_id = '{id}' AND name = 'after'"
+        )),
+        ["true"],
+        "the running step is leased"
+    );
+    assert_eq!(
+        t.db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+        ["0"]
     );
     doomed.kill9();
     let _rescuer = t.worker(&fast_redelivery);
@@ -152,9 +141,15 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
             "the graph to commit the outcome against"
         );
         let receive = || queue.receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO);
-        // Written claimed: there, but no other consumer gets it.
-        assert_eq!(queue.depth("worker.e2e").await.unwrap(), 1);
+        // Leased, not sent: no other consumer gets it.
         assert!(receive().await.unwrap().is_empty());
+        assert_eq!(
+            db.query(&format!(
+                "SELECT (claimed_until > now() + interval '50 seconds')::text FROM sg_steps WHERE id = '{}'",
+                first.message.step_id
+            )),
+            ["true"]
+        );
 
         // The one slot is taken: the next task's first step is an ordinary message.
         let (_, none) = orchestrator

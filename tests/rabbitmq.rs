@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::{create, wait, TestEnv};
-use common::shapes::run_seed_shapes;
+use common::shapes::{assert_clean_audit, run_seed_shapes};
 use common::SIX_16;
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -73,19 +73,13 @@ fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Messages ready in RabbitMQ's queue `name`.
-fn ready(name: &str) -> u64 {
-    rabbitmqctl(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .find(|(q, _)| *q == name)
-    .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
+/// RabbitMQ's count `column` (messages, messages_ready...) of queue `name`.
+fn messages(name: &str, column: &str) -> u64 {
+    rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", column])
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(q, _)| *q == name)
+        .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
 }
 
 /// Every step completed exactly once.
@@ -194,10 +188,33 @@ fn steps_whose_messages_were_lost_are_sent_again() {
     assert_nothing_lost_or_duplicated(&t, 20);
 }
 
+#[test]
+fn a_step_leased_by_eager_dispatch_is_sent_again_when_its_worker_dies() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let mut serve_env = r.env();
+    serve_env.push(("STEPGRAPH_ORCHESTRATOR_RESEND_STRANDED_AFTER_MS", "1000"));
+    let serve = t.serve(&serve_env);
+    let mut env = r.env();
+    env.push(("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500"));
+    let mut doomed = t.worker(&env);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 800 }));
+    // The commit that completes `nap` leases `after` to the worker that
+    // ran it: nothing goes to RabbitMQ for it.
+    t.await_running(&id, "after");
+    assert_eq!(messages(&format!("{}worker.e2e", r.prefix), "messages"), 0);
+    doomed.kill9();
+    let _rescuer = t.worker(&env);
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["state"], "complete", "{v}");
+    assert_eq!(v["result"], json!({ "slept_ms": 800 }));
+    assert_clean_audit(&v);
+}
+
 /// Waits until RabbitMQ's queue `name` holds `n` ready messages.
 fn await_ready(name: &str, n: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ready(name) < n {
+    while messages(name, "messages_ready") < n {
         assert!(
             std::time::Instant::now() < deadline,
             "{name} never held {n} messages"

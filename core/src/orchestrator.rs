@@ -4,11 +4,12 @@
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
 use crate::queue::{
-    self, encode_all, worker_queue, Delivery, Outbox, Queue, QueueError, Slots, ORCHESTRATION_QUEUE,
+    self, encode_all, worker_queue, Claim, Delivery, Outbox, Queue, QueueError, Slots,
+    ORCHESTRATION_QUEUE,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{StepState, TaskState};
-use crate::store::{Committed, Snapshot, Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError, TaskLock};
 use crate::template::{TaskTemplate, TemplateRegistry};
 use crate::txn::TaskTxn;
 use chrono::{DateTime, Utc};
@@ -81,9 +82,10 @@ pub struct OrchestratorConfig {
     pub receive_wait: Duration,
     /// Re-reads of a task after a compare-and-swap conflict.
     pub conflict_retries: u32,
-    /// With a queue that commits apart from the store (RabbitMQ): re-send
-    /// the messages of steps and tasks stranded this long (see
-    /// [`Store::stranded`]); a copy that was not lost is dropped as stale.
+    /// Every half of this, re-send the messages of what is stranded (see
+    /// [`Store::stranded`]): steps whose leases ran out, and, with a queue
+    /// that commits apart from the store (RabbitMQ), steps and tasks
+    /// stranded this long. A copy that was not lost is dropped as stale.
     pub resend_stranded_after: Option<Duration>,
 }
 
@@ -94,7 +96,7 @@ impl Default for OrchestratorConfig {
             visibility_timeout: Duration::from_secs(30),
             receive_wait: Duration::from_secs(1),
             conflict_retries: 20,
-            resend_stranded_after: None,
+            resend_stranded_after: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -213,10 +215,10 @@ impl Orchestrator {
         }
     }
 
-    /// `eager` when the store can claim in its commits (else there is
-    /// nothing to take slots for).
+    /// `eager` when the store can lease steps in its commits (else there
+    /// is nothing to take slots for).
     fn eager<'a>(&self, eager: Option<&'a Eager>) -> Option<&'a Eager> {
-        eager.filter(|_| self.store.claims_in_commit())
+        eager.filter(|_| self.store.leases_steps())
     }
 
     fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
@@ -409,9 +411,7 @@ impl Orchestrator {
             .deliver(self.queue.as_ref())
             .await?;
         Ok(match graph {
-            Some(graph) if committed.claimed.len() == taken.len() => {
-                claimed_steps(graph, committed, taken)
-            }
+            Some(graph) if committed.claimed => claimed_steps(graph, committed.lock, taken),
             // Sent as ordinary messages: the slots go back.
             _ => Vec::new(),
         })
@@ -478,6 +478,8 @@ impl Orchestrator {
             );
         }
         outbox.deliver(self.queue.as_ref()).await?;
+        let sent: Vec<StepId> = stranded.steps.iter().map(|s| s.message.step_id).collect();
+        self.store.end_leases(&sent).await?;
         Ok(count)
     }
 
@@ -590,7 +592,7 @@ fn dispatch(template: &TaskTemplate, messages: &[StepMessage]) -> Result<Outbox,
 }
 
 /// A step message put in an outbox's claims, and the slot taken for it.
-type Taken = (StepMessage, String, OwnedSemaphorePermit);
+type Taken = (StepMessage, OwnedSemaphorePermit);
 
 /// Like [`dispatch`], but the messages for `eager`'s queues go into the
 /// outbox's claims while it has free slots; returns the slots taken, with
@@ -620,8 +622,12 @@ fn dispatch_eager(
             Some(permit) => {
                 outbox
                     .claims
-                    .extend(encoded.into_iter().map(|o| (queue.clone(), o)));
-                taken.push((m, queue, permit));
+                    .extend(encoded.into_iter().map(|message| Claim {
+                        queue: queue.clone(),
+                        step_id: m.step_id,
+                        message,
+                    }));
+                taken.push((m, permit));
             }
             None => {
                 outbox.send(&queue, encoded);
@@ -634,13 +640,12 @@ fn dispatch_eager(
 /// The steps a commit claimed, each with what its handler needs; the first
 /// also gets the task's graph as of the commit, to commit its outcome
 /// against (the others read it afresh: the first will have changed it).
-fn claimed_steps(graph: TaskGraph, committed: Committed, taken: Vec<Taken>) -> Vec<Claimed> {
-    let mut lock = committed.lock;
+fn claimed_steps(graph: TaskGraph, mut lock: Option<TaskLock>, taken: Vec<Taken>) -> Vec<Claimed> {
     let mut out = Vec::with_capacity(taken.len());
-    for ((message, queue, permit), receipt) in taken.into_iter().zip(committed.claimed) {
+    for (message, permit) in taken {
         let Some(idx) = graph.steps.iter().position(|s| s.id == message.step_id) else {
             // Cannot happen (the message was made from this graph); its
-            // claim runs out and another worker gets it.
+            // lease runs out and another worker gets it.
             tracing::error!(step = %message.step_name, "a claimed step is not in its task's graph");
             continue;
         };
@@ -652,8 +657,6 @@ fn claimed_steps(graph: TaskGraph, committed: Committed, taken: Vec<Taken>) -> V
             })
         });
         out.push(Claimed {
-            queue,
-            receipt,
             message,
             work,
             snapshot,
@@ -666,8 +669,10 @@ fn claimed_steps(graph: TaskGraph, committed: Committed, taken: Vec<Taken>) -> V
 /// Eager dispatch: a worker that orchestrates its own results takes the
 /// steps its commit makes ready for its queues, as long as it has free
 /// slots, instead of sending them through the queue to be claimed back.
-/// They are written claimed by it in the same commit (so a worker that dies
-/// has them redelivered after `visibility`, like any claim).
+/// The same commit leases them to it for `visibility`: when a worker dies,
+/// the orchestrators' sweep sends the messages of the steps whose leases ran
+/// out (see [`Store::stranded`]), as a queue redelivers after its
+/// visibility timeout.
 #[derive(Clone)]
 pub struct Eager {
     pub queues: Vec<String>,
@@ -693,11 +698,8 @@ impl Orchestrated {
     }
 }
 
-/// A step claimed by eager dispatch: its message's receipt, what its
-/// handler needs, and the slot it holds.
+/// A step leased by eager dispatch: what its handler needs, and the slot it holds.
 pub struct Claimed {
-    pub queue: String,
-    pub receipt: u64,
     pub message: StepMessage,
     pub work: StepWork,
     pub snapshot: Option<Box<Snapshot>>,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_lean_apply.sql")),
+    (3, include_str!("../migrations/0003_leases.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.

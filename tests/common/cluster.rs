@@ -133,6 +133,21 @@ impl TestEnv {
     pub fn worker(&self, env: &[(&str, &str)]) -> Process {
         Process::worker(&self.db, self.templates.path(), env)
     }
+
+    /// Waits (up to 30 s) until the task's step `name` is InProgress.
+    pub fn await_running(&self, task: &str, name: &str) {
+        let started = Instant::now();
+        while self.db.query(&format!(
+            "SELECT state FROM sg_steps WHERE task_id = '{task}' AND name = '{name}'"
+        )) != ["in_progress"]
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "step {name} never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A `stepgraph serve` or `stepgraph worker` process, killed when dropped.

@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     /// InProgress while it runs; a shorter one gets the mark (with its start
     /// time) in the commit that records its outcome.
     pub lazy_start: Duration,
+    /// With inline orchestration: take the steps a commit makes ready, while
+    /// there are free slots, without a trip through the queue ([`Eager`]).
+    pub eager_dispatch: bool,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             receive_wait: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             lazy_start: Duration::from_millis(100),
+            eager_dispatch: true,
         }
     }
 }
@@ -109,9 +113,10 @@ impl Worker {
     /// `orchestrator` (which needs the templates), instead of going through
     /// the orchestration queue: one durable write and several round trips
     /// fewer per step. A task whose template it lacks falls back to the queue.
-    /// The steps such a commit makes ready for this worker's namespaces are
-    /// taken by it while it has free slots ([`Eager`]): written claimed by
-    /// it in that commit, they start without a round trip through the queue.
+    /// With `eager_dispatch`, the steps such a commit makes ready for this
+    /// worker's namespaces are taken by it while it has free slots
+    /// ([`Eager`]): leased to it in that commit, they start without a trip
+    /// through the queue.
     pub fn with_inline_orchestration(mut self, orchestrator: Arc<Orchestrator>) -> Worker {
         self.inline = Some(orchestrator);
         self
@@ -192,10 +197,13 @@ impl Worker {
         }
     }
 
-    /// What eager dispatch may take for this worker now: nothing without
-    /// inline orchestration, or once it is stopping.
+    /// What eager dispatch may take for this worker now: nothing when it is
+    /// off, without inline orchestration, or once the worker is stopping.
     pub fn eager(&self) -> Option<&Eager> {
-        (self.inline.is_some() && !self.stopping.load(Ordering::SeqCst)).then_some(&self.eager)
+        (self.config.eager_dispatch
+            && self.inline.is_some()
+            && !self.stopping.load(Ordering::SeqCst))
+        .then_some(&self.eager)
     }
 
     /// Starts steps claimed for this worker, each on its own task in its slot.
@@ -209,19 +217,14 @@ impl Worker {
         self.running.0.fetch_add(1, Ordering::SeqCst);
         let this = self.clone();
         let Claimed {
-            queue,
-            receipt,
             message,
             work,
             snapshot,
             permit,
         } = claimed;
         let run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            if let Err(e) = this
-                .run_inline(&queue, receipt, &message, work, snapshot)
-                .await
-            {
-                this.failed(&queue, receipt, e).await;
+            if let Err(e) = this.run_inline(None, &message, work, snapshot).await {
+                tracing::warn!(step = %message.step_name, error = %e, "step processing failed; the step is sent again when its lease runs out");
             }
             this.done_one();
         });
@@ -229,10 +232,9 @@ impl Worker {
     }
 
     /// The outbox that tells the orchestration a step's result is durable,
-    /// acknowledging its message.
+    /// acknowledging its message (queue, receipt) if it came with one.
     fn result_outbox(
-        queue: &str,
-        receipt: u64,
+        ack: Option<(String, u64)>,
         msg: &StepMessage,
         elapsed: Duration,
     ) -> Result<Outbox, ProcessError> {
@@ -242,7 +244,7 @@ impl Worker {
             attempt: msg.attempt,
             elapsed_us: elapsed.as_micros() as u64,
         };
-        let mut outbox = Outbox::default().acking(Some((queue.to_string(), receipt)));
+        let mut outbox = Outbox::default().acking(ack);
         outbox.send(ORCHESTRATION_QUEUE, encode_all(&[result], Duration::ZERO)?);
         Ok(outbox)
     }
@@ -279,21 +281,19 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
-        let receipt = delivery.receipt;
+        let receipt = Some((queue.to_string(), delivery.receipt));
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
                 if self.inline.is_some() {
-                    return self.run_inline(queue, receipt, &msg, *work, snapshot).await;
+                    return self.run_inline(receipt, &msg, *work, snapshot).await;
                 }
                 let began = std::time::Instant::now();
                 let outcome = self.execute(*work).await;
-                let notify = Self::result_outbox(queue, receipt, &msg, began.elapsed())?;
+                let notify = Self::result_outbox(receipt, &msg, began.elapsed())?;
                 self.submit_notifying(&msg, outcome, notify).await?
             }
             // Durable already; the notification may have been lost.
-            StartOutcome::AlreadySubmitted => {
-                Self::result_outbox(queue, receipt, &msg, Duration::ZERO)?
-            }
+            StartOutcome::AlreadySubmitted => Self::result_outbox(receipt, &msg, Duration::ZERO)?,
             StartOutcome::Stale { state, attempts } => {
                 tracing::debug!(step = %msg.step_name, %state, attempts, "stale step message dropped");
                 ack
@@ -304,12 +304,12 @@ impl Worker {
     }
 
     /// Runs a started step and records its outcome in the commit that
-    /// orchestrates its task (falling back to the orchestration queue when
-    /// that fails); the steps the commit claims for this worker start at once.
+    /// orchestrates its task, acknowledging its message (queue, receipt)
+    /// if it came with one (falling back to the orchestration queue when
+    /// that fails); the steps the commit leases to this worker start at once.
     async fn run_inline(
         self: &Arc<Self>,
-        queue: &str,
-        receipt: u64,
+        receipt: Option<(String, u64)>,
         msg: &StepMessage,
         work: StepWork,
         snapshot: Option<Box<Snapshot>>,
@@ -329,7 +329,7 @@ impl Worker {
                 outcome.clone(),
                 started_at,
                 began.elapsed(),
-                Some((queue.to_string(), receipt)),
+                receipt.clone(),
                 snapshot,
                 self.eager(),
             )
@@ -347,7 +347,7 @@ impl Worker {
         self.store
             .start_step(msg.step_id, msg.attempt, true)
             .await?;
-        let notify = Self::result_outbox(queue, receipt, msg, began.elapsed())?;
+        let notify = Self::result_outbox(receipt, msg, began.elapsed())?;
         let rest = self.submit_notifying(msg, outcome, notify).await?;
         rest.deliver(self.queue.as_ref()).await?;
         Ok(())

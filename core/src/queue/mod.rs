@@ -9,6 +9,7 @@ pub use memory::MemoryQueue;
 pub use postgres::PgQueue;
 pub use rabbitmq::{RabbitConfig, RabbitQueue};
 
+use crate::model::StepId;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -98,14 +99,22 @@ pub trait Queue: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct Outbox {
     pub sends: Vec<(String, Vec<Outgoing>)>,
-    /// Messages the committing process will handle itself (eager dispatch),
-    /// for `claim_for`: a store that shares a database with its queue sends
-    /// them already claimed (invisible to other consumers until then) and
-    /// returns their receipts; any other store sends them like the rest.
-    pub claims: Vec<(String, Outgoing)>,
+    /// Steps the committing process will run itself (eager dispatch), for
+    /// `claim_for`: a store that can lease steps leases them to it in the
+    /// commit and sends nothing; any other store sends their messages like
+    /// the rest.
+    pub claims: Vec<Claim>,
     pub claim_for: Duration,
     /// A claimed message (queue, receipt) to acknowledge.
     pub ack: Option<(String, u64)>,
+}
+
+/// A step taken by eager dispatch, and its message should it go to the queue after all.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub queue: String,
+    pub step_id: StepId,
+    pub message: Outgoing,
 }
 
 impl Outbox {
@@ -115,8 +124,8 @@ impl Outbox {
 
     /// The claims as ordinary sends (for a store that cannot claim).
     pub fn unclaimed(mut self) -> Self {
-        for (queue, message) in std::mem::take(&mut self.claims) {
-            self.send(&queue, vec![message]);
+        for claim in std::mem::take(&mut self.claims) {
+            self.send(&claim.queue, vec![claim.message]);
         }
         self
     }

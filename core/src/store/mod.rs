@@ -74,9 +74,9 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the task's exclusive lock (waiting for it) and reads its graph.
     async fn lock_task(&self, task_id: TaskId) -> Result<(TaskGraph, TaskLock), StoreError>;
 
-    /// Whether a commit can send messages already claimed by the committing
-    /// process (its queue lives in the same database): eager dispatch.
-    fn claims_in_commit(&self) -> bool {
+    /// Whether a commit can lease the steps of its outbox's claims to the
+    /// committing process, whatever the queue: eager dispatch.
+    fn leases_steps(&self) -> bool {
         false
     }
 
@@ -124,13 +124,21 @@ pub trait Store: Send + Sync + 'static {
     /// How many tasks and steps are in each state (for metrics).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
 
-    /// What may have lost its message: steps Enqueued (for a worker) or
+    /// What may have lost its message. Steps whose lease ran out while
+    /// Enqueued or InProgress (the worker they were leased to died); they
+    /// are leased for `older_than` more, so that one sweep at a time sends
+    /// them. And, with a queue that commits apart from the store (a crash
+    /// between the commit and the send loses messages), steps Enqueued or
     /// EnqueuedForOrchestration for longer than `older_than`, and tasks
-    /// WaitingForRetry that long with every backoff over. Only a queue that
-    /// commits apart from the store can lose them (a crash between the
-    /// commit and the send); a store that sends with its commit has none.
+    /// WaitingForRetry that long with every backoff over.
     async fn stranded(&self, _older_than: Duration, _limit: i64) -> Result<Stranded, StoreError> {
         Ok(Stranded::default())
+    }
+
+    /// Ends the leases of stranded steps whose messages were sent: the
+    /// queue redelivers them from now on.
+    async fn end_leases(&self, _steps: &[StepId]) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -138,9 +146,9 @@ pub trait Store: Send + Sync + 'static {
 pub struct Committed {
     /// What the caller must still deliver.
     pub rest: Outbox,
-    /// The receipts of the outbox's claims, in order, when the store sent
-    /// them claimed; empty when it could not (they are in `rest` then).
-    pub claimed: Vec<u64>,
+    /// Whether the outbox's claims were leased to the committing process
+    /// (else their messages are in `rest`).
+    pub claimed: bool,
     /// With claims, and a store whose task locks are versions: the lock as
     /// of this commit. A commit against it succeeds if nothing has changed
     /// the task since.
@@ -152,7 +160,7 @@ impl Committed {
     pub fn unclaimed(rest: Outbox) -> Committed {
         Committed {
             rest: rest.unclaimed(),
-            claimed: Vec::new(),
+            claimed: false,
             lock: None,
         }
     }

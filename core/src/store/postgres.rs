@@ -8,7 +8,7 @@ use super::{
 };
 use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
-use crate::queue::{Outbox, Outgoing};
+use crate::queue::Outbox;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -46,8 +46,8 @@ struct GraphRow {
 }
 
 /// A commit's outcome; with claims, the task's lock as of it.
-fn committed(task_id: TaskId, version: i64, rest: Outbox, claimed: Vec<u64>) -> Committed {
-    let lock = (!claimed.is_empty()).then(|| TaskLock(Box::new(PgLock { task_id, version })));
+fn committed(task_id: TaskId, version: i64, rest: Outbox, claimed: bool) -> Committed {
+    let lock = claimed.then(|| TaskLock(Box::new(PgLock { task_id, version })));
     Committed {
         rest,
         claimed,
@@ -100,46 +100,46 @@ struct WorkRow {
     dependencies: Vec<Dependency>,
 }
 
-/// The outbox as the SQL functions take it: parallel arrays, and the ack.
+/// The outbox as the SQL functions take it: parallel arrays, the steps to
+/// lease, and the ack.
 #[derive(Default)]
 struct Flat {
     queues: Vec<String>,
     payloads: Vec<Vec<u8>>,
     delays: Vec<i64>,
-    /// Sent claimed (for `claim_ms`) by the committing process.
-    claimed: Vec<bool>,
-    claim_ms: i64,
+    /// Leased (for `lease_ms`) to the committing process.
+    leases: Vec<StepId>,
+    lease_ms: i64,
     ack_queue: Option<String>,
     ack_id: Option<i64>,
 }
 
-impl Flat {
-    fn push(&mut self, queue: &str, m: Outgoing, claimed: bool) {
-        self.queues.push(queue.to_string());
-        self.payloads.push(m.payload);
-        self.delays.push(m.delay.as_millis() as i64);
-        self.claimed.push(claimed);
-    }
-}
-
-fn flatten(outbox: Outbox) -> Flat {
+/// The outbox's claims as leases, and its sends and ack when the queue
+/// lives in the database; what the caller must still deliver.
+fn flatten(mut outbox: Outbox, queue_in_db: bool) -> (Flat, Outbox) {
     let mut f = Flat {
-        claim_ms: outbox.claim_for.as_millis() as i64,
+        lease_ms: outbox.claim_for.as_millis() as i64,
+        leases: std::mem::take(&mut outbox.claims)
+            .into_iter()
+            .map(|c| c.step_id)
+            .collect(),
         ..Flat::default()
     };
+    if !queue_in_db {
+        return (f, outbox);
+    }
     for (queue, messages) in outbox.sends {
         for m in messages {
-            f.push(&queue, m, false);
+            f.queues.push(queue.clone());
+            f.payloads.push(m.payload);
+            f.delays.push(m.delay.as_millis() as i64);
         }
-    }
-    for (queue, m) in outbox.claims {
-        f.push(&queue, m, true);
     }
     if let Some((q, id)) = outbox.ack {
         f.ack_queue = Some(q);
         f.ack_id = Some(id as i64);
     }
-    f
+    (f, Outbox::default())
 }
 
 impl PgStore {
@@ -157,28 +157,18 @@ impl PgStore {
         }
     }
 
-    /// Splits the outbox into what the database sends (when the queue lives
-    /// there) and what the caller must deliver.
-    fn split(&self, outbox: Outbox) -> (Flat, Outbox) {
-        if self.queue_in_db {
-            (flatten(outbox), Outbox::default())
-        } else {
-            (Flat::default(), outbox.unclaimed())
-        }
-    }
-
-    /// Applies a write batch with its sends and ack in one statement;
-    /// returns the receipts of the messages it sent claimed.
+    /// Applies a write batch with its leases, sends and ack in one
+    /// statement; whether it leased any steps.
     async fn apply(
         &self,
         task_id: TaskId,
         lock: Option<i64>,
         ops: &[WriteOp],
         flat: Flat,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let change =
             serde_json::to_value(group(ops)).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let claimed: Vec<i64> = retrying!(self, pool => sqlx::query_scalar(
+        retrying!(self, pool => sqlx::query(
             "SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
             .bind(task_id)
@@ -187,13 +177,13 @@ impl PgStore {
             .bind(&flat.queues)
             .bind(&flat.payloads)
             .bind(&flat.delays)
-            .bind(&flat.claimed)
-            .bind(flat.claim_ms)
+            .bind(&flat.leases)
+            .bind(flat.lease_ms)
             .bind(&flat.ack_queue)
             .bind(flat.ack_id)
-            .fetch_one(pool))
+            .execute(pool))
         .map_err(backend_error)?;
-        Ok(claimed.into_iter().map(|id| id as u64).collect())
+        Ok(!flat.leases.is_empty())
     }
 
     async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
@@ -233,7 +223,7 @@ impl Store for PgStore {
             ));
         };
         let (task_id, key) = (task.id, task.idempotency_key.clone());
-        let (flat, rest) = self.split(outbox);
+        let (flat, rest) = flatten(outbox, self.queue_in_db);
         match self.apply(task_id, None, &ops, flat).await {
             Err(StoreError::Backend(msg))
                 if key.is_some() && msg.contains("sg_tasks_idempotency_key_key") =>
@@ -250,8 +240,8 @@ impl Store for PgStore {
         }
     }
 
-    fn claims_in_commit(&self) -> bool {
-        self.queue_in_db
+    fn leases_steps(&self) -> bool {
+        true
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<TaskId>, StoreError> {
@@ -276,7 +266,7 @@ impl Store for PgStore {
         if ops.is_empty() && outbox.is_empty() {
             return Ok(Committed::unclaimed(outbox));
         }
-        let (flat, rest) = self.split(outbox);
+        let (flat, rest) = flatten(outbox, self.queue_in_db);
         // Without state changes there is nothing to guard: no version check.
         let version = (!ops.is_empty()).then_some(lock.version);
         let claimed = self.apply(lock.task_id, version, &ops, flat).await?;
@@ -363,7 +353,8 @@ impl Store for PgStore {
         outcome: StepOutcome,
         outbox: Outbox,
     ) -> Result<(SubmitOutcome, Outbox), StoreError> {
-        let (flat, mut rest) = self.split(outbox);
+        // Nothing to lease here: a result makes no step ready.
+        let (flat, mut rest) = flatten(outbox.unclaimed(), self.queue_in_db);
         let outcome =
             serde_json::to_value(&outcome).map_err(|e| StoreError::Backend(e.to_string()))?;
         let row: Value =
@@ -455,20 +446,42 @@ impl Store for PgStore {
             String,
         );
         let ms = older_than.as_millis() as f64;
-        let rows: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
-            "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version
-               FROM sg_steps s
-               JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
-               JOIN sg_tasks t ON t.id = s.task_id
-              WHERE s.state IN ('enqueued', 'enqueued_for_orchestration')
-                AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
-              ORDER BY tr.created_at
-              LIMIT $2",
+        // Leases first: a step they return is leased again, so the second
+        // query does not return it too.
+        let mut rows: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
+            "WITH lapsed AS (
+                 SELECT id FROM sg_steps
+                  WHERE state IN ('enqueued', 'in_progress') AND claimed_until < now()
+                  ORDER BY claimed_until
+                  LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+             UPDATE sg_steps s SET claimed_until = now() + make_interval(secs => $1 / 1000.0)
+               FROM lapsed, sg_tasks t
+              WHERE s.id = lapsed.id AND t.id = s.task_id
+             RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version",
         )
         .bind(ms)
         .bind(limit)
         .fetch_all(pool))
         .map_err(backend_error)?;
+        if !self.queue_in_db {
+            let lost: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
+                "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version
+                   FROM sg_steps s
+                   JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
+                   JOIN sg_tasks t ON t.id = s.task_id
+                  WHERE s.state IN ('enqueued', 'enqueued_for_orchestration')
+                    AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
+                    AND (s.claimed_until IS NULL OR s.claimed_until < now())
+                  ORDER BY tr.created_at
+                  LIMIT $2",
+            )
+            .bind(ms)
+            .bind(limit)
+            .fetch_all(pool))
+            .map_err(backend_error)?;
+            rows.extend(lost);
+        }
         let steps = rows
             .into_iter()
             .map(
@@ -499,6 +512,12 @@ impl Store for PgStore {
                 },
             )
             .collect();
+        if self.queue_in_db {
+            return Ok(Stranded {
+                steps,
+                tasks: Vec::new(),
+            });
+        }
         let tasks: Vec<TaskId> = retrying!(self, pool => sqlx::query_scalar::<_, TaskId>(
             "SELECT t.id FROM sg_tasks t
               WHERE t.state = 'waiting_for_retry'
@@ -512,6 +531,17 @@ impl Store for PgStore {
         .fetch_all(pool))
         .map_err(backend_error)?;
         Ok(Stranded { steps, tasks })
+    }
+
+    async fn end_leases(&self, steps: &[StepId]) -> Result<(), StoreError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        retrying!(self, pool => sqlx::query("UPDATE sg_steps SET claimed_until = NULL WHERE id = ANY ($1)")
+            .bind(steps)
+            .execute(pool))
+        .map_err(backend_error)?;
+        Ok(())
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
