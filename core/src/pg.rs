@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_lean_apply.sql")),
     (3, include_str!("../migrations/0003_leases.sql")),
+    (4, include_str!("../migrations/0004_cached_reads.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.
