@@ -11,7 +11,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{worker_queue, Slots};
-use stepgraph_core::{Eager, Orchestrator, OrchestratorConfig, PgBackend, TaskRequest, Transport};
+use stepgraph_core::{
+    Eager, Orchestrator, OrchestratorConfig, PgBackend, StepMessage, TaskRequest, Transport,
+};
 use tokio::sync::Semaphore;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -158,6 +160,75 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
             .unwrap();
         assert!(none.is_empty());
         assert_eq!(receive().await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
+    let db = TestDb::create();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
+        let orchestrator = Orchestrator::new(
+            store.clone(),
+            queue.clone(),
+            Arc::new(common::fixture_templates()),
+            OrchestratorConfig::default(),
+        );
+        let eager = Eager {
+            queues: vec![worker_queue("e2e")],
+            slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
+            visibility: Duration::from_secs(60),
+        };
+        let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let (_, claimed) = orchestrator
+            .create_task_eager(request, Some(&eager))
+            .await
+            .unwrap();
+        let step = claimed[0].message.step_id;
+        let lease = |sql: &str| db.query(&format!("{sql} WHERE id = '{step}'"));
+        let lapse = || lease("UPDATE sg_steps SET claimed_until = now() - interval '1 second'");
+        let sweep_after = Duration::from_secs(60);
+
+        // Its worker died: the sweep sends the step's message, then ends the lease.
+        lapse();
+        assert_eq!(orchestrator.resend_stranded(sweep_after).await.unwrap(), 1);
+        let sent = queue
+            .receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].decode::<StepMessage>().unwrap().step_id, step);
+        assert_eq!(
+            lease("SELECT coalesce(claimed_until::text, 'none') FROM sg_steps"),
+            ["none"]
+        );
+
+        // One sweep at a time: the first leases the step for a while.
+        lapse();
+        let first = store.stranded(sweep_after, 100).await.unwrap();
+        assert_eq!(first.steps.len(), 1);
+        assert!(store
+            .stranded(sweep_after, 100)
+            .await
+            .unwrap()
+            .steps
+            .is_empty());
+        // Meanwhile a commit leased the step anew (it ran again and became
+        // ready again): ending the sweep's lease leaves that one alone.
+        lease("UPDATE sg_steps SET claimed_until = now() + interval '5 minutes'");
+        let taken = (step, first.steps[0].lease.expect("a lapsed lease"));
+        store.end_leases(&[taken]).await.unwrap();
+        assert_eq!(
+            lease("SELECT (claimed_until > now() + interval '4 minutes')::text FROM sg_steps"),
+            ["true"]
+        );
     });
 }
 

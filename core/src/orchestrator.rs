@@ -478,8 +478,12 @@ impl Orchestrator {
             );
         }
         outbox.deliver(self.queue.as_ref()).await?;
-        let sent: Vec<StepId> = stranded.steps.iter().map(|s| s.message.step_id).collect();
-        self.store.end_leases(&sent).await?;
+        let leases: Vec<_> = stranded
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.message.step_id, s.lease?)))
+            .collect();
+        self.store.end_leases(&leases).await?;
         Ok(count)
     }
 

@@ -12,6 +12,7 @@ pub use postgres::PgStore;
 use crate::model::*;
 use crate::queue::Outbox;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::any::Any;
 use std::time::Duration;
 
@@ -135,9 +136,10 @@ pub trait Store: Send + Sync + 'static {
         Ok(Stranded::default())
     }
 
-    /// Ends the leases of stranded steps whose messages were sent: the
-    /// queue redelivers them from now on.
-    async fn end_leases(&self, _steps: &[StepId]) -> Result<(), StoreError> {
+    /// Ends the leases that [`Self::stranded`] took, once the steps'
+    /// messages are sent (the queue redelivers them from now on); a lease a
+    /// later commit gave the step stays.
+    async fn end_leases(&self, _leases: &[(StepId, DateTime<Utc>)]) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -182,4 +184,6 @@ pub struct StrandedStep {
     pub namespace: String,
     pub task_name: String,
     pub version: String,
+    /// For a step whose lease ran out: the lease the sweep took on it.
+    pub lease: Option<DateTime<Utc>>,
 }

@@ -10,6 +10,7 @@ use crate::model::*;
 use crate::pg::{backend_error, retrying, Notifier};
 use crate::queue::Outbox;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
@@ -444,6 +445,7 @@ impl Store for PgStore {
             String,
             String,
             String,
+            Option<DateTime<Utc>>,
         );
         let ms = older_than.as_millis() as f64;
         // Leases first: a step they return is leased again, so the second
@@ -458,7 +460,8 @@ impl Store for PgStore {
              UPDATE sg_steps s SET claimed_until = now() + make_interval(secs => $1 / 1000.0)
                FROM lapsed, sg_tasks t
               WHERE s.id = lapsed.id AND t.id = s.task_id
-             RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version",
+             RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
+                       s.claimed_until",
         )
         .bind(ms)
         .bind(limit)
@@ -466,7 +469,8 @@ impl Store for PgStore {
         .map_err(backend_error)?;
         if !self.queue_in_db {
             let lost: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
-                "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version
+                "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
+                        NULL::timestamptz
                    FROM sg_steps s
                    JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
                    JOIN sg_tasks t ON t.id = s.task_id
@@ -495,6 +499,7 @@ impl Store for PgStore {
                     namespace,
                     task_name,
                     version,
+                    lease,
                 )| {
                     StrandedStep {
                         message: StepMessage {
@@ -508,6 +513,7 @@ impl Store for PgStore {
                         namespace,
                         task_name,
                         version,
+                        lease,
                     }
                 },
             )
@@ -533,13 +539,19 @@ impl Store for PgStore {
         Ok(Stranded { steps, tasks })
     }
 
-    async fn end_leases(&self, steps: &[StepId]) -> Result<(), StoreError> {
-        if steps.is_empty() {
+    async fn end_leases(&self, leases: &[(StepId, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if leases.is_empty() {
             return Ok(());
         }
-        retrying!(self, pool => sqlx::query("UPDATE sg_steps SET claimed_until = NULL WHERE id = ANY ($1)")
-            .bind(steps)
-            .execute(pool))
+        let (steps, until): (Vec<StepId>, Vec<DateTime<Utc>>) = leases.iter().copied().unzip();
+        retrying!(self, pool => sqlx::query(
+            "UPDATE sg_steps s SET claimed_until = NULL
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS l (id, until)
+              WHERE s.id = l.id AND s.claimed_until = l.until",
+        )
+        .bind(&steps)
+        .bind(&until)
+        .execute(pool))
         .map_err(backend_error)?;
         Ok(())
     }
