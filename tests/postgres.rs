@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{worker_queue, Slots};
 use stepgraph_core::{
-    Eager, Orchestrator, OrchestratorConfig, PgBackend, StepMessage, TaskRequest, Transport,
+    Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StepMessage, Store, TaskRequest,
+    Transport,
 };
 use tokio::sync::Semaphore;
 
@@ -104,20 +105,22 @@ fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
     );
 }
 
-#[test]
-fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
-    let db = TestDb::create();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+/// An orchestrator in this process on a test database, and an eager
+/// dispatch of one slot for the e2e namespace.
+struct InProcess {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    orchestrator: Orchestrator,
+    eager: Eager,
+}
+
+impl InProcess {
+    async fn start(db: &TestDb) -> InProcess {
         let pg = PgBackend::connect(&db.url, 4).await.unwrap();
         pg.migrate().await.unwrap();
         let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
         let orchestrator = Orchestrator::new(
-            store,
+            store.clone(),
             queue.clone(),
             Arc::new(common::fixture_templates()),
             OrchestratorConfig::default(),
@@ -127,6 +130,34 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
             slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
             visibility: Duration::from_secs(60),
         };
+        InProcess {
+            store,
+            queue,
+            orchestrator,
+            eager,
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            queue,
+            orchestrator,
+            eager,
+            ..
+        } = InProcess::start(&db).await;
         let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
         let (created, claimed) = orchestrator
             .create_task_eager(request(), Some(&eager))
@@ -166,26 +197,13 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
 #[test]
 fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
     let db = TestDb::create();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
-        pg.migrate().await.unwrap();
-        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
-        let orchestrator = Orchestrator::new(
-            store.clone(),
-            queue.clone(),
-            Arc::new(common::fixture_templates()),
-            OrchestratorConfig::default(),
-        );
-        let eager = Eager {
-            queues: vec![worker_queue("e2e")],
-            slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
-            visibility: Duration::from_secs(60),
-        };
+    block_on(async {
+        let InProcess {
+            store,
+            queue,
+            orchestrator,
+            eager,
+        } = InProcess::start(&db).await;
         let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
         let (_, claimed) = orchestrator
             .create_task_eager(request, Some(&eager))
