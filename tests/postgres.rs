@@ -108,6 +108,7 @@ fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
 /// An orchestrator in this process on a test database, and an eager
 /// dispatch of one slot for the e2e namespace.
 struct InProcess {
+    pg: Arc<PgBackend>,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     orchestrator: Orchestrator,
@@ -131,6 +132,7 @@ impl InProcess {
             visibility: Duration::from_secs(60),
         };
         InProcess {
+            pg,
             store,
             queue,
             orchestrator,
@@ -195,6 +197,71 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
 }
 
 #[test]
+fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            pg, orchestrator, ..
+        } = InProcess::start(&db).await;
+        let request = |key: Option<&str>| {
+            let mut r = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            r.idempotency_key = key.map(str::to_string);
+            r
+        };
+        let before = pg.statements();
+        let created =
+            futures::future::join_all((0..40).map(|_| orchestrator.create_task(request(None))))
+                .await;
+        let statements = pg.statements() - before;
+        assert!(created.into_iter().all(|c| c.unwrap().created));
+        assert!(
+            statements < 20,
+            "40 creations at once took {statements} statements: they did not share commits"
+        );
+
+        // Two of these share an idempotency key: a batch holding both fails
+        // as a whole, and its changes are then applied one by one.
+        let keys: Vec<String> = (0..20)
+            .map(|i| match i {
+                3 | 17 => "shared".to_string(),
+                i => format!("key-{i}"),
+            })
+            .collect();
+        let created = futures::future::join_all(
+            keys.iter()
+                .map(|k| orchestrator.create_task(request(Some(k)))),
+        )
+        .await;
+        let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
+        assert_eq!(created.iter().filter(|c| c.created).count(), 19);
+        assert_eq!(created[3].task_id, created[17].task_id);
+
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_tasks"),
+            ["59"],
+            "no creation lost or applied twice"
+        );
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_steps WHERE state = 'enqueued'"),
+            ["59"]
+        );
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+            ["59"],
+            "each task's first step sent once"
+        );
+        assert_eq!(
+            db.query(
+                "SELECT count(*)::text FROM sg_task_transitions t JOIN sg_tasks k ON k.id = t.task_id
+                  WHERE t.most_recent AND t.to_state = k.state"
+            ),
+            ["59"],
+            "each task's audit trail ends in its state"
+        );
+    });
+}
+
+#[test]
 fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
     let db = TestDb::create();
     block_on(async {
@@ -203,6 +270,7 @@ fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
             queue,
             orchestrator,
             eager,
+            ..
         } = InProcess::start(&db).await;
         let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
         let (_, claimed) = orchestrator

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_lean_apply.sql")),
     (3, include_str!("../migrations/0003_leases.sql")),
     (4, include_str!("../migrations/0004_cached_reads.sql")),
+    (5, include_str!("../migrations/0005_group_commit.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.

@@ -1,7 +1,8 @@
-//! A write batch grouped for PostgreSQL's `sg_apply`: inserts by kind, each
-//! step's transitions (and the task's) collapsed into one compare-and-swap
-//! from the state before its first to the state after its last, and the
-//! audit rows numbered per entity so the function needs no window queries.
+//! Write batches grouped for PostgreSQL's `sg_commit`: the rows of one or
+//! more tasks' batches by kind, each naming its task; each step's
+//! transitions (and each task's) collapsed into one compare-and-swap from
+//! the state before its first to the state after its last, and the audit
+//! rows numbered per entity so the function needs no window queries.
 
 use crate::model::*;
 use crate::state::{StepState, TaskState};
@@ -17,15 +18,22 @@ pub(super) struct Change<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     new_steps: Vec<&'a Step>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    new_edges: Vec<&'a Edge>,
+    new_edges: Vec<TaskEdge<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     steps: Vec<StepMove<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     step_transitions: Vec<Numbered<&'a StepTransition>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task: Option<TaskMove<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<TaskMove<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     task_transitions: Vec<Numbered<&'a TaskTransition>>,
+}
+
+#[derive(Debug, Serialize)]
+struct TaskEdge<'a> {
+    task_id: TaskId,
+    #[serde(flatten)]
+    edge: &'a Edge,
 }
 
 /// One step's net change: applied only if it is still in `from` (None: a
@@ -33,6 +41,7 @@ pub(super) struct Change<'a> {
 #[derive(Debug, Serialize)]
 struct StepMove<'a> {
     id: StepId,
+    task_id: TaskId,
     from: Option<StepState>,
     to: StepState,
     attempts: u32,
@@ -42,14 +51,24 @@ struct StepMove<'a> {
     transitions: u32,
 }
 
-/// The task's net change; `result` and `error` are the last ones set.
+/// A task's optimistic lock (None: no version check) and its net change,
+/// if any; `result` and `error` are the last ones set.
 #[derive(Debug, Serialize)]
 struct TaskMove<'a> {
+    id: TaskId,
+    lock: Option<i64>,
     from: Option<TaskState>,
-    to: TaskState,
-    at: DateTime<Utc>,
+    to: Option<TaskState>,
+    at: Option<DateTime<Utc>>,
     result: Option<&'a Value>,
     error: Option<&'a Value>,
+}
+
+/// One task's write batch, applied if the task's lock version is still `lock`.
+pub(super) struct Batch<'a> {
+    pub task_id: TaskId,
+    pub lock: Option<i64>,
+    pub ops: &'a [WriteOp],
 }
 
 /// An audit row: the `seq`th of its entity in this batch, `last` the one
@@ -62,14 +81,25 @@ struct Numbered<T> {
     last: bool,
 }
 
-pub(super) fn group(ops: &[WriteOp]) -> Change<'_> {
+pub(super) fn group<'a>(batches: impl IntoIterator<Item = Batch<'a>>) -> Change<'a> {
     let mut c = Change::default();
+    for b in batches {
+        add(&mut c, b);
+    }
+    c
+}
+
+fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
+    let Batch { task_id, lock, ops } = batch;
+    let first_transition = c.step_transitions.len();
+    let first_task_transition = c.task_transitions.len();
     let mut moves: HashMap<StepId, usize> = HashMap::new();
+    let mut task: Option<TaskMove<'a>> = None;
     for op in ops {
         match op {
             WriteOp::InsertTask(t) => c.new_tasks.push(t),
             WriteOp::InsertStep(s) => c.new_steps.push(s),
-            WriteOp::InsertEdge(e) => c.new_edges.push(e),
+            WriteOp::InsertEdge(edge) => c.new_edges.push(TaskEdge { task_id, edge }),
             WriteOp::Step {
                 transition,
                 attempts,
@@ -79,6 +109,7 @@ pub(super) fn group(ops: &[WriteOp]) -> Change<'_> {
                 let i = *moves.entry(transition.step_id).or_insert_with(|| {
                     c.steps.push(StepMove {
                         id: transition.step_id,
+                        task_id,
                         from: transition.from,
                         to: transition.to,
                         attempts: *attempts,
@@ -105,32 +136,45 @@ pub(super) fn group(ops: &[WriteOp]) -> Change<'_> {
                 result,
                 error,
             } => {
-                let m = c.task.get_or_insert(TaskMove {
+                let m = task.get_or_insert(TaskMove {
+                    id: task_id,
+                    lock,
                     from: transition.from,
-                    to: transition.to,
-                    at: transition.at,
+                    to: None,
+                    at: None,
                     result: None,
                     error: None,
                 });
-                m.to = transition.to;
-                m.at = transition.at;
+                m.to = Some(transition.to);
+                m.at = Some(transition.at);
                 m.result = result.as_ref().or(m.result);
                 m.error = error.as_ref().or(m.error);
                 c.task_transitions.push(Numbered {
                     transition,
-                    seq: c.task_transitions.len() as u32 + 1,
+                    seq: (c.task_transitions.len() - first_task_transition) as u32 + 1,
                     last: false,
                 });
             }
         }
     }
-    for t in &mut c.step_transitions {
+    for t in &mut c.step_transitions[first_transition..] {
         t.last = t.seq == c.steps[moves[&t.transition.step_id]].transitions;
     }
-    if let Some(t) = c.task_transitions.last_mut() {
+    if let Some(t) = c.task_transitions[first_task_transition..].last_mut() {
         t.last = true;
     }
-    c
+    let task = task.or_else(|| {
+        lock.map(|lock| TaskMove {
+            id: task_id,
+            lock: Some(lock),
+            from: None,
+            to: None,
+            at: None,
+            result: None,
+            error: None,
+        })
+    });
+    c.tasks.extend(task);
 }
 
 #[cfg(test)]
@@ -175,7 +219,11 @@ mod tests {
                 1,
             ),
         ];
-        let c = group(&ops);
+        let c = group([Batch {
+            task_id: TaskId::nil(),
+            lock: None,
+            ops: &ops,
+        }]);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["steps"][0]["from"], "enqueued");
         assert_eq!(v["steps"][0]["to"], "complete");
@@ -202,6 +250,93 @@ mod tests {
                 ("complete".into(), 3, true),
             ]
         );
-        assert!(v.get("task").is_none() && v.get("new_tasks").is_none());
+        assert!(v.get("tasks").is_none() && v.get("new_tasks").is_none());
+    }
+
+    fn task_op(task: TaskId, from: TaskState, to: TaskState) -> WriteOp {
+        WriteOp::Task {
+            transition: TaskTransition {
+                task_id: task,
+                from: Some(from),
+                to,
+                at: Utc::now(),
+                metadata: json!({}),
+            },
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_task_of_a_group_keeps_its_lock_and_its_own_numbering() {
+        let (t1, t2, t3) = (new_id(), new_id(), new_id());
+        let first = vec![
+            task_op(t1, TaskState::StepsInProcess, TaskState::EvaluatingResults),
+            task_op(t1, TaskState::EvaluatingResults, TaskState::Complete),
+        ];
+        let second = vec![task_op(
+            t2,
+            TaskState::StepsInProcess,
+            TaskState::EvaluatingResults,
+        )];
+        let c = group([
+            Batch {
+                task_id: t1,
+                lock: Some(3),
+                ops: &first,
+            },
+            Batch {
+                task_id: t2,
+                lock: Some(7),
+                ops: &second,
+            },
+            // Only the lock: a version check and bump, no move.
+            Batch {
+                task_id: t3,
+                lock: Some(1),
+                ops: &[],
+            },
+        ]);
+        let v = serde_json::to_value(&c).unwrap();
+        let tasks: Vec<(String, i64, Value)> = v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap().to_string(),
+                    t["lock"].as_i64().unwrap(),
+                    t["to"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tasks,
+            vec![
+                (t1.to_string(), 3, json!("complete")),
+                (t2.to_string(), 7, json!("evaluating_results")),
+                (t3.to_string(), 1, Value::Null),
+            ]
+        );
+        let numbered: Vec<(String, u64, bool)> = v["task_transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["task_id"].as_str().unwrap().to_string(),
+                    t["seq"].as_u64().unwrap(),
+                    t["last"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            numbered,
+            vec![
+                (t1.to_string(), 1, false),
+                (t1.to_string(), 2, true),
+                (t2.to_string(), 1, true),
+            ]
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
 
 mod change;
+mod group_commit;
 mod memory;
 mod postgres;
 

@@ -1,8 +1,9 @@
 //! PostgreSQL store. Each call is one statement (a server-side function), so
 //! one round trip: reading a graph, committing an orchestration decision with
-//! its sends and ack, starting a step, submitting its result.
+//! its sends and ack (commits made at once share theirs, see `group_commit`),
+//! starting a step, submitting its result.
 
-use super::change::group;
+use super::group_commit::{Change, Flat, GroupCommit};
 use super::{
     Committed, Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock,
 };
@@ -22,6 +23,7 @@ pub struct PgStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
     queue_in_db: bool,
+    commits: Arc<GroupCommit>,
 }
 
 /// The pool without counting statements (for client reads).
@@ -101,48 +103,6 @@ struct WorkRow {
     dependencies: Vec<Dependency>,
 }
 
-/// The outbox as the SQL functions take it: parallel arrays, the steps to
-/// lease, and the ack.
-#[derive(Default)]
-struct Flat {
-    queues: Vec<String>,
-    payloads: Vec<Vec<u8>>,
-    delays: Vec<i64>,
-    /// Leased (for `lease_ms`) to the committing process.
-    leases: Vec<StepId>,
-    lease_ms: i64,
-    ack_queue: Option<String>,
-    ack_id: Option<i64>,
-}
-
-/// The outbox's claims as leases, and its sends and ack when the queue
-/// lives in the database; what the caller must still deliver.
-fn flatten(mut outbox: Outbox, queue_in_db: bool) -> (Flat, Outbox) {
-    let mut f = Flat {
-        lease_ms: outbox.claim_for.as_millis() as i64,
-        leases: std::mem::take(&mut outbox.claims)
-            .into_iter()
-            .map(|c| c.step_id)
-            .collect(),
-        ..Flat::default()
-    };
-    if !queue_in_db {
-        return (f, outbox);
-    }
-    for (queue, messages) in outbox.sends {
-        for m in messages {
-            f.queues.push(queue.clone());
-            f.payloads.push(m.payload);
-            f.delays.push(m.delay.as_millis() as i64);
-        }
-    }
-    if let Some((q, id)) = outbox.ack {
-        f.ack_queue = Some(q);
-        f.ack_id = Some(id as i64);
-    }
-    (f, Outbox::default())
-}
-
 impl PgStore {
     /// The pool, counting the statement about to run on it.
     fn pool(&self) -> &PgPool {
@@ -152,39 +112,32 @@ impl PgStore {
 
     pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>, queue_in_db: bool) -> Self {
         PgStore {
+            commits: GroupCommit::new(pool.clone(), notifier.clone()),
             pool,
             notifier,
             queue_in_db,
         }
     }
 
-    /// Applies a write batch with its leases, sends and ack in one
-    /// statement; whether it leased any steps.
+    /// Commits a write batch with its leases, sends and ack (see
+    /// [`GroupCommit`]); whether it leased any steps.
     async fn apply(
         &self,
         task_id: TaskId,
         lock: Option<i64>,
-        ops: &[WriteOp],
+        ops: Vec<WriteOp>,
         flat: Flat,
     ) -> Result<bool, StoreError> {
-        let change =
-            serde_json::to_value(group(ops)).map_err(|e| StoreError::Backend(e.to_string()))?;
-        retrying!(self, pool => sqlx::query(
-            "SELECT sg_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-            .bind(task_id)
-            .bind(lock)
-            .bind(&change)
-            .bind(&flat.queues)
-            .bind(&flat.payloads)
-            .bind(&flat.delays)
-            .bind(&flat.leases)
-            .bind(flat.lease_ms)
-            .bind(&flat.ack_queue)
-            .bind(flat.ack_id)
-            .execute(pool))
-        .map_err(backend_error)?;
-        Ok(!flat.leases.is_empty())
+        let leased = flat.leases();
+        self.commits
+            .commit(Change {
+                task_id,
+                lock,
+                ops,
+                flat,
+            })
+            .await?;
+        Ok(leased)
     }
 
     async fn read_graph(&self, task_id: TaskId) -> Result<GraphRow, StoreError> {
@@ -224,8 +177,8 @@ impl Store for PgStore {
             ));
         };
         let (task_id, key) = (task.id, task.idempotency_key.clone());
-        let (flat, rest) = flatten(outbox, self.queue_in_db);
-        match self.apply(task_id, None, &ops, flat).await {
+        let (flat, rest) = Flat::from_outbox(outbox, self.queue_in_db);
+        match self.apply(task_id, None, ops, flat).await {
             Err(StoreError::Backend(msg))
                 if key.is_some() && msg.contains("sg_tasks_idempotency_key_key") =>
             {
@@ -267,10 +220,10 @@ impl Store for PgStore {
         if ops.is_empty() && outbox.is_empty() {
             return Ok(Committed::unclaimed(outbox));
         }
-        let (flat, rest) = flatten(outbox, self.queue_in_db);
+        let (flat, rest) = Flat::from_outbox(outbox, self.queue_in_db);
         // Without state changes there is nothing to guard: no version check.
         let version = (!ops.is_empty()).then_some(lock.version);
-        let claimed = self.apply(lock.task_id, version, &ops, flat).await?;
+        let claimed = self.apply(lock.task_id, version, ops, flat).await?;
         // A commit with state changes bumps the version.
         let after = version.map_or(lock.version, |v| v + 1);
         Ok(committed(lock.task_id, after, rest, claimed))
@@ -355,7 +308,7 @@ impl Store for PgStore {
         outbox: Outbox,
     ) -> Result<(SubmitOutcome, Outbox), StoreError> {
         // Nothing to lease here: a result makes no step ready.
-        let (flat, mut rest) = flatten(outbox.unclaimed(), self.queue_in_db);
+        let (flat, mut rest) = Flat::from_outbox(outbox.unclaimed(), self.queue_in_db);
         let outcome =
             serde_json::to_value(&outcome).map_err(|e| StoreError::Backend(e.to_string()))?;
         let row: Value =
@@ -366,8 +319,8 @@ impl Store for PgStore {
                 .bind(&flat.queues)
                 .bind(&flat.payloads)
                 .bind(&flat.delays)
-                .bind(&flat.ack_queue)
-                .bind(flat.ack_id)
+                .bind(flat.ack.as_ref().map(|(q, _)| q))
+                .bind(flat.ack.as_ref().map(|(_, id)| *id))
                 .fetch_one(pool))
                 .map_err(backend_error)?;
         let result = match row["status"].as_str() {
