@@ -15,6 +15,7 @@ use stepgraph_core::{
     Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StepMessage, Store, TaskRequest,
     Transport,
 };
+use stepgraph_worker::{examples, Engine, EngineConfig};
 use tokio::sync::Semaphore;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -130,6 +131,7 @@ impl InProcess {
             queues: vec![worker_queue("e2e")],
             slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
             visibility: Duration::from_secs(60),
+            handoff: Default::default(),
         };
         InProcess {
             pg,
@@ -258,6 +260,41 @@ fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
             ["59"],
             "each task's audit trail ends in its state"
         );
+    });
+}
+
+#[test]
+fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
+        let mut config = EngineConfig::default();
+        config.worker.concurrency = 1;
+        let engine = Engine::with_backends(
+            store,
+            queue,
+            common::fixture_templates(),
+            examples::registry(),
+            config,
+        );
+        let runs = (0..5).map(|_| async {
+            let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            let id = engine.submit(request).await.unwrap().task_id;
+            engine.wait_task(id, LONG).await.unwrap()
+        });
+        for task in futures::future::join_all(runs).await {
+            assert_eq!(task.result, Some(json!(SIX_16)));
+        }
+        // The one slot was always busy when a step made the next one ready:
+        // only the slot the finished step passed on let the next run here.
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_steps WHERE name <> 'step_1' AND claimed_until IS NOT NULL"),
+            ["15"],
+            "every later step leased to the worker by the commit of the step before it"
+        );
+        engine.shutdown().await;
     });
 }
 

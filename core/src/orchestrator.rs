@@ -4,7 +4,7 @@
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
 use crate::queue::{
-    self, encode_all, worker_queue, Claim, Delivery, Outbox, Queue, QueueError, Slots,
+    self, encode_all, worker_queue, Claim, Delivery, Outbox, Queue, QueueError, Slot, Slots,
     ORCHESTRATION_QUEUE,
 };
 use crate::shutdown::Shutdown;
@@ -520,7 +520,7 @@ impl Orchestrator {
             self.config.visibility_timeout,
             self.config.receive_wait,
             shutdown,
-            move |d| {
+            move |d, _| {
                 let this = this.clone();
                 async move { this.process(d).await }
             },
@@ -620,7 +620,7 @@ fn dispatch_eager(
         let permit = eager
             .queues
             .contains(&queue)
-            .then(|| eager.slots.try_take())
+            .then(|| eager.handoff.take().or_else(|| eager.slots.try_take()))
             .flatten();
         match permit {
             Some(permit) => {
@@ -682,6 +682,19 @@ pub struct Eager {
     pub queues: Vec<String>,
     pub slots: Slots,
     pub visibility: Duration,
+    /// The slot of the step whose commit this is: the first step it makes
+    /// ready for these queues takes it before any free one.
+    pub handoff: Slot,
+}
+
+impl Eager {
+    /// For the commit of a step that runs in `slot`.
+    pub fn handing_off(&self, slot: Slot) -> Eager {
+        Eager {
+            handoff: slot,
+            ..self.clone()
+        }
+    }
 }
 
 /// What [`Orchestrator::complete_inline`] did.

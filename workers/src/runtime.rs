@@ -4,14 +4,12 @@
 
 use crate::handler::{HandlerRegistry, StepContext};
 use futures::FutureExt;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{
-    encode_all, worker_queue, Credits, Delivery, Outbox, Slots, ORCHESTRATION_QUEUE,
+    encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
 };
 use stepgraph_core::store::Snapshot;
 use stepgraph_core::{
@@ -98,6 +96,7 @@ impl Worker {
                 queues: config.namespaces.iter().map(|n| worker_queue(n)).collect(),
                 slots: slots.clone(),
                 visibility: config.visibility_timeout,
+                handoff: Slot::default(),
             },
             stopping: AtomicBool::new(false),
             store,
@@ -171,11 +170,11 @@ impl Worker {
             self.config.visibility_timeout,
             self.config.receive_wait,
             shutdown,
-            move |d| {
+            move |d, slot| {
                 let (this, queue) = (this.clone(), name.clone());
                 this.running.0.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if let Err(e) = this.process(&queue, &d).await {
+                    if let Err(e) = this.process(&queue, &d, slot).await {
                         this.failed(&queue, d.receipt, e).await;
                     }
                     this.done_one();
@@ -222,13 +221,12 @@ impl Worker {
             snapshot,
             permit,
         } = claimed;
-        let run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            if let Err(e) = this.run_inline(None, &message, work, snapshot).await {
+        self.slots.spawn_holding(permit, move |slot| async move {
+            if let Err(e) = this.run_inline(None, &message, work, snapshot, slot).await {
                 tracing::warn!(step = %message.step_name, error = %e, "step processing failed; the step is sent again when its lease runs out");
             }
             this.done_one();
         });
-        self.slots.spawn_holding(permit, run);
     }
 
     /// The outbox that tells the orchestration a step's result is durable,
@@ -253,6 +251,7 @@ impl Worker {
         self: &Arc<Self>,
         queue: &str,
         delivery: &Delivery,
+        slot: Slot,
     ) -> Result<(), ProcessError> {
         let ack = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
         let msg: StepMessage = match delivery.decode() {
@@ -285,7 +284,7 @@ impl Worker {
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
                 if self.inline.is_some() {
-                    return self.run_inline(receipt, &msg, *work, snapshot).await;
+                    return self.run_inline(receipt, &msg, *work, snapshot, slot).await;
                 }
                 let began = std::time::Instant::now();
                 let outcome = self.execute(*work).await;
@@ -306,13 +305,15 @@ impl Worker {
     /// Runs a started step and records its outcome in the commit that
     /// orchestrates its task, acknowledging its message (queue, receipt)
     /// if it came with one (falling back to the orchestration queue when
-    /// that fails); the steps the commit leases to this worker start at once.
+    /// that fails); the steps the commit leases to this worker start at once,
+    /// the first in the step's own `slot`.
     async fn run_inline(
         self: &Arc<Self>,
         receipt: Option<(String, u64)>,
         msg: &StepMessage,
         work: StepWork,
         snapshot: Option<Box<Snapshot>>,
+        slot: Slot,
     ) -> Result<(), ProcessError> {
         let orchestrator = self
             .inline
@@ -331,7 +332,7 @@ impl Worker {
                 began.elapsed(),
                 receipt.clone(),
                 snapshot,
-                self.eager(),
+                self.eager().map(|e| e.handing_off(slot)).as_ref(),
             )
             .await;
         match done {

@@ -208,27 +208,47 @@ impl Slots {
     }
 
     /// Runs `work` on its own task holding `permit`, then gives the slot
-    /// back (a credit is settled by its grantor instead).
-    pub fn spawn_holding<F>(&self, permit: OwnedSemaphorePermit, work: F)
+    /// back (a credit is settled by its grantor instead). A concurrency slot
+    /// can be passed on by `work` (see [`Slot`]); a credit cannot.
+    pub fn spawn_holding<F, Fut>(&self, permit: OwnedSemaphorePermit, work: F)
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: FnOnce(Slot) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         match self {
             Slots::Concurrency(_) => {
+                let slot = Slot(Some(Arc::new(parking_lot::Mutex::new(Some(permit)))));
+                let run = work(slot.clone());
                 tokio::spawn(async move {
-                    work.await;
-                    drop(permit);
+                    run.await;
+                    drop(slot.take());
                 });
             }
             Slots::Credits(c) => {
                 let settle = c.settle.clone();
+                let run = work(Slot(None));
                 tokio::spawn(async move {
-                    work.await;
+                    run.await;
                     permit.forget();
                     settle();
                 });
             }
         }
+    }
+}
+
+/// The slot a running step holds. When the step's own commit makes another
+/// step ready for this worker, the finished step passes its slot on (see
+/// `Eager`): a chain keeps running here even when every slot is busy,
+/// instead of going through the queue. Else the slot is given back when the
+/// step's task ends.
+#[derive(Clone, Default)]
+pub struct Slot(Option<Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>>);
+
+impl Slot {
+    /// The permit, once: None if it was passed on already (or is a credit).
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.as_ref().and_then(|p| p.lock().take())
     }
 }
 
@@ -256,7 +276,7 @@ pub async fn consume<F, Fut>(
     mut shutdown: Shutdown,
     process: F,
 ) where
-    F: Fn(Delivery) -> Fut,
+    F: Fn(Delivery, Slot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let semaphore = slots.semaphore().clone();
@@ -284,7 +304,7 @@ pub async fn consume<F, Fut>(
                 let _ = queue.release(name, d.receipt, Duration::ZERO).await;
                 continue;
             };
-            slots.spawn_holding(permit, process(d));
+            slots.spawn_holding(permit, |slot| process(d, slot));
         }
     }
 }
