@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../migrations/0003_leases.sql")),
     (4, include_str!("../migrations/0004_cached_reads.sql")),
     (5, include_str!("../migrations/0005_group_commit.sql")),
+    (6, include_str!("../migrations/0006_receive_in_order.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.
