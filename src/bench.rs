@@ -339,17 +339,17 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     if o.throughput > 0 {
         let n = o.throughput;
         let start = Instant::now();
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
+        // As many clients would: every task submitted and awaited at once.
+        let runs = (0..n).map(|_| async {
             let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
-            ids.push(engine.submit(request).await?.task_id);
-        }
-        for id in ids {
+            let id = engine.submit(request).await?.task_id;
             let task = engine.wait_task(id, Duration::from_secs(600)).await?;
             if task.state != TaskState::Complete {
                 bail!("throughput run: task {id} ended {}", task.state);
             }
-        }
+            Ok(())
+        });
+        futures::future::try_join_all(runs).await?;
         let secs = start.elapsed().as_secs_f64();
         println!();
         println!(
