@@ -108,7 +108,12 @@ BEGIN
                 (SELECT string_agg(DISTINCT m.task_id::text, ', ')
                    FROM jsonb_to_recordset(p_change -> 'steps') AS m (task_id uuid))));
         END IF;
+    END IF;
 
+    -- The audit rows: each step's last one supersedes its most recent one (if any).
+    IF p_change ? 'step_transitions' THEN
+        SELECT array_agg(DISTINCT t.step_id) INTO v_ids
+          FROM jsonb_to_recordset(p_change -> 'step_transitions') AS t (step_id uuid);
         WITH prev AS (
             UPDATE sg_step_transitions p SET most_recent = false
              WHERE p.most_recent AND p.step_id = ANY (v_ids)
@@ -136,9 +141,9 @@ BEGIN
           FROM jsonb_to_recordset(p_change -> 'task_transitions') AS t (
                task_id uuid, "from" text, "to" text, at timestamptz, metadata jsonb, seq integer, last boolean)
           LEFT JOIN prev ON prev.task_id = t.task_id;
-        PERFORM pg_notify('stepgraph_task', m.id::text)
-           FROM jsonb_to_recordset(p_change -> 'tasks') AS m (id uuid, "to" text)
-          WHERE m."to" IN ('complete', 'error', 'cancelled', 'resolved_manually');
+        PERFORM pg_notify('stepgraph_task', t.task_id::text)
+           FROM jsonb_to_recordset(p_change -> 'task_transitions') AS t (task_id uuid, "to" text, last boolean)
+          WHERE t.last AND t."to" IN ('complete', 'error', 'cancelled', 'resolved_manually');
     END IF;
 
     IF cardinality(p_queues) > 0 THEN

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/0004_cached_reads.sql")),
     (5, include_str!("../migrations/0005_group_commit.sql")),
     (6, include_str!("../migrations/0006_receive_in_order.sql")),
+    (7, include_str!("../migrations/0007_lean_creation.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.

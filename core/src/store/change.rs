@@ -2,21 +2,23 @@
 //! more tasks' batches by kind, each naming its task; each step's
 //! transitions (and each task's) collapsed into one compare-and-swap from
 //! the state before its first to the state after its last, and the audit
-//! rows numbered per entity so the function needs no window queries.
+//! rows numbered per entity so the function needs no window queries. A row
+//! the same batch inserts is inserted as its moves leave it.
 
 use crate::model::*;
 use crate::state::{StepState, TaskState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, Default, Serialize)]
 pub(super) struct Change<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    new_tasks: Vec<&'a Task>,
+    new_tasks: Vec<Cow<'a, Task>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    new_steps: Vec<&'a Step>,
+    new_steps: Vec<Cow<'a, Step>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     new_edges: Vec<TaskEdge<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -93,12 +95,22 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
     let Batch { task_id, lock, ops } = batch;
     let first_transition = c.step_transitions.len();
     let first_task_transition = c.task_transitions.len();
-    let mut moves: HashMap<StepId, usize> = HashMap::new();
+    // Rows this batch inserts, by id: their moves become their inserted values.
+    let mut new_steps: HashMap<StepId, usize> = HashMap::new();
+    let mut new_task = None;
+    let mut moves: Vec<StepMove<'a>> = Vec::new();
+    let mut moved: HashMap<StepId, usize> = HashMap::new();
     let mut task: Option<TaskMove<'a>> = None;
     for op in ops {
         match op {
-            WriteOp::InsertTask(t) => c.new_tasks.push(t),
-            WriteOp::InsertStep(s) => c.new_steps.push(s),
+            WriteOp::InsertTask(t) => {
+                new_task = (t.id == task_id).then_some(c.new_tasks.len());
+                c.new_tasks.push(Cow::Borrowed(t));
+            }
+            WriteOp::InsertStep(s) => {
+                new_steps.insert(s.id, c.new_steps.len());
+                c.new_steps.push(Cow::Borrowed(s));
+            }
             WriteOp::InsertEdge(edge) => c.new_edges.push(TaskEdge { task_id, edge }),
             WriteOp::Step {
                 transition,
@@ -106,8 +118,8 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                 backoff_until,
                 outcome,
             } => {
-                let i = *moves.entry(transition.step_id).or_insert_with(|| {
-                    c.steps.push(StepMove {
+                let i = *moved.entry(transition.step_id).or_insert_with(|| {
+                    moves.push(StepMove {
                         id: transition.step_id,
                         task_id,
                         from: transition.from,
@@ -117,9 +129,9 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                         outcome: None,
                         transitions: 0,
                     });
-                    c.steps.len() - 1
+                    moves.len() - 1
                 });
-                let m = &mut c.steps[i];
+                let m = &mut moves[i];
                 m.to = transition.to;
                 m.attempts = *attempts;
                 m.backoff_until = *backoff_until;
@@ -158,13 +170,23 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
         }
     }
     for t in &mut c.step_transitions[first_transition..] {
-        t.last = t.seq == c.steps[moves[&t.transition.step_id]].transitions;
+        t.last = t.seq == moves[moved[&t.transition.step_id]].transitions;
     }
     if let Some(t) = c.task_transitions[first_task_transition..].last_mut() {
         t.last = true;
     }
-    let task = task.or_else(|| {
-        lock.map(|lock| TaskMove {
+    for m in moves {
+        match new_steps.get(&m.id) {
+            Some(&i) => m.fold_into(c.new_steps[i].to_mut()),
+            None => c.steps.push(m),
+        }
+    }
+    match (task, new_task) {
+        // A task created by this batch is inserted as it ends up; nothing
+        // to compare it with.
+        (Some(m), Some(i)) if lock.is_none() => m.fold_into(c.new_tasks[i].to_mut()),
+        (Some(m), _) => c.tasks.push(m),
+        (None, _) => c.tasks.extend(lock.map(|lock| TaskMove {
             id: task_id,
             lock: Some(lock),
             from: None,
@@ -172,9 +194,37 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
             at: None,
             result: None,
             error: None,
-        })
-    });
-    c.tasks.extend(task);
+        })),
+    }
+}
+
+impl StepMove<'_> {
+    /// This move applied to the row it moves.
+    fn fold_into(self, step: &mut Step) {
+        step.state = self.to;
+        step.attempts = self.attempts;
+        step.backoff_until = self.backoff_until;
+        step.outcome = self.outcome.cloned();
+    }
+}
+
+impl TaskMove<'_> {
+    /// This move applied to the row it moves.
+    fn fold_into(self, task: &mut Task) {
+        if let (Some(to), Some(at)) = (self.to, self.at) {
+            task.state = to;
+            task.updated_at = at;
+            if to.is_terminal() {
+                task.completed_at = Some(at);
+            }
+        }
+        if let Some(r) = self.result.filter(|r| !r.is_null()) {
+            task.result = Some(r.clone());
+        }
+        if let Some(e) = self.error.filter(|e| !e.is_null()) {
+            task.error = Some(e.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -338,5 +388,65 @@ mod tests {
                 (t2.to_string(), 1, true),
             ]
         );
+    }
+
+    #[test]
+    fn rows_the_batch_inserts_are_inserted_as_their_moves_leave_them() {
+        let now = Utc::now();
+        let task = Task {
+            id: new_id(),
+            namespace: "ns".into(),
+            name: "t".into(),
+            version: "1".into(),
+            context: json!({}),
+            state: TaskState::Pending,
+            idempotency_key: None,
+            priority: 0,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        };
+        let step = Step {
+            id: new_id(),
+            task_id: task.id,
+            name: "s".into(),
+            template_step: "s".into(),
+            step_type: crate::template::StepType::Standard,
+            handler: "h".into(),
+            config: json!({}),
+            state: StepState::Pending,
+            attempts: 0,
+            max_attempts: 3,
+            timeout_seconds: None,
+            batch_size: None,
+            backoff_until: None,
+            cursor: None,
+            outcome: None,
+            created_at: now,
+        };
+        let (task_id, step_id) = (task.id, step.id);
+        let ops = vec![
+            WriteOp::InsertTask(task),
+            WriteOp::InsertStep(step),
+            task_op(task_id, TaskState::Pending, TaskState::Initializing),
+            task_op(task_id, TaskState::Initializing, TaskState::StepsInProcess),
+            step_op(step_id, Some(StepState::Pending), StepState::Enqueued, 1),
+        ];
+        let c = group([Batch {
+            task_id,
+            lock: None,
+            ops: &ops,
+        }]);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["new_tasks"][0]["state"], "steps_in_process");
+        assert_eq!(v["new_steps"][0]["state"], "enqueued");
+        assert_eq!(v["new_steps"][0]["attempts"], 1);
+        // Nothing left to compare and swap; the audit rows are all there.
+        assert!(v.get("tasks").is_none() && v.get("steps").is_none());
+        assert_eq!(v["task_transitions"].as_array().unwrap().len(), 2);
+        assert_eq!(v["task_transitions"][1]["last"], true);
+        assert_eq!(v["step_transitions"][0]["last"], true);
     }
 }
