@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/0005_group_commit.sql")),
     (6, include_str!("../migrations/0006_receive_in_order.sql")),
     (7, include_str!("../migrations/0007_lean_creation.sql")),
+    (8, include_str!("../migrations/0008_start_step_json.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.
