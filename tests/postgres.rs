@@ -10,7 +10,7 @@ use common::SIX_16;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::queue::{worker_queue, Slots};
+use stepgraph_core::queue::{worker_queue, Outgoing, Slots};
 use stepgraph_core::{
     Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StepMessage, Store, TaskRequest,
     Transport,
@@ -295,6 +295,75 @@ fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy(
             "every later step leased to the worker by the commit of the step before it"
         );
         engine.shutdown().await;
+    });
+}
+
+/// Up to 4 messages, claimed for 400 ms, waiting up to `wait_ms` for one.
+async fn receive(
+    q: &str,
+    queue: &stepgraph_core::queue::PgQueue,
+    wait_ms: u64,
+) -> Result<Vec<stepgraph_core::queue::Delivery>, stepgraph_core::QueueError> {
+    let visibility = Duration::from_millis(400);
+    queue
+        .receive(q, 4, visibility, Duration::from_millis(wait_ms))
+        .await
+}
+
+#[test]
+fn a_drained_queue_is_not_claimed_again_before_a_send_or_its_next_message_is_due() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        // Two consumers, as two processes would be.
+        let (a, b) = (pg.queue(), pg.queue());
+        let one = |payload: &[u8], delay_ms: u64| {
+            vec![Outgoing {
+                payload: payload.to_vec(),
+                delay: Duration::from_millis(delay_ms),
+            }]
+        };
+
+        // Drained once, receiving again costs no statement until something is sent.
+        assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        let before = pg.statements();
+        for _ in 0..5 {
+            assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        }
+        assert_eq!(pg.statements(), before, "a drained queue was claimed again");
+
+        // A send wakes it (the NOTIFY).
+        b.send("q", one(b"now", 0)).await.unwrap();
+        let got = receive("q", &a, 5000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"now");
+        a.ack("q", &[got[0].receipt]).await.unwrap();
+
+        // A delayed message: announced when sent, claimed once it is due.
+        let start = std::time::Instant::now();
+        b.send("q", one(b"later", 300)).await.unwrap();
+        let got = receive("q", &a, 5000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"later");
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "it came early"
+        );
+        a.ack("q", &[got[0].receipt]).await.unwrap();
+
+        // Claimed by b, never acknowledged: no NOTIFY tells a when its
+        // visibility timeout ends, the time the claim reported does.
+        b.send("q", one(b"lost", 0)).await.unwrap();
+        let lost = receive("q", &b, 5000).await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        let again = receive("q", &a, 3000).await.unwrap();
+        assert_eq!(again.len(), 1, "the unacknowledged message came back");
+        assert_eq!(
+            (again[0].payload.as_slice(), again[0].delivery_count),
+            (&b"lost"[..], 2)
+        );
     });
 }
 

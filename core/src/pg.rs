@@ -113,7 +113,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
 /// connection wakes everyone, since notifications may have been missed.
 #[derive(Default)]
 pub(crate) struct Notifier {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    queues: Mutex<HashMap<String, Arc<QueueWake>>>,
     tasks: Mutex<HashMap<Uuid, Weak<Notify>>>,
     /// Statements (each one round trip) the store and queue have run.
     statements: AtomicU64,
@@ -124,7 +124,7 @@ impl Notifier {
         self.statements.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn queue(&self, name: &str) -> Arc<Notify> {
+    pub(crate) fn queue(&self, name: &str) -> Arc<QueueWake> {
         self.queues
             .lock()
             .entry(name.to_string())
@@ -145,7 +145,7 @@ impl Notifier {
 
     fn wake_all(&self) {
         for n in self.queues.lock().values() {
-            n.notify_waiters();
+            n.wake();
         }
         for n in self.tasks.lock().values().filter_map(Weak::upgrade) {
             n.notify_waiters();
@@ -153,16 +153,37 @@ impl Notifier {
     }
 
     fn dispatch(&self, channel: &str, payload: &str) {
-        let wake = match channel {
-            "stepgraph_queue" => self.queues.lock().get(payload).cloned(),
-            _ => payload
-                .parse::<Uuid>()
-                .ok()
-                .and_then(|t| self.tasks.lock().get(&t).and_then(Weak::upgrade)),
-        };
-        if let Some(w) = wake {
-            w.notify_waiters();
+        if channel == "stepgraph_queue" {
+            if let Some(q) = self.queues.lock().get(payload) {
+                q.wake();
+            }
+        } else if let Some(t) = payload
+            .parse::<Uuid>()
+            .ok()
+            .and_then(|t| self.tasks.lock().get(&t).and_then(Weak::upgrade))
+        {
+            t.notify_waiters();
         }
+    }
+}
+
+/// Wakes a queue's receivers, counting the wake-ups: a receiver that found
+/// the queue drained at one count need not look again until the next.
+#[derive(Default)]
+pub(crate) struct QueueWake {
+    pub(crate) notify: Notify,
+    generation: AtomicU64,
+}
+
+impl QueueWake {
+    fn wake(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Wake-ups so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 

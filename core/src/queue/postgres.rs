@@ -1,22 +1,45 @@
 //! PostgreSQL queue: rows in `sg_queue`, claimed with FOR UPDATE SKIP LOCKED
 //! and a visibility timeout, deleted on ack. Receivers sleep until a NOTIFY
 //! for their queue (or the next delayed message is due); a slow poll covers
-//! notifications lost while reconnecting.
+//! notifications lost while reconnecting. A claim that drained the queue
+//! is not repeated before the next NOTIFY or the next message is due.
 
 use super::{Delivery, Outgoing, Queue, QueueError};
 use crate::pg::{retrying, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use sqlx::postgres::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 const SAFETY_POLL: Duration = Duration::from_secs(5);
 
+#[derive(Clone, Copy)]
+struct Drained {
+    generation: u64,
+    next: Option<DateTime<Utc>>,
+    at: Instant,
+}
+
+impl Drained {
+    /// Nothing sent since, nothing due yet, and not time for the safety poll.
+    fn still(&self, generation: u64) -> bool {
+        self.generation == generation
+            && self.next.is_none_or(|n| n > Utc::now())
+            && self.at.elapsed() < SAFETY_POLL
+    }
+}
+
 pub struct PgQueue {
     pool: PgPool,
     notifier: Arc<Notifier>,
+    /// Per queue, after a claim that left nothing to claim: the wake-up
+    /// count at its start, when the next message becomes visible, and when
+    /// it ran (the safety poll claims again after SAFETY_POLL regardless).
+    drained: Mutex<HashMap<String, Drained>>,
 }
 
 fn err(e: sqlx::Error) -> QueueError {
@@ -31,11 +54,15 @@ impl PgQueue {
     }
 
     pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Self {
-        PgQueue { pool, notifier }
+        PgQueue {
+            pool,
+            notifier,
+            drained: Mutex::default(),
+        }
     }
 
-    /// Claims up to `max` messages; when there are none, when the next one
-    /// becomes visible (None: the queue is empty).
+    /// Claims up to `max` messages; with fewer, when the next one becomes
+    /// visible (None: there is no other).
     async fn claim(
         &self,
         queue: &str,
@@ -104,12 +131,36 @@ impl Queue for PgQueue {
         let deadline = Instant::now() + wait;
         let wake = self.notifier.queue(queue);
         loop {
-            let notified = wake.notified();
+            let notified = wake.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (got, next) = self.claim(queue, max, visibility).await?;
-            if !got.is_empty() || Instant::now() >= deadline {
-                return Ok(got);
+            let generation = wake.generation();
+            let known = self.drained.lock().get(queue).copied();
+            let next = match known {
+                Some(d) if d.still(generation) => d.next,
+                _ => {
+                    let at = Instant::now();
+                    let (got, next) = self.claim(queue, max, visibility).await?;
+                    let mut drained = self.drained.lock();
+                    if got.len() < max {
+                        let d = Drained {
+                            generation,
+                            next,
+                            at,
+                        };
+                        drained.insert(queue.to_string(), d);
+                    } else {
+                        drained.remove(queue);
+                    }
+                    drop(drained);
+                    if !got.is_empty() {
+                        return Ok(got);
+                    }
+                    next
+                }
+            };
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
             }
             let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
             if let Some(next) = next {
