@@ -9,10 +9,11 @@
 -- whole batch rolls back with SG409 naming the tasks, and the store applies
 -- the batch's changes one by one to tell each caller its own outcome.
 --
--- Every row is found by key. The plans are generic and made once per
--- session, possibly while the tables are still small, so sequential scans
--- are ruled out: one chosen then would read the whole table on every
--- commit once it has grown.
+-- Every row is found by key: each statement joins the batch's rows to a
+-- table's index. The plans are generic and made once per session, possibly
+-- while the tables are still small, so only nested loops over index
+-- lookups are allowed: a sequential scan or a hash join chosen then would
+-- read the whole table on every commit once it has grown.
 --
 -- p_change holds the batch's rows by kind; every row names its task.
 -- Leases (p_leases with p_lease_ms per step), sends (p_queues, p_payloads,
@@ -23,11 +24,10 @@ CREATE FUNCTION sg_commit(
     p_queues text[], p_payloads bytea[], p_delays bigint[], p_leases uuid[], p_lease_ms bigint[],
     p_ack_queues text[], p_ack_ids bigint[])
 RETURNS void LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     v_count integer;
-    v_ids uuid[];
-    v_done uuid[];
 BEGIN
     IF p_change ? 'new_tasks' THEN
         INSERT INTO sg_namespaces (name)
@@ -45,26 +45,23 @@ BEGIN
 
     -- Each task's optimistic lock and its own compare-and-swap: one row update per task.
     IF p_change ? 'tasks' THEN
-        SELECT array_agg(m.id) INTO v_ids FROM jsonb_to_recordset(p_change -> 'tasks') AS m (id uuid);
-        WITH done AS (
-            UPDATE sg_tasks t
-               SET lock_version = t.lock_version + CASE WHEN m.lock IS NULL THEN 0 ELSE 1 END,
-                   state = coalesce(m."to", t.state),
-                   updated_at = coalesce(m.at, t.updated_at),
-                   result = coalesce(nullif(m.result, 'null'), t.result),
-                   error = coalesce(nullif(m.error, 'null'), t.error),
-                   completed_at = CASE WHEN m."to" IN ('complete', 'error', 'cancelled', 'resolved_manually')
-                                       THEN m.at ELSE t.completed_at END
-              FROM jsonb_to_recordset(p_change -> 'tasks') AS m (
-                   id uuid, lock bigint, "from" text, "to" text, at timestamptz, result jsonb, error jsonb)
-             WHERE t.id = ANY (v_ids) AND t.id = m.id
-               AND (m.lock IS NULL OR t.lock_version = m.lock)
-               AND (m."from" IS NULL OR t.state = m."from")
-            RETURNING t.id)
-        SELECT array_agg(id) INTO v_done FROM done;
-        IF coalesce(cardinality(v_done), 0) <> cardinality(v_ids) THEN
+        UPDATE sg_tasks t
+           SET lock_version = t.lock_version + CASE WHEN m.lock IS NULL THEN 0 ELSE 1 END,
+               state = coalesce(m."to", t.state),
+               updated_at = coalesce(m.at, t.updated_at),
+               result = coalesce(nullif(m.result, 'null'), t.result),
+               error = coalesce(nullif(m.error, 'null'), t.error),
+               completed_at = CASE WHEN m."to" IN ('complete', 'error', 'cancelled', 'resolved_manually')
+                                   THEN m.at ELSE t.completed_at END
+          FROM jsonb_to_recordset(p_change -> 'tasks') AS m (
+               id uuid, lock bigint, "from" text, "to" text, at timestamptz, result jsonb, error jsonb)
+         WHERE t.id = m.id
+           AND (m.lock IS NULL OR t.lock_version = m.lock)
+           AND (m."from" IS NULL OR t.state = m."from");
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        IF v_count <> jsonb_array_length(p_change -> 'tasks') THEN
             PERFORM sg_conflict(format('task %s was changed concurrently',
-                (SELECT string_agg(i::text, ', ') FROM unnest(v_ids) AS i WHERE i <> ALL (coalesce(v_done, '{}')))));
+                (SELECT string_agg(m.id::text, ', ') FROM jsonb_to_recordset(p_change -> 'tasks') AS m (id uuid))));
         END IF;
     END IF;
 
@@ -91,8 +88,6 @@ BEGIN
     END IF;
 
     IF p_change ? 'steps' THEN
-        -- Found by `= ANY` of an array: an index scan in any (generic) plan.
-        SELECT array_agg(m.id) INTO v_ids FROM jsonb_to_recordset(p_change -> 'steps') AS m (id uuid);
         UPDATE sg_steps s
            SET state = m."to", attempts = m.attempts, backoff_until = m.backoff_until, outcome = m.outcome,
                claimed_until = coalesce(clock_timestamp() + make_interval(secs => l.ms / 1000.0), s.claimed_until)
@@ -100,10 +95,10 @@ BEGIN
                id uuid, task_id uuid, "from" text, "to" text, attempts integer, backoff_until timestamptz,
                outcome jsonb)
           LEFT JOIN unnest(p_leases, p_lease_ms) AS l (id, ms) ON l.id = m.id
-         WHERE s.id = ANY (v_ids) AND s.id = m.id AND s.task_id = m.task_id
+         WHERE s.id = m.id AND s.task_id = m.task_id
            AND (m."from" IS NULL OR s.state = m."from");
         GET DIAGNOSTICS v_count = ROW_COUNT;
-        IF v_count <> cardinality(v_ids) THEN
+        IF v_count <> jsonb_array_length(p_change -> 'steps') THEN
             PERFORM sg_conflict(format('task %s: a step is no longer in the state this change expects',
                 (SELECT string_agg(DISTINCT m.task_id::text, ', ')
                    FROM jsonb_to_recordset(p_change -> 'steps') AS m (task_id uuid))));
@@ -112,11 +107,10 @@ BEGIN
 
     -- The audit rows: each step's last one supersedes its most recent one (if any).
     IF p_change ? 'step_transitions' THEN
-        SELECT array_agg(DISTINCT t.step_id) INTO v_ids
-          FROM jsonb_to_recordset(p_change -> 'step_transitions') AS t (step_id uuid);
         WITH prev AS (
             UPDATE sg_step_transitions p SET most_recent = false
-             WHERE p.most_recent AND p.step_id = ANY (v_ids)
+              FROM jsonb_to_recordset(p_change -> 'step_transitions') AS f (step_id uuid, seq integer)
+             WHERE f.seq = 1 AND p.step_id = f.step_id AND p.most_recent
             RETURNING p.step_id, p.sort_key)
         INSERT INTO sg_step_transitions
             (task_id, step_id, step_name, from_state, to_state, attempt, sort_key, most_recent, metadata, created_at)
@@ -129,11 +123,10 @@ BEGIN
     END IF;
 
     IF p_change ? 'task_transitions' THEN
-        SELECT array_agg(DISTINCT t.task_id) INTO v_ids
-          FROM jsonb_to_recordset(p_change -> 'task_transitions') AS t (task_id uuid);
         WITH prev AS (
             UPDATE sg_task_transitions p SET most_recent = false
-             WHERE p.task_id = ANY (v_ids) AND p.most_recent
+              FROM jsonb_to_recordset(p_change -> 'task_transitions') AS f (task_id uuid, seq integer)
+             WHERE f.seq = 1 AND p.task_id = f.task_id AND p.most_recent
             RETURNING p.task_id, p.sort_key)
         INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, most_recent, metadata, created_at)
         SELECT t.task_id, t."from", t."to", coalesce(prev.sort_key, 0) + t.seq, t.last,
@@ -156,7 +149,7 @@ BEGIN
     IF cardinality(p_ack_ids) > 0 THEN
         DELETE FROM sg_queue q
          USING unnest(p_ack_queues, p_ack_ids) AS a (queue, id)
-         WHERE q.id = ANY (p_ack_ids) AND q.id = a.id AND q.queue = a.queue;
+         WHERE q.id = a.id AND q.queue = a.queue;
     END IF;
 END $$;
 
