@@ -250,6 +250,21 @@ mod tests {
         }
     }
 
+    /// Each audit row's `key`, number and whether it is the last.
+    fn numbered(rows: &Value, key: &str) -> Vec<(String, u64, bool)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t[key].as_str().unwrap().to_string(),
+                    t["seq"].as_u64().unwrap(),
+                    t["last"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn transitions_collapse_per_step_and_are_numbered() {
         let (a, b) = (new_id(), new_id());
@@ -279,20 +294,8 @@ mod tests {
         assert_eq!(v["steps"][0]["to"], "complete");
         assert_eq!(v["steps"][1]["from"], "pending");
         assert_eq!(v["steps"][1]["to"], "enqueued");
-        let numbered: Vec<(String, u64, bool)> = v["step_transitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["to"].as_str().unwrap().to_string(),
-                    t["seq"].as_u64().unwrap(),
-                    t["last"].as_bool().unwrap(),
-                )
-            })
-            .collect();
         assert_eq!(
-            numbered,
+            numbered(&v["step_transitions"], "to"),
             vec![
                 ("in_progress".into(), 1, false),
                 ("enqueued".into(), 1, true),
@@ -368,20 +371,8 @@ mod tests {
                 (t3.to_string(), 1, Value::Null),
             ]
         );
-        let numbered: Vec<(String, u64, bool)> = v["task_transitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["task_id"].as_str().unwrap().to_string(),
-                    t["seq"].as_u64().unwrap(),
-                    t["last"].as_bool().unwrap(),
-                )
-            })
-            .collect();
         assert_eq!(
-            numbered,
+            numbered(&v["task_transitions"], "task_id"),
             vec![
                 (t1.to_string(), 1, false),
                 (t1.to_string(), 2, true),
