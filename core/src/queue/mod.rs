@@ -241,7 +241,7 @@ impl Slots {
 /// step ready for this worker, the finished step passes its slot on (see
 /// `Eager`): a chain keeps running here even when every slot is busy,
 /// instead of going through the queue. Else the slot is given back when the
-/// step's task ends.
+/// step's run ends.
 #[derive(Clone, Default)]
 pub struct Slot(Option<Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>>);
 
