@@ -38,8 +38,8 @@ struct TaskEdge<'a> {
     edge: &'a Edge,
 }
 
-/// One step's net change: applied only if it is still in `from` (None: a
-/// step inserted by the same batch).
+/// One step's net change: applied only if it is still in `from` (None:
+/// unchecked). A step the same batch inserts gets its move in its insert.
 #[derive(Debug, Serialize)]
 struct StepMove<'a> {
     id: StepId,
