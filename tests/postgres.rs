@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_core::queue::{worker_queue, Outgoing, Slots};
 use stepgraph_core::{
-    Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StepMessage, Store, TaskRequest,
-    Transport,
+    Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StartOutcome, StepMessage, Store,
+    StoreError, TaskRequest, Transport,
 };
 use stepgraph_worker::{examples, Engine, EngineConfig};
 use tokio::sync::Semaphore;
@@ -295,6 +295,88 @@ fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy(
             "every later step leased to the worker by the commit of the step before it"
         );
         engine.shutdown().await;
+    });
+}
+
+#[test]
+fn a_step_message_claim_reads_the_step_start_with_it() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            pg,
+            store,
+            queue,
+            orchestrator,
+            ..
+        } = InProcess::start(&db).await;
+        let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let q = worker_queue("e2e");
+        let created = orchestrator.create_task(request()).await.unwrap();
+        let unknown = StepMessage {
+            task_id: created.task_id,
+            step_id: stepgraph_core::new_id(),
+            attempt: 1,
+            step_name: "nowhere".into(),
+            handler: "none".into(),
+        };
+        let poison = [b"not json".to_vec(), serde_json::to_vec(&unknown).unwrap()];
+        let outgoing = poison
+            .iter()
+            .map(|payload| Outgoing {
+                payload: payload.clone(),
+                delay: Duration::ZERO,
+            })
+            .collect();
+        queue.send(&q, outgoing).await.unwrap();
+        let receive = || queue.receive(&q, 10, Duration::from_secs(60), Duration::from_secs(5));
+
+        // One statement claims all three; undecodable payloads do not fail it.
+        let before = pg.statements();
+        let got = receive().await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(pg.statements(), before + 1);
+        let step: StepMessage = got[0].decode().unwrap();
+        assert_eq!(got[1].payload, b"not json");
+
+        // The starts came with the claim: no statement of their own.
+        match store.start_step(step.step_id, 1, false).await.unwrap() {
+            StartOutcome::Started(work, snapshot) => {
+                assert_eq!(work.step_name, "step_1");
+                assert_eq!(work.context, json!({ "even_number": 6 }));
+                assert!(snapshot.is_some(), "the graph to commit against");
+            }
+            other => panic!("step_1 did not start: {other:?}"),
+        }
+        assert!(matches!(
+            store.start_step(unknown.step_id, 1, false).await,
+            Err(StoreError::StepNotFound(id)) if id == unknown.step_id
+        ));
+        assert_eq!(pg.statements(), before + 1);
+
+        // Each is read once: asked again, the database answers.
+        assert!(matches!(
+            store.start_step(step.step_id, 1, false).await.unwrap(),
+            StartOutcome::Started(..)
+        ));
+        assert_eq!(pg.statements(), before + 2);
+
+        // A start that marks the step InProgress is the database's to make.
+        orchestrator.create_task(request()).await.unwrap();
+        let got = receive().await.unwrap();
+        let step: StepMessage = got[0].decode().unwrap();
+        let before = pg.statements();
+        assert!(matches!(
+            store.start_step(step.step_id, 1, true).await.unwrap(),
+            StartOutcome::Started(..)
+        ));
+        assert_eq!(pg.statements(), before + 1);
+        assert_eq!(
+            db.query(&format!(
+                "SELECT state FROM sg_steps WHERE id = '{}'",
+                step.step_id
+            )),
+            ["in_progress"]
+        );
     });
 }
 

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/0006_receive_in_order.sql")),
     (7, include_str!("../migrations/0007_lean_creation.sql")),
     (8, include_str!("../migrations/0008_start_step_json.sql")),
+    (9, include_str!("../migrations/0009_receive_started.sql")),
 ];
 
 /// Any stable number: serializes concurrent `migrate` runs.
@@ -167,6 +168,35 @@ impl Notifier {
     }
 }
 
+/// Step starts read with the claims of their messages (`sg_receive_started`),
+/// kept for the worker's [`crate::Store::start_step`] that follows each
+/// claim: the queue and the store of one backend share it, and the start
+/// then costs no round trip of its own. Each is taken once; what is never
+/// taken (a message released unprocessed) is dropped once a minute old.
+#[derive(Default)]
+pub(crate) struct ClaimedStarts {
+    starts: Mutex<HashMap<(Uuid, u32), (Instant, serde_json::Value)>>,
+}
+
+impl ClaimedStarts {
+    const KEEP: Duration = Duration::from_secs(60);
+
+    pub(crate) fn put(&self, step_id: Uuid, attempt: u32, start: serde_json::Value) {
+        let mut starts = self.starts.lock();
+        if starts.len() >= 256 {
+            starts.retain(|_, (at, _)| at.elapsed() < Self::KEEP);
+        }
+        starts.insert((step_id, attempt), (Instant::now(), start));
+    }
+
+    pub(crate) fn take(&self, step_id: Uuid, attempt: u32) -> Option<serde_json::Value> {
+        self.starts
+            .lock()
+            .remove(&(step_id, attempt))
+            .map(|(_, start)| start)
+    }
+}
+
 /// Wakes a queue's receivers, counting the wake-ups: a receiver that found
 /// the queue drained at one count need not look again until the next.
 #[derive(Default)]
@@ -235,6 +265,7 @@ async fn listen(notifier: Weak<Notifier>, pool: PgPool) {
 pub struct PgBackend {
     pool: PgPool,
     notifier: Arc<Notifier>,
+    starts: Arc<ClaimedStarts>,
 }
 
 impl PgBackend {
@@ -251,7 +282,11 @@ impl PgBackend {
             .map_err(|e| StoreError::Backend(format!("cannot connect to {}: {e}", redact(url))))?;
         let notifier = Arc::new(Notifier::default());
         tokio::spawn(listen(Arc::downgrade(&notifier), pool.clone()));
-        Ok(Arc::new(PgBackend { pool, notifier }))
+        Ok(Arc::new(PgBackend {
+            pool,
+            notifier,
+            starts: Default::default(),
+        }))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -265,11 +300,20 @@ impl PgBackend {
     /// The store; with `queue_in_db` it sends and acks the outbox of each
     /// state change in the same transaction (use it with [`PgBackend::queue`]).
     pub fn store(&self, queue_in_db: bool) -> PgStore {
-        PgStore::new(self.pool.clone(), self.notifier.clone(), queue_in_db)
+        PgStore::new(
+            self.pool.clone(),
+            self.notifier.clone(),
+            queue_in_db,
+            self.starts.clone(),
+        )
     }
 
     pub fn queue(&self) -> PgQueue {
-        PgQueue::new(self.pool.clone(), self.notifier.clone())
+        PgQueue::new(
+            self.pool.clone(),
+            self.notifier.clone(),
+            self.starts.clone(),
+        )
     }
 
     /// The store and queue of a deployment whose state is in this database

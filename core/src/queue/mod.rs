@@ -23,7 +23,16 @@ pub const ORCHESTRATION_QUEUE: &str = "orchestration";
 
 /// The queue the workers of one namespace consume.
 pub fn worker_queue(namespace: &str) -> String {
-    format!("worker.{namespace}")
+    format!("{WORKER_QUEUE_PREFIX}{namespace}")
+}
+
+const WORKER_QUEUE_PREFIX: &str = "worker.";
+
+/// Whether a queue is a worker queue (its messages are [`StepMessage`]s).
+///
+/// [`StepMessage`]: crate::model::StepMessage
+pub fn is_worker_queue(queue: &str) -> bool {
+    queue.starts_with(WORKER_QUEUE_PREFIX)
 }
 
 #[derive(Debug, thiserror::Error)]

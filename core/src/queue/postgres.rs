@@ -3,9 +3,12 @@
 //! for their queue (or the next delayed message is due); a slow poll covers
 //! notifications lost while reconnecting. A claim that drained the queue
 //! is not repeated before the next NOTIFY or the next message is due.
+//! Claims of step messages read the steps' starts with them (see
+//! [`ClaimedStarts`]).
 
-use super::{Delivery, Outgoing, Queue, QueueError};
-use crate::pg::{retrying, Notifier};
+use super::{is_worker_queue, Delivery, Outgoing, Queue, QueueError};
+use crate::model::StepMessage;
+use crate::pg::{retrying, ClaimedStarts, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -40,6 +43,7 @@ pub struct PgQueue {
     /// count at its start, when the next message becomes visible, and when
     /// it ran (the safety poll claims again after SAFETY_POLL regardless).
     drained: Mutex<HashMap<String, Drained>>,
+    starts: Arc<ClaimedStarts>,
 }
 
 fn err(e: sqlx::Error) -> QueueError {
@@ -53,31 +57,38 @@ impl PgQueue {
         &self.pool
     }
 
-    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Self {
+    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>, starts: Arc<ClaimedStarts>) -> Self {
         PgQueue {
             pool,
             notifier,
             drained: Mutex::default(),
+            starts,
         }
     }
 
     /// Claims up to `max` messages; with fewer, when the next one becomes
-    /// visible (None: there is no other).
+    /// visible (None: there is no other). A worker queue's claim reads the
+    /// steps' starts too, and keeps them for the store.
     async fn claim(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
     ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>), QueueError> {
+        let starts = is_worker_queue(queue);
+        let sql = if starts {
+            "SELECT id, payload, delivery_count, next_visible, started FROM sg_receive_started($1, $2, $3)"
+        } else {
+            "SELECT id, payload, delivery_count, next_visible, NULL::json FROM sg_receive($1, $2, $3)"
+        };
         #[allow(clippy::type_complexity)]
         let rows: Vec<(
             Option<i64>,
             Option<Vec<u8>>,
             Option<i32>,
             Option<DateTime<Utc>>,
-        )> = retrying!(self, pool => sqlx::query_as(
-            "SELECT id, payload, delivery_count, next_visible FROM sg_receive($1, $2, $3)",
-        )
+            Option<serde_json::Value>,
+        )> = retrying!(self, pool => sqlx::query_as(sql)
         .bind(queue)
         .bind(max as i32)
         .bind(visibility.as_millis() as i64)
@@ -85,13 +96,20 @@ impl PgQueue {
         .map_err(err)?;
         let mut next = None;
         let mut out = Vec::new();
-        for (id, payload, count, next_visible) in rows {
+        for (id, payload, count, next_visible, started) in rows {
             match (id, payload) {
-                (Some(id), Some(payload)) => out.push(Delivery {
-                    receipt: id as u64,
-                    payload,
-                    delivery_count: count.unwrap_or(1) as u32,
-                }),
+                (Some(id), Some(payload)) => {
+                    if let Some(started) = started {
+                        if let Ok(m) = serde_json::from_slice::<StepMessage>(&payload) {
+                            self.starts.put(m.step_id, m.attempt, started);
+                        }
+                    }
+                    out.push(Delivery {
+                        receipt: id as u64,
+                        payload,
+                        delivery_count: count.unwrap_or(1) as u32,
+                    })
+                }
                 _ => next = next_visible,
             }
         }

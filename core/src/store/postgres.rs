@@ -8,7 +8,7 @@ use super::{
     Committed, Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock,
 };
 use crate::model::*;
-use crate::pg::{backend_error, retrying, Notifier};
+use crate::pg::{backend_error, retrying, ClaimedStarts, Notifier};
 use crate::queue::Outbox;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,6 +24,7 @@ pub struct PgStore {
     notifier: Arc<Notifier>,
     queue_in_db: bool,
     commits: Arc<GroupCommit>,
+    starts: Arc<ClaimedStarts>,
 }
 
 /// The pool without counting statements (for client reads).
@@ -110,12 +111,18 @@ impl PgStore {
         &self.pool
     }
 
-    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>, queue_in_db: bool) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        notifier: Arc<Notifier>,
+        queue_in_db: bool,
+        starts: Arc<ClaimedStarts>,
+    ) -> Self {
         PgStore {
             commits: GroupCommit::new(pool.clone(), notifier.clone()),
             pool,
             notifier,
             queue_in_db,
+            starts,
         }
     }
 
@@ -235,13 +242,17 @@ impl Store for PgStore {
         attempt: u32,
         mark: bool,
     ) -> Result<StartOutcome, StoreError> {
-        let row: Value =
-            retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2, $3)")
-            .bind(step_id)
-            .bind(attempt as i32)
-            .bind(mark)
-            .fetch_one(pool))
-            .map_err(backend_error)?;
+        // Read with the message's claim, unless the step is to be marked.
+        let read = self.starts.take(step_id, attempt).filter(|_| !mark);
+        let row: Value = match read {
+            Some(row) => row,
+            None => retrying!(self, pool => sqlx::query_scalar("SELECT sg_start_step($1, $2, $3)")
+                .bind(step_id)
+                .bind(attempt as i32)
+                .bind(mark)
+                .fetch_one(pool))
+            .map_err(backend_error)?,
+        };
         let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
