@@ -697,10 +697,26 @@ fn idempotency_cancel_and_graceful_shutdown() {
     assert_eq!(v1["task_id"], v2["task_id"]);
     assert_eq!(v2["created"], false);
     let id = v1["task_id"].as_str().unwrap();
-    // No worker runs: the task is cancelled before any step starts.
+    // No worker runs: a wait that times out answers with the task as it is.
+    let (status, v) = http(
+        &addr,
+        "GET",
+        &format!("/v1/tasks/{id}/wait?timeout_ms=300"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(v["steps"][0]["state"], "enqueued");
+    assert!(!["complete", "error", "cancelled"].contains(&v["state"].as_str().unwrap()));
+    // A waiting request is woken when the task ends: cancelled before any step starts.
+    let waiting = std::thread::spawn({
+        let (addr, id) = (addr.clone(), id.to_string());
+        move || wait(&addr, &id, LONG)
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (status, v) = http(&addr, "POST", &format!("/v1/tasks/{id}/cancel"), None);
     assert_eq!((status, v["state"].as_str()), (200, Some("cancelled")));
-    let v = wait(&addr, id, LONG);
+    let v = waiting.join().unwrap();
+    assert_eq!(v["state"], "cancelled");
     assert_eq!(v["steps"][0]["state"], "cancelled");
     assert!(
         serve.terminate().success(),

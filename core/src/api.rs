@@ -2,7 +2,7 @@
 //! cancel tasks; list templates; health and Prometheus metrics. Errors are
 //! JSON `{"error": message}` with the status that fits.
 
-use crate::model::{Step, Task, TaskId, Transitions};
+use crate::model::{Step, Task, TaskGraph, TaskId, Transitions};
 use crate::orchestrator::{Orchestrator, OrchestratorError, TaskRequest};
 use crate::queue::{worker_queue, Queue, ORCHESTRATION_QUEUE};
 use crate::shutdown::Shutdown;
@@ -158,20 +158,22 @@ struct TaskView {
     transitions: Transitions,
 }
 
-async fn view(s: &ApiState, id: TaskId) -> Result<TaskView, ApiError> {
-    let (graph, transitions) = s.store.graph_and_transitions(id).await?;
-    Ok(TaskView {
-        steps: graph.steps.iter().map(StepView::from).collect(),
-        task: graph.task,
-        transitions,
-    })
+impl TaskView {
+    fn new((graph, transitions): (TaskGraph, Transitions)) -> TaskView {
+        TaskView {
+            steps: graph.steps.iter().map(StepView::from).collect(),
+            task: graph.task,
+            transitions,
+        }
+    }
 }
 
 async fn get_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    Ok(Json(view(&s, task_id(&id)?).await?))
+    let view = s.store.graph_and_transitions(task_id(&id)?).await?;
+    Ok(Json(TaskView::new(view)))
 }
 
 #[derive(Deserialize)]
@@ -186,8 +188,8 @@ async fn wait_task(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = task_id(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
-    s.store.wait_terminal(id, timeout).await?;
-    Ok(Json(view(&s, id).await?))
+    let view = s.store.wait_terminal_view(id, timeout).await?;
+    Ok(Json(TaskView::new(view)))
 }
 
 async fn cancel_task(

@@ -123,6 +123,16 @@ pub trait Store: Send + Sync + 'static {
     /// Waits until the task is in a terminal state or `timeout` passes; returns it either way.
     async fn wait_terminal(&self, task_id: TaskId, timeout: Duration) -> Result<Task, StoreError>;
 
+    /// [`Store::wait_terminal`], then [`Store::graph_and_transitions`].
+    async fn wait_terminal_view(
+        &self,
+        task_id: TaskId,
+        timeout: Duration,
+    ) -> Result<(TaskGraph, Transitions), StoreError> {
+        self.wait_terminal(task_id, timeout).await?;
+        self.graph_and_transitions(task_id).await
+    }
+
     /// How many tasks and steps are in each state (for metrics).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
 

@@ -389,12 +389,32 @@ impl Store for PgStore {
             if task.state.is_terminal() || Instant::now() >= deadline {
                 return Ok(task);
             }
-            // The notification is the wake-up; the slow poll only covers a lost one.
-            let poll = Instant::now() + Duration::from_secs(2);
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(poll.min(deadline)) => {}
+            until_notified(notified, deadline).await;
+        }
+    }
+
+    /// A notification that the task ended is taken at its word: the view
+    /// is read at once, not after reading the task again.
+    async fn wait_terminal_view(
+        &self,
+        task_id: TaskId,
+        timeout: Duration,
+    ) -> Result<(TaskGraph, Transitions), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let wake = self.notifier.task(task_id);
+        let mut ended = false;
+        loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if ended || self.task(task_id).await?.state.is_terminal() || Instant::now() >= deadline
+            {
+                let view = self.graph_and_transitions(task_id).await?;
+                if view.0.task.state.is_terminal() || Instant::now() >= deadline {
+                    return Ok(view);
+                }
             }
+            ended = until_notified(notified, deadline).await;
         }
     }
 
@@ -532,5 +552,18 @@ impl Store for PgStore {
             steps: count("SELECT state, count(*) FROM sg_steps GROUP BY state ORDER BY state")
                 .await?,
         })
+    }
+}
+
+/// Sleeps until `notified` fires (true) or, since a notification can be
+/// lost, a slow poll or `deadline` comes (false).
+async fn until_notified(
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    deadline: Instant,
+) -> bool {
+    let poll = Instant::now() + Duration::from_secs(2);
+    tokio::select! {
+        _ = notified => true,
+        _ = tokio::time::sleep_until(poll.min(deadline)) => false,
     }
 }
