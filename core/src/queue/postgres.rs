@@ -75,8 +75,7 @@ impl PgQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>), QueueError> {
-        let starts = is_worker_queue(queue);
-        let sql = if starts {
+        let sql = if is_worker_queue(queue) {
             "SELECT id, payload, delivery_count, next_visible, started FROM sg_receive_started($1, $2, $3)"
         } else {
             "SELECT id, payload, delivery_count, next_visible, NULL::json FROM sg_receive($1, $2, $3)"
