@@ -5,6 +5,7 @@ use crate::fixtures;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepgraph_core::{PgBackend, TaskRequest, TaskState, Transport};
 use stepgraph_worker::{examples, Engine, EngineConfig};
@@ -197,46 +198,38 @@ pub struct Options<'a> {
     pub eager_dispatch: bool,
 }
 
+/// One engine's figures: per scenario its sorted latencies and DB round
+/// trips per step; how long the throughput run took.
+struct Measured<'s> {
+    rows: Vec<(&'s Scenario, Vec<Duration>, Option<f64>)>,
+    throughput: Option<Duration>,
+}
+
+/// An engine on the database at `url`, its steps travelling over `transport`.
+async fn pg_engine(
+    url: &str,
+    transport: &Transport,
+    eager_dispatch: bool,
+) -> Result<(Engine, Arc<PgBackend>)> {
+    let backend = PgBackend::connect(url, 16).await?;
+    backend.migrate().await?;
+    let (store, queue) = backend.backends(transport).await?;
+    let mut config = EngineConfig::default();
+    config.worker.eager_dispatch = eager_dispatch;
+    let engine = Engine::with_backends(
+        store,
+        queue,
+        fixtures::registry()?,
+        examples::registry(),
+        config,
+    );
+    Ok((engine, backend))
+}
+
 pub async fn run(o: Options<'_>) -> Result<()> {
     let csv_path = std::env::temp_dir().join(format!("stepgraph-bench-{}.csv", std::process::id()));
     std::fs::write(&csv_path, fixtures::PRODUCTS_CSV).context("writing the benchmark CSV")?;
     let csv = csv_path.display().to_string();
-    let mut pg = None;
-    let (engine, mode) = match o.database_url {
-        None => (
-            Engine::embedded(
-                fixtures::registry()?,
-                examples::registry(),
-                EngineConfig::default(),
-            ),
-            "embedded mode (in-memory store and queue",
-        ),
-        Some(url) => {
-            let backend = PgBackend::connect(url, 16).await?;
-            backend.migrate().await?;
-            let (store, queue) = backend.backends(&o.transport).await?;
-            let mut config = EngineConfig::default();
-            config.worker.eager_dispatch = o.eager_dispatch;
-            let engine = Engine::with_backends(
-                store,
-                queue,
-                fixtures::registry()?,
-                examples::registry(),
-                config,
-            );
-            pg = Some(backend);
-            (
-                engine,
-                match (&o.transport, o.eager_dispatch) {
-                    (Transport::Postgres, true) => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, eager dispatch",
-                    (Transport::Postgres, false) => "PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, every step through the queue",
-                    (Transport::RabbitMq(_), true) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process, eager dispatch",
-                    (Transport::RabbitMq(_), false) => "PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable (orchestrator and worker in this process, every step through RabbitMQ",
-                },
-            )
-        }
-    };
-    let trips = || pg.as_ref().map(|p| p.statements());
     let chosen: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| o.only.is_none_or(|only| s.template == only))
@@ -244,13 +237,65 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     if chosen.is_empty() {
         bail!("no scenario named {:?}", o.only.unwrap_or_default());
     }
+    let Some(url) = o.database_url else {
+        let engine = Engine::embedded(
+            fixtures::registry()?,
+            examples::registry(),
+            EngineConfig::default(),
+        );
+        let measured = measure(&engine, None, &chosen, &o, &csv).await;
+        engine.shutdown().await;
+        let _ = std::fs::remove_file(&csv_path);
+        let mode = "embedded mode (in-memory store and queue";
+        print_table(mode, &o, &measured?, None);
+        return Ok(());
+    };
+    let through = if o.eager_dispatch {
+        "eager dispatch"
+    } else if matches!(o.transport, Transport::Postgres) {
+        "every step through the queue"
+    } else {
+        "every step through RabbitMQ"
+    };
+    // RabbitMQ's figures come with the PostgreSQL queue's beside them,
+    // measured first the same way on the same database.
+    let beside = match o.transport {
+        Transport::Postgres => None,
+        Transport::RabbitMq(_) => {
+            let (engine, pg) = pg_engine(url, &Transport::Postgres, o.eager_dispatch).await?;
+            let measured = measure(&engine, Some(&pg), &chosen, &o, &csv).await;
+            engine.shutdown().await;
+            Some(measured?)
+        }
+    };
+    let (engine, pg) = pg_engine(url, &o.transport, o.eager_dispatch).await?;
+    let measured = measure(&engine, Some(&pg), &chosen, &o, &csv).await;
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&csv_path);
+    let mode = match o.transport {
+        Transport::Postgres => format!("PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, {through}"),
+        Transport::RabbitMq(_) => format!("PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable, beside the PostgreSQL queue (orchestrator and worker in this process, {through}"),
+    };
+    print_table(&mode, &o, &measured?, beside.as_ref());
+    Ok(())
+}
+
+/// Runs every chosen scenario on `engine`, then the throughput run.
+async fn measure<'s>(
+    engine: &Engine,
+    pg: Option<&PgBackend>,
+    chosen: &'s [Scenario],
+    o: &Options<'_>,
+    csv: &str,
+) -> Result<Measured<'s>> {
+    let trips = || pg.map(|p| p.statements());
     let bar = ProgressBar::new(((o.iterations + o.warmup) * chosen.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {elapsed}")?
             .progress_chars("=> "),
     );
     let mut rows = Vec::new();
-    for s in &chosen {
+    for s in chosen {
         bar.set_prefix(s.label);
         let mut samples = Vec::with_capacity(o.iterations);
         let mut trips_before = None;
@@ -258,7 +303,7 @@ pub async fn run(o: Options<'_>) -> Result<()> {
             if i == o.warmup {
                 trips_before = trips();
             }
-            let request = TaskRequest::new("e2e", s.template, context(s.template, &csv));
+            let request = TaskRequest::new("e2e", s.template, context(s.template, csv));
             let start = Instant::now();
             let created = engine.submit(request).await?;
             let task = engine
@@ -285,58 +330,7 @@ pub async fn run(o: Options<'_>) -> Result<()> {
         rows.push((s, samples, per_step));
     }
     bar.finish_and_clear();
-
-    println!(
-        "stepgraph bench: {mode}, Rust handlers, {} tokio runtime), {} runs per scenario after {} warm-up runs",
-        o.runtime, o.iterations, o.warmup
-    );
-    println!();
-    let trips_col = pg.is_some();
-    print!(
-        "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
-        "Scenario", "Steps", "P50", "P95", "P99", "Per stage", "Seed P50", "Speed-up"
-    );
-    println!(
-        "{}",
-        if trips_col {
-            " DB round trips/step |"
-        } else {
-            ""
-        }
-    );
-    print!(
-        "|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|{:->10}|",
-        "", ":", ":", ":", ":", ":", ":", ":"
-    );
-    println!(
-        "{}",
-        if trips_col {
-            "--------------------:|"
-        } else {
-            ""
-        }
-    );
-    for (s, samples, per_step) in rows {
-        let p50 = percentile(&samples, 0.50);
-        let per_stage = p50 / s.stages as u32;
-        let ratio = s.seed_p50_ms / (p50.as_secs_f64() * 1000.0);
-        print!(
-            "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} | {:>7.0}x |",
-            s.label,
-            s.steps,
-            fmt_latency(p50),
-            fmt_latency(percentile(&samples, 0.95)),
-            fmt_latency(percentile(&samples, 0.99)),
-            fmt_latency(per_stage),
-            format!("{} ms", s.seed_p50_ms),
-            ratio
-        );
-        match per_step {
-            Some(t) => println!(" {t:>19.1} |"),
-            None => println!(),
-        }
-    }
-    if o.throughput > 0 {
+    let throughput = if o.throughput > 0 {
         let n = o.throughput;
         let start = Instant::now();
         // As many clients would: every task submitted and awaited at once.
@@ -350,15 +344,83 @@ pub async fn run(o: Options<'_>) -> Result<()> {
             Ok(())
         });
         futures::future::try_join_all(runs).await?;
-        let secs = start.elapsed().as_secs_f64();
+        Some(start.elapsed())
+    } else {
+        None
+    };
+    Ok(Measured { rows, throughput })
+}
+
+/// The latency table (with `beside`: its P50s in a column of their own),
+/// then steps/s.
+fn print_table(mode: &str, o: &Options<'_>, m: &Measured, beside: Option<&Measured>) {
+    println!(
+        "stepgraph bench: {mode}, Rust handlers, {} tokio runtime), {} runs per scenario after {} warm-up runs",
+        o.runtime, o.iterations, o.warmup
+    );
+    println!();
+    let trips_col = m.rows.iter().any(|(_, _, t)| t.is_some());
+    let mut header = format!(
+        "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} |",
+        "Scenario", "Steps", "P50", "P95", "P99", "Per stage"
+    );
+    let mut rule = format!(
+        "|{:-<20}|{:->7}|{:->11}|{:->11}|{:->11}|{:->11}|",
+        "", ":", ":", ":", ":", ":"
+    );
+    if beside.is_some() {
+        header.push_str(" PostgreSQL queue P50 |");
+        rule.push_str("---------------------:|");
+    }
+    header.push_str(&format!(" {:>8} | {:>8} |", "Seed P50", "Speed-up"));
+    rule.push_str(&format!("{:->10}|{:->10}|", ":", ":"));
+    if trips_col {
+        header.push_str(" DB round trips/step |");
+        rule.push_str("--------------------:|");
+    }
+    println!("{header}\n{rule}");
+    for (i, (s, samples, per_step)) in m.rows.iter().enumerate() {
+        let p50 = percentile(samples, 0.50);
+        let per_stage = p50 / s.stages as u32;
+        let mut line = format!(
+            "| {:<18} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} |",
+            s.label,
+            s.steps,
+            fmt_latency(p50),
+            fmt_latency(percentile(samples, 0.95)),
+            fmt_latency(percentile(samples, 0.99)),
+            fmt_latency(per_stage),
+        );
+        if let Some(b) = beside {
+            line.push_str(&format!(
+                " {:>20} |",
+                fmt_latency(percentile(&b.rows[i].1, 0.50))
+            ));
+        }
+        let ratio = s.seed_p50_ms / (p50.as_secs_f64() * 1000.0);
+        line.push_str(&format!(
+            " {:>8} | {:>7.0}x |",
+            format!("{} ms", s.seed_p50_ms),
+            ratio
+        ));
+        if let Some(t) = per_step {
+            line.push_str(&format!(" {t:>19.1} |"));
+        }
+        println!("{line}");
+    }
+    if let Some(took) = m.throughput {
+        let steps = o.throughput * 4;
+        let rate = |took: Duration| steps as f64 / took.as_secs_f64();
+        let beside = beside
+            .and_then(|b| b.throughput)
+            .map(|t| format!(" (PostgreSQL queue: {:.0} steps/s)", rate(t)))
+            .unwrap_or_default();
         println!();
         println!(
-            "Throughput: {n} linear tasks submitted at once, {} steps in {secs:.2} s = {:.0} steps/s",
-            n * 4,
-            (n * 4) as f64 / secs
+            "Throughput: {} linear tasks submitted at once, {steps} steps in {:.2} s = {:.0} steps/s{beside}",
+            o.throughput,
+            took.as_secs_f64(),
+            rate(took)
         );
     }
-    let _ = std::fs::remove_file(&csv_path);
-    engine.shutdown().await;
-    Ok(())
 }

@@ -93,12 +93,79 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
     sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
 }
 
+/// The cluster rows on the queue `env` selects; on RabbitMQ with the
+/// PostgreSQL queue's P50s beside them, measured first the same way.
 pub async fn run(
     url: &str,
     env: &[(&str, String)],
     iterations: usize,
     warmup: usize,
 ) -> Result<()> {
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let rabbitmq = setting("STEPGRAPH_QUEUE") == Some("rabbitmq");
+    let beside = if rabbitmq {
+        let mut on_postgres: Vec<(&str, String)> = env
+            .iter()
+            .filter(|(k, _)| *k != "STEPGRAPH_QUEUE")
+            .cloned()
+            .collect();
+        on_postgres.push(("STEPGRAPH_QUEUE", "postgres".into()));
+        Some(measure(url, &on_postgres, iterations, warmup).await?)
+    } else {
+        None
+    };
+    let (single, double) = measure(url, env, iterations, warmup).await?;
+    let queue = if rabbitmq {
+        "RabbitMQ queues, beside the PostgreSQL queue"
+    } else {
+        "PostgreSQL queue"
+    };
+    let dispatch = match setting("STEPGRAPH_WORKER_EAGER_DISPATCH") {
+        Some("false") => "every step through the queue",
+        _ => "eager dispatch",
+    };
+    println!("stepgraph bench --cluster: 2 serve + 2 worker processes, PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
+    println!();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    let (pg_col, pg_rule) = match beside {
+        Some(_) => (" PostgreSQL queue P50 |", "--:|"),
+        None => ("", ""),
+    };
+    println!("| Scenario | Steps | P50 | P95 | P99 |{pg_col} Seed P50 | Speed-up |");
+    println!("|---|--:|--:|--:|--:|{pg_rule}--:|--:|");
+    let rows = [
+        ("Cluster single (round robin)", 4, &single, 261.0),
+        ("Cluster 2x (one task per orchestrator)", 8, &double, 332.0),
+    ];
+    for (i, (label, steps, samples, seed)) in rows.into_iter().enumerate() {
+        let p50 = p(samples, 0.5);
+        let pg = match &beside {
+            Some((single, double)) => format!(" {} |", ms(p([single, double][i], 0.5))),
+            None => String::new(),
+        };
+        println!(
+            "| {label} | {steps} | {} | {} | {} |{pg} {seed} ms | {:.0}x |",
+            ms(p50),
+            ms(p(samples, 0.95)),
+            ms(p(samples, 0.99)),
+            seed / (p50.as_secs_f64() * 1e3)
+        );
+    }
+    Ok(())
+}
+
+/// Starts the processes and runs the two rows: one task at a time (round
+/// robin), then two at once (one per `serve`); sorted latencies of each.
+async fn measure(
+    url: &str,
+    env: &[(&str, String)],
+    iterations: usize,
+    warmup: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let dir = std::env::temp_dir().join(format!("stepgraph-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     fixtures::write_templates(&dir)?;
@@ -131,36 +198,5 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&dir);
     single.sort();
     double.sort();
-    let setting = |name: &str| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let queue = match setting("STEPGRAPH_QUEUE") {
-        Some("rabbitmq") => "RabbitMQ queues",
-        _ => "PostgreSQL queue",
-    };
-    let dispatch = match setting("STEPGRAPH_WORKER_EAGER_DISPATCH") {
-        Some("false") => "every step through the queue",
-        _ => "eager dispatch",
-    };
-    println!("stepgraph bench --cluster: 2 serve + 2 worker processes, PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
-    println!();
-    println!("| Scenario | Steps | P50 | P95 | P99 | Seed P50 | Speed-up |");
-    println!("|---|--:|--:|--:|--:|--:|--:|");
-    for (label, steps, samples, seed) in [
-        ("Cluster single (round robin)", 4, &single, 261.0),
-        ("Cluster 2x (one task per orchestrator)", 8, &double, 332.0),
-    ] {
-        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
-        let p50 = p(samples, 0.5);
-        println!(
-            "| {label} | {steps} | {} | {} | {} | {seed} ms | {:.0}x |",
-            ms(p50),
-            ms(p(samples, 0.95)),
-            ms(p(samples, 0.99)),
-            seed / (p50.as_secs_f64() * 1e3)
-        );
-    }
-    Ok(())
+    Ok((single, double))
 }
