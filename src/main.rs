@@ -207,8 +207,11 @@ fn main() -> ExitCode {
                 amqp_url,
                 no_eager_dispatch,
             } => {
-                let transport = stepgraph_core::Transport::parse(&queue, amqp_url.as_deref())
-                    .map_err(anyhow::Error::msg)?;
+                // The flags, with the other STEPGRAPH_* settings (AMQP prefix, expiry).
+                let mut settings = config::Config::load(None)?;
+                settings.queue = queue.clone();
+                settings.amqp_url = amqp_url.clone();
+                let transport = settings.transport()?;
                 if let Some(language) = language {
                     return bench::foreign(language, iterations.max(1), warmup).map(|()| true);
                 }

@@ -390,3 +390,66 @@ fn a_bad_amqp_url_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs an AMQP URL"), "{stderr}");
 }
+
+/// `stepgraph bench --queue rabbitmq`, in-process and `--cluster`, measures
+/// the PostgreSQL queue too and prints its P50 beside RabbitMQ's (a short
+/// run: the bench checks every task's result; the figures are not asserted).
+#[test]
+fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
+    let rabbit = Rabbit::new();
+    let t = TestEnv::new();
+    for cluster in [false, true] {
+        let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"));
+        bench
+            .args([
+                "bench",
+                "--database-url",
+                &t.db.url,
+                "-n",
+                "3",
+                "--warmup",
+                "1",
+            ])
+            .envs(rabbit.env());
+        if cluster {
+            bench.arg("--cluster");
+        } else {
+            bench.args(["--scenario", "linear", "--throughput", "20"]);
+        }
+        let out = bench.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let header = stdout
+            .lines()
+            .find(|l| l.starts_with("| Scenario"))
+            .unwrap();
+        let cells = |line: &str| -> Vec<String> {
+            line.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let pg = cells(header)
+            .iter()
+            .position(|c| c == "PostgreSQL queue P50")
+            .unwrap_or_else(|| panic!("no PostgreSQL queue column: {stdout}"));
+        let rows: Vec<_> = stdout
+            .lines()
+            .filter(|l| l.starts_with("| Linear") || l.starts_with("| Cluster"))
+            .collect();
+        assert_eq!(rows.len(), if cluster { 2 } else { 1 }, "{stdout}");
+        for row in rows {
+            let row = cells(row);
+            for col in [2, pg] {
+                assert!(row[col].ends_with(" ms"), "{col} of {row:?}");
+            }
+        }
+        if !cluster {
+            assert!(stdout.contains("steps/s (PostgreSQL queue: "), "{stdout}");
+        }
+    }
+}
