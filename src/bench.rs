@@ -5,7 +5,6 @@ use crate::fixtures;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepgraph_core::{PgBackend, TaskRequest, TaskState, Transport};
 use stepgraph_worker::{examples, Engine, EngineConfig};
@@ -205,17 +204,20 @@ struct Measured<'s> {
     throughput: Option<Duration>,
 }
 
-/// An engine on the database at `url`, its steps travelling over `transport`.
-async fn pg_engine(
+/// [`measure`] on an engine whose state is in the database at `url` and
+/// whose steps travel over `transport`.
+async fn measure_pg<'s>(
     url: &str,
     transport: &Transport,
-    eager_dispatch: bool,
-) -> Result<(Engine, Arc<PgBackend>)> {
+    chosen: &'s [Scenario],
+    o: &Options<'_>,
+    csv: &str,
+) -> Result<Measured<'s>> {
     let backend = PgBackend::connect(url, 16).await?;
     backend.migrate().await?;
     let (store, queue) = backend.backends(transport).await?;
     let mut config = EngineConfig::default();
-    config.worker.eager_dispatch = eager_dispatch;
+    config.worker.eager_dispatch = o.eager_dispatch;
     let engine = Engine::with_backends(
         store,
         queue,
@@ -223,7 +225,9 @@ async fn pg_engine(
         examples::registry(),
         config,
     );
-    Ok((engine, backend))
+    let measured = measure(&engine, Some(&backend), chosen, o, csv).await;
+    engine.shutdown().await;
+    measured
 }
 
 pub async fn run(o: Options<'_>) -> Result<()> {
@@ -262,15 +266,10 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     let beside = match o.transport {
         Transport::Postgres => None,
         Transport::RabbitMq(_) => {
-            let (engine, pg) = pg_engine(url, &Transport::Postgres, o.eager_dispatch).await?;
-            let measured = measure(&engine, Some(&pg), &chosen, &o, &csv).await;
-            engine.shutdown().await;
-            Some(measured?)
+            Some(measure_pg(url, &Transport::Postgres, &chosen, &o, &csv).await?)
         }
     };
-    let (engine, pg) = pg_engine(url, &o.transport, o.eager_dispatch).await?;
-    let measured = measure(&engine, Some(&pg), &chosen, &o, &csv).await;
-    engine.shutdown().await;
+    let measured = measure_pg(url, &o.transport, &chosen, &o, &csv).await;
     let _ = std::fs::remove_file(&csv_path);
     let mode = match o.transport {
         Transport::Postgres => format!("PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, {through}"),
