@@ -7,9 +7,7 @@ use serde_json::json;
 use stepgraph_core::evaluate::{evaluate, readiness, Trigger};
 use stepgraph_core::template::StepTemplate;
 use stepgraph_core::txn::TaskTxn;
-use stepgraph_core::{
-    new_id, StepState, Task, TaskRequest, TaskState, TaskTemplate, TemplateRegistry,
-};
+use stepgraph_core::{StepState, Task, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 /// 10 layers of 100 steps; each step depends on two steps of the layer above.
@@ -36,22 +34,7 @@ fn wide_template() -> TaskTemplate {
 }
 
 fn new_task() -> Task {
-    let now = Utc::now();
-    Task {
-        id: new_id(),
-        namespace: "bench".into(),
-        name: "wide".into(),
-        version: "1".into(),
-        context: json!({}),
-        state: TaskState::Pending,
-        idempotency_key: None,
-        priority: 0,
-        result: None,
-        error: None,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-    }
+    Task::pending("bench", "wide", "1", json!({}))
 }
 
 fn initialized(template: &TaskTemplate) -> TaskTxn {

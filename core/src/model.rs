@@ -34,6 +34,28 @@ pub struct Task {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+impl Task {
+    /// A new task, Pending, with a fresh id, no idempotency key and priority 0.
+    pub fn pending(namespace: &str, name: &str, version: &str, context: Value) -> Task {
+        let now = Utc::now();
+        Task {
+            id: new_id(),
+            namespace: namespace.into(),
+            name: name.into(),
+            version: version.into(),
+            context,
+            state: TaskState::Pending,
+            idempotency_key: None,
+            priority: 0,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub id: StepId,

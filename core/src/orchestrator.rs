@@ -173,21 +173,15 @@ impl Orchestrator {
                 return Ok((created, Vec::new()));
             }
         }
-        let now = Utc::now();
         let task = Task {
-            id: new_id(),
-            namespace: template.namespace.clone(),
-            name: template.name.clone(),
-            version: template.version.clone(),
-            context: req.context,
-            state: TaskState::Pending,
             idempotency_key: req.idempotency_key,
             priority: req.priority,
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
+            ..Task::pending(
+                &template.namespace,
+                &template.name,
+                &template.version,
+                req.context,
+            )
         };
         let task_id = task.id;
         let mut txn = TaskTxn::create(task);

@@ -384,21 +384,7 @@ mod tests {
     #[test]
     fn rows_the_batch_inserts_are_inserted_as_their_moves_leave_them() {
         let now = Utc::now();
-        let task = Task {
-            id: new_id(),
-            namespace: "ns".into(),
-            name: "t".into(),
-            version: "1".into(),
-            context: json!({}),
-            state: TaskState::Pending,
-            idempotency_key: None,
-            priority: 0,
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-        };
+        let task = Task::pending("ns", "t", "1", json!({}));
         let step = Step {
             id: new_id(),
             task_id: task.id,
