@@ -9,8 +9,11 @@
 //! - A dropped connection or channel is reopened with backoff on the next
 //!   call; consumers are recreated. What was delivered and not acknowledged
 //!   comes back from RabbitMQ; a receipt from before the drop is ignored on
-//!   ack (its message is already back in the queue). PostgreSQL's state
+//!   ack and release (its message is already back in the queue). Publishing
+//!   and counting are retried on a fresh connection. PostgreSQL's state
 //!   guards against running a step twice.
+//! - Connections are named `stepgraph <prefix> pid <pid>` (RabbitMQ's
+//!   `connection_name` client property) so an operator can tell them apart.
 //! - Poison messages go to `<queue>.dead` with the reason in a header.
 //!
 //! RabbitMQ has no visibility timeout: a claimed message comes back when its
@@ -154,7 +157,14 @@ impl RabbitQueue {
     }
 
     async fn open(&self) -> Result<Link, QueueError> {
-        let connection = Connection::connect(&self.config.url, ConnectionProperties::default())
+        // Named so that an operator (or a test) can tell whose connection it is.
+        let name = format!(
+            "stepgraph {} pid {}",
+            self.config.prefix,
+            std::process::id()
+        );
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(&self.config.url, properties)
             .await
             .map_err(|e| backend(&format!("cannot connect to {}", self.config.url), e))?;
         let publish = connection
@@ -252,23 +262,39 @@ impl RabbitQueue {
         Ok(name)
     }
 
-    /// Publishes and waits for every confirm; one retry on a fresh connection.
+    /// `op` on the live connection, tried again (up to three times in all)
+    /// when it fails: the connection may have dropped after `link` handed
+    /// it out, and the next attempt reopens it.
+    async fn retrying<T, F>(
+        &self,
+        what: &str,
+        queue: &str,
+        op: impl Fn() -> F,
+    ) -> Result<T, QueueError>
+    where
+        F: std::future::Future<Output = Result<T, QueueError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(queue, error = %e, "{what} failed; retrying on a fresh connection");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes and waits for every confirm.
     async fn publish(
         &self,
         queue: &str,
         messages: &[(Vec<u8>, Duration, Option<String>)],
     ) -> Result<(), QueueError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_publish(queue, messages).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 3 => {
-                    tracing::warn!(queue, error = %e, "publishing failed; retrying on a fresh connection");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.retrying("publishing", queue, || self.try_publish(queue, messages))
+            .await
     }
 
     async fn try_publish(
@@ -317,6 +343,24 @@ impl RabbitQueue {
             }
         }
         Ok(())
+    }
+
+    async fn try_depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let link = self.link().await?;
+        let name = self.declare_main(&link, queue).await?;
+        let declared = link
+            .publish
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| backend("queue.declare (passive)", e))?;
+        Ok(declared.message_count() as u64)
     }
 
     /// The consumer of `queue`, (re)created on the current connection.
@@ -501,17 +545,15 @@ impl Queue for RabbitQueue {
         };
         if delay.is_zero() {
             consumer.in_hand.lock().remove(&tag);
-            return consumer
-                .channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| backend("basic.nack", e));
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            if let Err(e) = consumer.channel.basic_nack(tag, requeue).await {
+                // The channel is gone, so RabbitMQ has put the message back: released.
+                tracing::warn!(queue, error = %e, "nack failed; RabbitMQ requeues the message itself");
+            }
+            return Ok(());
         }
         // Back after `delay`: a copy through the delay queue, then the ack.
         let payload = consumer
@@ -525,21 +567,8 @@ impl Queue for RabbitQueue {
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
-        let link = self.link().await?;
-        let name = self.declare_main(&link, queue).await?;
-        let declared = link
-            .publish
-            .queue_declare(
-                ShortString::from(name),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        self.retrying("counting messages", queue, || self.try_depth(queue))
             .await
-            .map_err(|e| backend("queue.declare (passive)", e))?;
-        Ok(declared.message_count() as u64)
     }
 
     async fn dead_letter(&self, queue: &str, receipt: u64, reason: &str) -> Result<(), QueueError> {
