@@ -17,12 +17,17 @@ use stepgraph_core::{Queue, RabbitConfig, RabbitQueue, StepMessage};
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const LONG: Duration = Duration::from_secs(120);
 
-/// A queue-name prefix of this test's own, and the settings that select RabbitMQ.
+/// A queue-name prefix of this test's own (and, if asked, a virtual host),
+/// and the settings that select RabbitMQ.
 struct Rabbit {
     prefix: String,
+    url: String,
+    /// A virtual host of its own, deleted on drop.
+    vhost: Option<String>,
 }
 
 impl Rabbit {
+    /// Queues under a prefix of their own on the default virtual host.
     fn new() -> Rabbit {
         static N: AtomicU32 = AtomicU32::new(0);
         if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
@@ -34,46 +39,59 @@ impl Rabbit {
                 std::process::id(),
                 N.fetch_add(1, Ordering::SeqCst)
             ),
+            url: AMQP_URL.to_string(),
+            vhost: None,
         }
+    }
+
+    /// A virtual host of its own too, for a test that closes every
+    /// connection to it (the tests running beside it keep theirs).
+    fn isolated() -> Rabbit {
+        let mut r = Rabbit::new();
+        let vhost = r.prefix.trim_end_matches('.').to_string();
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        r.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+        r.vhost = Some(vhost);
+        r
+    }
+
+    /// Closes, server side, every connection to this test's virtual host;
+    /// how many there were.
+    fn close_all_connections(&self, reason: &str) -> usize {
+        let vhost = self.vhost.as_deref().expect("an isolated virtual host");
+        let open = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "vhost"])
+            .lines()
+            .filter(|l| l.trim() == vhost)
+            .count();
+        rabbitmqctl(&["close_all_connections", "--vhost", vhost, reason]);
+        open
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("STEPGRAPH_QUEUE", "rabbitmq"),
-            ("STEPGRAPH_AMQP_URL", AMQP_URL),
+            ("STEPGRAPH_AMQP_URL", &self.url),
             ("STEPGRAPH_AMQP_PREFIX", &self.prefix),
             ("STEPGRAPH_AMQP_QUEUE_EXPIRES_MS", "60000"),
         ]
     }
 
-    /// Closes, server side, the connections of this test's processes (their
-    /// names carry the prefix; the tests running beside it keep theirs).
-    /// How many it closed.
-    fn close_connections(&self, reason: &str) -> usize {
-        let mine = format!("stepgraph {} pid", self.prefix);
-        let list = rabbitmqctl(&[
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ]);
-        let pids: Vec<&str> = list
-            .lines()
-            .filter(|l| l.contains(&mine))
-            .filter_map(|l| l.split('\t').next())
-            .collect();
-        for pid in &pids {
-            rabbitmqctl(&["close_connection", pid, reason]);
-        }
-        pids.len()
-    }
-
     async fn queue(&self) -> RabbitQueue {
-        let mut config = RabbitConfig::new(AMQP_URL);
+        let mut config = RabbitConfig::new(&self.url);
         config.prefix = self.prefix.clone();
         config.expires = Some(Duration::from_secs(60));
         RabbitQueue::connect(config).await.unwrap()
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        if let Some(vhost) = &self.vhost {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["delete_vhost", vhost])
+                .output();
+        }
     }
 }
 
@@ -162,7 +180,7 @@ fn results_through_the_orchestration_queue_on_rabbitmq() {
 
 #[test]
 fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
-    let r = Rabbit::new();
+    let r = Rabbit::isolated();
     let t = TestEnv::new();
     let serve = t.serve(&r.env());
     let _worker = t.worker(&r.env());
@@ -171,11 +189,8 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
         .collect();
     // Server side: RabbitMQ drops the connections of the worker and the server.
     for _ in 0..2 {
-        let closed = r.close_connections("stepgraph test: connection closed mid-run");
-        assert!(
-            closed >= 2,
-            "the server and the worker each hold a connection"
-        );
+        let closed = r.close_all_connections("stepgraph test: connection closed mid-run");
+        assert!(closed >= 2, "the server's and the worker's: {closed}");
         std::thread::sleep(Duration::from_millis(300));
     }
     for id in &ids {
