@@ -56,16 +56,27 @@ impl Rabbit {
         r
     }
 
-    /// Closes, server side, every connection to this test's virtual host;
-    /// how many there were.
-    fn close_all_connections(&self, reason: &str) -> usize {
+    /// Closes, server side, every connection to this test's virtual host,
+    /// once there are at least `expected` (processes that are still starting
+    /// or reconnecting are waited for, up to a minute).
+    fn close_all_connections(&self, expected: usize, reason: &str) {
         let vhost = self.vhost.as_deref().expect("an isolated virtual host");
-        let open = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "vhost"])
-            .lines()
-            .filter(|l| l.trim() == vhost)
-            .count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let open = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "vhost"])
+                .lines()
+                .filter(|l| l.trim() == vhost)
+                .count();
+            if open >= expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{open} connections to {vhost}, expected {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         rabbitmqctl(&["close_all_connections", "--vhost", vhost, reason]);
-        open
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
@@ -189,8 +200,8 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
         .collect();
     // Server side: RabbitMQ drops the connections of the worker and the server.
     for _ in 0..2 {
-        let closed = r.close_all_connections("stepgraph test: connection closed mid-run");
-        assert!(closed >= 2, "the server's and the worker's: {closed}");
+        // The server's connection and the worker's.
+        r.close_all_connections(2, "stepgraph test: connection closed mid-run");
         std::thread::sleep(Duration::from_millis(300));
     }
     for id in &ids {
