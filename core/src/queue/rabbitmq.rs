@@ -157,7 +157,8 @@ impl RabbitQueue {
     }
 
     async fn open(&self) -> Result<Link, QueueError> {
-        // Named so that an operator (or a test) can tell whose connection it is.
+        // Named so that an operator can tell whose connection it is
+        // (`rabbitmqctl list_connections client_properties`, the management UI).
         let name = format!(
             "stepgraph {} pid {}",
             self.config.prefix,
