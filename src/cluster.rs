@@ -128,7 +128,12 @@ pub async fn run(
         Some("false") => "every step through the queue",
         _ => "eager dispatch",
     };
-    println!("stepgraph bench --cluster: 2 serve + 2 worker processes, PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
+    let threads = match setting("STEPGRAPH_THREADS") {
+        Some("1") => "a single-thread runtime each".to_string(),
+        Some("0") | None => "a runtime thread per core each".to_string(),
+        Some(n) => format!("{n} runtime threads each"),
+    };
+    println!("stepgraph bench --cluster: 2 serve + 2 worker processes ({threads}), PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");
     println!();
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     let (pg_col, pg_rule) = match beside {

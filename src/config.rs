@@ -21,6 +21,10 @@ pub struct Config {
     pub templates_dir: PathBuf,
     pub listen: String,
     pub max_connections: u32,
+    /// The process's runtime threads: 0 is one per CPU core; 1 is a
+    /// single-thread runtime (several processes sharing a few cores switch
+    /// threads less; a worker's handlers then share that one thread).
+    pub threads: usize,
     pub orchestrator: OrchestratorSection,
     pub worker: WorkerSection,
 }
@@ -63,6 +67,7 @@ impl Default for Config {
             templates_dir: PathBuf::from("templates"),
             listen: "127.0.0.1:8080".into(),
             max_connections: 10,
+            threads: 0,
             orchestrator: OrchestratorSection::default(),
             worker: WorkerSection::default(),
         }
@@ -161,6 +166,7 @@ impl Config {
                 .collect();
         }
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
+        env_num("THREADS", &mut c.threads)?;
         env_bool(
             "WORKER_INLINE_ORCHESTRATION",
             &mut c.worker.inline_orchestration,
@@ -228,4 +234,20 @@ impl Config {
             ..Default::default()
         }
     }
+}
+
+/// A tokio runtime with `threads` threads: 0 is one per CPU core, 1 a
+/// single-thread runtime.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
 }

@@ -149,15 +149,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // The embedded engine is fastest when orchestrator, worker and handlers
-    // share one thread: no cross-thread wake-ups between the stages.
-    let single_thread = matches!(&cli.command, Command::Bench { runtime, .. } if *runtime == RuntimeKind::CurrentThread);
-    let mut builder = if single_thread {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    let threads = match &cli.command {
+        // The embedded engine is fastest when orchestrator, worker and handlers
+        // share one thread: no cross-thread wake-ups between the stages.
+        Command::Bench { runtime, .. } => usize::from(*runtime == RuntimeKind::CurrentThread),
+        // Servers and workers as configured (`threads`, STEPGRAPH_THREADS).
+        Command::Serve { args, .. } | Command::Worker { args, .. } => match args.load() {
+            Ok(c) => c.threads,
+            Err(e) => return report(e),
+        },
+        _ => 0,
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match config::runtime(threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -224,6 +227,13 @@ fn main() -> ExitCode {
                     if no_eager_dispatch {
                         env.push(("STEPGRAPH_WORKER_EAGER_DISPATCH", "false".into()));
                     }
+                    // Four processes share the cores: one runtime thread
+                    // each, unless STEPGRAPH_THREADS says otherwise.
+                    let threads = match std::env::var_os("STEPGRAPH_THREADS") {
+                        Some(_) => settings.threads,
+                        None => 1,
+                    };
+                    env.push(("STEPGRAPH_THREADS", threads.to_string()));
                     return cluster::run(url, &env, iterations.max(1), warmup)
                         .await
                         .map(|()| true);
@@ -250,11 +260,14 @@ fn main() -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
-            ExitCode::FAILURE
-        }
+        Err(e) => report(e),
     }
+}
+
+/// An error on one line of standard error, and the failure exit code.
+fn report(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
+    ExitCode::FAILURE
 }
 
 fn validate(files: &[PathBuf]) -> Result<bool> {

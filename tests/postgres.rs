@@ -38,14 +38,35 @@ fn seed_shapes_with_results_through_the_orchestration_queue() {
     run_seed_shapes(&[serve.addr()]);
 }
 
+/// One server and one worker of each runtime: a thread per core (the
+/// default) and a single thread (`STEPGRAPH_THREADS=1`).
 #[test]
 fn seed_shapes_through_the_api_in_cluster_mode() {
     let t = TestEnv::new();
+    let single = [("STEPGRAPH_THREADS", "1")];
     let a = t.serve(&[]);
-    let b = t.serve(&[]);
+    let b = t.serve(&single);
     let _w1 = t.worker(&[]);
-    let _w2 = t.worker(&[]);
+    let _w2 = t.worker(&single);
     run_seed_shapes(&[a.addr(), b.addr()]);
+}
+
+/// A setting that does not parse stops a process at start-up, named.
+#[test]
+fn a_bad_threads_setting_is_a_clear_error() {
+    for command in ["serve", "worker"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"))
+            .arg(command)
+            .env("STEPGRAPH_THREADS", "many")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(r#"STEPGRAPH_THREADS is not a number: "many""#),
+            "{command}: {stderr}"
+        );
+    }
 }
 
 #[test]
