@@ -130,7 +130,7 @@ pub async fn run(
     };
     let threads = match setting("STEPGRAPH_THREADS") {
         Some("1") => "a single-thread runtime each".to_string(),
-        Some("0") | None => "a runtime thread per core each".to_string(),
+        Some("0") | None => "one runtime thread per core each".to_string(),
         Some(n) => format!("{n} runtime threads each"),
     };
     println!("stepgraph bench --cluster: 2 serve + 2 worker processes ({threads}), PostgreSQL state, {queue}, {dispatch}, driven over HTTP; {iterations} runs after {warmup} warm-up runs");

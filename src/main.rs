@@ -229,10 +229,8 @@ fn main() -> ExitCode {
                     }
                     // Four processes share the cores: one runtime thread
                     // each, unless STEPGRAPH_THREADS says otherwise.
-                    let threads = match std::env::var_os("STEPGRAPH_THREADS") {
-                        Some(_) => settings.threads,
-                        None => 1,
-                    };
+                    let set = std::env::var("STEPGRAPH_THREADS").is_ok_and(|v| !v.is_empty());
+                    let threads = if set { settings.threads } else { 1 };
                     env.push(("STEPGRAPH_THREADS", threads.to_string()));
                     return cluster::run(url, &env, iterations.max(1), warmup)
                         .await
