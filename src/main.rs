@@ -134,6 +134,39 @@ impl ServerArgs {
     }
 }
 
+impl Command {
+    /// A server command's settings, its flags over the file and environment.
+    fn server_settings(&self) -> Option<Result<config::Config>> {
+        let args = match self {
+            Command::Migrate { args }
+            | Command::Serve { args, .. }
+            | Command::Worker { args, .. } => args,
+            _ => return None,
+        };
+        Some(args.load().map(|mut c| {
+            match self {
+                Command::Serve {
+                    listen: Some(l), ..
+                } => c.listen = l.clone(),
+                Command::Worker {
+                    namespaces,
+                    concurrency,
+                    ..
+                } => {
+                    if !namespaces.is_empty() {
+                        c.worker.namespaces = namespaces.clone();
+                    }
+                    if let Some(n) = concurrency {
+                        c.worker.concurrency = *n;
+                    }
+                }
+                _ => {}
+            }
+            c
+        }))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum RuntimeKind {
     CurrentThread,
@@ -149,15 +182,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let threads = match &cli.command {
+    // Servers and workers: the file, the environment and their flags, read once.
+    let settings = match cli.command.server_settings() {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return report(e),
+        None => None,
+    };
+    let threads = match (&cli.command, &settings) {
         // The embedded engine is fastest when orchestrator, worker and handlers
         // share one thread: no cross-thread wake-ups between the stages.
-        Command::Bench { runtime, .. } => usize::from(*runtime == RuntimeKind::CurrentThread),
-        // Servers and workers as configured (`threads`, STEPGRAPH_THREADS).
-        Command::Serve { args, .. } | Command::Worker { args, .. } => match args.load() {
-            Ok(c) => c.threads,
-            Err(e) => return report(e),
-        },
+        (Command::Bench { runtime, .. }, _) => usize::from(*runtime == RuntimeKind::CurrentThread),
+        (_, Some(c)) => c.threads,
         _ => 0,
     };
     let runtime = match config::runtime(threads) {
@@ -168,6 +203,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        let settings = || settings.context("no server settings");
         match cli.command {
             Command::Run {
                 template,
@@ -175,28 +211,9 @@ fn main() -> ExitCode {
                 timeout_secs,
             } => run(template, &context, Duration::from_secs(timeout_secs)).await,
             Command::Validate { files } => validate(&files),
-            Command::Migrate { args } => server::migrate(&args.load()?).await.map(|()| true),
-            Command::Serve { args, listen } => {
-                let mut c = args.load()?;
-                if let Some(l) = listen {
-                    c.listen = l;
-                }
-                server::serve(&c).await.map(|()| true)
-            }
-            Command::Worker {
-                args,
-                namespaces,
-                concurrency,
-            } => {
-                let mut c = args.load()?;
-                if !namespaces.is_empty() {
-                    c.worker.namespaces = namespaces;
-                }
-                if let Some(n) = concurrency {
-                    c.worker.concurrency = n;
-                }
-                server::worker(&c).await.map(|()| true)
-            }
+            Command::Migrate { .. } => server::migrate(&settings()?).await.map(|()| true),
+            Command::Serve { .. } => server::serve(&settings()?).await.map(|()| true),
+            Command::Worker { .. } => server::worker(&settings()?).await.map(|()| true),
             Command::Bench {
                 iterations,
                 warmup,
