@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::StepOutcome;
+use stepgraph_engine::StepOutcome;
 use stepgraph_worker::roundtrip::roundtrip;
 use stepgraph_worker::{HandlerResult, Host, HostConfig, StepContext, StepHandler, StepOutput};
 

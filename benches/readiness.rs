@@ -4,10 +4,10 @@
 use chrono::Utc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::json;
-use stepgraph_core::evaluate::{evaluate, readiness, Trigger};
-use stepgraph_core::template::StepTemplate;
-use stepgraph_core::txn::TaskTxn;
-use stepgraph_core::{StepState, Task, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
+use stepgraph_engine::evaluate::{evaluate, readiness, Trigger};
+use stepgraph_engine::template::StepTemplate;
+use stepgraph_engine::txn::TaskTxn;
+use stepgraph_engine::{StepState, Task, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 /// 10 layers of 100 steps; each step depends on two steps of the layer above.

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use stepgraph_core::{PgBackend, TaskRequest, TaskState, Transport};
+use stepgraph_engine::{TaskRequest, TaskState};
+use stepgraph_postgres::PgBackend;
+use stepgraph_worker::Transport;
 use stepgraph_worker::{examples, Engine, EngineConfig};
 
 pub struct Scenario {
@@ -193,7 +195,7 @@ pub struct Options<'a> {
     /// How steps travel (with a database URL).
     pub transport: Transport,
     /// Steps a commit makes ready run at once in this process (see
-    /// `stepgraph_core::Eager`); off: every step through the queue.
+    /// `stepgraph_engine::Eager`); off: every step through the queue.
     pub eager_dispatch: bool,
 }
 
@@ -215,7 +217,7 @@ async fn measure_pg<'s>(
 ) -> Result<Measured<'s>> {
     let backend = PgBackend::connect(url, 16).await?;
     backend.migrate().await?;
-    let (store, queue) = backend.backends(transport).await?;
+    let (store, queue) = transport.backends(&backend).await?;
     let mut config = EngineConfig::default();
     config.worker.eager_dispatch = o.eager_dispatch;
     let engine = Engine::with_backends(

@@ -1,7 +1,7 @@
 //! The seed's workflow shapes, built into the binary so `stepgraph bench`
 //! runs from any directory.
 
-use stepgraph_core::{TaskTemplate, TemplateErrors, TemplateRegistry};
+use stepgraph_engine::{TaskTemplate, TemplateErrors, TemplateRegistry};
 
 const TEMPLATES: &[(&str, &str)] = &[
     (

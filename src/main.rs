@@ -2,7 +2,6 @@
 
 mod bench;
 mod cluster;
-mod config;
 mod fixtures;
 mod server;
 
@@ -12,8 +11,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use stepgraph_core::{TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
-use stepgraph_worker::{examples, Engine, EngineConfig};
+use stepgraph_engine::{TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
+use stepgraph_worker::{examples, settings, Engine, EngineConfig, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -122,8 +121,8 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn load(&self) -> Result<config::Config> {
-        let mut c = config::Config::load(self.config.as_deref())?;
+    fn load(&self) -> Result<Settings> {
+        let mut c = Settings::load(self.config.as_deref())?;
         if let Some(url) = &self.database_url {
             c.database_url = Some(url.clone());
         }
@@ -136,7 +135,7 @@ impl ServerArgs {
 
 impl Command {
     /// A server command's settings, its flags over the file and environment.
-    fn server_settings(&self) -> Option<Result<config::Config>> {
+    fn server_settings(&self) -> Option<Result<Settings>> {
         let args = match self {
             Command::Migrate { args }
             | Command::Serve { args, .. }
@@ -195,7 +194,7 @@ fn main() -> ExitCode {
         (_, Some(c)) => c.threads,
         _ => 0,
     };
-    let runtime = match config::runtime(threads) {
+    let runtime = match settings::runtime(threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -228,7 +227,7 @@ fn main() -> ExitCode {
                 no_eager_dispatch,
             } => {
                 // The flags, with the other STEPGRAPH_* settings (AMQP prefix, expiry).
-                let mut settings = config::Config::load(None)?;
+                let mut settings = Settings::load(None)?;
                 settings.queue = queue.clone();
                 settings.amqp_url = amqp_url.clone();
                 let transport = settings.transport()?;

@@ -2,23 +2,23 @@
 //! (native Rust handlers) against PostgreSQL. Any number of each may share
 //! one database.
 
-use crate::config::Config;
 use anyhow::{Context, Result};
 use std::sync::Arc;
-use stepgraph_core::api::{self, ApiState};
-use stepgraph_core::{
-    shutdown_channel, MemoryQueue, MemoryStore, Orchestrator, PgBackend, Queue, ShutdownTrigger,
-    Store, TemplateRegistry,
+use stepgraph_engine::{
+    shutdown_channel, MemoryQueue, MemoryStore, Orchestrator, Queue, ShutdownTrigger, Store,
+    TemplateRegistry,
 };
-use stepgraph_worker::{examples, Worker};
+use stepgraph_http::{self as api, ApiState};
+use stepgraph_postgres::PgBackend;
+use stepgraph_worker::{examples, Settings, Worker};
 
-async fn connect(config: &Config) -> Result<Arc<PgBackend>> {
+async fn connect(config: &Settings) -> Result<Arc<PgBackend>> {
     let pg = PgBackend::connect(config.database_url()?, config.max_connections).await?;
     pg.migrate().await.context("applying migrations")?;
     Ok(pg)
 }
 
-pub async fn migrate(config: &Config) -> Result<()> {
+pub async fn migrate(config: &Settings) -> Result<()> {
     let pg = PgBackend::connect(config.database_url()?, 2).await?;
     let applied = pg.migrate().await?;
     if applied.is_empty() {
@@ -49,7 +49,7 @@ fn on_signal(trigger: ShutdownTrigger) -> Result<()> {
 /// The orchestrator and the HTTP API. Without a database URL it runs in
 /// embedded mode: in-memory state and queue and a worker in this process
 /// (nothing persists; for trying things out).
-pub async fn serve(config: &Config) -> Result<()> {
+pub async fn serve(config: &Settings) -> Result<()> {
     let templates = Arc::new(
         TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
@@ -57,7 +57,7 @@ pub async fn serve(config: &Config) -> Result<()> {
         Some(_) => {
             let pg = connect(config).await?;
             pg.store_templates(&templates).await?;
-            let (store, queue) = pg.backends(&config.transport()?).await?;
+            let (store, queue) = config.transport()?.backends(&pg).await?;
             (store, queue, "")
         }
         None => (
@@ -102,7 +102,7 @@ pub async fn serve(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn worker(config: &Config) -> Result<()> {
+pub async fn worker(config: &Settings) -> Result<()> {
     let pg = connect(config).await?;
     let templates =
         TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -111,7 +111,7 @@ pub async fn worker(config: &Config) -> Result<()> {
         worker_config.namespaces = templates.namespaces();
     }
     let namespaces = worker_config.namespaces.clone();
-    let (store, queue) = pg.backends(&config.transport()?).await?;
+    let (store, queue) = config.transport()?.backends(&pg).await?;
     let handlers = Arc::new(examples::registry());
     let worker = if config.worker.inline_orchestration {
         let orchestrator = Arc::new(Orchestrator::new(

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use std::sync::OnceLock;
 use std::time::Duration;
-use stepgraph_core::template::StepTemplate;
-use stepgraph_core::{StepState, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
+use stepgraph_engine::template::StepTemplate;
+use stepgraph_engine::{StepState, TaskRequest, TaskState, TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{Engine, EngineConfig, HandlerRegistry, StepOutput};
 
 fn runtime() -> &'static tokio::runtime::Runtime {

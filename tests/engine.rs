@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{
+use stepgraph_engine::{
     ErrorKind, OrchestratorError, StepOutcome, StepState, TaskRequest, TaskState, TaskTemplate,
     TemplateRegistry,
 };
@@ -424,7 +424,7 @@ steps:
 "#;
     let mut templates = templates_from(yaml);
     templates
-        .register(stepgraph_core::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap())
+        .register(stepgraph_engine::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap())
         .unwrap();
     let mut handlers = HandlerRegistry::new();
     handlers.register_fn("boom", |_| async move {
@@ -495,7 +495,7 @@ steps:
             "unknown branch `maybe`; branches are: yes, no",
         ),
         (
-            StepOutput::Batch(stepgraph_core::BatchOutcome::even(10, 5)),
+            StepOutput::Batch(stepgraph_engine::BatchOutcome::even(10, 5)),
             "a decision step must return a decision",
         ),
     ];
@@ -731,7 +731,7 @@ async fn template_versions_coexist() {
     let v2 = "namespace: t\nname: v\nversion: 1.10.0\nsteps:\n  - name: a\n    handler: { callable: echo }\n  - name: b\n    dependencies: [a]\n    handler: { callable: echo }\n";
     let mut templates = templates_from(v1);
     templates
-        .register(stepgraph_core::TaskTemplate::from_yaml(v2, "v2").unwrap())
+        .register(stepgraph_engine::TaskTemplate::from_yaml(v2, "v2").unwrap())
         .unwrap();
     let mut handlers = HandlerRegistry::new();
     echo(&mut handlers);

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{StepError, StepOutcome, StepState, TaskRequest, TaskState, TemplateRegistry};
+use stepgraph_engine::{
+    StepError, StepOutcome, StepState, TaskRequest, TaskState, TemplateRegistry,
+};
 use stepgraph_worker::{
     Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError, StepEvent,
 };

@@ -10,11 +10,13 @@ use common::SIX_16;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::queue::{worker_queue, Outgoing, Slots};
-use stepgraph_core::{
-    Eager, Orchestrator, OrchestratorConfig, PgBackend, Queue, StartOutcome, StepMessage, Store,
-    StoreError, TaskRequest, Transport,
+use stepgraph_engine::queue::{worker_queue, Outgoing, Slots};
+use stepgraph_engine::{
+    Eager, Orchestrator, OrchestratorConfig, Queue, StartOutcome, StepMessage, Store, StoreError,
+    TaskRequest,
 };
+use stepgraph_postgres::PgBackend;
+use stepgraph_worker::Transport;
 use stepgraph_worker::{examples, Engine, EngineConfig};
 use tokio::sync::Semaphore;
 
@@ -141,7 +143,7 @@ impl InProcess {
     async fn start(db: &TestDb) -> InProcess {
         let pg = PgBackend::connect(&db.url, 4).await.unwrap();
         pg.migrate().await.unwrap();
-        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
         let orchestrator = Orchestrator::new(
             store.clone(),
             queue.clone(),
@@ -297,7 +299,7 @@ fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy(
     block_on(async {
         let pg = PgBackend::connect(&db.url, 4).await.unwrap();
         pg.migrate().await.unwrap();
-        let (store, queue) = pg.backends(&Transport::Postgres).await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
         let mut config = EngineConfig::default();
         config.worker.concurrency = 1;
         let engine = Engine::with_backends(
@@ -342,7 +344,7 @@ fn a_step_message_claim_reads_the_step_start_with_it() {
         let created = orchestrator.create_task(request()).await.unwrap();
         let unknown = StepMessage {
             task_id: created.task_id,
-            step_id: stepgraph_core::new_id(),
+            step_id: stepgraph_engine::new_id(),
             attempt: 1,
             step_name: "nowhere".into(),
             handler: "none".into(),
@@ -411,9 +413,9 @@ fn a_step_message_claim_reads_the_step_start_with_it() {
 /// Up to 4 messages, claimed for 400 ms, waiting up to `wait_ms` for one.
 async fn receive(
     q: &str,
-    queue: &stepgraph_core::queue::PgQueue,
+    queue: &stepgraph_postgres::PgQueue,
     wait_ms: u64,
-) -> Result<Vec<stepgraph_core::queue::Delivery>, stepgraph_core::QueueError> {
+) -> Result<Vec<stepgraph_engine::queue::Delivery>, stepgraph_engine::QueueError> {
     let visibility = Duration::from_millis(400);
     queue
         .receive(q, 4, visibility, Duration::from_millis(wait_ms))

@@ -11,8 +11,9 @@ use common::SIX_16;
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use stepgraph_core::queue::Outgoing;
-use stepgraph_core::{Queue, RabbitConfig, RabbitQueue, StepMessage};
+use stepgraph_engine::queue::Outgoing;
+use stepgraph_engine::{Queue, StepMessage};
+use stepgraph_rabbitmq::{RabbitConfig, RabbitQueue};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const LONG: Duration = Duration::from_secs(120);
@@ -309,8 +310,8 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_servin
     let _worker = t.worker(&r.env());
     let queue = r.queue().await;
     let unknown = StepMessage {
-        task_id: stepgraph_core::new_id(),
-        step_id: stepgraph_core::new_id(),
+        task_id: stepgraph_engine::new_id(),
+        step_id: stepgraph_engine::new_id(),
         attempt: 1,
         step_name: "ghost".into(),
         handler: "math.square".into(),

@@ -3,7 +3,7 @@
 mod common;
 
 use std::process::Command;
-use stepgraph_core::{TaskTemplate, TemplateErrorKind as K, TemplateErrors, TemplateRegistry};
+use stepgraph_engine::{TaskTemplate, TemplateErrorKind as K, TemplateErrors, TemplateRegistry};
 
 fn errors(yaml: &str) -> TemplateErrors {
     TaskTemplate::from_yaml(yaml, "bad.yaml").expect_err("template should be refused")

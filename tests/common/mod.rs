@@ -6,7 +6,7 @@ pub mod shapes;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-use stepgraph_core::{TaskTemplate, TemplateRegistry, Transitions};
+use stepgraph_engine::{TaskTemplate, TemplateRegistry, Transitions};
 use stepgraph_worker::{examples, Engine, EngineConfig, HandlerRegistry, TaskReport};
 
 pub const SIX_16: u64 = 2821109907456;

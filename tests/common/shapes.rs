@@ -6,7 +6,7 @@ use super::{assert_audit_chains, products_csv, SIX_16, SIX_64};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use stepgraph_core::Transitions;
+use stepgraph_engine::Transitions;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -15,7 +15,7 @@ pub fn assert_clean_audit(view: &Value) {
     assert_audit_chains(&t);
     let mut completes: HashMap<String, usize> = HashMap::new();
     for s in &t.steps {
-        if s.to == stepgraph_core::StepState::Complete {
+        if s.to == stepgraph_engine::StepState::Complete {
             *completes.entry(s.step_name.clone()).or_default() += 1;
         }
     }

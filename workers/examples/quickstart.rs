@@ -2,7 +2,7 @@
 //! Run with `cargo run --example quickstart -p stepgraph-worker`.
 
 use serde_json::json;
-use stepgraph_core::{TaskTemplate, TemplateRegistry};
+use stepgraph_engine::{TaskTemplate, TemplateRegistry};
 use stepgraph_worker::{Engine, EngineConfig, HandlerError, HandlerRegistry, StepOutput};
 
 const TEMPLATE: &str = r#"

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{
+use stepgraph_engine::{
     shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig,
     OrchestratorError, Queue, ShutdownTrigger, Step, StepState, Store, StoreError, Task,
     TaskCreated, TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
@@ -25,7 +25,7 @@ pub struct EngineConfig {
     /// How long [`Engine::run`] waits for a task.
     pub run_timeout: Duration,
     /// Claim permits granted by a foreign handler host (see [`crate::Host::credits`]).
-    pub credits: Option<stepgraph_core::queue::Credits>,
+    pub credits: Option<stepgraph_engine::queue::Credits>,
 }
 
 impl Default for EngineConfig {
@@ -123,7 +123,7 @@ impl Engine {
     }
 
     /// Creates a task; its first steps start on this engine's worker at
-    /// once when it has free slots (see [`stepgraph_core::Eager`]).
+    /// once when it has free slots (see [`stepgraph_engine::Eager`]).
     pub async fn submit(&self, request: TaskRequest) -> Result<TaskCreated, EngineError> {
         let (created, claimed) = self
             .orchestrator

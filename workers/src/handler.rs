@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{
+use stepgraph_engine::{
     BatchCursor, BatchOutcome, ErrorKind, StepError, StepId, StepOutcome, StepWork, TaskId,
 };
 

@@ -5,6 +5,7 @@
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
 
+use crate::backend::Transport;
 use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
 use crate::handler::HandlerRegistry;
 use crate::host::{Host, HostConfig};
@@ -16,10 +17,11 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::{
-    shutdown_channel, Orchestrator, OrchestratorConfig, PgBackend, ShutdownTrigger, TaskRequest,
-    TemplateRegistry, Transport,
+use stepgraph_engine::{
+    shutdown_channel, Orchestrator, OrchestratorConfig, ShutdownTrigger, TaskRequest,
+    TemplateRegistry,
 };
+use stepgraph_postgres::PgBackend;
 use tokio::task::JoinHandle;
 
 /// Where a hosted worker's state and queue live.
@@ -193,7 +195,7 @@ impl HostedEngine {
                 .await
                 .map_err(|e| e.to_string())?;
             pg.migrate().await.map_err(|e| e.to_string())?;
-            let (store, queue) = pg.backends(&transport).await.map_err(|e| e.to_string())?;
+            let (store, queue) = transport.backends(&pg).await.map_err(|e| e.to_string())?;
             let namespaces = if options.namespaces.is_empty() {
                 templates.namespaces()
             } else {

@@ -3,6 +3,7 @@
 //! registry and the native Rust [`StepHandler`] trait, the embedded
 //! [`Engine`], and the example handlers the fixture workflows use.
 
+pub mod backend;
 pub mod engine;
 pub mod examples;
 pub mod handler;
@@ -10,7 +11,9 @@ pub mod host;
 pub mod hosted;
 pub mod roundtrip;
 pub mod runtime;
+pub mod settings;
 
+pub use backend::Transport;
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
@@ -18,3 +21,4 @@ pub use handler::{
 pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
 pub use hosted::{Call, EngineOptions, HostedEngine, HostedError, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
+pub use settings::{Settings, SettingsError};

@@ -7,7 +7,7 @@
 use crate::handler::{StepContext, StepHandler};
 use serde_json::{json, Map};
 use std::time::{Duration, Instant};
-use stepgraph_core::new_id;
+use stepgraph_engine::new_id;
 
 /// The step every round trip carries: the second step of the linear
 /// fixture (its context, config and one dependency result).

@@ -8,11 +8,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::queue::{
+use stepgraph_engine::queue::{
     encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
 };
-use stepgraph_core::store::Snapshot;
-use stepgraph_core::{
+use stepgraph_engine::store::Snapshot;
+use stepgraph_engine::{
     Claimed, Eager, OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError,
     StepMessage, StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
 };
@@ -77,9 +77,9 @@ pub struct Worker {
 #[derive(Debug, thiserror::Error)]
 enum ProcessError {
     #[error(transparent)]
-    Store(#[from] stepgraph_core::StoreError),
+    Store(#[from] stepgraph_engine::StoreError),
     #[error(transparent)]
-    Queue(#[from] stepgraph_core::QueueError),
+    Queue(#[from] stepgraph_engine::QueueError),
 }
 
 impl Worker {
@@ -163,7 +163,7 @@ impl Worker {
     async fn consume(self: Arc<Self>, queue: String, shutdown: Shutdown) {
         let this = self.clone();
         let name = queue.clone();
-        stepgraph_core::queue::consume(
+        stepgraph_engine::queue::consume(
             self.queue.clone(),
             &queue,
             self.slots.clone(),

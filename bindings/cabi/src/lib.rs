@@ -26,7 +26,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use stepgraph_core::StepOutcome;
+use stepgraph_engine::StepOutcome;
 use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine};
 
 /// What every function returns.

@@ -11,7 +11,7 @@ use napi::{Env, Error, JsObject, Status, Task};
 use napi_derive::napi;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_core::StepOutcome;
+use stepgraph_engine::StepOutcome;
 use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine, StepEvent};
 
 /// The error JavaScript sees: `code` says which (`NotPending`, `Closed`,

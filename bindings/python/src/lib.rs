@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-use stepgraph_core::StepOutcome;
+use stepgraph_engine::StepOutcome;
 use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
 
 create_exception!(

@@ -16,7 +16,7 @@ use std::ffi::c_void;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
-use stepgraph_core::StepOutcome;
+use stepgraph_engine::StepOutcome;
 use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
 
 /// The exception class `Stepgraph::<name>` (defined by `init`).

@@ -5,7 +5,7 @@
 use crate::handler::{HandlerError, HandlerResult, StepContext, StepHandler, StepOutput};
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use stepgraph_core::BatchOutcome;
+use stepgraph_engine::BatchOutcome;
 
 fn csv_path(ctx: &StepContext) -> Result<String, HandlerError> {
     ctx.input

@@ -5,16 +5,15 @@
 //! rows numbered per entity so the function needs no window queries. A row
 //! the same batch inserts is inserted as its moves leave it.
 
-use crate::model::*;
-use crate::state::{StepState, TaskState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use stepgraph_engine::*;
 
 #[derive(Debug, Default, Serialize)]
-pub(super) struct Change<'a> {
+pub(crate) struct Change<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     new_tasks: Vec<Cow<'a, Task>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -67,7 +66,7 @@ struct TaskMove<'a> {
 }
 
 /// One task's write batch, applied if the task's lock version is still `lock`.
-pub(super) struct Batch<'a> {
+pub(crate) struct Batch<'a> {
     pub task_id: TaskId,
     pub lock: Option<i64>,
     pub ops: &'a [WriteOp],
@@ -83,7 +82,7 @@ struct Numbered<T> {
     last: bool,
 }
 
-pub(super) fn group<'a>(batches: impl IntoIterator<Item = Batch<'a>>) -> Change<'a> {
+pub(crate) fn group<'a>(batches: impl IntoIterator<Item = Batch<'a>>) -> Change<'a> {
     let mut c = Change::default();
     for b in batches {
         add(&mut c, b);
@@ -390,7 +389,7 @@ mod tests {
             task_id: task.id,
             name: "s".into(),
             template_step: "s".into(),
-            step_type: crate::template::StepType::Standard,
+            step_type: stepgraph_engine::template::StepType::Standard,
             handler: "h".into(),
             config: json!({}),
             state: StepState::Pending,

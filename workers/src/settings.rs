@@ -1,14 +1,32 @@
-//! Process configuration: a TOML file, then `STEPGRAPH_*` environment
-//! variables over it, then command-line flags. The defaults run embedded mode.
+//! One configuration for every process: a TOML file, then `STEPGRAPH_*`
+//! environment variables over it, then explicit arguments (the CLI's flags,
+//! a language worker's options). The defaults run embedded mode. `serve`,
+//! `worker` and the Python, Ruby and TypeScript workers all read it here,
+//! so they agree on the database, the queue and its AMQP prefix.
 
-use anyhow::{bail, Context, Result};
+use crate::backend::Transport;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A `STEPGRAPH_*` variable or a setting with a value it cannot take.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no database URL: set database_url in the config file, STEPGRAPH_DATABASE_URL, or --database-url")]
+    NoDatabaseUrl,
+}
+
+type Result<T> = std::result::Result<T, SettingsError>;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub struct Settings {
     pub database_url: Option<String>,
     /// `postgres` (the queue lives in the database) or `rabbitmq` (with `amqp_url`).
     pub queue: String,
@@ -56,9 +74,9 @@ pub struct WorkerSection {
     pub shutdown_grace_ms: u64,
 }
 
-impl Default for Config {
+impl Default for Settings {
     fn default() -> Self {
-        Config {
+        Settings {
             database_url: None,
             queue: "postgres".into(),
             amqp_url: None,
@@ -106,9 +124,9 @@ fn env(name: &str) -> Option<String> {
 
 fn env_num<T: std::str::FromStr>(name: &str, into: &mut T) -> Result<()> {
     if let Some(v) = env(name) {
-        *into = v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("STEPGRAPH_{name} is not a number: {v:?}"))?;
+        *into = v.parse().map_err(|_| {
+            SettingsError::Invalid(format!("STEPGRAPH_{name} is not a number: {v:?}"))
+        })?;
     }
     Ok(())
 }
@@ -118,22 +136,32 @@ fn env_bool(name: &str, into: &mut bool) -> Result<()> {
         *into = match v.as_str() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
-            _ => bail!("STEPGRAPH_{name} must be true or false, not {v:?}"),
+            _ => {
+                return Err(SettingsError::Invalid(format!(
+                    "STEPGRAPH_{name} must be true or false, not {v:?}"
+                )))
+            }
         };
     }
     Ok(())
 }
 
-impl Config {
-    pub fn load(file: Option<&Path>) -> Result<Config> {
+impl Settings {
+    /// The file's settings (or the defaults), with the `STEPGRAPH_*`
+    /// variables over them; the caller applies its explicit arguments last.
+    pub fn load(file: Option<&Path>) -> Result<Settings> {
         let mut c = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid config {}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|e| SettingsError::Read {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| SettingsError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
             }
-            None => Config::default(),
+            None => Settings::default(),
         };
         if let Some(v) = env("DATABASE_URL") {
             c.database_url = Some(v);
@@ -148,8 +176,10 @@ impl Config {
             c.amqp_prefix = v;
         }
         if let Some(v) = env("AMQP_QUEUE_EXPIRES_MS") {
-            c.amqp_queue_expires_ms = Some(v.parse().with_context(|| {
-                format!("STEPGRAPH_AMQP_QUEUE_EXPIRES_MS: not a number: {v:?}")
+            c.amqp_queue_expires_ms = Some(v.parse().map_err(|_| {
+                SettingsError::Invalid(format!(
+                    "STEPGRAPH_AMQP_QUEUE_EXPIRES_MS: not a number: {v:?}"
+                ))
             })?);
         }
         if let Some(v) = env("TEMPLATES_DIR") {
@@ -196,10 +226,12 @@ impl Config {
     }
 
     /// How steps travel: the `queue` setting, with `amqp_url` and `amqp_prefix`.
-    pub fn transport(&self) -> Result<stepgraph_core::Transport> {
-        let mut t = stepgraph_core::Transport::parse(&self.queue, self.amqp_url.as_deref())
-            .map_err(anyhow::Error::msg)?;
-        if let stepgraph_core::Transport::RabbitMq(r) = &mut t {
+    pub fn transport(&self) -> Result<Transport> {
+        #[allow(unused_mut)]
+        let mut t = Transport::parse(&self.queue, self.amqp_url.as_deref())
+            .map_err(SettingsError::Invalid)?;
+        #[cfg(feature = "rabbitmq")]
+        if let Transport::RabbitMq(r) = &mut t {
             r.prefix = self.amqp_prefix.clone();
             r.expires = self.amqp_queue_expires_ms.map(Duration::from_millis);
         }
@@ -209,11 +241,11 @@ impl Config {
     pub fn database_url(&self) -> Result<&str> {
         self.database_url
             .as_deref()
-            .context("no database URL: set database_url in the config file, STEPGRAPH_DATABASE_URL, or --database-url")
+            .ok_or(SettingsError::NoDatabaseUrl)
     }
 
-    pub fn orchestrator(&self) -> stepgraph_core::OrchestratorConfig {
-        stepgraph_core::OrchestratorConfig {
+    pub fn orchestrator(&self) -> stepgraph_engine::OrchestratorConfig {
+        stepgraph_engine::OrchestratorConfig {
             concurrency: self.orchestrator.concurrency,
             visibility_timeout: Duration::from_millis(self.orchestrator.visibility_timeout_ms),
             resend_stranded_after: Some(Duration::from_millis(
@@ -223,8 +255,8 @@ impl Config {
         }
     }
 
-    pub fn worker(&self) -> stepgraph_worker::WorkerConfig {
-        stepgraph_worker::WorkerConfig {
+    pub fn worker(&self) -> crate::WorkerConfig {
+        crate::WorkerConfig {
             namespaces: self.worker.namespaces.clone(),
             concurrency: self.worker.concurrency,
             visibility_timeout: Duration::from_millis(self.worker.visibility_timeout_ms),

@@ -19,129 +19,29 @@
 //!   closes it and whose failure opens it again.
 //! - The host remembers its process id and refuses use from a forked child.
 
-use crate::handler::{HandlerError, HandlerResult, StepContext, StepHandler, StepOutput};
-use async_trait::async_trait;
-use crossbeam_channel::{bounded, Receiver, Sender};
+mod breaker;
+mod config;
+mod foreign;
+mod pending;
+mod schema;
+
+pub use breaker::BreakerState;
+pub use config::{HostConfig, HostError};
+pub use foreign::ForeignHandler;
+pub use schema::{StepEvent, StepResult};
+
+use breaker::Breakers;
+use crossbeam_channel::{bounded, Sender};
 use parking_lot::{Condvar, Mutex};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use pending::{reap, route, Completion, Pending};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use stepgraph_core::queue::Credits;
-use stepgraph_core::{BatchCursor, StepError, StepId, StepOutcome, TaskId};
-use tokio::sync::{oneshot, Semaphore};
-
-/// A step handed to the language side: everything its handler needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepEvent {
-    pub event_id: u64,
-    pub task_id: TaskId,
-    pub step_id: StepId,
-    pub namespace: String,
-    pub task_name: String,
-    pub step_name: String,
-    pub handler: String,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    /// The task context.
-    pub input: Value,
-    pub config: Value,
-    pub dependency_results: Map<String, Value>,
-    pub batch_size: Option<u64>,
-    pub cursor: Option<BatchCursor>,
-    /// How long the language side has before the host times the event out.
-    pub timeout_ms: u64,
-}
-
-/// What the language side reports for an event: success with a JSON result,
-/// a failure (retryable or permanent), a decision, or a batch outcome.
-pub type StepResult = StepOutcome;
-
-#[derive(Debug, Clone)]
-pub struct HostConfig {
-    /// Completions buffered before `complete` waits.
-    pub completion_capacity: usize,
-    /// Consecutive failures (or timeouts) that open a handler's breaker.
-    pub failure_threshold: u32,
-    /// How long an open breaker refuses its handler's steps.
-    pub cool_down: Duration,
-    /// For steps whose template sets no timeout.
-    pub default_timeout: Duration,
-    /// How often the reaper looks for overdue events.
-    pub reaper_interval: Duration,
-}
-
-impl HostConfig {
-    /// The settings the bindings expose: the completion channel's capacity
-    /// and the breaker's threshold and cool-down; defaults for the rest.
-    pub fn tuned(
-        completion_capacity: usize,
-        failure_threshold: u32,
-        cool_down_ms: u64,
-    ) -> HostConfig {
-        HostConfig {
-            completion_capacity,
-            failure_threshold,
-            cool_down: Duration::from_millis(cool_down_ms),
-            ..Default::default()
-        }
-    }
-}
-
-impl Default for HostConfig {
-    fn default() -> Self {
-        HostConfig {
-            completion_capacity: 1024,
-            failure_threshold: 5,
-            cool_down: Duration::from_secs(30),
-            default_timeout: Duration::from_secs(300),
-            reaper_interval: Duration::from_millis(20),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum HostError {
-    #[error(
-        "this stepgraph worker was created in process {created} and cannot be used in the forked child {current}; create the worker after forking"
-    )]
-    Forked { created: u32, current: u32 },
-    #[error("event {0} is not pending (timed out, already completed, or unknown): its result is refused")]
-    NotPending(u64),
-    #[error("the stepgraph host is shut down")]
-    Closed,
-}
-
-/// A breaker's state, as metrics and logs show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    opened_at: Option<Instant>,
-    probing: bool,
-}
-
-struct Pending {
-    handler: String,
-    deadline: Instant,
-    reply: oneshot::Sender<StepOutcome>,
-}
-
-struct Completion {
-    handler: String,
-    result: StepOutcome,
-    reply: oneshot::Sender<StepOutcome>,
-}
+use stepgraph_engine::queue::Credits;
+use stepgraph_engine::{StepError, StepOutcome};
+use tokio::sync::Semaphore;
 
 struct Inner {
     pid: u32,
@@ -156,7 +56,7 @@ struct Inner {
     completing: AtomicUsize,
     /// Notified when no event is pending or being completed.
     idle: Condvar,
-    breakers: Mutex<HashMap<String, Breaker>>,
+    breakers: Breakers,
     completions: Mutex<Option<Sender<Completion>>>,
     credits: Arc<Semaphore>,
     next_id: AtomicU64,
@@ -174,6 +74,7 @@ impl Host {
     /// Starts the host's completion router and reaper threads.
     pub fn new(config: HostConfig) -> Arc<Host> {
         let (tx, rx) = bounded(config.completion_capacity.max(1));
+        let breakers = Breakers::new(&config);
         let inner = Arc::new(Inner {
             pid: std::process::id(),
             config,
@@ -183,7 +84,7 @@ impl Host {
             pending: Mutex::new(HashMap::new()),
             completing: AtomicUsize::new(0),
             idle: Condvar::new(),
-            breakers: Mutex::new(HashMap::new()),
+            breakers,
             completions: Mutex::new(Some(tx)),
             credits: Arc::new(Semaphore::new(0)),
             next_id: AtomicU64::new(1),
@@ -339,17 +240,7 @@ impl Host {
     }
 
     pub fn breaker_state(&self, handler: &str) -> BreakerState {
-        match self.inner.breakers.lock().get(handler) {
-            Some(b) if b.probing => BreakerState::HalfOpen,
-            Some(Breaker {
-                opened_at: Some(at),
-                ..
-            }) if at.elapsed() >= self.inner.config.cool_down => BreakerState::HalfOpen,
-            Some(Breaker {
-                opened_at: Some(_), ..
-            }) => BreakerState::Open,
-            _ => BreakerState::Closed,
-        }
+        self.inner.breakers.state(handler)
     }
 
     /// The first half of a graceful shutdown: hands out no more events
@@ -419,45 +310,6 @@ impl Inner {
         }
     }
 
-    /// Ok to dispatch, or the cool-down left on an open breaker.
-    fn allow(&self, handler: &str) -> Result<(), Duration> {
-        let mut breakers = self.breakers.lock();
-        let b = breakers.entry(handler.to_string()).or_default();
-        let Some(at) = b.opened_at else { return Ok(()) };
-        let open_for = at.elapsed();
-        if open_for < self.config.cool_down {
-            return Err(self.config.cool_down - open_for);
-        }
-        if b.probing {
-            // One probe at a time; the others wait for its verdict.
-            return Err(self.config.cool_down.min(Duration::from_secs(1)));
-        }
-        b.probing = true;
-        tracing::info!(handler, "circuit half-open: letting one probe through");
-        Ok(())
-    }
-
-    fn record(&self, handler: &str, success: bool) {
-        let mut breakers = self.breakers.lock();
-        let b = breakers.entry(handler.to_string()).or_default();
-        if success {
-            if b.opened_at.is_some() {
-                tracing::info!(handler, "circuit closed: the probe succeeded");
-            }
-            *b = Breaker::default();
-        } else if b.probing || b.opened_at.is_some() {
-            tracing::warn!(handler, "circuit open again: the probe failed");
-            b.probing = false;
-            b.opened_at = Some(Instant::now());
-        } else {
-            b.failures += 1;
-            if b.failures >= self.config.failure_threshold {
-                tracing::warn!(handler, failures = b.failures, "circuit open");
-                b.opened_at = Some(Instant::now());
-            }
-        }
-    }
-
     /// Takes an event back that its step no longer waits for.
     fn withdraw(&self, event_id: u64) {
         {
@@ -480,154 +332,10 @@ impl Inner {
     }
 }
 
-fn route(inner: &Inner, rx: Receiver<Completion>) {
-    for c in rx {
-        let success = !matches!(c.result, StepOutcome::Failure { .. });
-        inner.record(&c.handler, success);
-        // The step may have stopped waiting (its worker timed it out): nothing to do then.
-        let _ = c.reply.send(c.result);
-    }
-}
-
-fn reap(inner: &Inner) {
-    while !inner.closed.load(Ordering::SeqCst) {
-        std::thread::sleep(inner.config.reaper_interval);
-        let now = Instant::now();
-        let overdue: Vec<(u64, Pending)> = {
-            let mut pending = inner.pending.lock();
-            let ids: Vec<u64> = pending
-                .iter()
-                .filter(|(_, p)| p.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            let overdue = ids
-                .into_iter()
-                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
-                .collect();
-            inner.notify_if_idle(&pending);
-            overdue
-        };
-        for (id, p) in overdue {
-            inner.ready.lock().retain(|e| e.event_id != id);
-            inner.record(&p.handler, false);
-            let error = StepError::retryable(format!(
-                "handler `{}` did not complete event {id} in time; a late result will be refused",
-                p.handler
-            ))
-            .with_code("timeout");
-            let _ = p.reply.send(StepOutcome::Failure { error });
-        }
-    }
-}
-
-/// Dispatches one handler's steps to the language side.
-pub struct ForeignHandler {
-    host: Arc<Host>,
-    name: String,
-}
-
-/// Withdraws the event if the step stops waiting before its result arrives.
-struct Dispatched<'a> {
-    inner: &'a Inner,
-    event_id: u64,
-    done: bool,
-}
-
-impl Drop for Dispatched<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.inner.withdraw(self.event_id);
-        }
-    }
-}
-
-#[async_trait]
-impl StepHandler for ForeignHandler {
-    async fn call(&self, ctx: &StepContext) -> HandlerResult {
-        let inner = &self.host.inner;
-        if let Err(e) = self.host.check() {
-            return Err(HandlerError::retryable(e.to_string()).with_code("host_unavailable"));
-        }
-        if let Err(remaining) = inner.allow(&self.name) {
-            // Rounded up to the next millisecond, so the retry never comes a
-            // hair before the cool-down ends (and burns an attempt).
-            let remaining = Duration::from_millis(remaining.as_millis() as u64 + 1);
-            return Err(HandlerError::retryable(format!(
-                "circuit open for handler `{}` after repeated failures; retrying in {remaining:?}",
-                self.name
-            ))
-            .retry_after(remaining)
-            .with_code("circuit_open"));
-        }
-        let timeout = ctx.timeout.unwrap_or(inner.config.default_timeout);
-        let event_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, result) = oneshot::channel();
-        inner.pending.lock().insert(
-            event_id,
-            Pending {
-                handler: self.name.clone(),
-                deadline: Instant::now() + timeout,
-                reply,
-            },
-        );
-        let mut dispatched = Dispatched {
-            inner,
-            event_id,
-            done: false,
-        };
-        let event = StepEvent {
-            event_id,
-            task_id: ctx.task_id,
-            step_id: ctx.step_id,
-            namespace: ctx.namespace.clone(),
-            task_name: ctx.task_name.clone(),
-            step_name: ctx.step_name.clone(),
-            handler: ctx.handler.clone(),
-            attempt: ctx.attempt,
-            max_attempts: ctx.max_attempts,
-            input: ctx.input.clone(),
-            config: ctx.config.clone(),
-            dependency_results: ctx.dependency_results.clone(),
-            batch_size: ctx.batch_size,
-            cursor: ctx.cursor.clone(),
-            timeout_ms: timeout.as_millis() as u64,
-        };
-        {
-            // Under the lock `drain` takes: an event is either handed back by
-            // it or never queued.
-            let mut ready = inner.ready.lock();
-            if inner.draining.load(Ordering::SeqCst) {
-                return Err(HandlerError::retryable("the worker is shutting down")
-                    .with_code("host_unavailable"));
-            }
-            ready.push_back(event);
-        }
-        inner.arrived.notify_one();
-        let outcome = result.await;
-        dispatched.done = true;
-        match outcome {
-            Ok(StepOutcome::Success { result }) => Ok(StepOutput::Success(result)),
-            Ok(StepOutcome::Decision { branches }) => Ok(StepOutput::Decision(branches)),
-            Ok(StepOutcome::Batch { batch }) => Ok(StepOutput::Batch(batch)),
-            Ok(StepOutcome::Failure { error }) => Err(HandlerError {
-                kind: error.kind,
-                message: error.message,
-                retry_after: error.retry_after_ms.map(Duration::from_millis),
-                code: error.code,
-                error_type: error.error_type,
-                backtrace: error.backtrace,
-            }),
-            Err(_) => Err(HandlerError::retryable(
-                "the stepgraph host shut down before the step finished",
-            )
-            .with_code("host_unavailable")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn a_forked_child_is_refused() {
@@ -643,7 +351,7 @@ mod tests {
                 pending: Mutex::new(HashMap::new()),
                 completing: AtomicUsize::new(0),
                 idle: Condvar::new(),
-                breakers: Mutex::new(HashMap::new()),
+                breakers: Breakers::new(&HostConfig::default()),
                 completions: Mutex::new(None),
                 credits: Arc::new(Semaphore::new(0)),
                 next_id: AtomicU64::new(1),

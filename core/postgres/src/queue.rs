@@ -6,9 +6,8 @@
 //! Claims of step messages read the steps' starts with them (see
 //! [`ClaimedStarts`]).
 
-use super::{is_worker_queue, Delivery, Outgoing, Queue, QueueError};
-use crate::model::StepMessage;
-use crate::pg::{retrying, ClaimedStarts, Notifier};
+use crate::backend::retrying;
+use crate::notify::{ClaimedStarts, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -16,6 +15,8 @@ use sqlx::postgres::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::queue::{is_worker_queue, Delivery, Outgoing, Queue, QueueError};
+use stepgraph_engine::StepMessage;
 use tokio::time::Instant;
 
 const SAFETY_POLL: Duration = Duration::from_secs(5);

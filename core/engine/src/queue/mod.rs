@@ -2,12 +2,8 @@
 //! release, and a receive that sleeps until a message arrives (no fixed polling).
 
 mod memory;
-mod postgres;
-mod rabbitmq;
 
 pub use memory::MemoryQueue;
-pub use postgres::PgQueue;
-pub use rabbitmq::{RabbitConfig, RabbitQueue};
 
 use crate::model::StepId;
 use crate::shutdown::Shutdown;

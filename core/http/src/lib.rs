@@ -2,11 +2,6 @@
 //! cancel tasks; list templates; health and Prometheus metrics. Errors are
 //! JSON `{"error": message}` with the status that fits.
 
-use crate::model::{Step, Task, TaskGraph, TaskId, Transitions};
-use crate::orchestrator::{Orchestrator, OrchestratorError, TaskRequest};
-use crate::queue::{worker_queue, Queue, ORCHESTRATION_QUEUE};
-use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -18,6 +13,11 @@ use serde_json::{json, Value};
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::queue::{worker_queue, Queue, ORCHESTRATION_QUEUE};
+use stepgraph_engine::{
+    Orchestrator, OrchestratorError, Shutdown, Step, Store, StoreError, Task, TaskGraph, TaskId,
+    TaskRequest, Transitions,
+};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;

@@ -3,13 +3,9 @@
 //! its sends and ack (commits made at once share theirs, see `group_commit`),
 //! starting a step, submitting its result.
 
-use super::group_commit::{Change, Flat, GroupCommit};
-use super::{
-    Committed, Snapshot, StateCounts, Store, StoreError, Stranded, StrandedStep, TaskLock,
-};
-use crate::model::*;
-use crate::pg::{backend_error, retrying, ClaimedStarts, Notifier};
-use crate::queue::Outbox;
+use crate::backend::{backend_error, retrying};
+use crate::group_commit::{Change, Flat, GroupCommit};
+use crate::notify::{ClaimedStarts, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -17,12 +13,17 @@ use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::queue::Outbox;
+use stepgraph_engine::store::{
+    Committed, Snapshot, StateCounts, Store, StoreError, Stranded, TaskLock,
+};
+use stepgraph_engine::*;
 use tokio::time::Instant;
 
 pub struct PgStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
-    queue_in_db: bool,
+    pub(crate) queue_in_db: bool,
     commits: Arc<GroupCommit>,
     starts: Arc<ClaimedStarts>,
 }
@@ -106,7 +107,7 @@ struct WorkRow {
 
 impl PgStore {
     /// The pool, counting the statement about to run on it.
-    fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         self.notifier.count_statement();
         &self.pool
     }
@@ -419,125 +420,11 @@ impl Store for PgStore {
     }
 
     async fn stranded(&self, older_than: Duration, limit: i64) -> Result<Stranded, StoreError> {
-        type Row = (
-            StepId,
-            TaskId,
-            String,
-            String,
-            i32,
-            String,
-            String,
-            String,
-            String,
-            Option<DateTime<Utc>>,
-        );
-        let ms = older_than.as_millis() as f64;
-        // Leases first: a step they return is leased again, so the second
-        // query does not return it too.
-        let mut rows: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
-            "WITH lapsed AS (
-                 SELECT id FROM sg_steps
-                  WHERE state IN ('enqueued', 'in_progress') AND claimed_until < now()
-                  ORDER BY claimed_until
-                  LIMIT $2
-                    FOR UPDATE SKIP LOCKED)
-             UPDATE sg_steps s SET claimed_until = now() + make_interval(secs => $1 / 1000.0)
-               FROM lapsed, sg_tasks t
-              WHERE s.id = lapsed.id AND t.id = s.task_id
-             RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
-                       s.claimed_until",
-        )
-        .bind(ms)
-        .bind(limit)
-        .fetch_all(pool))
-        .map_err(backend_error)?;
-        if !self.queue_in_db {
-            let lost: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
-                "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
-                        NULL::timestamptz
-                   FROM sg_steps s
-                   JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
-                   JOIN sg_tasks t ON t.id = s.task_id
-                  WHERE s.state IN ('enqueued', 'enqueued_for_orchestration')
-                    AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
-                    AND (s.claimed_until IS NULL OR s.claimed_until < now())
-                  ORDER BY tr.created_at
-                  LIMIT $2",
-            )
-            .bind(ms)
-            .bind(limit)
-            .fetch_all(pool))
-            .map_err(backend_error)?;
-            rows.extend(lost);
-        }
-        let steps = rows
-            .into_iter()
-            .map(
-                |(
-                    step_id,
-                    task_id,
-                    step_name,
-                    handler,
-                    attempt,
-                    state,
-                    namespace,
-                    task_name,
-                    version,
-                    lease,
-                )| {
-                    StrandedStep {
-                        message: StepMessage {
-                            task_id,
-                            step_id,
-                            attempt: attempt.max(0) as u32,
-                            step_name,
-                            handler,
-                        },
-                        for_orchestration: state == "enqueued_for_orchestration",
-                        namespace,
-                        task_name,
-                        version,
-                        lease,
-                    }
-                },
-            )
-            .collect();
-        if self.queue_in_db {
-            return Ok(Stranded {
-                steps,
-                tasks: Vec::new(),
-            });
-        }
-        let tasks: Vec<TaskId> = retrying!(self, pool => sqlx::query_scalar::<_, TaskId>(
-            "SELECT t.id FROM sg_tasks t
-              WHERE t.state = 'waiting_for_retry'
-                AND t.updated_at < now() - make_interval(secs => $1 / 1000.0)
-                AND NOT EXISTS (SELECT 1 FROM sg_steps s WHERE s.task_id = t.id AND s.backoff_until > now())
-              ORDER BY t.updated_at
-              LIMIT $2",
-        )
-        .bind(ms)
-        .bind(limit)
-        .fetch_all(pool))
-        .map_err(backend_error)?;
-        Ok(Stranded { steps, tasks })
+        self.find_stranded(older_than, limit).await
     }
 
     async fn end_leases(&self, leases: &[(StepId, DateTime<Utc>)]) -> Result<(), StoreError> {
-        if leases.is_empty() {
-            return Ok(());
-        }
-        let (steps, until): (Vec<StepId>, Vec<DateTime<Utc>>) = leases.iter().copied().unzip();
-        retrying!(self, pool => sqlx::query(
-            "UPDATE sg_steps s SET claimed_until = NULL
-               FROM unnest($1::uuid[], $2::timestamptz[]) AS l (id, until)
-              WHERE s.id = l.id AND s.claimed_until = l.until",
-        )
-        .bind(&steps)
-        .bind(&until)
-        .execute(pool))
-        .map_err(backend_error)?;
-        Ok(())
+        self.release_leases(leases).await
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {

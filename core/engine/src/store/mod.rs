@@ -2,13 +2,9 @@
 //! under an exclusive per-task lock, decides, and hands back a batch of
 //! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
 
-mod change;
-mod group_commit;
 mod memory;
-mod postgres;
 
 pub use memory::MemoryStore;
-pub use postgres::PgStore;
 
 use crate::model::*;
 use crate::queue::Outbox;

@@ -5,15 +5,15 @@
 //! tasks share one round trip, one transaction and one WAL flush, and an
 //! idle store commits each change alone, as soon as it comes.
 
-use super::change::{group, Batch};
-use super::StoreError;
-use crate::model::{StepId, TaskId, WriteOp};
-use crate::pg::{backend_error, retrying, Notifier};
-use crate::queue::Outbox;
+use crate::backend::{backend_error, retrying};
+use crate::change::{group, Batch};
+use crate::notify::Notifier;
 use parking_lot::Mutex;
 use sqlx::postgres::PgPool;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use stepgraph_engine::queue::Outbox;
+use stepgraph_engine::{StepId, StoreError, TaskId, WriteOp};
 use tokio::sync::oneshot;
 
 /// Commits in flight at once. Two keep both of this machine's cores busy
@@ -26,20 +26,20 @@ const MAX_BATCH: usize = 64;
 /// An outbox as the SQL function takes it: parallel arrays, the steps to
 /// lease, and the ack.
 #[derive(Default)]
-pub(super) struct Flat {
-    pub(super) queues: Vec<String>,
-    pub(super) payloads: Vec<Vec<u8>>,
-    pub(super) delays: Vec<i64>,
+pub(crate) struct Flat {
+    pub(crate) queues: Vec<String>,
+    pub(crate) payloads: Vec<Vec<u8>>,
+    pub(crate) delays: Vec<i64>,
     /// Leased (for `lease_ms`) to the committing process.
     leases: Vec<StepId>,
     lease_ms: i64,
-    pub(super) ack: Option<(String, i64)>,
+    pub(crate) ack: Option<(String, i64)>,
 }
 
 impl Flat {
     /// The outbox's claims as leases, and its sends and ack when the queue
     /// lives in the database; what the caller must still deliver.
-    pub(super) fn from_outbox(mut outbox: Outbox, queue_in_db: bool) -> (Flat, Outbox) {
+    pub(crate) fn from_outbox(mut outbox: Outbox, queue_in_db: bool) -> (Flat, Outbox) {
         let mut f = Flat {
             lease_ms: outbox.claim_for.as_millis() as i64,
             leases: std::mem::take(&mut outbox.claims)
@@ -62,14 +62,14 @@ impl Flat {
         (f, outbox)
     }
 
-    pub(super) fn leases(&self) -> bool {
+    pub(crate) fn leases(&self) -> bool {
         !self.leases.is_empty()
     }
 }
 
 /// One task's change: applied if the task's lock version is still `lock`
 /// (None: no version check).
-pub(super) struct Change {
+pub(crate) struct Change {
     pub task_id: TaskId,
     pub lock: Option<i64>,
     pub ops: Vec<WriteOp>,
@@ -111,14 +111,14 @@ impl Queue {
     }
 }
 
-pub(super) struct GroupCommit {
+pub(crate) struct GroupCommit {
     pool: PgPool,
     notifier: Arc<Notifier>,
     queue: Mutex<Queue>,
 }
 
 impl GroupCommit {
-    pub(super) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Arc<GroupCommit> {
+    pub(crate) fn new(pool: PgPool, notifier: Arc<Notifier>) -> Arc<GroupCommit> {
         Arc::new(GroupCommit {
             pool,
             notifier,
@@ -133,7 +133,7 @@ impl GroupCommit {
     }
 
     /// Commits the change, alone or with others; Conflict if its task moved on.
-    pub(super) async fn commit(self: &Arc<Self>, change: Change) -> Result<(), StoreError> {
+    pub(crate) async fn commit(self: &Arc<Self>, change: Change) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock();

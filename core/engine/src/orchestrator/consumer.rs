@@ -1,0 +1,94 @@
+//! The orchestration queue's consumer: results and timers processed with a
+//! concurrency limit; poison messages dead-lettered, transient failures
+//! released to come back.
+
+use super::{Orchestrator, OrchestratorError};
+use crate::model::*;
+use crate::queue::{self, Delivery, ORCHESTRATION_QUEUE};
+use crate::shutdown::Shutdown;
+use crate::store::StoreError;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+impl Orchestrator {
+    /// Consumes the orchestration queue until shutdown, then lets the
+    /// results being processed finish. With `resend_stranded_after`, also
+    /// re-sends what a crash between a commit and its send left stranded.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let sweeper = self.config.resend_stranded_after.map(|after| {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.sweep(after, shutdown).await })
+        });
+        let size = self.config.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(size));
+        let this = self.clone();
+        queue::consume(
+            self.queue.clone(),
+            ORCHESTRATION_QUEUE,
+            queue::Slots::Concurrency(slots.clone()),
+            self.config.visibility_timeout,
+            self.config.receive_wait,
+            shutdown,
+            move |d, _| {
+                let this = this.clone();
+                async move { this.process(d).await }
+            },
+        )
+        .await;
+        let _ = slots.acquire_many(size as u32).await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
+    }
+
+    /// A poison message: out of the way, with why.
+    async fn dead_letter(&self, receipt: u64, reason: &str) {
+        tracing::error!(%reason, "orchestration message moved to the dead letters");
+        let _ = self
+            .queue
+            .dead_letter(ORCHESTRATION_QUEUE, receipt, reason)
+            .await;
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        let message: OrchestrationMessage = match delivery.decode() {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = format!("undecodable orchestration message: {e}");
+                return self.dead_letter(delivery.receipt, &reason).await;
+            }
+        };
+        match self.handle(&message, Some(delivery.receipt)).await {
+            Ok(()) => return,
+            Err(OrchestratorError::Store(
+                StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
+            )) => {
+                let reason = format!("message for an unknown task or step: {message:?}");
+                return self.dead_letter(delivery.receipt, &reason).await;
+            }
+            Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
+                // Transient: the message comes back after its visibility timeout.
+                tracing::warn!(?message, "orchestration failed; will retry");
+                let _ = self
+                    .queue
+                    .release(
+                        ORCHESTRATION_QUEUE,
+                        delivery.receipt,
+                        Duration::from_millis(100),
+                    )
+                    .await;
+                return;
+            }
+            Err(e) => tracing::error!(?message, error = %e, "orchestration failed"),
+        }
+        if let Err(e) = self
+            .queue
+            .ack(ORCHESTRATION_QUEUE, &[delivery.receipt])
+            .await
+        {
+            tracing::warn!(error = %e, "ack failed; message will be redelivered");
+        }
+    }
+}

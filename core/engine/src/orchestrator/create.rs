@@ -1,0 +1,85 @@
+//! Creating a task: the context checked against the template's schema, the
+//! idempotency key honoured, the first steps dispatched in the same commit.
+
+use super::dispatch::{dispatch_eager, Claimed};
+use super::{Eager, Orchestrator, OrchestratorError, TaskCreated, TaskRequest};
+use crate::evaluate::{self, Trigger};
+use crate::model::*;
+use crate::state::TaskState;
+use crate::store::StoreError;
+use crate::txn::TaskTxn;
+use serde_json::json;
+
+impl Orchestrator {
+    /// Validates the context, creates the task with its initial steps and
+    /// dispatches the first ready steps, all before returning.
+    pub async fn create_task(&self, req: TaskRequest) -> Result<TaskCreated, OrchestratorError> {
+        Ok(self.create_task_eager(req, None).await?.0)
+    }
+
+    /// [`Self::create_task`] for a process with a worker: with `eager`, the
+    /// first steps come back claimed for it (see [`Eager`]).
+    pub async fn create_task_eager(
+        &self,
+        req: TaskRequest,
+        eager: Option<&Eager>,
+    ) -> Result<(TaskCreated, Vec<Claimed>), OrchestratorError> {
+        let template = self
+            .templates
+            .get(&req.namespace, &req.name, req.version.as_deref())
+            .ok_or_else(|| OrchestratorError::TemplateNotFound {
+                namespace: req.namespace.clone(),
+                name: req.name.clone(),
+                version: req.version.clone(),
+            })?;
+        template.validate_context(&req.context).map_err(|message| {
+            OrchestratorError::InvalidContext {
+                template: template.key(),
+                message,
+            }
+        })?;
+        if let Some(key) = &req.idempotency_key {
+            if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
+                let created = TaskCreated {
+                    task_id,
+                    created: false,
+                };
+                return Ok((created, Vec::new()));
+            }
+        }
+        let task = Task {
+            idempotency_key: req.idempotency_key,
+            priority: req.priority,
+            ..Task::pending(
+                &template.namespace,
+                &template.name,
+                &template.version,
+                req.context,
+            )
+        };
+        let task_id = task.id;
+        let mut txn = TaskTxn::create(task);
+        txn.task_to(TaskState::Initializing, json!({}))?;
+        let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
+        let (outbox, taken) = dispatch_eager(&template, messages, self.eager(eager))?;
+        match self.finish(txn, outbox, taken).await {
+            Ok(claimed) => {
+                let created = TaskCreated {
+                    task_id,
+                    created: true,
+                };
+                Ok((created, claimed))
+            }
+            Err(OrchestratorError::Store(StoreError::DuplicateIdempotencyKey {
+                existing, ..
+            })) => {
+                let created = TaskCreated {
+                    task_id: existing,
+                    created: false,
+                };
+                Ok((created, Vec::new()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The orchestrator: creates tasks ([`create`]), applies step results and
+//! timers ([`results`]), hands the steps a commit makes ready to a worker
+//! that orchestrates inline or to the queue ([`dispatch`]), consumes the
+//! orchestration queue ([`consumer`]) and re-sends what a crash stranded
+//! ([`sweep`]).
+
+mod consumer;
+mod create;
+mod dispatch;
+mod results;
+mod sweep;
+
+pub use dispatch::{Claimed, Eager};
+pub use results::Orchestrated;
+
+use crate::model::*;
+use crate::queue::{Outbox, Queue, QueueError};
+use crate::store::{Store, StoreError};
+use crate::template::{TaskTemplate, TemplateRegistry};
+use crate::txn::TaskTxn;
+use dispatch::{claimed_steps, Taken};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error("no template {namespace}/{name}{}", version.as_ref().map(|v| format!("@{v}")).unwrap_or_default())]
+    TemplateNotFound {
+        namespace: String,
+        name: String,
+        version: Option<String>,
+    },
+    #[error("context does not match the input_schema of {template}: {message}")]
+    InvalidContext { template: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Illegal(#[from] crate::state::IllegalTransition),
+    #[error("task {task_id} keeps conflicting with concurrent updates")]
+    Contention { task_id: TaskId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub context: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl TaskRequest {
+    pub fn new(namespace: &str, name: &str, context: Value) -> Self {
+        TaskRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            version: None,
+            context,
+            idempotency_key: None,
+            priority: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCreated {
+    pub task_id: TaskId,
+    /// False when the idempotency key named an existing task.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Result messages processed at once.
+    pub concurrency: usize,
+    pub visibility_timeout: Duration,
+    /// How long one receive waits before checking for shutdown.
+    pub receive_wait: Duration,
+    /// Re-reads of a task after a compare-and-swap conflict.
+    pub conflict_retries: u32,
+    /// Every half of this, re-send the messages of what is stranded (see
+    /// [`Store::stranded`]): steps whose leases ran out, and, with a queue
+    /// that commits apart from the store (RabbitMQ), steps and tasks
+    /// stranded this long. A copy that was not lost is dropped as stale.
+    pub resend_stranded_after: Option<Duration>,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            concurrency: 64,
+            visibility_timeout: Duration::from_secs(30),
+            receive_wait: Duration::from_secs(1),
+            conflict_retries: 20,
+            resend_stranded_after: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+pub struct Orchestrator {
+    metrics: crate::metrics::Metrics,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    templates: Arc<TemplateRegistry>,
+    config: OrchestratorConfig,
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        templates: Arc<TemplateRegistry>,
+        config: OrchestratorConfig,
+    ) -> Self {
+        Orchestrator {
+            metrics: Default::default(),
+            store,
+            queue,
+            templates,
+            config,
+        }
+    }
+
+    pub fn templates(&self) -> &TemplateRegistry {
+        &self.templates
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// `eager` when the store can lease steps in its commits (else there
+    /// is nothing to take slots for).
+    pub(super) fn eager<'a>(&self, eager: Option<&'a Eager>) -> Option<&'a Eager> {
+        eager.filter(|_| self.store.leases_steps())
+    }
+
+    pub(super) fn template_for(&self, task: &Task) -> Result<Arc<TaskTemplate>, OrchestratorError> {
+        self.templates
+            .get(&task.namespace, &task.name, Some(&task.version))
+            .ok_or_else(|| OrchestratorError::TemplateNotFound {
+                namespace: task.namespace.clone(),
+                name: task.name.clone(),
+                version: Some(task.version.clone()),
+            })
+    }
+
+    /// Commits, then delivers what the store did not send with the commit;
+    /// the steps of `taken` that the commit claimed, ready to run.
+    pub(super) async fn finish(
+        &self,
+        txn: TaskTxn,
+        outbox: Outbox,
+        taken: Vec<Taken>,
+    ) -> Result<Vec<Claimed>, OrchestratorError> {
+        let graph = (!taken.is_empty()).then(|| txn.graph().clone());
+        let mut committed = txn.commit(self.store.as_ref(), outbox).await?;
+        std::mem::take(&mut committed.rest)
+            .deliver(self.queue.as_ref())
+            .await?;
+        Ok(match graph {
+            Some(graph) if committed.claimed => claimed_steps(graph, committed.lock, taken),
+            // Sent as ordinary messages: the slots go back.
+            _ => Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,19 @@
+//! stepgraph-postgres: the engine's [`Store`](stepgraph_engine::Store) and
+//! [`Queue`](stepgraph_engine::Queue) in one PostgreSQL database. Every
+//! call is one statement (a server-side function); commits made at once
+//! share one transaction ([`group_commit`]); waiters sleep until a NOTIFY.
+//! The schema is in `migrations/`, applied by [`migrate`].
+
+mod backend;
+mod change;
+mod group_commit;
+mod migrate;
+mod notify;
+mod queue;
+mod store;
+mod sweep;
+
+pub use backend::{redact, PgBackend};
+pub use migrate::migrate;
+pub use queue::PgQueue;
+pub use store::PgStore;

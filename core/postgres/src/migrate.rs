@@ -1,0 +1,60 @@
+//! The schema: the numbered migrations, applied once each in order under an
+//! advisory lock, so concurrent `migrate` runs (every process runs it at
+//! start) serialize.
+
+use crate::backend::backend_error;
+use sqlx::postgres::PgPool;
+use stepgraph_engine::StoreError;
+
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_lean_apply.sql")),
+    (3, include_str!("../migrations/0003_leases.sql")),
+    (4, include_str!("../migrations/0004_cached_reads.sql")),
+    (5, include_str!("../migrations/0005_group_commit.sql")),
+    (6, include_str!("../migrations/0006_receive_in_order.sql")),
+    (7, include_str!("../migrations/0007_lean_creation.sql")),
+    (8, include_str!("../migrations/0008_start_step_json.sql")),
+    (9, include_str!("../migrations/0009_receive_started.sql")),
+];
+
+/// Any stable number: serializes concurrent `migrate` runs.
+const MIGRATION_LOCK: i64 = 0x5354_4550_4752_4150;
+
+/// Applies the embedded migrations that are not applied yet.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
+    let mut tx = pool.begin().await.map_err(backend_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS sg_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_error)?;
+    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM sg_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
+        sqlx::query("INSERT INTO sg_schema_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_error)?;
+        applied.push(*version);
+    }
+    tx.commit().await.map_err(backend_error)?;
+    Ok(applied)
+}

@@ -1,0 +1,64 @@
+//! Events out with the language side: each with its deadline and the step
+//! waiting for its outcome. The router thread hands completions (through
+//! the one bounded channel) to their steps and tells the breakers; the
+//! reaper thread fails overdue events as retryable `timeout`s, whose late
+//! completions are then refused.
+
+use super::{Inner, StepResult};
+use crossbeam_channel::Receiver;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use stepgraph_engine::{StepError, StepOutcome};
+use tokio::sync::oneshot;
+
+pub(super) struct Pending {
+    pub(super) handler: String,
+    pub(super) deadline: Instant,
+    pub(super) reply: oneshot::Sender<StepOutcome>,
+}
+
+pub(super) struct Completion {
+    pub(super) handler: String,
+    pub(super) result: StepResult,
+    pub(super) reply: oneshot::Sender<StepOutcome>,
+}
+
+pub(super) fn route(inner: &Inner, rx: Receiver<Completion>) {
+    for c in rx {
+        let success = !matches!(c.result, StepOutcome::Failure { .. });
+        inner.breakers.record(&c.handler, success);
+        // The step may have stopped waiting (its worker timed it out): nothing to do then.
+        let _ = c.reply.send(c.result);
+    }
+}
+
+pub(super) fn reap(inner: &Inner) {
+    while !inner.closed.load(Ordering::SeqCst) {
+        std::thread::sleep(inner.config.reaper_interval);
+        let now = Instant::now();
+        let overdue: Vec<(u64, Pending)> = {
+            let mut pending = inner.pending.lock();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let overdue = ids
+                .into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect();
+            inner.notify_if_idle(&pending);
+            overdue
+        };
+        for (id, p) in overdue {
+            inner.ready.lock().retain(|e| e.event_id != id);
+            inner.breakers.record(&p.handler, false);
+            let error = StepError::retryable(format!(
+                "handler `{}` did not complete event {id} in time; a late result will be refused",
+                p.handler
+            ))
+            .with_code("timeout");
+            let _ = p.reply.send(StepOutcome::Failure { error });
+        }
+    }
+}
