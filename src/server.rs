@@ -13,9 +13,7 @@ use stepgraph_postgres::PgBackend;
 use stepgraph_worker::{examples, Settings, Worker};
 
 async fn connect(config: &Settings) -> Result<Arc<PgBackend>> {
-    let pg = PgBackend::connect(config.database_url()?, config.max_connections).await?;
-    pg.migrate().await.context("applying migrations")?;
-    Ok(pg)
+    Ok(stepgraph_worker::connect(config).await?)
 }
 
 pub async fn migrate(config: &Settings) -> Result<()> {
@@ -103,30 +101,12 @@ pub async fn serve(config: &Settings) -> Result<()> {
 }
 
 pub async fn worker(config: &Settings) -> Result<()> {
-    let pg = connect(config).await?;
     let templates =
         TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut worker_config = config.worker();
-    if worker_config.namespaces.is_empty() {
-        worker_config.namespaces = templates.namespaces();
-    }
-    let namespaces = worker_config.namespaces.clone();
-    let (store, queue) = config.transport()?.backends(&pg).await?;
-    let handlers = Arc::new(examples::registry());
-    let worker = if config.worker.inline_orchestration {
-        let orchestrator = Arc::new(Orchestrator::new(
-            store.clone(),
-            queue.clone(),
-            Arc::new(templates),
-            config.orchestrator(),
-        ));
-        Arc::new(
-            Worker::new(store, queue, handlers, worker_config)
-                .with_inline_orchestration(orchestrator),
-        )
-    } else {
-        Arc::new(Worker::new(store, queue, handlers, worker_config))
-    };
+    let worker =
+        stepgraph_worker::connect_worker(config, templates, examples::registry(), None).await?;
+    let namespaces = worker.namespaces().to_vec();
+    let worker = Arc::new(worker);
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger)?;
     println!("worker serving namespaces {namespaces:?}");

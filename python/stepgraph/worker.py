@@ -16,7 +16,10 @@ class Worker:
     """Serves ``handlers`` for the steps of ``namespaces`` (default: every
     template's): sync handlers on ``concurrency`` threads, ``async def`` ones
     on one asyncio loop, up to ``async_concurrency`` at once. It orchestrates the results of its own steps, so it loads
-    ``templates_dir`` too. ``start``/``stop``, or ``run`` until SIGINT/SIGTERM."""
+    ``templates_dir`` too. ``start``/``stop``, or ``run`` until SIGINT/SIGTERM.
+    ``queue``: "postgres", "rabbitmq" (with STEPGRAPH_AMQP_URL) or an AMQP URL;
+    unset, STEPGRAPH_QUEUE. Every other setting, the AMQP prefix among them,
+    comes from the same STEPGRAPH_* variables as ``stepgraph worker``'s."""
 
     def __init__(
         self,
@@ -29,7 +32,7 @@ class Worker:
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
-        queue: str = "postgres",
+        queue: Optional[str] = None,
     ):
         self._handlers = handlers_by_name(handlers)
         self._args = (

@@ -69,6 +69,46 @@ def test_python_worker_runs_tasks_created_over_http(database, server, name, expe
     assert all(s["state"] == "complete" and s["attempts"] == 1 for s in task["steps"])
 
 
+def test_a_python_worker_honours_the_stepgraph_settings_of_serve(database, monkeypatch):
+    """The queue, the AMQP URL and the AMQP prefix come from the same
+    STEPGRAPH_* variables as the server's: with a prefix of this test's own,
+    the server sends to queues only a worker with that prefix consumes."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError as e:
+        pytest.fail(f"RabbitMQ is not reachable on 127.0.0.1:5672 ({e}); .ci/run starts it")
+    settings = {
+        "STEPGRAPH_QUEUE": "rabbitmq",
+        "STEPGRAPH_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "STEPGRAPH_AMQP_PREFIX": f"sg-pytest-{os.getpid()}.",
+        "STEPGRAPH_AMQP_QUEUE_EXPIRES_MS": "60000",
+    }
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
+    proc = subprocess.Popen(
+        [binary(), "serve", "--templates", str(TEMPLATES), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), line
+        addr = line.split()[2].removeprefix("http://")
+        # No queue argument: STEPGRAPH_QUEUE and the AMQP settings apply.
+        with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=2):
+            created = http(addr, "POST", "/v1/tasks", {"namespace": "e2e", "name": "linear", "context": {"even_number": 6}})
+            task = http(addr, "GET", f"/v1/tasks/{created['task_id']}/wait?timeout_ms=30000")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert task["state"] == "complete", task
+    assert int(task["result"]) == 6**16
+
+
 def test_a_bad_database_url_is_a_clear_error():
     with pytest.raises(stepgraph.StepgraphError, match="cannot connect"):
         stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", TEMPLATES, [Square()]).start()

@@ -9,7 +9,12 @@ import { HandlerPool, type PoolStats } from "./pool.js";
 
 export interface WorkerOptions {
   databaseUrl: string;
-  /** `postgres` (default) or an AMQP URL (`amqp://guest:guest@127.0.0.1:5672/%2f`) for RabbitMQ. */
+  /**
+   * `postgres`, `rabbitmq` (with STEPGRAPH_AMQP_URL) or an AMQP URL
+   * (`amqp://guest:guest@127.0.0.1:5672/%2f`); default STEPGRAPH_QUEUE, else
+   * `postgres`. Every other setting, the AMQP prefix among them, comes from the
+   * same STEPGRAPH_* variables as `stepgraph worker`'s.
+   */
   queue?: string;
   /** The namespaces served; default every template's. */
   namespaces?: string[];
@@ -51,7 +56,7 @@ export class Worker {
       JSON.stringify({
         ...hostOptions({ ...o, templatesDir }, [...handlers.keys()]),
         database_url: o.databaseUrl,
-        queue: o.queue ?? "postgres",
+        queue: o.queue,
         namespaces: o.namespaces ?? [],
         concurrency: Math.max(1, o.concurrency ?? 8),
       }),

@@ -1,10 +1,15 @@
 //! A distributed deployment's backends: the state in PostgreSQL and the
 //! steps over PostgreSQL's own queue or (with the `rabbitmq` feature)
 //! RabbitMQ. Every process that connects (`serve`, `worker`, a language
-//! worker, the benches) picks its store and queue here.
+//! worker, the benches) picks its store and queue here, and every worker
+//! of such a deployment is made by [`connect_worker`].
 
+use crate::handler::HandlerRegistry;
+use crate::runtime::Worker;
+use crate::settings::{Settings, SettingsError};
 use std::sync::Arc;
-use stepgraph_engine::{Queue, QueueError, Store};
+use stepgraph_engine::queue::Credits;
+use stepgraph_engine::{Orchestrator, Queue, QueueError, Store, StoreError, TemplateRegistry};
 use stepgraph_postgres::PgBackend;
 #[cfg(feature = "rabbitmq")]
 pub use stepgraph_rabbitmq::{RabbitConfig, RabbitQueue};
@@ -66,4 +71,58 @@ impl Transport {
             ),
         })
     }
+}
+
+/// Why a process could not join its deployment.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The database refused the connection or the migrations.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue's broker refused the connection.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Connects to the database `settings` names (pool of `max_connections`)
+/// and applies the migrations that are not applied yet.
+pub async fn connect(settings: &Settings) -> Result<Arc<PgBackend>, ConnectError> {
+    let pg = PgBackend::connect(settings.database_url()?, settings.max_connections).await?;
+    pg.migrate().await?;
+    Ok(pg)
+}
+
+/// A worker of the deployment `settings` describes: connected and migrated,
+/// its steps over the configured transport, serving `settings.worker.namespaces`
+/// (every namespace of `templates` when empty). With
+/// `worker.inline_orchestration` (the default) it records each outcome and
+/// orchestrates its task in one commit, with the templates; with `credits`
+/// it claims only what a foreign host's language side asks for.
+/// `stepgraph worker` and the Python, Ruby and TypeScript workers are all
+/// made here.
+pub async fn connect_worker(
+    settings: &Settings,
+    templates: TemplateRegistry,
+    handlers: HandlerRegistry,
+    credits: Option<Credits>,
+) -> Result<Worker, ConnectError> {
+    let transport = settings.transport()?;
+    let pg = connect(settings).await?;
+    let (store, queue) = transport.backends(&pg).await?;
+    let mut config = settings.worker();
+    if config.namespaces.is_empty() {
+        config.namespaces = templates.namespaces();
+    }
+    let mut worker = Worker::new(store.clone(), queue.clone(), Arc::new(handlers), config);
+    if settings.worker.inline_orchestration {
+        let orchestrator =
+            Orchestrator::new(store, queue, Arc::new(templates), settings.orchestrator());
+        worker = worker.with_inline_orchestration(Arc::new(orchestrator));
+    }
+    if let Some(credits) = credits {
+        worker = worker.with_credits(credits);
+    }
+    Ok(worker)
 }

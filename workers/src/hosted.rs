@@ -5,11 +5,11 @@
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
 
-use crate::backend::Transport;
+use crate::settings::{Settings, SettingsError};
 use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
 use crate::handler::HandlerRegistry;
 use crate::host::{Host, HostConfig};
-use crate::runtime::{Worker, WorkerConfig};
+use crate::runtime::WorkerConfig;
 use crate::{examples, roundtrip};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -17,24 +17,46 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::{
-    shutdown_channel, Orchestrator, OrchestratorConfig, ShutdownTrigger, TaskRequest,
-    TemplateRegistry,
-};
-use stepgraph_postgres::PgBackend;
+use stepgraph_engine::{shutdown_channel, ShutdownTrigger, TaskRequest, TemplateRegistry};
 use tokio::task::JoinHandle;
 
-/// Where a hosted worker's state and queue live.
-#[derive(Debug, Clone)]
+/// Where a hosted worker's state and queue live: what its caller passed
+/// explicitly, over the `STEPGRAPH_*` settings.
+#[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
-    pub database_url: String,
-    /// The queue backend: `postgres`, or an AMQP URL for RabbitMQ.
-    pub queue: String,
-    /// The namespaces served; empty: every template's.
+    /// None: `STEPGRAPH_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// The queue backend: `postgres`, `rabbitmq` (with `STEPGRAPH_AMQP_URL`),
+    /// or an AMQP URL; None: `STEPGRAPH_QUEUE` (default `postgres`).
+    pub queue: Option<String>,
+    /// The namespaces served; empty: `STEPGRAPH_WORKER_NAMESPACES`, else
+    /// every template's.
     pub namespaces: Vec<String>,
     /// Steps run at once (of the built-in Rust handlers; the foreign ones
-    /// are limited by what the language side asks for).
-    pub concurrency: usize,
+    /// are limited by what the language side asks for); None: `STEPGRAPH_WORKER_CONCURRENCY`.
+    pub concurrency: Option<usize>,
+}
+
+impl WorkerOptions {
+    /// The process settings (`STEPGRAPH_*`) with these options over them.
+    pub fn settings(&self) -> Result<Settings, SettingsError> {
+        let mut s = Settings::load(None)?;
+        if let Some(url) = &self.database_url {
+            s.database_url = Some(url.clone());
+        }
+        if let Some(queue) = &self.queue {
+            s.queue = queue.clone();
+        }
+        if !self.namespaces.is_empty() {
+            s.worker.namespaces = self.namespaces.clone();
+        }
+        if let Some(n) = self.concurrency {
+            s.worker.concurrency = n.max(1);
+        }
+        s.transport()?;
+        s.database_url()?;
+        Ok(s)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +85,13 @@ pub struct EngineOptions {
     #[serde(default = "default_cool_down_ms")]
     pub cool_down_ms: u64,
     pub database_url: Option<String>,
-    /// `postgres`, or an AMQP URL for RabbitMQ.
-    #[serde(default = "default_queue")]
-    pub queue: String,
+    /// `postgres`, `rabbitmq` or an AMQP URL; unset: `STEPGRAPH_QUEUE`.
+    #[serde(default)]
+    pub queue: Option<String>,
     #[serde(default)]
     pub namespaces: Vec<String>,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 fn default_capacity() -> usize {
@@ -80,12 +102,6 @@ fn default_threshold() -> u32 {
 }
 fn default_cool_down_ms() -> u64 {
     HostConfig::default().cool_down.as_millis() as u64
-}
-fn default_queue() -> String {
-    "postgres".into()
-}
-fn default_concurrency() -> usize {
-    4
 }
 
 /// A blocking operation, asked for by a language whose handlers run on the
@@ -180,41 +196,26 @@ impl HostedEngine {
     }
 
     /// A worker for the steps of `options.namespaces` in PostgreSQL; it
-    /// orchestrates the results of its own steps, so it loads the templates too.
+    /// orchestrates the results of its own steps, so it loads the templates
+    /// too. Its settings are those of every stepgraph process (the
+    /// `STEPGRAPH_*` variables: the queue, its AMQP prefix, the pool, the
+    /// worker's timeouts) with `options` over them.
     pub fn worker(
         templates_dir: &Path,
         handlers: &[String],
         options: WorkerOptions,
         config: HostConfig,
     ) -> Result<HostedEngine, HostedError> {
-        let transport = Transport::parse(&options.queue, None).map_err(HostedError::Setup)?;
+        let settings = options
+            .settings()
+            .map_err(|e| HostedError::Setup(e.to_string()))?;
         let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
         let credits = host.credits();
         let worker = runtime.block_on(async {
-            let pg = PgBackend::connect(&options.database_url, 10)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.migrate().await.map_err(|e| e.to_string())?;
-            let (store, queue) = transport.backends(&pg).await.map_err(|e| e.to_string())?;
-            let namespaces = if options.namespaces.is_empty() {
-                templates.namespaces()
-            } else {
-                options.namespaces
-            };
-            let orchestrator = Arc::new(Orchestrator::new(
-                store.clone(),
-                queue.clone(),
-                Arc::new(templates),
-                OrchestratorConfig::default(),
-            ));
-            let config = WorkerConfig {
-                namespaces,
-                concurrency: options.concurrency.max(1),
-                ..Default::default()
-            };
-            let worker = Worker::new(store, queue, Arc::new(registry), config)
-                .with_inline_orchestration(orchestrator)
-                .with_credits(credits);
+            let worker =
+                crate::backend::connect_worker(&settings, templates, registry, Some(credits))
+                    .await
+                    .map_err(|e| e.to_string())?;
             let (trigger, shutdown) = shutdown_channel();
             let task = tokio::spawn(Arc::new(worker).run(shutdown));
             Ok::<_, String>((trigger, task))
@@ -241,7 +242,7 @@ impl HostedEngine {
                 &options.templates_dir,
                 &options.handlers,
                 WorkerOptions {
-                    database_url,
+                    database_url: Some(database_url),
                     queue: options.queue,
                     namespaces: options.namespaces,
                     concurrency: options.concurrency,

@@ -13,7 +13,7 @@ pub mod roundtrip;
 pub mod runtime;
 pub mod settings;
 
-pub use backend::Transport;
+pub use backend::{connect, connect_worker, ConnectError, Transport};
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,

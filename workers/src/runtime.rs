@@ -130,6 +130,11 @@ impl Worker {
         self
     }
 
+    /// The namespaces whose steps this worker runs.
+    pub fn namespaces(&self) -> &[String] {
+        &self.config.namespaces
+    }
+
     /// Serves every configured namespace until shutdown, then waits (up to the
     /// grace period) for running steps; unfinished ones are redelivered later.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {

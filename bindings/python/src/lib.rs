@@ -71,9 +71,10 @@ impl NativeEngine {
 
     /// A worker for the steps of `namespaces` (default: every template's)
     /// in the PostgreSQL database at `database_url`; it orchestrates the
-    /// results of its own steps, so it loads the templates too.
+    /// results of its own steps, so it loads the templates too. `queue`
+    /// None: `STEPGRAPH_QUEUE` (default `postgres`).
     #[staticmethod]
-    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue="postgres"))]
+    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue=None))]
     #[allow(clippy::too_many_arguments)]
     fn postgres(
         py: Python<'_>,
@@ -85,14 +86,14 @@ impl NativeEngine {
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
-        queue: &str,
+        queue: Option<String>,
     ) -> PyResult<Self> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
-            database_url: database_url.to_string(),
-            queue: queue.to_string(),
+            database_url: Some(database_url.to_string()),
+            queue,
             namespaces,
-            concurrency,
+            concurrency: Some(concurrency),
         };
         let inner = py
             .allow_threads(|| {

@@ -113,7 +113,7 @@ impl NativeEngine {
     fn worker(
         ruby: &Ruby,
         database_url: String,
-        queue: String,
+        queue: Option<String>,
         templates_dir: String,
         namespaces: Vec<String>,
         handlers: Vec<String>,
@@ -124,10 +124,10 @@ impl NativeEngine {
     ) -> Result<NativeEngine, Error> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
-            database_url,
+            database_url: Some(database_url),
             queue,
             namespaces,
-            concurrency,
+            concurrency: Some(concurrency),
         };
         without_gvl(ruby, || {
             HostedEngine::worker(Path::new(&templates_dir), &handlers, options, config)

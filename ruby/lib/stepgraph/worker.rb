@@ -5,14 +5,16 @@ module Stepgraph
   # template's) in a PostgreSQL deployment (tasks come from `stepgraph
   # serve`), on +concurrency+ Ruby threads. It orchestrates the results of
   # its own steps, so it loads +templates_dir+ too (default:
-  # STEPGRAPH_TEMPLATES_DIR, else ./templates). +queue+: "postgres", or an
-  # AMQP URL for RabbitMQ.
+  # STEPGRAPH_TEMPLATES_DIR, else ./templates). +queue+: "postgres",
+  # "rabbitmq" (with STEPGRAPH_AMQP_URL) or an AMQP URL; nil: STEPGRAPH_QUEUE.
+  # Every other setting, the AMQP prefix among them, comes from the same
+  # STEPGRAPH_* variables as `stepgraph worker`'s.
   class Worker
     def initialize(database_url:, handlers:, templates_dir: ENV.fetch("STEPGRAPH_TEMPLATES_DIR", "templates"),
-                   queue: "postgres", namespaces: [], concurrency: 4,
+                   queue: nil, namespaces: [], concurrency: 4,
                    completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0)
       @handlers = Stepgraph.handlers_by_name(handlers)
-      @args = [database_url.to_s, queue.to_s, templates_dir.to_s, Array(namespaces).map(&:to_s), @handlers.keys,
+      @args = [database_url.to_s, queue&.to_s, templates_dir.to_s, Array(namespaces).map(&:to_s), @handlers.keys,
                [Integer(concurrency), 1].max, completion_capacity, breaker_failure_threshold,
                (breaker_cool_down * 1000).to_i]
       @concurrency = [Integer(concurrency), 1].max
