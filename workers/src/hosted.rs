@@ -5,11 +5,11 @@
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
 
-use crate::settings::{Settings, SettingsError};
 use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
 use crate::handler::HandlerRegistry;
 use crate::host::{Host, HostConfig};
 use crate::runtime::WorkerConfig;
+use crate::settings::{Settings, SettingsError};
 use crate::{examples, roundtrip};
 use parking_lot::Mutex;
 use serde::Deserialize;

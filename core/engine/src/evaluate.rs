@@ -442,3 +442,78 @@ pub fn cancel(txn: &mut TaskTxn, reason: &str) -> Result<(), IllegalTransition> 
     txn.task_to(TaskState::Cancelled, json!({ "reason": reason }))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(states: &[StepState], edges: &[(usize, usize)]) -> TaskGraph {
+        let task = Task::pending("n", "t", "1", json!({}));
+        let steps: Vec<Step> = states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| Step {
+                state,
+                ..instantiate(
+                    &task,
+                    &StepTemplate::standard(&format!("s{i}"), "h", Vec::new()),
+                    format!("s{i}"),
+                    None,
+                    Utc::now(),
+                )
+            })
+            .collect();
+        let edges = edges
+            .iter()
+            .map(|&(from, to)| Edge {
+                from: steps[from].id,
+                to: steps[to].id,
+            })
+            .collect();
+        TaskGraph { task, steps, edges }
+    }
+
+    #[test]
+    fn a_step_is_ready_only_when_every_parent_is_complete() {
+        use StepState::*;
+        // s0 -> s2 <- s1
+        let g = graph(&[Complete, InProgress, Pending], &[(0, 2), (1, 2)]);
+        let r = readiness(&g, Utc::now());
+        assert!(r.ready.is_empty());
+        assert_eq!(r.in_flight, 1);
+        assert!(!r.all_done);
+
+        let g = graph(&[Complete, ResolvedManually, Pending], &[(0, 2), (1, 2)]);
+        assert_eq!(readiness(&g, Utc::now()).ready, vec![2]);
+    }
+
+    #[test]
+    fn a_retry_is_ready_only_once_its_backoff_is_over() {
+        let now = Utc::now();
+        let mut g = graph(&[StepState::WaitingForRetry], &[]);
+        g.steps[0].backoff_until = Some(now + chrono::Duration::seconds(5));
+        let r = readiness(&g, now);
+        assert!(r.ready.is_empty());
+        assert_eq!(r.next_retry, g.steps[0].backoff_until);
+
+        let r = readiness(&g, now + chrono::Duration::seconds(6));
+        assert_eq!(r.ready, vec![0]);
+        assert_eq!(r.next_retry, None);
+    }
+
+    #[test]
+    fn the_first_failed_step_and_completion_are_reported() {
+        use StepState::*;
+        let r = readiness(&graph(&[Complete, Error, Error], &[]), Utc::now());
+        assert_eq!(r.failed, Some(1));
+        assert!(!r.all_done);
+
+        let r = readiness(&graph(&[Complete, Cancelled], &[]), Utc::now());
+        assert!(
+            !r.all_done,
+            "a cancelled step does not satisfy its dependents"
+        );
+        let r = readiness(&graph(&[Complete, ResolvedManually], &[]), Utc::now());
+        assert!(r.all_done);
+    }
+}

@@ -213,3 +213,118 @@ fn find_cycle(t: &TaskTemplate) -> Option<Vec<String>> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::BatchSpec;
+    use TemplateErrorKind as K;
+
+    fn step(name: &str, deps: &[&str]) -> StepTemplate {
+        StepTemplate::standard(name, "h", deps.iter().map(|d| d.to_string()).collect())
+    }
+
+    fn problems(steps: Vec<StepTemplate>) -> Vec<TemplateErrorKind> {
+        let t = TaskTemplate {
+            namespace: "n".into(),
+            name: "t".into(),
+            version: "1".into(),
+            description: None,
+            input_schema: None,
+            steps,
+            compiled: None,
+            index: HashMap::new(),
+            topo: Vec::new(),
+        };
+        validate(&t).into_iter().map(|(_, kind)| kind).collect()
+    }
+
+    #[test]
+    fn a_valid_diamond_has_no_problems() {
+        let steps = vec![
+            step("a", &[]),
+            step("b", &["a"]),
+            step("c", &["a"]),
+            step("d", &["b", "c"]),
+        ];
+        assert_eq!(problems(steps), Vec::<TemplateErrorKind>::new());
+    }
+
+    #[test]
+    fn a_cycle_is_named_step_by_step() {
+        let found = problems(vec![
+            step("a", &["c"]),
+            step("b", &["a"]),
+            step("c", &["b"]),
+        ]);
+        let cycle = found
+            .iter()
+            .find_map(|k| match k {
+                K::Cycle(path) => Some(path.clone()),
+                _ => None,
+            })
+            .expect("a cycle");
+        // Closed (first == last) and through all three steps.
+        assert_eq!(cycle.first(), cycle.last());
+        let mut inner = cycle[..cycle.len() - 1].to_vec();
+        inner.sort();
+        assert_eq!(inner, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(vec![
+            step("a", &["missing"]),
+            step("a", &[]),
+            step("b", &["a", "a"]),
+        ]);
+        assert!(
+            found.contains(&K::UnknownDependency("missing".into())),
+            "{found:?}"
+        );
+        assert!(found.contains(&K::DuplicateStep), "{found:?}");
+        assert!(
+            found.contains(&K::DuplicateDependency("a".into())),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn no_steps_is_a_problem() {
+        assert_eq!(problems(Vec::new()), vec![K::NoSteps]);
+    }
+
+    #[test]
+    fn batch_settings_are_checked() {
+        let mut batchable = step("split", &[]);
+        batchable.step_type = StepType::Batchable;
+        assert!(problems(vec![batchable.clone()]).contains(&K::MissingBatch));
+
+        batchable.batch = Some(BatchSpec {
+            batch_size: 0,
+            worker_template: "nowhere".into(),
+        });
+        let found = problems(vec![batchable]);
+        assert!(found.contains(&K::BatchSize), "{found:?}");
+        assert!(
+            found.contains(&K::UnknownWorkerTemplate("nowhere".into())),
+            "{found:?}"
+        );
+
+        let mut standard = step("s", &[]);
+        standard.batch = Some(BatchSpec {
+            batch_size: 5,
+            worker_template: "s".into(),
+        });
+        assert!(problems(vec![standard]).contains(&K::UnexpectedBatch));
+    }
+
+    #[test]
+    fn a_decision_needs_branches() {
+        let mut decide = step("decide", &[]);
+        decide.step_type = StepType::Decision;
+        assert!(problems(vec![decide.clone()]).contains(&K::DecisionWithoutBranches));
+        assert!(!problems(vec![decide, step("branch", &["decide"])])
+            .contains(&K::DecisionWithoutBranches));
+    }
+}
