@@ -759,3 +759,41 @@ fn idempotency_cancel_and_graceful_shutdown() {
         "SIGTERM shuts a worker down cleanly"
     );
 }
+
+#[test]
+fn every_server_side_function_is_defined_in_functions_sql_and_migrate_is_idempotent() {
+    let db = TestDb::create();
+    let sql = include_str!("../core/postgres/functions.sql");
+    let mut defined: Vec<String> = sql
+        .lines()
+        .filter_map(|l| l.strip_prefix("CREATE OR REPLACE FUNCTION "))
+        .map(|l| l.split('(').next().unwrap().trim().to_string())
+        .collect();
+    defined.sort();
+    let functions = "SELECT proname::text FROM pg_proc WHERE proname LIKE 'sg\\_%' ORDER BY 1";
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 2).await.unwrap();
+        assert_eq!(pg.migrate().await.unwrap(), (1..=9).collect::<Vec<i32>>());
+        // Exactly the functions of the file: none left over from a migration.
+        assert_eq!(db.query(functions), defined);
+        // Applying again changes nothing.
+        assert_eq!(pg.migrate().await.unwrap(), Vec::<i32>::new());
+        let applied = "SELECT applied_at::text FROM sg_schema_functions";
+        let first = db.query(applied);
+        assert_eq!(pg.migrate().await.unwrap(), Vec::<i32>::new());
+        assert_eq!(
+            db.query(applied),
+            first,
+            "an unchanged functions.sql is not re-applied"
+        );
+        // A database whose functions differ from the file gets the file's.
+        db.query("UPDATE sg_schema_functions SET body = 'older' RETURNING ''");
+        db.query(
+            "CREATE OR REPLACE FUNCTION sg_conflict(msg text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$",
+        );
+        pg.migrate().await.unwrap();
+        assert_eq!(db.query(functions), defined);
+        let body = db.query("SELECT prosrc FROM pg_proc WHERE proname = 'sg_conflict'");
+        assert!(body[0].contains("SG409"), "{body:?}");
+    });
+}

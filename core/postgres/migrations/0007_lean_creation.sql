@@ -10,21 +10,9 @@
 -- ran a query and locked the step row (two per edge). Deleting a task
 -- still deletes its edges (task_id keeps its key, ON DELETE CASCADE).
 
+-- The functions this migration created or replaced are defined, as they
+-- are now, in functions.sql, which migrate applies after the migrations.
+
 DROP INDEX sg_steps_task;
 ALTER TABLE sg_edges DROP CONSTRAINT sg_edges_from_step_fkey,
                      DROP CONSTRAINT sg_edges_to_step_fkey;
-
--- A task's steps in the order they were made (ids are time-ordered), as
--- the API shows them: without the dropped index the rows came back in
--- the order of the (task_id, name) index.
-CREATE OR REPLACE FUNCTION sg_graph(p_task uuid) RETURNS json
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-    RETURN (SELECT json_build_object(
-        'lock_version', t.lock_version,
-        'task', row_to_json(t),
-        'steps', coalesce((SELECT json_agg(s ORDER BY s.id) FROM sg_steps s WHERE s.task_id = t.id), '[]'),
-        'edges', coalesce((SELECT json_agg(json_build_object('from', e.from_step, 'to', e.to_step))
-                             FROM sg_edges e WHERE e.task_id = t.id), '[]'))
-      FROM sg_tasks t WHERE t.id = p_task);
-END $$;

@@ -7,23 +7,5 @@
 -- The read is best effort: a payload that is not a step message, or any
 -- error reading it, gives NULL and the worker asks sg_start_step itself.
 
-CREATE FUNCTION sg_try_start(p_payload bytea) RETURNS json
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    m json;
-BEGIN
-    m := convert_from(p_payload, 'UTF8')::json;
-    RETURN sg_start_step((m ->> 'step_id')::uuid, (m ->> 'attempt')::integer, false);
-EXCEPTION WHEN OTHERS THEN
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION sg_receive_started(p_queue text, p_max integer, p_visibility_ms bigint)
-RETURNS TABLE (id bigint, payload bytea, delivery_count integer, next_visible timestamptz, started json)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-    RETURN QUERY
-    SELECT r.id, r.payload, r.delivery_count, r.next_visible,
-           CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
-      FROM sg_receive(p_queue, p_max, p_visibility_ms) r;
-END $$;
+-- The functions this migration created or replaced are defined, as they
+-- are now, in functions.sql, which migrate applies after the migrations.

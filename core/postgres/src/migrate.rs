@@ -1,6 +1,8 @@
-//! The schema: the numbered migrations, applied once each in order under an
-//! advisory lock, so concurrent `migrate` runs (every process runs it at
-//! start) serialize.
+//! The schema: the numbered migrations (schema changes only), applied once
+//! each in order, then the server-side functions (`functions.sql`, each
+//! function's current definition) whenever that file changed; all in one
+//! transaction under an advisory lock, so concurrent `migrate` runs (every
+//! process runs it at start) serialize.
 
 use crate::backend::backend_error;
 use sqlx::postgres::PgPool;
@@ -17,6 +19,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../migrations/0008_start_step_json.sql")),
     (9, include_str!("../migrations/0009_receive_started.sql")),
 ];
+
+/// Every server-side function as it is now (CREATE OR REPLACE).
+const FUNCTIONS: &str = include_str!("../functions.sql");
 
 /// Any stable number: serializes concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x5354_4550_4752_4150;
@@ -44,10 +49,13 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
         if done.contains(version) {
             continue;
         }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
+        // A migration that only replaced functions keeps its comments alone.
+        if has_statements(sql) {
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
+        }
         sqlx::query("INSERT INTO sg_schema_migrations (version) VALUES ($1)")
             .bind(version)
             .execute(&mut *tx)
@@ -55,6 +63,38 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
             .map_err(backend_error)?;
         applied.push(*version);
     }
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS sg_schema_functions (id integer PRIMARY KEY CHECK (id = 1), body text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_error)?;
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT body FROM sg_schema_functions WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend_error)?;
+    if current.as_deref() != Some(FUNCTIONS) {
+        sqlx::raw_sql(FUNCTIONS)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Backend(format!("functions.sql: {e}")))?;
+        sqlx::query(
+            "INSERT INTO sg_schema_functions (id, body) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body, applied_at = now()",
+        )
+        .bind(FUNCTIONS)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_error)?;
+    }
     tx.commit().await.map_err(backend_error)?;
     Ok(applied)
+}
+
+/// Whether SQL text has anything but comments and blank lines.
+fn has_statements(sql: &str) -> bool {
+    sql.lines()
+        .map(str::trim)
+        .any(|l| !l.is_empty() && !l.starts_with("--"))
 }
