@@ -10,7 +10,18 @@ to ask for a retry (any other exception is retried too). Handlers may be
 handlers in a PostgreSQL deployment; :class:`Client` talks to its HTTP API.
 """
 
-from ._native import ForkedProcessError, StepgraphError
+from ._native import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    EventNotPendingError,
+    ForkedProcessError,
+    InvalidContextError,
+    ShutDownError,
+    StepgraphError,
+    TaskTimeoutError,
+    TemplateNotFoundError,
+)
 from .client import ApiError, Client
 from .engine import Engine, TaskResult
 from .worker import Worker
@@ -25,17 +36,25 @@ from .handlers import (
 )
 
 __all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "ConflictError",
+    "EventNotPendingError",
+    "ForkedProcessError",
+    "InvalidContextError",
+    "ShutDownError",
+    "StepgraphError",
+    "TaskTimeoutError",
+    "TemplateNotFoundError",
     "ApiError",
     "Client",
     "Batch",
     "Context",
     "Decision",
     "Engine",
-    "ForkedProcessError",
     "PermanentError",
     "RetryableError",
     "StepHandler",
-    "StepgraphError",
     "TaskResult",
     "Worker",
     "handler",

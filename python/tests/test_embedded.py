@@ -189,7 +189,7 @@ def test_the_stubs_match_the_module():
     for name in ("embedded", "postgres", "next_events", "complete", "run", "roundtrip", "shutdown"):
         assert hasattr(_native.NativeEngine, name), name
         assert f"def {name}(" in stub, name
-    for name in ("StepgraphError", "ForkedProcessError"):
+    for name in ERROR_CLASSES + ("StepgraphError",):
         assert inspect.isclass(getattr(_native, name))
         assert f"class {name}(" in stub
 
@@ -365,3 +365,71 @@ def test_roundtrip_measures_a_python_handler():
     with stepgraph.Engine.embedded(TEMPLATES, [noop]) as e:
         mean = e.roundtrip("noop", 200)
     assert 0 < mean < 1.0
+
+
+ERROR_CLASSES = (
+    "ConfigurationError",
+    "TemplateNotFoundError",
+    "InvalidContextError",
+    "TaskTimeoutError",
+    "ConflictError",
+    "BackendUnavailableError",
+    "ForkedProcessError",
+    "ShutDownError",
+    "EventNotPendingError",
+)
+
+
+def test_every_error_class_is_a_stepgraph_error():
+    for name in ERROR_CLASSES:
+        cls = getattr(stepgraph, name)
+        assert issubclass(cls, stepgraph.StepgraphError), name
+        assert cls is not stepgraph.StepgraphError
+
+
+def test_each_kind_of_error_raises_its_own_class(tmp_path, monkeypatch):
+    with pytest.raises(stepgraph.ConfigurationError, match="cannot read"):
+        stepgraph.Engine.embedded(tmp_path / "missing", [])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "t.yaml").write_text("namespace: t\nname: c\nversion: '1'\nsteps:\n  - name: a\n    handler: { callable: h }\n    dependencies: [a]\n")
+    with pytest.raises(stepgraph.ConfigurationError, match="dependency cycle"):
+        stepgraph.Engine.embedded(bad, [])
+
+    @stepgraph.handler("slow")
+    def slow(ctx):
+        time.sleep(1.0)
+        return 1
+
+    templates = write_template(
+        tmp_path,
+        """
+namespace: t
+name: s
+version: "1"
+input_schema: { type: object, required: [n], properties: { n: { type: integer } } }
+steps:
+  - name: only
+    handler: { callable: slow }
+""",
+    )
+    e = stepgraph.Engine.embedded(templates, [slow])
+    try:
+        with pytest.raises(stepgraph.TemplateNotFoundError, match="no template t/nope"):
+            e.run("t", "nope", {})
+        with pytest.raises(stepgraph.InvalidContextError, match="input_schema"):
+            e.run("t", "s", {"n": "not a number"})
+        with pytest.raises(stepgraph.TaskTimeoutError, match="did not finish"):
+            e.run("t", "s", {"n": 1}, timeout=0.05)
+        with pytest.raises(stepgraph.EventNotPendingError, match="not pending"):
+            e._native.complete(10**9, {"status": "success", "result": None})
+    finally:
+        e.close()
+    with pytest.raises(stepgraph.ShutDownError):
+        e._native.run("t", "s", "{}", 1000)
+
+    with pytest.raises(stepgraph.BackendUnavailableError, match="cannot connect"):
+        stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", templates, [slow]).start()
+    monkeypatch.setenv("STEPGRAPH_QUEUE", "carrier-pigeon")
+    with pytest.raises(stepgraph.ConfigurationError, match="unknown queue backend"):
+        stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", templates, [slow]).start()

@@ -265,6 +265,54 @@ class EmbeddedTest < Minitest::Test
     end
   end
 
+  ERROR_CLASSES = %w[ConfigurationError TemplateNotFoundError InvalidContextError TaskTimeoutError ConflictError
+                     BackendUnavailableError ForkedProcessError ShutDownError EventNotPendingError].freeze
+
+  def test_every_error_class_is_a_stepgraph_error
+    ERROR_CLASSES.each do |name|
+      assert_operator Stepgraph.const_get(name), :<, Stepgraph::Error, name
+    end
+  end
+
+  def test_each_kind_of_error_raises_its_own_class
+    assert_raises(Stepgraph::ConfigurationError) do
+      Stepgraph::Engine.embedded(templates_dir: "/no/such/dir", handlers: [])
+    end
+    slow = Stepgraph.handler("slow") { |_ctx| sleep 1.0 }
+    Dir.mktmpdir do |dir|
+      write_templates(dir, "t.yaml" => "namespace: t\nname: s\nversion: \"1\"\n" \
+                                       "input_schema: { type: object, required: [n], properties: { n: { type: integer } } }\n" \
+                                       "steps:\n  - name: only\n    handler: { callable: slow }\n")
+      native = nil
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [slow]) do |e|
+        native = e.instance_variable_get(:@native)
+        assert_raises(Stepgraph::TemplateNotFoundError) { e.run("t", "nope", {}) }
+        assert_raises(Stepgraph::InvalidContextError) { e.run("t", "s", { "n" => "one" }) }
+        error = assert_raises(Stepgraph::TaskTimeoutError) { e.run("t", "s", { "n" => 1 }, timeout: 0.05) }
+        assert_match(/did not finish/, error.message)
+        assert_raises(Stepgraph::EventNotPendingError) do
+          native.complete(10**9, { "status" => "success", "result" => nil })
+        end
+      end
+      assert_raises(Stepgraph::ShutDownError) { native.run("t", "s", {}, 1000) }
+      error = assert_raises(Stepgraph::BackendUnavailableError) do
+        Stepgraph::Worker.new(database_url: "postgres://postgres@127.0.0.1:1/none", templates_dir: dir,
+                              handlers: [slow]).start
+      end
+      assert_match(/cannot connect/, error.message)
+      begin
+        ENV["STEPGRAPH_QUEUE"] = "carrier-pigeon"
+        error = assert_raises(Stepgraph::ConfigurationError) do
+          Stepgraph::Worker.new(database_url: "postgres://postgres@127.0.0.1:1/none", templates_dir: dir,
+                                handlers: [slow]).start
+        end
+        assert_match(/unknown queue backend/, error.message)
+      ensure
+        ENV.delete("STEPGRAPH_QUEUE")
+      end
+    end
+  end
+
   def test_handler_names_derive_from_the_class
     klass = Class.new(Stepgraph::StepHandler)
     Object.const_set(:ValidateOrderItems, klass)

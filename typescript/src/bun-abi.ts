@@ -12,6 +12,12 @@ export const STATUS = [
   "Closed",
   "Forked",
   "Panic",
+  "Config",
+  "UnknownTemplate",
+  "InvalidContext",
+  "Timeout",
+  "Conflict",
+  "Unavailable",
 ] as const;
 
 const { ptr, u64, i32, i64 } = FFIType;

@@ -5,7 +5,7 @@
 
 import { encoder, failure, open, type Library } from "./bun-abi.js";
 import { parseJson } from "./json.js";
-import { nativeFile, StepgraphError, type NativeEngine } from "./native.js";
+import { nativeFile, StepgraphError, stepgraphError, type NativeEngine } from "./native.js";
 
 let lib: Library | undefined;
 let file: string | undefined;
@@ -13,7 +13,7 @@ let file: string | undefined;
 function check(status: number): void {
   if (status !== 0) {
     const { code, message } = failure(lib!, status);
-    throw new StepgraphError(code, message);
+    throw stepgraphError(code, message);
   }
 }
 
@@ -40,7 +40,7 @@ export function openBunFfi(options: string): NativeEngine {
     pendingEvents = undefined;
     const { text, code, message } = e.data as { text?: string; code?: string; message?: string };
     if (text !== undefined) p.resolve(text);
-    else p.reject(new StepgraphError(code!, message!));
+    else p.reject(stepgraphError(code!, message!));
   };
 
   // Replies to calls, by ticket; the waiter runs while any call is out.
@@ -49,16 +49,16 @@ export function openBunFfi(options: string): NativeEngine {
   const onReplies = (e: MessageEvent) => {
     const data = e.data as { text?: string; closed?: boolean; message?: string };
     if (data.closed) {
-      for (const c of calls.values()) c.reject(new StepgraphError("Closed", data.message ?? "closed"));
+      for (const c of calls.values()) c.reject(stepgraphError("Closed", data.message ?? "closed"));
       calls.clear();
       replies?.terminate();
       return;
     }
-    for (const r of parseJson(data.text!) as { ticket: number; ok?: unknown; error?: string }[]) {
+    for (const r of parseJson(data.text!) as { ticket: number; ok?: unknown; error?: string; code?: string }[]) {
       const c = calls.get(r.ticket);
       calls.delete(r.ticket);
       if (!c) continue;
-      if (r.error !== undefined) c.reject(new StepgraphError("Error", r.error));
+      if (r.error !== undefined) c.reject(stepgraphError(r.code ?? "Error", r.error));
       else c.resolve(r.ok);
     }
     if (calls.size === 0) replies?.unref();

@@ -17,6 +17,18 @@ export {
 export { Engine, type EngineOptions, type StepView, type TaskResult } from "./engine.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export { ApiError, Client, type CreateTaskOptions } from "./client.js";
-export { StepgraphError, type BackendName } from "./native.js";
+export {
+  BackendUnavailableError,
+  ConfigurationError,
+  ConflictError,
+  EventNotPendingError,
+  ForkedProcessError,
+  InvalidContextError,
+  ShutDownError,
+  StepgraphError,
+  TaskTimeoutError,
+  TemplateNotFoundError,
+  type BackendName,
+} from "./native.js";
 export { parseJson, stringifyJson } from "./json.js";
 export type { PoolStats } from "./pool.js";

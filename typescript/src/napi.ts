@@ -3,7 +3,7 @@
 
 import { createRequire } from "node:module";
 import { parseJson } from "./json.js";
-import { nativeFile, StepgraphError, type NativeEngine } from "./native.js";
+import { nativeFile, stepgraphError, type NativeEngine } from "./native.js";
 
 interface Module {
   NativeEngine: new (options: string) => {
@@ -19,7 +19,7 @@ let loaded: Module | undefined;
 function translate(e: unknown): unknown {
   if (!(e instanceof Error)) return e;
   const m = /^\[(\w+)\] ([\s\S]*)$/.exec(e.message);
-  return m ? new StepgraphError(m[1]!, m[2]!) : e;
+  return m ? stepgraphError(m[1]!, m[2]!) : e;
 }
 
 export function openNapi(options: string): NativeEngine {

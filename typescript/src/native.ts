@@ -7,16 +7,74 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
-/** An error from the engine; `code` says which kind. */
+/** An error from the engine; `code` says which kind, and each kind has a subclass. */
 export class StepgraphError extends Error {
   override name = "StepgraphError";
-  /** `NotPending`, `Closed`, `Forked`, `InvalidArgument`, `UnknownHandle`, `Panic` or `Error`. */
+  /**
+   * `Config`, `UnknownTemplate`, `InvalidContext`, `Timeout`, `Conflict`,
+   * `Unavailable`, `Forked`, `Closed`, `NotPending`, `InvalidArgument`,
+   * `UnknownHandle`, `Panic` or `Error`.
+   */
   readonly code: string;
 
   constructor(code: string, message: string) {
     super(message);
     this.code = code;
   }
+}
+
+/** Options, STEPGRAPH_* settings or templates that cannot work. */
+export class ConfigurationError extends StepgraphError {
+  override name = "ConfigurationError";
+}
+/** No template of that namespace and name (and version). */
+export class TemplateNotFoundError extends StepgraphError {
+  override name = "TemplateNotFoundError";
+}
+/** The task context does not match the template's input_schema. */
+export class InvalidContextError extends StepgraphError {
+  override name = "InvalidContextError";
+}
+/** The task did not end in the time given. */
+export class TaskTimeoutError extends StepgraphError {
+  override name = "TaskTimeoutError";
+}
+/** A concurrent change won, or a key is taken. */
+export class ConflictError extends StepgraphError {
+  override name = "ConflictError";
+}
+/** The database or the message broker failed or cannot be reached. */
+export class BackendUnavailableError extends StepgraphError {
+  override name = "BackendUnavailableError";
+}
+/** The engine was created in another process (before a fork). */
+export class ForkedProcessError extends StepgraphError {
+  override name = "ForkedProcessError";
+}
+/** The engine is shut down (or runs no embedded engine). */
+export class ShutDownError extends StepgraphError {
+  override name = "ShutDownError";
+}
+/** A completion for an event that is not pending (timed out, say): refused. */
+export class EventNotPendingError extends StepgraphError {
+  override name = "EventNotPendingError";
+}
+
+const CLASSES: Record<string, typeof StepgraphError> = {
+  Config: ConfigurationError,
+  UnknownTemplate: TemplateNotFoundError,
+  InvalidContext: InvalidContextError,
+  Timeout: TaskTimeoutError,
+  Conflict: ConflictError,
+  Unavailable: BackendUnavailableError,
+  Forked: ForkedProcessError,
+  Closed: ShutDownError,
+  NotPending: EventNotPendingError,
+};
+
+/** The error of `code`'s class: the one place a code becomes a class. */
+export function stepgraphError(code: string, message: string): StepgraphError {
+  return new (CLASSES[code] ?? StepgraphError)(code, message);
 }
 
 export type BackendName = "bun-ffi" | "napi";

@@ -6,9 +6,19 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import {
+  BackendUnavailableError,
   Client,
+  ConfigurationError,
+  ConflictError,
   Engine,
+  EventNotPendingError,
+  ForkedProcessError,
+  InvalidContextError,
   PermanentError,
+  ShutDownError,
+  StepgraphError,
+  TaskTimeoutError,
+  TemplateNotFoundError,
   RetryableError,
   StepHandler,
   Worker,
@@ -335,6 +345,47 @@ steps:
     );
   });
 
+  test(`[${backend}] each kind of error is its own class, with its code`, async () => {
+    for (const [cls, code] of [
+      [ConfigurationError, "Config"],
+      [TemplateNotFoundError, "UnknownTemplate"],
+      [InvalidContextError, "InvalidContext"],
+      [TaskTimeoutError, "Timeout"],
+      [ConflictError, "Conflict"],
+      [BackendUnavailableError, "Unavailable"],
+      [ForkedProcessError, "Forked"],
+      [ShutDownError, "Closed"],
+      [EventNotPendingError, "NotPending"],
+    ]) {
+      const e = new cls(code, "m");
+      assert.ok(e instanceof StepgraphError && e instanceof Error, cls.name);
+      assert.notEqual(cls, StepgraphError);
+    }
+    const is = (cls, code, pattern) => (e) => e instanceof cls && e.code === code && pattern.test(e.message);
+    await assert.rejects(
+      Engine.embedded({ templatesDir: "/nonexistent/stepgraph", handlers: [], backend }),
+      is(ConfigurationError, "Config", /nonexistent/),
+    );
+    const slow = defineHandler("slow", async () => {
+      await sleep(1000);
+      return 1;
+    });
+    const dir = writeTemplate(
+      'namespace: t\nname: s\nversion: "1"\n' +
+        "input_schema: { type: object, required: [n], properties: { n: { type: integer } } }\n" +
+        "steps:\n  - name: only\n    handler: { callable: slow }\n",
+    );
+    const engine = await Engine.embedded({ templatesDir: dir, handlers: [slow], backend });
+    try {
+      await assert.rejects(engine.run("t", "nope", {}), is(TemplateNotFoundError, "UnknownTemplate", /no template t\/nope/));
+      await assert.rejects(engine.run("t", "s", { n: "one" }), is(InvalidContextError, "InvalidContext", /input_schema/));
+      await assert.rejects(engine.run("t", "s", { n: 1 }, { timeoutMs: 50 }), is(TaskTimeoutError, "Timeout", /did not finish/));
+    } finally {
+      await engine.close();
+    }
+    await assert.rejects(engine.run("t", "s", { n: 1 }), (e) => e instanceof ShutDownError || e instanceof StepgraphError);
+  });
+
   test(`[${backend}] roundtrip measures a TypeScript handler`, () =>
     seed(async (engine) => {
       const us = await engine.roundtrip("math.square", 200);
@@ -453,7 +504,9 @@ export function postgresScenarios(test, backend) {
 
   test(`[${backend}] a bad database URL is a clear error`, async () => {
     const worker = new Worker({ databaseUrl: "postgres://postgres@127.0.0.1:1/none", templatesDir: TEMPLATES, handlers: seedHandlers(), backend });
-    await assert.rejects(worker.start(), /cannot connect/);
+    await assert.rejects(worker.start(), (e) => e instanceof BackendUnavailableError && e.code === "Unavailable" && /cannot connect/.test(e.message));
+    const bad = new Worker({ databaseUrl: "postgres://postgres@127.0.0.1:1/none", queue: "carrier-pigeon", templatesDir: TEMPLATES, handlers: seedHandlers(), backend });
+    await assert.rejects(bad.start(), (e) => e instanceof ConfigurationError && /unknown queue backend/.test(e.message));
   });
 
   test(`[${backend}] one task runs Rust, Python, Ruby and TypeScript steps`, () =>

@@ -6,6 +6,7 @@
 //! interpreter lock released.
 
 use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
+use crate::error::HostedError;
 use crate::handler::HandlerRegistry;
 use crate::host::{Host, HostConfig};
 use crate::runtime::WorkerConfig;
@@ -57,16 +58,6 @@ impl WorkerOptions {
         s.database_url()?;
         Ok(s)
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HostedError {
-    #[error("{0}")]
-    Setup(String),
-    #[error("no embedded engine here (shut down, or a worker: create tasks over the HTTP API)")]
-    NoEngine,
-    #[error("{0}")]
-    Run(String),
 }
 
 /// An engine's settings as a binding passes them (JSON): an embedded
@@ -153,8 +144,8 @@ fn prepare(
     ),
     HostedError,
 > {
-    let templates =
-        TemplateRegistry::load_dir(templates_dir).map_err(|e| HostedError::Setup(e.to_string()))?;
+    let templates = TemplateRegistry::load_dir(templates_dir)
+        .map_err(|e| HostedError::Config(e.to_string()))?;
     let host = Host::new(config);
     let mut registry = examples::registry();
     for name in handlers {
@@ -165,7 +156,7 @@ fn prepare(
         .thread_name("stepgraph-runtime")
         .enable_all()
         .build()
-        .map_err(|e| HostedError::Setup(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| HostedError::Internal(format!("cannot start the runtime: {e}")))?;
     Ok((templates, host, registry, runtime))
 }
 
@@ -206,21 +197,17 @@ impl HostedEngine {
         options: WorkerOptions,
         config: HostConfig,
     ) -> Result<HostedEngine, HostedError> {
-        let settings = options
-            .settings()
-            .map_err(|e| HostedError::Setup(e.to_string()))?;
+        let settings = options.settings()?;
         let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
         let credits = host.credits();
         let worker = runtime.block_on(async {
             let worker =
                 crate::backend::connect_worker(&settings, templates, registry, Some(credits))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             let (trigger, shutdown) = shutdown_channel();
             let task = tokio::spawn(Arc::new(worker).run(shutdown));
-            Ok::<_, String>((trigger, task))
-        });
-        let worker = worker.map_err(HostedError::Setup)?;
+            Ok::<_, HostedError>((trigger, task))
+        })?;
         Ok(HostedEngine {
             runtime,
             engine: Mutex::new(None),
@@ -267,7 +254,7 @@ impl HostedEngine {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
         self.runtime
             .block_on(submit_and_wait(&engine, namespace, name, context, timeout))
-            .map_err(|e| HostedError::Run(e.to_string()))
+            .map_err(HostedError::from)
     }
 
     /// Runs `call` without blocking the caller and hands `reply` its outcome
@@ -276,7 +263,7 @@ impl HostedEngine {
     pub fn call(
         self: &Arc<Self>,
         call: Call,
-        reply: impl FnOnce(Result<Value, String>) + Send + 'static,
+        reply: impl FnOnce(Result<Value, HostedError>) + Send + 'static,
     ) {
         if let Call::Run {
             namespace,
@@ -286,14 +273,16 @@ impl HostedEngine {
         } = call
         {
             let Some(engine) = self.engine.lock().clone() else {
-                return reply(Err(HostedError::NoEngine.to_string()));
+                return reply(Err(HostedError::NoEngine));
             };
             self.runtime.spawn(async move {
                 let timeout = Duration::from_millis(timeout_ms);
                 let report = submit_and_wait(&engine, &namespace, &name, context, timeout)
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+                    .map_err(HostedError::from)
+                    .and_then(|r| {
+                        serde_json::to_value(r).map_err(|e| HostedError::Internal(e.to_string()))
+                    });
                 reply(report);
             });
             return;
@@ -304,8 +293,7 @@ impl HostedEngine {
             reply(match call {
                 Call::Roundtrip { handler, n } => this
                     .roundtrip(&handler, n)
-                    .map(|took| Value::from(took.as_nanos() as u64))
-                    .map_err(|e| e.to_string()),
+                    .map(|took| Value::from(took.as_nanos() as u64)),
                 Call::Shutdown => {
                     this.shutdown();
                     Ok(Value::Null)
@@ -318,7 +306,7 @@ impl HostedEngine {
     /// Benchmarks: `n` steps, one after another, through the handler
     /// `handler` of the language side (see [`roundtrip::roundtrip`]).
     pub fn roundtrip(&self, handler: &str, n: u64) -> Result<Duration, HostedError> {
-        roundtrip::roundtrip(&self.host.handler(handler), handler, n).map_err(HostedError::Run)
+        roundtrip::roundtrip(&self.host.handler(handler), handler, n).map_err(HostedError::Internal)
     }
 
     /// Stops gracefully: no more events are handed out (waiting callers of

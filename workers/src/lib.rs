@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod engine;
+pub mod error;
 pub mod examples;
 pub mod handler;
 pub mod host;
@@ -15,10 +16,11 @@ pub mod settings;
 
 pub use backend::{connect, connect_worker, ConnectError, Transport};
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
+pub use error::{ErrorKind, HostedError};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
 pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
-pub use hosted::{Call, EngineOptions, HostedEngine, HostedError, WorkerOptions};
+pub use hosted::{Call, EngineOptions, HostedEngine, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
 pub use settings::{Settings, SettingsError};

@@ -46,6 +46,30 @@ enum SgStatus
    * A bug: the library panicked; the message has the panic's.
    */
   SG_STATUS_PANIC = 7,
+  /**
+   * Options, `STEPGRAPH_*` settings or templates that cannot work.
+   */
+  SG_STATUS_CONFIG = 8,
+  /**
+   * No template of that namespace and name (and version).
+   */
+  SG_STATUS_UNKNOWN_TEMPLATE = 9,
+  /**
+   * The task context does not match the template's `input_schema`.
+   */
+  SG_STATUS_INVALID_CONTEXT = 10,
+  /**
+   * The task did not end in the time given.
+   */
+  SG_STATUS_TIMEOUT = 11,
+  /**
+   * A concurrent change won, or a key is taken.
+   */
+  SG_STATUS_CONFLICT = 12,
+  /**
+   * The database or the message broker failed or cannot be reached.
+   */
+  SG_STATUS_UNAVAILABLE = 13,
 };
 #if __STDC_VERSION__ >= 202311L
 typedef enum SgStatus SgStatus;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine};
+use stepgraph_worker::{Call, EngineOptions, ErrorKind, HostError, HostedEngine, HostedError};
 
 /// What every function returns.
 #[repr(i32)]
@@ -48,6 +48,36 @@ pub enum SgStatus {
     Forked = 6,
     /// A bug: the library panicked; the message has the panic's.
     Panic = 7,
+    /// Options, `STEPGRAPH_*` settings or templates that cannot work.
+    Config = 8,
+    /// No template of that namespace and name (and version).
+    UnknownTemplate = 9,
+    /// The task context does not match the template's `input_schema`.
+    InvalidContext = 10,
+    /// The task did not end in the time given.
+    Timeout = 11,
+    /// A concurrent change won, or a key is taken.
+    Conflict = 12,
+    /// The database or the message broker failed or cannot be reached.
+    Unavailable = 13,
+}
+
+impl SgStatus {
+    /// The status of each kind of engine error.
+    fn of(kind: ErrorKind) -> SgStatus {
+        match kind {
+            ErrorKind::Config => SgStatus::Config,
+            ErrorKind::UnknownTemplate => SgStatus::UnknownTemplate,
+            ErrorKind::InvalidContext => SgStatus::InvalidContext,
+            ErrorKind::Timeout => SgStatus::Timeout,
+            ErrorKind::Conflict => SgStatus::Conflict,
+            ErrorKind::Unavailable => SgStatus::Unavailable,
+            ErrorKind::Forked => SgStatus::Forked,
+            ErrorKind::Closed => SgStatus::Closed,
+            ErrorKind::NotPending => SgStatus::NotPending,
+            ErrorKind::Internal => SgStatus::Error,
+        }
+    }
 }
 
 /// A byte buffer the library allocated; the caller owns it and releases it
@@ -75,12 +105,13 @@ impl Failure {
 
 impl From<HostError> for Failure {
     fn from(e: HostError) -> Failure {
-        let status = match e {
-            HostError::Forked { .. } => SgStatus::Forked,
-            HostError::NotPending(_) => SgStatus::NotPending,
-            HostError::Closed => SgStatus::Closed,
-        };
-        Failure::new(status, e.to_string())
+        Failure::new(SgStatus::of(e.kind()), e.to_string())
+    }
+}
+
+impl From<HostedError> for Failure {
+    fn from(e: HostedError) -> Failure {
+        Failure::new(SgStatus::of(e.kind()), e.to_string())
     }
 }
 
@@ -156,7 +187,7 @@ fn json_input<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
 }
 
 enum Reply {
-    Done(u64, Result<Value, String>),
+    Done(u64, Result<Value, HostedError>),
     /// The engine was freed: wakes every waiter in `sg_next_replies`.
     Closed,
 }
@@ -210,8 +241,7 @@ pub unsafe extern "C" fn sg_engine_new(
         let handle = out(handle, "sg_engine_new")?;
         let options: EngineOptions =
             json_input(input(options, options_len, "options")?, "engine options")?;
-        let engine = HostedEngine::open(options)
-            .map_err(|e| Failure::new(SgStatus::Error, e.to_string()))?;
+        let engine = HostedEngine::open(options)?;
         let id = NEXT_HANDLE.fetch_add(1, Ordering::SeqCst);
         ENGINES.lock().insert(
             id,
@@ -349,9 +379,11 @@ pub unsafe extern "C" fn sg_next_replies(
                 Reply::Done(ticket, Ok(value)) => {
                     batch.push(json!({"ticket": ticket, "ok": value}))
                 }
-                Reply::Done(ticket, Err(error)) => {
-                    batch.push(json!({"ticket": ticket, "error": error}))
-                }
+                Reply::Done(ticket, Err(error)) => batch.push(json!({
+                    "ticket": ticket,
+                    "error": error.to_string(),
+                    "code": error.kind().code(),
+                })),
                 Reply::Closed => {
                     // Pass the wake-up on to any other waiter.
                     let _ = tx.send(Reply::Closed);

@@ -12,21 +12,21 @@ use napi_derive::napi;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine, StepEvent};
+use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine, HostedError, StepEvent};
 
-/// The error JavaScript sees: `code` says which (`NotPending`, `Closed`,
-/// `Forked`, `InvalidArgument`, `Error`), `message` says what.
+/// The error JavaScript sees: `code` says which (an [`ErrorKind`]'s code,
+/// or `InvalidArgument`), `message` says what; the TypeScript side makes
+/// it the error class of that code.
 fn failure(code: &str, message: impl std::fmt::Display) -> Error {
     Error::new(Status::GenericFailure, format!("[{code}] {message}"))
 }
 
 fn host_failure(e: HostError) -> Error {
-    let code = match e {
-        HostError::Forked { .. } => "Forked",
-        HostError::NotPending(_) => "NotPending",
-        HostError::Closed => "Closed",
-    };
-    failure(code, e)
+    failure(e.kind().code(), e)
+}
+
+fn engine_failure(e: HostedError) -> Error {
+    failure(e.kind().code(), e)
 }
 
 #[napi]
@@ -64,7 +64,7 @@ impl NativeEngine {
     pub fn new(options: String) -> napi::Result<NativeEngine> {
         let options: EngineOptions = serde_json::from_str(&options)
             .map_err(|e| failure("InvalidArgument", format!("engine options: {e}")))?;
-        let inner = HostedEngine::open(options).map_err(|e| failure("Error", e))?;
+        let inner = HostedEngine::open(options).map_err(engine_failure)?;
         Ok(NativeEngine {
             inner: Arc::new(inner),
         })
@@ -109,7 +109,7 @@ impl NativeEngine {
         self.inner.call(call, move |outcome| match outcome {
             Ok(value) => deferred
                 .resolve(move |_| serde_json::to_string(&value).map_err(|e| failure("Error", e))),
-            Err(message) => deferred.reject(failure("Error", message)),
+            Err(e) => deferred.reject(engine_failure(e)),
         });
         Ok(promise)
     }

@@ -5,39 +5,15 @@
 //! backpressure, the fork guard, graceful shutdown).
 
 mod convert;
+mod errors;
 
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use errors::{error, host_error, internal};
 use pyo3::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
-
-create_exception!(
-    _native,
-    StepgraphError,
-    PyException,
-    "An error from the stepgraph engine."
-);
-create_exception!(
-    _native,
-    ForkedProcessError,
-    StepgraphError,
-    "The engine was created in another process (before a fork)."
-);
-
-fn error(e: impl std::fmt::Display) -> PyErr {
-    StepgraphError::new_err(e.to_string())
-}
-
-fn host_error(e: HostError) -> PyErr {
-    match e {
-        HostError::Forked { .. } => ForkedProcessError::new_err(e.to_string()),
-        other => error(other),
-    }
-}
+use stepgraph_worker::{HostConfig, HostedEngine, WorkerOptions};
 
 /// An engine whose steps for the named handlers are run by Python threads:
 /// embedded, or a worker against PostgreSQL (see `HostedEngine`).
@@ -111,7 +87,7 @@ impl NativeEngine {
             .map_err(host_error)?;
         events
             .iter()
-            .map(|e| convert::to_python(py, &serde_json::to_value(e).map_err(error)?))
+            .map(|e| convert::to_python(py, &serde_json::to_value(e).map_err(internal)?))
             .collect()
     }
 
@@ -121,7 +97,7 @@ impl NativeEngine {
     fn complete(&self, py: Python<'_>, event_id: u64, outcome: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome: StepOutcome =
             serde_json::from_value(convert::from_python(outcome)?).map_err(|e| {
-                error(format!(
+                internal(format!(
                     "outcome of event {event_id} is not a step outcome: {e}"
                 ))
             })?;
@@ -151,14 +127,14 @@ impl NativeEngine {
         timeout_ms: u64,
     ) -> PyResult<String> {
         let context: Value = serde_json::from_str(context)
-            .map_err(|e| error(format!("context is not JSON: {e}")))?;
+            .map_err(|e| internal(format!("context is not JSON: {e}")))?;
         let report = py
             .allow_threads(|| {
                 self.inner
                     .run(namespace, name, context, Duration::from_millis(timeout_ms))
             })
             .map_err(error)?;
-        serde_json::to_string(&report).map_err(error)
+        serde_json::to_string(&report).map_err(internal)
     }
 
     /// Stops gracefully: no more events are handed out (waiting Python
@@ -172,10 +148,6 @@ impl NativeEngine {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeEngine>()?;
-    m.add("StepgraphError", m.py().get_type::<StepgraphError>())?;
-    m.add(
-        "ForkedProcessError",
-        m.py().get_type::<ForkedProcessError>(),
-    )?;
+    errors::register(m)?;
     Ok(())
 }

@@ -10,35 +10,16 @@
 //! before the GVL is released; the handlers themselves live in Ruby.
 
 mod convert;
+mod errors;
 
-use magnus::{function, method, prelude::*, Error, ExceptionClass, RArray, RHash, RModule, Ruby};
+use errors::{error, host_error, internal};
+use magnus::{function, method, prelude::*, Error, RArray, RHash, Ruby};
 use std::ffi::c_void;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostConfig, HostError, HostedEngine, WorkerOptions};
-
-/// The exception class `Stepgraph::<name>` (defined by `init`).
-fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {
-    ruby.class_object()
-        .const_get::<_, RModule>("Stepgraph")
-        .and_then(|m| m.const_get::<_, ExceptionClass>(name))
-        .unwrap_or_else(|_| ruby.exception_runtime_error())
-}
-
-fn error(ruby: &Ruby, e: impl std::fmt::Display) -> Error {
-    Error::new(error_class(ruby, "Error"), e.to_string())
-}
-
-fn host_error(ruby: &Ruby, e: HostError) -> Error {
-    match e {
-        HostError::Forked { .. } => {
-            Error::new(error_class(ruby, "ForkedProcessError"), e.to_string())
-        }
-        other => error(ruby, other),
-    }
-}
+use stepgraph_worker::{HostConfig, HostedEngine, WorkerOptions};
 
 /// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
 /// not touch Ruby; a panic in it is caught and becomes an error.
@@ -80,9 +61,9 @@ where
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(error(ruby, format!("internal error (panic): {message}")))
+            Err(internal(ruby, format!("internal error (panic): {message}")))
         }
-        None => Err(error(ruby, "the call without the GVL did not run")),
+        None => Err(internal(ruby, "the call without the GVL did not run")),
     }
 }
 
@@ -151,7 +132,7 @@ impl NativeEngine {
         .map_err(|e| host_error(ruby, e))?;
         let out = ruby.ary_new_capa(events.len());
         for e in &events {
-            let value = serde_json::to_value(e).map_err(|e| error(ruby, e))?;
+            let value = serde_json::to_value(e).map_err(|e| internal(ruby, e))?;
             out.push(convert::to_ruby(ruby, &value)?)?;
         }
         Ok(out)
@@ -163,7 +144,7 @@ impl NativeEngine {
     fn complete(ruby: &Ruby, rb_self: &Self, event_id: u64, outcome: RHash) -> Result<(), Error> {
         let value = convert::from_ruby(ruby, outcome.as_value())?;
         let outcome: StepOutcome = serde_json::from_value(value).map_err(|e| {
-            error(
+            internal(
                 ruby,
                 format!("outcome of event {event_id} is not a step outcome: {e}"),
             )
@@ -192,7 +173,7 @@ impl NativeEngine {
             )
         })?
         .map_err(|e| error(ruby, e))?;
-        let value = serde_json::to_value(&report).map_err(|e| error(ruby, e))?;
+        let value = serde_json::to_value(&report).map_err(|e| internal(ruby, e))?;
         convert::to_ruby(ruby, &value)
     }
 
@@ -228,8 +209,7 @@ impl NativeEngine {
 #[magnus::init(name = "stepgraph_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("Stepgraph")?;
-    let base = module.define_error("Error", ruby.exception_standard_error())?;
-    module.define_error("ForkedProcessError", base)?;
+    errors::define(ruby, module)?;
     let native = module.define_module("Native")?;
     let class = native.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("embedded", function!(NativeEngine::embedded, 5))?;

@@ -46,7 +46,8 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) | StoreError::DuplicateIdempotencyKey { .. } => {
                 StatusCode::CONFLICT
             }
-            StoreError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::KeyTaken { .. } => StatusCode::CONFLICT,
+            StoreError::Backend(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }

@@ -43,11 +43,25 @@ macro_rules! retrying {
 }
 pub(crate) use retrying;
 
+/// What a failed statement means, by SQLSTATE: SG409 (raised by
+/// `sg_conflict`) a compare-and-swap that found another state, 23505 a
+/// unique key taken (named by its constraint), a lost or refused connection
+/// (or an exhausted pool) the backend unavailable.
 pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
-        if db.code().as_deref() == Some("SG409") {
-            return StoreError::Conflict(db.message().to_string());
+        match db.code().as_deref() {
+            Some("SG409") => return StoreError::Conflict(db.message().to_string()),
+            Some("23505") => {
+                return StoreError::KeyTaken {
+                    constraint: db.constraint().unwrap_or_default().to_string(),
+                    message: db.message().to_string(),
+                }
+            }
+            _ => {}
         }
+    }
+    if is_disconnect(&e) || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
+        return StoreError::Unavailable(e.to_string());
     }
     StoreError::Backend(e.to_string())
 }
@@ -70,7 +84,9 @@ impl PgBackend {
             .test_before_acquire(false)
             .connect(url)
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect to {}: {e}", redact(url))))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot connect to {}: {e}", redact(url)))
+            })?;
         let notifier = Arc::new(Notifier::default());
         tokio::spawn(listen(Arc::downgrade(&notifier), pool.clone()));
         Ok(Arc::new(PgBackend {

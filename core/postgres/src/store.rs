@@ -20,6 +20,9 @@ use stepgraph_engine::store::{
 use stepgraph_engine::*;
 use tokio::time::Instant;
 
+/// The unique constraint on `sg_tasks.idempotency_key`.
+const IDEMPOTENCY_KEY: &str = "sg_tasks_idempotency_key_key";
+
 pub struct PgStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
@@ -187,13 +190,14 @@ impl Store for PgStore {
         let (task_id, key) = (task.id, task.idempotency_key.clone());
         let (flat, rest) = Flat::from_outbox(outbox, self.queue_in_db);
         match self.apply(task_id, None, ops, flat).await {
-            Err(StoreError::Backend(msg))
-                if key.is_some() && msg.contains("sg_tasks_idempotency_key_key") =>
-            {
+            Err(StoreError::KeyTaken {
+                constraint,
+                message,
+            }) if key.is_some() && constraint == IDEMPOTENCY_KEY => {
                 let key = key.unwrap_or_default();
                 match self.find_by_idempotency_key(&key).await? {
                     Some(existing) => Err(StoreError::DuplicateIdempotencyKey { key, existing }),
-                    None => Err(StoreError::Conflict(msg)),
+                    None => Err(StoreError::Conflict(message)),
                 }
             }
             Err(e) => Err(e),

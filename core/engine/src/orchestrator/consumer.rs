@@ -68,7 +68,10 @@ impl Orchestrator {
                 let reason = format!("message for an unknown task or step: {message:?}");
                 return self.dead_letter(delivery.receipt, &reason).await;
             }
-            Err(OrchestratorError::Store(StoreError::Backend(_)) | OrchestratorError::Queue(_)) => {
+            Err(
+                OrchestratorError::Store(StoreError::Backend(_) | StoreError::Unavailable(_))
+                | OrchestratorError::Queue(_),
+            ) => {
                 // Transient: the message comes back after its visibility timeout.
                 tracing::warn!(?message, "orchestration failed; will retry");
                 let _ = self

@@ -24,6 +24,13 @@ pub enum StoreError {
     /// A compare-and-swap found another state than expected; re-read and decide again.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A unique key is taken (PostgreSQL: SQLSTATE 23505 on `constraint`).
+    #[error("duplicate key ({constraint}): {message}")]
+    KeyTaken { constraint: String, message: String },
+    /// The backend cannot be reached now (connection refused or lost, pool
+    /// exhausted); a later try may work.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }
