@@ -21,6 +21,7 @@ class NativeEngine:
         completion_capacity: int = 1024,
         failure_threshold: int = 5,
         cool_down_ms: int = 30000,
+        builtin_handlers: bool = False,
     ) -> NativeEngine: ...
     @staticmethod
     def postgres(
@@ -33,6 +34,7 @@ class NativeEngine:
         failure_threshold: int = 5,
         cool_down_ms: int = 30000,
         queue: str | None = None,
+        builtin_handlers: bool = False,
     ) -> NativeEngine: ...
     def next_events(self, max: int, timeout_ms: int) -> list[dict[str, Any]]: ...
     def complete(self, event_id: int, outcome: dict[str, Any]) -> None: ...

@@ -62,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     results = []
     for label, name, steps, seed in ROWS:
-        with Engine.embedded(args.templates, []) as native:
+        # The Rust row: the example Rust handlers in the same engine.
+        with Engine.embedded(args.templates, [], builtin_handlers=True) as native:
             rust = _p50_us(native, name, args.runs, args.warmup)
         with Engine.embedded(args.templates, [Square(), multiply_and_square], concurrency=2) as python:
             py = _p50_us(python, name, args.runs, args.warmup)

@@ -146,7 +146,11 @@ class Engine:
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
+        builtin_handlers: bool = False,
     ) -> "Engine":
+        """An engine in this process with ``handlers``; with
+        ``builtin_handlers`` the example Rust handlers of the fixture
+        workflows run beside them (the Python ones take precedence)."""
         by_name = handlers_by_name(handlers)
         native = NativeEngine.embedded(
             str(templates_dir),
@@ -154,6 +158,7 @@ class Engine:
             completion_capacity,
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
+            builtin_handlers,
         )
         return cls(native, by_name, concurrency, async_concurrency)
 

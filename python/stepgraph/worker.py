@@ -19,7 +19,8 @@ class Worker:
     ``templates_dir`` too. ``start``/``stop``, or ``run`` until SIGINT/SIGTERM.
     ``queue``: "postgres", "rabbitmq" (with STEPGRAPH_AMQP_URL) or an AMQP URL;
     unset, STEPGRAPH_QUEUE. Every other setting, the AMQP prefix among them,
-    comes from the same STEPGRAPH_* variables as ``stepgraph worker``'s."""
+    comes from the same STEPGRAPH_* variables as ``stepgraph worker``'s.
+    ``builtin_handlers``: the example Rust handlers of the fixtures run here too."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class Worker:
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
         queue: Optional[str] = None,
+        builtin_handlers: bool = False,
     ):
         self._handlers = handlers_by_name(handlers)
         self._args = (
@@ -45,6 +47,7 @@ class Worker:
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
             queue,
+            builtin_handlers,
         )
         self._concurrency = max(1, concurrency)
         self._async_concurrency = max(1, async_concurrency)

@@ -37,7 +37,10 @@ def analyze(ctx):
 
 @pytest.fixture
 def engine():
-    e = stepgraph.Engine.embedded(TEMPLATES, [Square(), multiply_and_square, routing, analyze], concurrency=4)
+    # The approval and CSV steps beside the Python ones are the built-in Rust handlers.
+    e = stepgraph.Engine.embedded(
+        TEMPLATES, [Square(), multiply_and_square, routing, analyze], concurrency=4, builtin_handlers=True
+    )
     yield e
     e.close()
 

@@ -3,8 +3,9 @@
 require_relative "helper"
 
 class EmbeddedTest < Minitest::Test
+  # The approval and CSV steps beside the Ruby ones are the built-in Rust handlers.
   def engine(handlers = ALL_HANDLERS, **options, &block)
-    Stepgraph::Engine.embedded(templates_dir: TEMPLATES, handlers: handlers, **options, &block)
+    Stepgraph::Engine.embedded(templates_dir: TEMPLATES, handlers: handlers, builtin_handlers: true, **options, &block)
   end
 
   def test_math_shapes_are_exact_integers

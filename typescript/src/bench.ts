@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   console.log("| Scenario    | Binding        | Steps | Rust P50 | TypeScript P50 | overhead/step | vs Rust | Seed FFI P50 |");
   console.log("|-------------|----------------|------:|---------:|---------------:|--------------:|--------:|-------------:|");
   for (const [label, name, steps, seed] of ROWS) {
-    const rust = await p50({ ...base, handlers: [] }, name, runs, warmup);
+    const rust = await p50({ ...base, handlers: [], builtinHandlers: true }, name, runs, warmup);
     for (const backend of backends) {
       const ts = await p50({ ...base, backend, handlers: [Square, multiplyAndSquare] }, name, runs, warmup);
       const binding = `${runtime} ${backend === "napi" ? "napi" : "C ABI"}`;

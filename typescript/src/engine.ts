@@ -72,12 +72,18 @@ export interface EngineOptions {
   breakerCoolDownMs?: number;
   /** `bun-ffi` or `napi`; default: bun-ffi under Bun, napi under Node. */
   backend?: BackendName;
+  /**
+   * Also run the example Rust handlers of the fixture workflows beside
+   * `handlers` (which take precedence). Default false: only `handlers` run.
+   */
+  builtinHandlers?: boolean;
 }
 
 export function hostOptions(options: EngineOptions, names: string[]): Record<string, unknown> {
   return {
     templates_dir: options.templatesDir,
     handlers: names,
+    builtin_handlers: options.builtinHandlers ?? false,
     completion_capacity: options.completionCapacity ?? 1024,
     failure_threshold: options.breakerFailureThreshold ?? 5,
     cool_down_ms: options.breakerCoolDownMs ?? 30_000,

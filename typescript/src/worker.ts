@@ -27,6 +27,8 @@ export interface WorkerOptions {
   breakerFailureThreshold?: number;
   breakerCoolDownMs?: number;
   backend?: BackendName;
+  /** Also run the example Rust handlers of the fixture workflows here. Default false. */
+  builtinHandlers?: boolean;
 }
 
 /** Serves `handlers` until `stop()` (or SIGINT/SIGTERM, under `run()`). */

@@ -47,7 +47,8 @@ async function withEngine(options, body) {
 
 export function embeddedScenarios(test, backend) {
   const seed = (body, extra = {}) =>
-    withEngine({ templatesDir: TEMPLATES, handlers: seedHandlers(), backend, ...extra }, body);
+    // The approval and CSV steps beside the TypeScript ones are the built-in Rust handlers.
+    withEngine({ templatesDir: TEMPLATES, handlers: seedHandlers(), backend, builtinHandlers: true, ...extra }, body);
 
   test(`[${backend}] the math shapes are exact, big integers as BigInt`, () =>
     seed(async (engine) => {

@@ -69,6 +69,10 @@ pub struct EngineOptions {
     /// The handler names the language side serves.
     #[serde(default)]
     pub handlers: Vec<String>,
+    /// Also the example Rust handlers of the fixture workflows (off: only
+    /// the language side's handlers run here).
+    #[serde(default)]
+    pub builtin_handlers: bool,
     #[serde(default = "default_capacity")]
     pub completion_capacity: usize,
     #[serde(default = "default_threshold")]
@@ -128,12 +132,14 @@ pub struct HostedEngine {
     host: Arc<Host>,
 }
 
-/// The templates, the host, the handler registry (the built-in Rust
-/// handlers, and the host's for the names the language side serves, which
-/// take precedence) and a runtime.
+/// The templates, the host, the handler registry (the host's for the names
+/// the language side serves, and with `builtin` the example Rust handlers
+/// of the fixtures beside them, which the language's take precedence over)
+/// and a runtime.
 fn prepare(
     templates_dir: &Path,
     handlers: &[String],
+    builtin: bool,
     config: HostConfig,
 ) -> Result<
     (
@@ -147,7 +153,11 @@ fn prepare(
     let templates = TemplateRegistry::load_dir(templates_dir)
         .map_err(|e| HostedError::Config(e.to_string()))?;
     let host = Host::new(config);
-    let mut registry = examples::registry();
+    let mut registry = if builtin {
+        examples::registry()
+    } else {
+        HandlerRegistry::new()
+    };
     for name in handlers {
         registry.register(name, host.handler(name));
     }
@@ -162,13 +172,16 @@ fn prepare(
 
 impl HostedEngine {
     /// Loads the templates in `templates_dir`; `handlers` are the names the
-    /// language side serves.
+    /// language side serves; with `builtin` the example Rust handlers of the
+    /// fixtures run beside them.
     pub fn embedded(
         templates_dir: &Path,
         handlers: &[String],
+        builtin: bool,
         config: HostConfig,
     ) -> Result<HostedEngine, HostedError> {
-        let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
+        let (templates, host, registry, runtime) =
+            prepare(templates_dir, handlers, builtin, config)?;
         // Without foreign handlers nothing asks for work: the Rust ones run freely.
         let config = EngineConfig {
             credits: (!handlers.is_empty()).then(|| host.credits()),
@@ -194,11 +207,13 @@ impl HostedEngine {
     pub fn worker(
         templates_dir: &Path,
         handlers: &[String],
+        builtin: bool,
         options: WorkerOptions,
         config: HostConfig,
     ) -> Result<HostedEngine, HostedError> {
         let settings = options.settings()?;
-        let (templates, host, registry, runtime) = prepare(templates_dir, handlers, config)?;
+        let (templates, host, registry, runtime) =
+            prepare(templates_dir, handlers, builtin, config)?;
         let credits = host.credits();
         let worker = runtime.block_on(async {
             let worker =
@@ -224,10 +239,16 @@ impl HostedEngine {
             options.cool_down_ms,
         );
         match options.database_url {
-            None => HostedEngine::embedded(&options.templates_dir, &options.handlers, config),
+            None => HostedEngine::embedded(
+                &options.templates_dir,
+                &options.handlers,
+                options.builtin_handlers,
+                config,
+            ),
             Some(database_url) => HostedEngine::worker(
                 &options.templates_dir,
                 &options.handlers,
+                options.builtin_handlers,
                 WorkerOptions {
                     database_url: Some(database_url),
                     queue: options.queue,

@@ -26,10 +26,11 @@ struct NativeEngine {
 #[pymethods]
 impl NativeEngine {
     /// Loads the templates in `templates_dir`; `handlers` are the names the
-    /// Python side serves (they take precedence over the built-in Rust
-    /// example handlers of the same name).
+    /// Python side serves; with `builtin_handlers` the example Rust handlers
+    /// of the fixtures run beside them (the Python ones take precedence).
     #[staticmethod]
-    #[pyo3(signature = (templates_dir, handlers, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (templates_dir, handlers, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, builtin_handlers=false))]
     fn embedded(
         py: Python<'_>,
         templates_dir: &str,
@@ -37,10 +38,12 @@ impl NativeEngine {
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
+        builtin_handlers: bool,
     ) -> PyResult<Self> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
+        let dir = Path::new(templates_dir);
         let inner = py
-            .allow_threads(|| HostedEngine::embedded(Path::new(templates_dir), &handlers, config))
+            .allow_threads(|| HostedEngine::embedded(dir, &handlers, builtin_handlers, config))
             .map_err(error)?;
         Ok(NativeEngine { inner })
     }
@@ -50,7 +53,7 @@ impl NativeEngine {
     /// results of its own steps, so it loads the templates too. `queue`
     /// None: `STEPGRAPH_QUEUE` (default `postgres`).
     #[staticmethod]
-    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue=None))]
+    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue=None, builtin_handlers=false))]
     #[allow(clippy::too_many_arguments)]
     fn postgres(
         py: Python<'_>,
@@ -63,6 +66,7 @@ impl NativeEngine {
         failure_threshold: u32,
         cool_down_ms: u64,
         queue: Option<String>,
+        builtin_handlers: bool,
     ) -> PyResult<Self> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
@@ -73,7 +77,8 @@ impl NativeEngine {
         };
         let inner = py
             .allow_threads(|| {
-                HostedEngine::worker(Path::new(templates_dir), &handlers, options, config)
+                let dir = Path::new(templates_dir);
+                HostedEngine::worker(dir, &handlers, builtin_handlers, options, config)
             })
             .map_err(error)?;
         Ok(NativeEngine { inner })

@@ -74,6 +74,8 @@ struct NativeEngine {
 }
 
 impl NativeEngine {
+    /// `builtin`: the example Rust handlers of the fixtures run beside the
+    /// Ruby ones (which take precedence).
     fn embedded(
         ruby: &Ruby,
         templates_dir: String,
@@ -81,10 +83,11 @@ impl NativeEngine {
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
+        builtin: bool,
     ) -> Result<NativeEngine, Error> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         without_gvl(ruby, || {
-            HostedEngine::embedded(Path::new(&templates_dir), &handlers, config)
+            HostedEngine::embedded(Path::new(&templates_dir), &handlers, builtin, config)
         })?
         .map(|inner| NativeEngine { inner })
         .map_err(|e| error(ruby, e))
@@ -102,6 +105,7 @@ impl NativeEngine {
         completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
+        builtin: bool,
     ) -> Result<NativeEngine, Error> {
         let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
@@ -111,7 +115,13 @@ impl NativeEngine {
             concurrency: Some(concurrency),
         };
         without_gvl(ruby, || {
-            HostedEngine::worker(Path::new(&templates_dir), &handlers, options, config)
+            HostedEngine::worker(
+                Path::new(&templates_dir),
+                &handlers,
+                builtin,
+                options,
+                config,
+            )
         })?
         .map(|inner| NativeEngine { inner })
         .map_err(|e| error(ruby, e))
@@ -212,8 +222,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     errors::define(ruby, module)?;
     let native = module.define_module("Native")?;
     let class = native.define_class("Engine", ruby.class_object())?;
-    class.define_singleton_method("embedded", function!(NativeEngine::embedded, 5))?;
-    class.define_singleton_method("worker", function!(NativeEngine::worker, 9))?;
+    class.define_singleton_method("embedded", function!(NativeEngine::embedded, 6))?;
+    class.define_singleton_method("worker", function!(NativeEngine::worker, 10))?;
     class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
     class.define_method("complete", method!(NativeEngine::complete, 2))?;
     class.define_method("run", method!(NativeEngine::run, 4))?;

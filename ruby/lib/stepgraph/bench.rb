@@ -57,7 +57,8 @@ module Stepgraph
       end.parse!(argv)
       abort("--templates DIR is required") unless options[:templates]
       results = ROWS.map do |label, name, steps, seed|
-        rust = Engine.embedded(templates_dir: options[:templates], handlers: []) do |e|
+        # The Rust row: the example Rust handlers in the same engine.
+        rust = Engine.embedded(templates_dir: options[:templates], handlers: [], builtin_handlers: true) do |e|
           p50_us(e, name, options[:runs], options[:warmup])
         end
         ruby = Engine.embedded(templates_dir: options[:templates], handlers: [Square, MULTIPLY_AND_SQUARE],

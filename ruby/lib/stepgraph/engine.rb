@@ -66,11 +66,14 @@ module Stepgraph
 
   # Runs tasks in this process, with Ruby handlers; needs no services.
   class Engine
+    # +builtin_handlers+: the example Rust handlers of the fixture workflows
+    # run beside the Ruby ones (which take precedence); off, only +handlers+ run.
     def self.embedded(templates_dir:, handlers:, concurrency: 4, completion_capacity: 1024,
-                      breaker_failure_threshold: 5, breaker_cool_down: 30.0)
+                      breaker_failure_threshold: 5, breaker_cool_down: 30.0, builtin_handlers: false)
       by_name = Stepgraph.handlers_by_name(handlers)
       native = Native::Engine.embedded(templates_dir.to_s, by_name.keys, completion_capacity,
-                                       breaker_failure_threshold, (breaker_cool_down * 1000).to_i)
+                                       breaker_failure_threshold, (breaker_cool_down * 1000).to_i,
+                                       builtin_handlers ? true : false)
       engine = new(native, by_name, concurrency)
       return engine unless block_given?
 

@@ -8,15 +8,17 @@ module Stepgraph
   # STEPGRAPH_TEMPLATES_DIR, else ./templates). +queue+: "postgres",
   # "rabbitmq" (with STEPGRAPH_AMQP_URL) or an AMQP URL; nil: STEPGRAPH_QUEUE.
   # Every other setting, the AMQP prefix among them, comes from the same
-  # STEPGRAPH_* variables as `stepgraph worker`'s.
+  # STEPGRAPH_* variables as `stepgraph worker`'s. +builtin_handlers+: the
+  # example Rust handlers of the fixtures run here too.
   class Worker
     def initialize(database_url:, handlers:, templates_dir: ENV.fetch("STEPGRAPH_TEMPLATES_DIR", "templates"),
                    queue: nil, namespaces: [], concurrency: 4,
-                   completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0)
+                   completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0,
+                   builtin_handlers: false)
       @handlers = Stepgraph.handlers_by_name(handlers)
       @args = [database_url.to_s, queue&.to_s, templates_dir.to_s, Array(namespaces).map(&:to_s), @handlers.keys,
                [Integer(concurrency), 1].max, completion_capacity, breaker_failure_threshold,
-               (breaker_cool_down * 1000).to_i]
+               (breaker_cool_down * 1000).to_i, builtin_handlers ? true : false]
       @concurrency = [Integer(concurrency), 1].max
       @pool = nil
     end
