@@ -10,7 +10,7 @@ use stepgraph_engine::{
 };
 use stepgraph_http::{self as api, ApiState};
 use stepgraph_postgres::PgBackend;
-use stepgraph_worker::{examples, Settings, Worker};
+use stepgraph_worker::{examples, Engine, EngineConfig, Settings};
 
 async fn connect(config: &Settings) -> Result<Arc<PgBackend>> {
     Ok(stepgraph_worker::connect(config).await?)
@@ -48,54 +48,65 @@ fn on_signal(trigger: ShutdownTrigger) -> Result<()> {
 /// embedded mode: in-memory state and queue and a worker in this process
 /// (nothing persists; for trying things out).
 pub async fn serve(config: &Settings) -> Result<()> {
-    let templates = Arc::new(
-        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    let (store, queue, mode): (Arc<dyn Store>, Arc<dyn Queue>, &str) = match &config.database_url {
-        Some(_) => {
-            let pg = connect(config).await?;
-            pg.store_templates(&templates).await?;
-            let (store, queue) = config.transport()?.backends(&pg).await?;
-            (store, queue, "")
-        }
-        None => (
-            Arc::new(MemoryStore::new()),
-            Arc::new(MemoryQueue::new()),
-            " (embedded mode: in-memory state, nothing persists)",
-        ),
-    };
-    let orchestrator = Arc::new(Orchestrator::new(
-        store.clone(),
-        queue.clone(),
-        templates.clone(),
-        config.orchestrator(),
-    ));
+    let templates =
+        TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let (trigger, shutdown) = shutdown_channel();
     on_signal(trigger)?;
-    let mut loops = vec![tokio::spawn(orchestrator.clone().run(shutdown.clone()))];
-    if config.database_url.is_none() {
-        let mut worker_config = config.worker();
-        worker_config.namespaces = templates.queues();
-        let handlers = Arc::new(examples::registry());
-        let worker = Arc::new(
-            Worker::new(store.clone(), queue.clone(), handlers, worker_config)
-                .with_inline_orchestration(orchestrator.clone()),
-        );
-        loops.push(tokio::spawn(worker.run(shutdown.clone())));
-    }
+    let mut orchestrating = None;
+    let (state, engine, mode) = match &config.database_url {
+        Some(_) => {
+            let pg = connect(config).await?;
+            pg.store_templates(&templates).await?;
+            let (store, queue) = config.transport()?.backends(&pg).await?;
+            let orchestrator = Arc::new(Orchestrator::new(
+                store.clone(),
+                queue.clone(),
+                Arc::new(templates),
+                config.orchestrator(),
+            ));
+            orchestrating = Some(tokio::spawn(orchestrator.clone().run(shutdown.clone())));
+            let state = ApiState {
+                orchestrator,
+                store,
+                queue,
+            };
+            (state, None, "")
+        }
+        // The embedded engine, with the example handlers, behind the API.
+        None => {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
+            let engine = Engine::with_backends(
+                store.clone(),
+                queue.clone(),
+                templates,
+                examples::registry(),
+                EngineConfig {
+                    orchestrator: config.orchestrator(),
+                    worker: config.worker(),
+                    ..Default::default()
+                },
+            );
+            let state = ApiState {
+                orchestrator: engine.orchestrator().clone(),
+                store,
+                queue,
+            };
+            let mode = " (embedded mode: in-memory state, nothing persists)";
+            (state, Some(engine), mode)
+        }
+    };
     // Tests and scripts read the bound address (the port may be 0).
     println!("listening on http://{}{mode}", listener.local_addr()?);
-    let state = ApiState {
-        orchestrator,
-        store,
-        queue,
-    };
     api::serve(listener, state, shutdown).await?;
-    for l in loops {
-        l.await?;
+    if let Some(engine) = engine {
+        engine.shutdown().await;
+    }
+    if let Some(orchestrating) = orchestrating {
+        orchestrating.await?;
     }
     Ok(())
 }
