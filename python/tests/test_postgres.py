@@ -36,8 +36,8 @@ def database():
     subprocess.run(ADMIN + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
 
 
-@pytest.fixture
-def server(database):
+def start_server(database):
+    """A `stepgraph serve` with this process's environment; its address and process."""
     env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
     proc = subprocess.Popen(
         [binary(), "serve", "--templates", str(TEMPLATES), "--listen", "127.0.0.1:0"],
@@ -46,8 +46,16 @@ def server(database):
         env=env,
     )
     line = proc.stdout.readline()
-    assert line.startswith("listening on http://"), line
-    yield line.split()[2].removeprefix("http://")
+    if not line.startswith("listening on http://"):
+        proc.kill()
+        pytest.fail(f"serve did not start: {line!r}")
+    return line.split()[2].removeprefix("http://"), proc
+
+
+@pytest.fixture
+def server(database):
+    addr, proc = start_server(database)
+    yield addr
     proc.kill()
     proc.wait()
 
@@ -87,17 +95,8 @@ def test_a_python_worker_honours_the_stepgraph_settings_of_serve(database, monke
     }
     for k, v in settings.items():
         monkeypatch.setenv(k, v)
-    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
-    proc = subprocess.Popen(
-        [binary(), "serve", "--templates", str(TEMPLATES), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    addr, proc = start_server(database)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("listening on http://"), line
-        addr = line.split()[2].removeprefix("http://")
         # No queue argument: STEPGRAPH_QUEUE and the AMQP settings apply.
         with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=2):
             created = http(addr, "POST", "/v1/tasks", {"namespace": "e2e", "name": "linear", "context": {"even_number": 6}})
