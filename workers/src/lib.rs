@@ -13,8 +13,9 @@ pub mod hosted;
 pub mod roundtrip;
 pub mod runtime;
 pub mod settings;
+pub mod transport;
 
-pub use backend::{connect, connect_worker, ConnectError, Transport};
+pub use backend::{connect, connect_worker, ConnectError};
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
 pub use error::{ErrorKind, HostedError};
 pub use handler::{
@@ -24,3 +25,4 @@ pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResul
 pub use hosted::{Call, EngineOptions, HostedEngine, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
 pub use settings::{Settings, SettingsError};
+pub use transport::Transport;

@@ -4,7 +4,7 @@
 //! `worker` and the Python, Ruby and TypeScript workers all read it here,
 //! so they agree on the database, the queue and its AMQP prefix.
 
-use crate::backend::Transport;
+use crate::transport::Transport;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -5,8 +5,8 @@
 //! tasks share one round trip, one transaction and one WAL flush, and an
 //! idle store commits each change alone, as soon as it comes.
 
-use crate::backend::{backend_error, retrying};
 use crate::change::{group, Batch};
+use crate::errors::{backend_error, retrying};
 use crate::notify::Notifier;
 use parking_lot::Mutex;
 use sqlx::postgres::PgPool;

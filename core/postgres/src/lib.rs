@@ -6,6 +6,7 @@
 
 mod backend;
 mod change;
+mod errors;
 mod group_commit;
 mod migrate;
 mod notify;

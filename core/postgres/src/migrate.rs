@@ -4,7 +4,7 @@
 //! transaction under an advisory lock, so concurrent `migrate` runs (every
 //! process runs it at start) serialize.
 
-use crate::backend::backend_error;
+use crate::errors::backend_error;
 use sqlx::postgres::PgPool;
 use stepgraph_engine::StoreError;
 

@@ -6,7 +6,7 @@
 //! Claims of step messages read the steps' starts with them (see
 //! [`ClaimedStarts`]).
 
-use crate::backend::retrying;
+use crate::errors::retrying;
 use crate::notify::{ClaimedStarts, Notifier};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

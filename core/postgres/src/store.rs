@@ -3,7 +3,7 @@
 //! its sends and ack (commits made at once share theirs, see `group_commit`),
 //! starting a step, submitting its result.
 
-use crate::backend::{backend_error, retrying};
+use crate::errors::{backend_error, retrying};
 use crate::group_commit::{Change, Flat, GroupCommit};
 use crate::notify::{ClaimedStarts, Notifier};
 use async_trait::async_trait;

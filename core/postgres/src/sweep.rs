@@ -3,7 +3,7 @@
 //! them), and, with a queue outside the database, steps and retry timers
 //! whose messages a crash between commit and send may have lost.
 
-use crate::backend::{backend_error, retrying};
+use crate::errors::{backend_error, retrying};
 use crate::PgStore;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
