@@ -150,7 +150,7 @@ fn a_task_through_the_c_abi_and_every_buffer_freed_once() {
 #[test]
 fn bad_arguments_get_a_status_and_a_message() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // Not JSON, not the options, a missing templates directory.
+    // Not JSON, not the options, a missing templates directory (a configuration error).
     for (options, expected, says) in [
         (
             &b"{not json"[..],
@@ -164,7 +164,7 @@ fn bad_arguments_get_a_status_and_a_message() {
         ),
         (
             br#"{"templates_dir": "/nonexistent/stepgraph"}"#,
-            SgStatus::Error,
+            SgStatus::Config,
             "/nonexistent/stepgraph",
         ),
     ] {
