@@ -398,6 +398,9 @@ def test_each_kind_of_error_raises_its_own_class(tmp_path, monkeypatch):
     (bad / "t.yaml").write_text("namespace: t\nname: c\nversion: '1'\nsteps:\n  - name: a\n    handler: { callable: h }\n    dependencies: [a]\n")
     with pytest.raises(stepgraph.ConfigurationError, match="dependency cycle"):
         stepgraph.Engine.embedded(bad, [])
+    import shutil
+
+    shutil.rmtree(bad)  # the templates below are loaded from tmp_path, subfolders included
 
     @stepgraph.handler("slow")
     def slow(ctx):
