@@ -40,8 +40,10 @@ end
 class PostgresTest < Minitest::Test
   include PostgresSetup
 
+  # The approval and CSV steps beside the Ruby ones are the built-in Rust handlers.
   def worker(**options)
-    Stepgraph::Worker.new(database_url: @url, templates_dir: TEMPLATES, handlers: ALL_HANDLERS, **options)
+    Stepgraph::Worker.new(database_url: @url, templates_dir: TEMPLATES, handlers: ALL_HANDLERS,
+                          builtin_handlers: true, **options)
   end
 
   def test_every_seed_shape_with_ruby_handlers
