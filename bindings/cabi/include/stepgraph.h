@@ -88,10 +88,13 @@ typedef struct SgBuffer {
 
 /**
  * Creates an engine from `options` (JSON: `templates_dir`, `handlers`, and
- * optionally `completion_capacity`, `failure_threshold`, `cool_down_ms`;
- * with `database_url`, and optionally `queue`, `namespaces`,
- * `concurrency`, a worker against PostgreSQL instead of an embedded
- * engine) and writes its handle to `*handle`.
+ * optionally `completion_capacity`, `failure_threshold`, `cool_down_ms`,
+ * `builtin_handlers` (the example Rust handlers beside `handlers`); with
+ * `database_url`, and optionally `queue`, `namespaces`, `concurrency`, a
+ * worker against PostgreSQL instead of an embedded engine, its other
+ * settings from the `STEPGRAPH_*` variables) and writes its handle to
+ * `*handle`. A failure's status names its kind (`Config`,
+ * `UnknownTemplate`, `Unavailable`, ...).
  *
  * # Safety
  * `options` points at `options_len` readable bytes; `handle` is writable.
