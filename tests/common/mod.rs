@@ -3,11 +3,11 @@
 pub mod cluster;
 pub mod shapes;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 use stepgraph_engine::{TaskTemplate, TemplateRegistry, Transitions};
-use stepgraph_worker::{examples, Engine, EngineConfig, HandlerRegistry, TaskReport};
+use stepgraph_worker::{examples, Engine, EngineConfig, HandlerRegistry, StepOutput, TaskReport};
 
 pub const SIX_16: u64 = 2821109907456;
 pub const SIX_64: &str = "63340286662973277706162286946811886609896461828096";
@@ -103,4 +103,11 @@ impl Recorder {
     pub fn runs(&self) -> Runs {
         self.log.lock().clone()
     }
+}
+
+/// A handler `echo` that answers with its step's name.
+pub fn echo(reg: &mut HandlerRegistry) {
+    reg.register_fn("echo", |ctx| async move {
+        Ok(StepOutput::Success(json!({"step": ctx.step_name})))
+    });
 }

@@ -1,0 +1,400 @@
+//! The embedded engine when things go wrong: retries with backoff,
+//! permanent and exhausted failures, unknown handlers, panics and timeouts,
+//! output that does not fit its step, contexts refused by the schema,
+//! idempotency keys and cancellation. (`engine.rs` has the shapes.)
+
+mod common;
+
+use common::*;
+use parking_lot::Mutex;
+use serde_json::json;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_engine::{ErrorKind, OrchestratorError, StepState, TaskRequest, TaskState};
+use stepgraph_worker::{EngineError, HandlerError, HandlerRegistry, StepOutput};
+
+const RETRY_YAML: &str = r#"
+namespace: t
+name: retry
+version: "1"
+steps:
+  - name: flaky
+    handler: { callable: flaky }
+    retry: { max_attempts: 3, backoff: linear, backoff_base_ms: 60, max_backoff_ms: 1000 }
+  - name: after
+    dependencies: [flaky]
+    handler: { callable: echo }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_retry_with_backoff_then_succeed() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    handlers.register_fn("flaky", |ctx| async move {
+        if ctx.attempt < 3 {
+            Err(HandlerError::retryable(format!(
+                "try {} failed",
+                ctx.attempt
+            )))
+        } else {
+            Ok(StepOutput::Success(json!({"attempt": ctx.attempt})))
+        }
+    });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Complete);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 3);
+    assert_eq!(flaky.result_value(), Some(json!({"attempt": 3})));
+    assert_audit_chains(&report.transitions);
+
+    use StepState::*;
+    let trail: Vec<(Option<StepState>, StepState, u32)> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.step_name == "flaky")
+        .map(|t| (t.from, t.to, t.attempt))
+        .collect();
+    let mut expected = vec![(None, Pending, 0), (Some(Pending), Enqueued, 1)];
+    for attempt in 1..=2 {
+        expected.extend([
+            (Some(Enqueued), InProgress, attempt),
+            (Some(InProgress), EnqueuedForOrchestration, attempt),
+            (Some(EnqueuedForOrchestration), WaitingForRetry, attempt),
+            (Some(WaitingForRetry), Enqueued, attempt + 1),
+        ]);
+    }
+    expected.extend([
+        (Some(Enqueued), InProgress, 3),
+        (Some(InProgress), EnqueuedForOrchestration, 3),
+        (Some(EnqueuedForOrchestration), Complete, 3),
+    ]);
+    assert_eq!(trail, expected);
+
+    // Linear backoff: 60 ms after attempt 1, 120 ms after attempt 2.
+    let steps: Vec<_> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.step_name == "flaky")
+        .collect();
+    let waits: Vec<_> = steps
+        .windows(2)
+        .filter(|w| w[0].to == WaitingForRetry)
+        .map(|w| w[1].at - w[0].at)
+        .collect();
+    assert_eq!(waits.len(), 2);
+    assert!(
+        waits[0] >= chrono::Duration::milliseconds(60),
+        "{:?}",
+        waits
+    );
+    assert!(
+        waits[1] >= chrono::Duration::milliseconds(120),
+        "{:?}",
+        waits
+    );
+    let task_states: Vec<TaskState> = report.transitions.task.iter().map(|t| t.to).collect();
+    assert!(task_states.contains(&TaskState::WaitingForRetry));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_error_fails_the_task_after_one_attempt() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    handlers.register_fn("flaky", |_| async move {
+        Err(HandlerError::permanent("card declined"))
+    });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 1);
+    assert_eq!(flaky.state, StepState::Error);
+    assert_eq!(flaky.error().unwrap().kind, ErrorKind::Permanent);
+    assert_eq!(report.task.error.as_ref().unwrap()["step"], json!("flaky"));
+    assert_eq!(
+        report.task.error.as_ref().unwrap()["error"]["message"],
+        json!("card declined")
+    );
+    // The dependent step never started.
+    assert_eq!(report.step("after").unwrap().state, StepState::Pending);
+    assert_eq!(report.step("after").unwrap().attempts, 0);
+    assert_audit_chains(&report.transitions);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_attempts_fail_the_task_with_the_last_error() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    let c = calls.clone();
+    handlers.register_fn("flaky", move |ctx| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Err(HandlerError::retryable(format!(
+                "down on attempt {}",
+                ctx.attempt
+            )))
+        }
+    });
+    let yaml = RETRY_YAML.replace(
+        "backoff: linear, backoff_base_ms: 60",
+        "backoff: none, backoff_base_ms: 0",
+    );
+    let engine = engine_with(templates_from(&yaml), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let flaky = report.step("flaky").unwrap();
+    assert_eq!(flaky.attempts, 3);
+    assert_eq!(flaky.error().unwrap().message, "down on attempt 3");
+    let last = report
+        .transitions
+        .steps
+        .iter()
+        .rfind(|t| t.step_name == "flaky")
+        .unwrap();
+    assert_eq!(last.to, StepState::Error);
+    assert_eq!(last.metadata["reason"], json!("attempts exhausted"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_handler_fails_the_step_permanently_naming_it() {
+    let mut handlers = HandlerRegistry::new();
+    echo(&mut handlers);
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let err = report.step("flaky").unwrap().error().unwrap().clone();
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert_eq!(err.code.as_deref(), Some("handler_not_found"));
+    assert!(err.message.contains("`flaky`"), "{}", err.message);
+    assert_eq!(report.step("flaky").unwrap().attempts, 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_become_failures() {
+    let yaml = r#"
+namespace: t
+name: bad
+version: "1"
+steps:
+  - name: boom
+    handler: { callable: boom }
+    retry: { retryable: false, max_attempts: 1 }
+"#;
+    let hang = r#"
+namespace: t
+name: hang
+version: "1"
+steps:
+  - name: sleepy
+    handler: { callable: sleepy }
+    timeout_seconds: 0.1
+    retry: { max_attempts: 2, backoff: none }
+"#;
+    let mut templates = templates_from(yaml);
+    templates
+        .register(stepgraph_engine::TaskTemplate::from_yaml(hang, "hang.yaml").unwrap())
+        .unwrap();
+    let mut handlers = HandlerRegistry::new();
+    handlers.register_fn("boom", |_| async move {
+        let v: Vec<u8> = Vec::new();
+        let _ = v[3];
+        Ok(StepOutput::Success(json!(null)))
+    });
+    handlers.register_fn("sleepy", |_| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(StepOutput::Success(json!(null)))
+    });
+    let engine = engine_with(templates, handlers);
+
+    let report = engine.run("t", "bad", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let err = report.step("boom").unwrap().error().unwrap().clone();
+    assert_eq!(err.code.as_deref(), Some("panic"));
+    assert!(
+        err.message.contains("index out of bounds"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("`boom`"), "{}", err.message);
+
+    let report = engine.run("t", "hang", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let sleepy = report.step("sleepy").unwrap();
+    assert_eq!(sleepy.attempts, 2, "a timeout is retryable");
+    let err = sleepy.error().unwrap();
+    assert_eq!(err.code.as_deref(), Some("timeout"));
+    assert!(err.message.contains("timed out"), "{}", err.message);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_does_not_fit_the_step_is_a_failure_naming_it() {
+    let yaml = r#"
+namespace: t
+name: shapes
+version: "1"
+steps:
+  - name: pick
+    type: decision
+    handler: { callable: pick }
+  - name: yes
+    dependencies: [pick]
+    handler: { callable: echo }
+  - name: "no"
+    dependencies: [pick]
+    handler: { callable: echo }
+"#;
+    let run = |decision: StepOutput| {
+        let mut handlers = HandlerRegistry::new();
+        echo(&mut handlers);
+        handlers.register_fn("pick", move |_| {
+            let d = decision.clone();
+            async move { Ok(d) }
+        });
+        engine_with(templates_from(yaml), handlers)
+    };
+    let cases = [
+        (
+            StepOutput::Success(json!(1)),
+            "a decision step must return a decision",
+        ),
+        (
+            StepOutput::Decision(vec!["maybe".into()]),
+            "unknown branch `maybe`; branches are: yes, no",
+        ),
+        (
+            StepOutput::Batch(stepgraph_engine::BatchOutcome::even(10, 5)),
+            "a decision step must return a decision",
+        ),
+    ];
+    for (output, message) in cases {
+        let engine = run(output);
+        let report = engine.run("t", "shapes", json!({})).await.unwrap();
+        assert_eq!(report.state(), TaskState::Error);
+        let err = report.step("pick").unwrap().error().unwrap().clone();
+        assert_eq!(err.code.as_deref(), Some("invalid_output"));
+        assert!(err.message.starts_with("step `pick`"), "{}", err.message);
+        assert!(err.message.contains(message), "{}", err.message);
+        engine.shutdown().await;
+    }
+    // A plain step returning a decision is refused too.
+    let mut handlers = HandlerRegistry::new();
+    handlers.register_fn("flaky", |_| async move {
+        Ok(StepOutput::Decision(vec!["x".into()]))
+    });
+    echo(&mut handlers);
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let report = engine.run("t", "retry", json!({})).await.unwrap();
+    let err = report.step("flaky").unwrap().error().unwrap().clone();
+    assert_eq!(
+        err.message,
+        "step `flaky`: returned a decision but is not a decision step"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_failing_the_input_schema_is_refused_at_creation() {
+    let engine = fixture_engine();
+    let err = engine
+        .submit(TaskRequest::new(
+            "e2e",
+            "linear",
+            json!({"even_number": "six"}),
+        ))
+        .await
+        .unwrap_err();
+    match err {
+        EngineError::Orchestrator(OrchestratorError::InvalidContext { template, message }) => {
+            assert_eq!(template, "e2e/linear@1.0.0");
+            assert!(message.contains("/even_number"), "{message}");
+            assert!(message.contains("integer"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let err = engine
+        .submit(TaskRequest::new(
+            "e2e",
+            "conditional_approval",
+            json!({"amount": 5}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requester"), "{err}");
+    let err = engine
+        .submit(TaskRequest::new("e2e", "nope", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "no template e2e/nope");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_existing_task() {
+    let engine = fixture_engine();
+    let mut req = TaskRequest::new("e2e", "linear", json!({"even_number": 6}));
+    req.idempotency_key = Some("order-42".into());
+    let first = engine.submit(req.clone()).await.unwrap();
+    let second = engine.submit(req).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.task_id, second.task_id);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_task_never_starts_its_pending_steps() {
+    let ran = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut handlers = HandlerRegistry::new();
+    let r = ran.clone();
+    handlers.register_fn("flaky", move |ctx| {
+        r.lock().push(ctx.step_name.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(StepOutput::Success(json!(1)))
+        }
+    });
+    let r = ran.clone();
+    handlers.register_fn("echo", move |ctx| {
+        r.lock().push(ctx.step_name.clone());
+        async move { Ok(StepOutput::Success(json!(2))) }
+    });
+    let engine = engine_with(templates_from(RETRY_YAML), handlers);
+    let created = engine
+        .submit(TaskRequest::new("t", "retry", json!({})))
+        .await
+        .unwrap();
+    while ran.lock().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        engine.cancel(created.task_id).await.unwrap(),
+        TaskState::Cancelled
+    );
+    // The running step finishes on its own; wait until its result was processed.
+    let mut report = engine.report(created.task_id).await.unwrap();
+    for _ in 0..1000 {
+        if report.step("flaky").unwrap().state == StepState::Cancelled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        report = engine.report(created.task_id).await.unwrap();
+    }
+    assert_eq!(report.state(), TaskState::Cancelled);
+    assert_eq!(report.step("after").unwrap().state, StepState::Cancelled);
+    // The running step finished, and its result was discarded.
+    assert_eq!(report.step("flaky").unwrap().state, StepState::Cancelled);
+    assert_eq!(*ran.lock(), vec!["flaky".to_string()]);
+    assert_audit_chains(&report.transitions);
+    engine.shutdown().await;
+}

@@ -1,0 +1,469 @@
+//! The PostgreSQL backend in this process, against the real PostgreSQL on
+//! this machine: eager dispatch by lease, group commit, slot hand-off, queue
+//! claims and wake-ups, the stranded-step sweep, and the migrations with the
+//! server-side functions. (`postgres.rs` drives `serve` and `worker`
+//! processes.)
+
+mod common;
+
+use common::cluster::TestDb;
+use common::SIX_16;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use stepgraph_engine::queue::{worker_queue, Outgoing, Slots};
+use stepgraph_engine::{
+    Eager, Orchestrator, OrchestratorConfig, Queue, StartOutcome, StepMessage, Store, StoreError,
+    TaskRequest,
+};
+use stepgraph_postgres::PgBackend;
+use stepgraph_worker::Transport;
+use stepgraph_worker::{examples, Engine, EngineConfig};
+use tokio::sync::Semaphore;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// An orchestrator in this process on a test database, and an eager
+/// dispatch of one slot for the e2e namespace.
+struct InProcess {
+    pg: Arc<PgBackend>,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    orchestrator: Orchestrator,
+    eager: Eager,
+}
+
+impl InProcess {
+    async fn start(db: &TestDb) -> InProcess {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
+        let orchestrator = Orchestrator::new(
+            store.clone(),
+            queue.clone(),
+            Arc::new(common::fixture_templates()),
+            OrchestratorConfig::default(),
+        );
+        let eager = Eager {
+            queues: vec![worker_queue("e2e")],
+            slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
+            visibility: Duration::from_secs(60),
+            handoff: Default::default(),
+        };
+        InProcess {
+            pg,
+            store,
+            queue,
+            orchestrator,
+            eager,
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            queue,
+            orchestrator,
+            eager,
+            ..
+        } = InProcess::start(&db).await;
+        let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let (created, claimed) = orchestrator
+            .create_task_eager(request(), Some(&eager))
+            .await
+            .unwrap();
+        assert!(created.created);
+        assert_eq!(claimed.len(), 1);
+        let first = &claimed[0];
+        assert_eq!(first.message.step_name, "step_1");
+        assert_eq!(first.work.context, json!({ "even_number": 6 }));
+        assert_eq!(first.work.attempt, 1);
+        assert!(
+            first.snapshot.is_some(),
+            "the graph to commit the outcome against"
+        );
+        let receive = || queue.receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO);
+        // Leased, not sent: no other consumer gets it.
+        assert!(receive().await.unwrap().is_empty());
+        assert_eq!(
+            db.query(&format!(
+                "SELECT (claimed_until > now() + interval '50 seconds')::text FROM sg_steps WHERE id = '{}'",
+                first.message.step_id
+            )),
+            ["true"]
+        );
+
+        // The one slot is taken: the next task's first step is an ordinary message.
+        let (_, none) = orchestrator
+            .create_task_eager(request(), Some(&eager))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        // Up to the NOTIFY's arrival: the queue was seen drained above.
+        let sent = queue.receive(
+            "worker.e2e",
+            10,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        );
+        assert_eq!(sent.await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            pg, orchestrator, ..
+        } = InProcess::start(&db).await;
+        let request = |key: Option<&str>| {
+            let mut r = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            r.idempotency_key = key.map(str::to_string);
+            r
+        };
+        let before = pg.statements();
+        let created =
+            futures::future::join_all((0..40).map(|_| orchestrator.create_task(request(None))))
+                .await;
+        let statements = pg.statements() - before;
+        assert!(created.into_iter().all(|c| c.unwrap().created));
+        assert!(
+            statements < 20,
+            "40 creations at once took {statements} statements: they did not share commits"
+        );
+
+        // Two of these share an idempotency key: a batch holding both fails
+        // as a whole, and its changes are then applied one by one.
+        let keys: Vec<String> = (0..20)
+            .map(|i| match i {
+                3 | 17 => "shared".to_string(),
+                i => format!("key-{i}"),
+            })
+            .collect();
+        let created = futures::future::join_all(
+            keys.iter()
+                .map(|k| orchestrator.create_task(request(Some(k)))),
+        )
+        .await;
+        let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
+        assert_eq!(created.iter().filter(|c| c.created).count(), 19);
+        assert_eq!(created[3].task_id, created[17].task_id);
+
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_tasks"),
+            ["59"],
+            "no creation lost or applied twice"
+        );
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_steps WHERE state = 'enqueued'"),
+            ["59"]
+        );
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+            ["59"],
+            "each task's first step sent once"
+        );
+        assert_eq!(
+            db.query(
+                "SELECT count(*)::text FROM sg_task_transitions t JOIN sg_tasks k ON k.id = t.task_id
+                  WHERE t.most_recent AND t.to_state = k.state"
+            ),
+            ["59"],
+            "each task's audit trail ends in its state"
+        );
+    });
+}
+
+#[test]
+fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
+        let mut config = EngineConfig::default();
+        config.worker.concurrency = 1;
+        let engine = Engine::with_backends(
+            store,
+            queue,
+            common::fixture_templates(),
+            examples::registry(),
+            config,
+        );
+        let runs = (0..5).map(|_| async {
+            let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            let id = engine.submit(request).await.unwrap().task_id;
+            engine.wait_task(id, LONG).await.unwrap()
+        });
+        for task in futures::future::join_all(runs).await {
+            assert_eq!(task.result, Some(json!(SIX_16)));
+        }
+        // The one slot was always busy when a step made the next one ready:
+        // only the slot the finished step passed on let the next run here.
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_steps WHERE name <> 'step_1' AND claimed_until IS NOT NULL"),
+            ["15"],
+            "every later step leased to the worker by the commit of the step before it"
+        );
+        engine.shutdown().await;
+    });
+}
+
+#[test]
+fn a_step_message_claim_reads_the_step_start_with_it() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            pg,
+            store,
+            queue,
+            orchestrator,
+            ..
+        } = InProcess::start(&db).await;
+        let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let q = worker_queue("e2e");
+        let created = orchestrator.create_task(request()).await.unwrap();
+        let unknown = StepMessage {
+            task_id: created.task_id,
+            step_id: stepgraph_engine::new_id(),
+            attempt: 1,
+            step_name: "nowhere".into(),
+            handler: "none".into(),
+        };
+        let poison = [b"not json".to_vec(), serde_json::to_vec(&unknown).unwrap()];
+        let outgoing = poison
+            .iter()
+            .map(|payload| Outgoing {
+                payload: payload.clone(),
+                delay: Duration::ZERO,
+            })
+            .collect();
+        queue.send(&q, outgoing).await.unwrap();
+        let receive = || queue.receive(&q, 10, Duration::from_secs(60), Duration::from_secs(5));
+
+        // One statement claims all three; undecodable payloads do not fail it.
+        let before = pg.statements();
+        let got = receive().await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(pg.statements(), before + 1);
+        let step: StepMessage = got[0].decode().unwrap();
+        assert_eq!(got[1].payload, b"not json");
+
+        // The starts came with the claim: no statement of their own.
+        match store.start_step(step.step_id, 1, false).await.unwrap() {
+            StartOutcome::Started(work, snapshot) => {
+                assert_eq!(work.step_name, "step_1");
+                assert_eq!(work.context, json!({ "even_number": 6 }));
+                assert!(snapshot.is_some(), "the graph to commit against");
+            }
+            other => panic!("step_1 did not start: {other:?}"),
+        }
+        assert!(matches!(
+            store.start_step(unknown.step_id, 1, false).await,
+            Err(StoreError::StepNotFound(id)) if id == unknown.step_id
+        ));
+        assert_eq!(pg.statements(), before + 1);
+
+        // Each is read once: asked again, the database answers.
+        assert!(matches!(
+            store.start_step(step.step_id, 1, false).await.unwrap(),
+            StartOutcome::Started(..)
+        ));
+        assert_eq!(pg.statements(), before + 2);
+
+        // A start that marks the step InProgress is the database's to make.
+        orchestrator.create_task(request()).await.unwrap();
+        let got = receive().await.unwrap();
+        let step: StepMessage = got[0].decode().unwrap();
+        let before = pg.statements();
+        assert!(matches!(
+            store.start_step(step.step_id, 1, true).await.unwrap(),
+            StartOutcome::Started(..)
+        ));
+        assert_eq!(pg.statements(), before + 1);
+        assert_eq!(
+            db.query(&format!(
+                "SELECT state FROM sg_steps WHERE id = '{}'",
+                step.step_id
+            )),
+            ["in_progress"]
+        );
+    });
+}
+
+/// Up to 4 messages, claimed for 400 ms, waiting up to `wait_ms` for one.
+async fn receive(
+    q: &str,
+    queue: &stepgraph_postgres::PgQueue,
+    wait_ms: u64,
+) -> Result<Vec<stepgraph_engine::queue::Delivery>, stepgraph_engine::QueueError> {
+    let visibility = Duration::from_millis(400);
+    queue
+        .receive(q, 4, visibility, Duration::from_millis(wait_ms))
+        .await
+}
+
+#[test]
+fn a_drained_queue_is_not_claimed_again_before_a_send_or_its_next_message_is_due() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        // Two consumers, as two processes would be.
+        let (a, b) = (pg.queue(), pg.queue());
+        let one = |payload: &[u8], delay_ms: u64| {
+            vec![Outgoing {
+                payload: payload.to_vec(),
+                delay: Duration::from_millis(delay_ms),
+            }]
+        };
+
+        // Drained once, receiving again costs no statement until something is sent.
+        assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        let before = pg.statements();
+        for _ in 0..5 {
+            assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        }
+        assert_eq!(pg.statements(), before, "a drained queue was claimed again");
+
+        // A send wakes it (the NOTIFY).
+        b.send("q", one(b"now", 0)).await.unwrap();
+        let got = receive("q", &a, 5000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"now");
+        a.ack("q", &[got[0].receipt]).await.unwrap();
+
+        // A delayed message: announced when sent, claimed once it is due.
+        let start = std::time::Instant::now();
+        b.send("q", one(b"later", 300)).await.unwrap();
+        let got = receive("q", &a, 5000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"later");
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "it came early"
+        );
+        a.ack("q", &[got[0].receipt]).await.unwrap();
+
+        // Claimed by b, never acknowledged: no NOTIFY tells a when its
+        // visibility timeout ends, the time the claim reported does.
+        b.send("q", one(b"lost", 0)).await.unwrap();
+        let lost = receive("q", &b, 5000).await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert!(receive("q", &a, 0).await.unwrap().is_empty());
+        let again = receive("q", &a, 3000).await.unwrap();
+        assert_eq!(again.len(), 1, "the unacknowledged message came back");
+        assert_eq!(
+            (again[0].payload.as_slice(), again[0].delivery_count),
+            (&b"lost"[..], 2)
+        );
+    });
+}
+
+#[test]
+fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
+    let db = TestDb::create();
+    block_on(async {
+        let InProcess {
+            store,
+            queue,
+            orchestrator,
+            eager,
+            ..
+        } = InProcess::start(&db).await;
+        let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+        let (_, claimed) = orchestrator
+            .create_task_eager(request, Some(&eager))
+            .await
+            .unwrap();
+        let step = claimed[0].message.step_id;
+        let lease = |sql: &str| db.query(&format!("{sql} WHERE id = '{step}'"));
+        let lapse = || lease("UPDATE sg_steps SET claimed_until = now() - interval '1 second'");
+        let sweep_after = Duration::from_secs(60);
+
+        // Its worker died: the sweep sends the step's message, then ends the lease.
+        lapse();
+        assert_eq!(orchestrator.resend_stranded(sweep_after).await.unwrap(), 1);
+        let sent = queue
+            .receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].decode::<StepMessage>().unwrap().step_id, step);
+        assert_eq!(
+            lease("SELECT coalesce(claimed_until::text, 'none') FROM sg_steps"),
+            ["none"]
+        );
+
+        // One sweep at a time: the first leases the step for a while.
+        lapse();
+        let first = store.stranded(sweep_after, 100).await.unwrap();
+        assert_eq!(first.steps.len(), 1);
+        assert!(store
+            .stranded(sweep_after, 100)
+            .await
+            .unwrap()
+            .steps
+            .is_empty());
+        // Meanwhile a commit leased the step anew (it ran again and became
+        // ready again): ending the sweep's lease leaves that one alone.
+        lease("UPDATE sg_steps SET claimed_until = now() + interval '5 minutes'");
+        let taken = (step, first.steps[0].lease.expect("a lapsed lease"));
+        store.end_leases(&[taken]).await.unwrap();
+        assert_eq!(
+            lease("SELECT (claimed_until > now() + interval '4 minutes')::text FROM sg_steps"),
+            ["true"]
+        );
+    });
+}
+
+#[test]
+fn every_server_side_function_is_defined_in_functions_sql_and_migrate_is_idempotent() {
+    let db = TestDb::create();
+    let sql = include_str!("../core/postgres/functions.sql");
+    let mut defined: Vec<String> = sql
+        .lines()
+        .filter_map(|l| l.strip_prefix("CREATE OR REPLACE FUNCTION "))
+        .map(|l| l.split('(').next().unwrap().trim().to_string())
+        .collect();
+    defined.sort();
+    let functions = "SELECT proname::text FROM pg_proc WHERE proname LIKE 'sg\\_%' ORDER BY 1";
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 2).await.unwrap();
+        assert_eq!(pg.migrate().await.unwrap(), (1..=9).collect::<Vec<i32>>());
+        // Exactly the functions of the file: none left over from a migration.
+        assert_eq!(db.query(functions), defined);
+        // Applying again changes nothing.
+        assert_eq!(pg.migrate().await.unwrap(), Vec::<i32>::new());
+        let applied = "SELECT applied_at::text FROM sg_schema_functions";
+        let first = db.query(applied);
+        assert_eq!(pg.migrate().await.unwrap(), Vec::<i32>::new());
+        assert_eq!(
+            db.query(applied),
+            first,
+            "an unchanged functions.sql is not re-applied"
+        );
+        // A database whose functions differ from the file gets the file's.
+        db.query("UPDATE sg_schema_functions SET body = 'older' RETURNING ''");
+        db.query(
+            "CREATE OR REPLACE FUNCTION sg_conflict(msg text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$",
+        );
+        pg.migrate().await.unwrap();
+        assert_eq!(db.query(functions), defined);
+        let body = db.query("SELECT prosrc FROM pg_proc WHERE proname = 'sg_conflict'");
+        assert!(body[0].contains("SG409"), "{body:?}");
+    });
+}
