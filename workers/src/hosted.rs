@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 /// Where a hosted worker's state and queue live: what its caller passed
 /// explicitly, over the `STEPGRAPH_*` settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// None: `STEPGRAPH_DATABASE_URL`.
     pub database_url: Option<String>,
