@@ -68,11 +68,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
                 config.orchestrator(),
             ));
             orchestrating = Some(tokio::spawn(orchestrator.clone().run(shutdown.clone())));
-            let state = ApiState {
-                orchestrator,
-                store,
-                queue,
-            };
+            let state = ApiState::new(orchestrator, store, queue);
             (state, None, "")
         }
         // The embedded engine, with the example handlers, behind the API.
@@ -90,11 +86,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
                     ..Default::default()
                 },
             );
-            let state = ApiState {
-                orchestrator: engine.orchestrator().clone(),
-                store,
-                queue,
-            };
+            let state = ApiState::new(engine.orchestrator().clone(), store, queue);
             let mode = " (embedded mode: in-memory state, nothing persists)";
             (state, Some(engine), mode)
         }

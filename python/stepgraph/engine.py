@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -109,10 +110,14 @@ class _HandlerPool:
         grace period) for the handlers running here, threads and coroutines."""
         self._stop.set()
         self._native.shutdown()
+        # The native side waited its grace for the running handlers: a
+        # handler still running outlived it and is abandoned (its step is
+        # redelivered); the threads only have their last call to return from.
+        deadline = time.monotonic() + 1.0
         for t in self._threads:
             if t.is_alive():
-                t.join(timeout=5)
-        concurrent.futures.wait(list(self._in_flight), timeout=5)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        concurrent.futures.wait(list(self._in_flight), timeout=max(0.0, deadline - time.monotonic()))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=5)
         if not self._loop_thread.is_alive():
@@ -173,6 +178,12 @@ class Engine:
         """Benchmarks: the mean seconds of one host round trip (the step
         handed to ``handler`` here, run, its result back in Rust), over ``n``."""
         return self._native.roundtrip(handler, n) / 1e9 / max(1, n)
+
+    def host_stats(self) -> dict[str, int]:
+        """What the Rust host holds and has done: ``pending`` (steps out with
+        the handlers here), ``completion_depth`` and ``completion_waits``
+        (completions that waited for room: backpressure, nothing dropped)."""
+        return self._native.host_stats()
 
     def close(self) -> None:
         self._pool.stop()

@@ -58,6 +58,16 @@ export function taskResult(report: any): TaskResult {
   return { taskId: task.id, state: task.state, result: task.result, error: task.error, steps, report };
 }
 
+/** What the Rust host holds and has done ({@link Engine.hostStats}). */
+export interface HostStats {
+  /** Steps out with the handlers of this process. */
+  pending: number;
+  /** Completions waiting for the host's router. */
+  completionDepth: number;
+  /** Completions that found the channel full and waited (backpressure). */
+  completionWaits: number;
+}
+
 export interface EngineOptions {
   /** The directory of task templates (YAML). */
   templatesDir: string;
@@ -130,6 +140,20 @@ export class Engine {
   async roundtrip(handler: string, n: number): Promise<number> {
     const nanos = await this.#native.call(JSON.stringify({ op: "roundtrip", handler, n }));
     return Number(nanos) / 1000 / Math.max(1, n);
+  }
+
+  /**
+   * What the Rust host holds and has done: `pending` (steps out with the
+   * handlers here), `completionDepth` and `completionWaits` (completions
+   * that waited for room: backpressure, nothing dropped).
+   */
+  async hostStats(): Promise<HostStats> {
+    const s = (await this.#native.call(JSON.stringify({ op: "stats" }))) as Record<string, number | bigint>;
+    return {
+      pending: Number(s.pending),
+      completionDepth: Number(s.completion_depth),
+      completionWaits: Number(s.completion_waits),
+    };
   }
 
   /** Graceful: running handlers finish and are recorded, then the engine stops. */

@@ -106,9 +106,9 @@ fn engine_kind(e: &EngineError) -> ErrorKind {
             OrchestratorError::Store(e) => store_kind(e),
             OrchestratorError::Queue(QueueError::Backend(_)) => ErrorKind::Unavailable,
             OrchestratorError::Queue(QueueError::Encode(_)) => ErrorKind::Internal,
-            OrchestratorError::Illegal(_) | OrchestratorError::Contention { .. } => {
-                ErrorKind::Conflict
-            }
+            OrchestratorError::Illegal(_)
+            | OrchestratorError::Contention { .. }
+            | OrchestratorError::WrongState { .. } => ErrorKind::Conflict,
         },
         EngineError::Store(e) => store_kind(e),
         EngineError::Timeout { .. } => ErrorKind::Timeout,
@@ -168,6 +168,14 @@ mod tests {
             ),
             (
                 engine(OrchestratorError::Contention { task_id }),
+                ErrorKind::Conflict,
+            ),
+            (
+                engine(OrchestratorError::WrongState {
+                    task_id,
+                    state: TaskState::Complete,
+                    action: "cancelled",
+                }),
                 ErrorKind::Conflict,
             ),
             (

@@ -116,6 +116,8 @@ pub enum Call {
     },
     /// Benchmarks: replies with the nanoseconds `n` round trips took.
     Roundtrip { handler: String, n: u64 },
+    /// Replies with the host's [`crate::HostStats`].
+    Stats,
     /// Stops gracefully; replies with null.
     Shutdown,
 }
@@ -130,6 +132,9 @@ pub struct HostedEngine {
     /// A worker against PostgreSQL: its shutdown trigger and its task.
     worker: Mutex<Option<(ShutdownTrigger, JoinHandle<()>)>>,
     host: Arc<Host>,
+    /// How long a shutdown waits in all for the handlers still running
+    /// (the worker's `shutdown_grace_ms`).
+    grace: Duration,
 }
 
 /// The templates, the host, the handler registry (the host's for the names
@@ -196,6 +201,7 @@ impl HostedEngine {
             engine: Mutex::new(Some(Arc::new(engine))),
             worker: Mutex::new(None),
             host,
+            grace: WorkerConfig::default().shutdown_grace,
         })
     }
 
@@ -228,6 +234,7 @@ impl HostedEngine {
             engine: Mutex::new(None),
             worker: Mutex::new(Some(worker)),
             host,
+            grace: settings.worker().shutdown_grace,
         })
     }
 
@@ -315,6 +322,8 @@ impl HostedEngine {
                 Call::Roundtrip { handler, n } => this
                     .roundtrip(&handler, n)
                     .map(|took| Value::from(took.as_nanos() as u64)),
+                Call::Stats => serde_json::to_value(this.host.stats())
+                    .map_err(|e| HostedError::Internal(e.to_string())),
                 Call::Shutdown => {
                     this.shutdown();
                     Ok(Value::Null)
@@ -335,6 +344,7 @@ impl HostedEngine {
     /// and their results are recorded (up to the worker's grace period),
     /// then the host stops.
     pub fn shutdown(&self) {
+        let deadline = std::time::Instant::now() + self.grace;
         let engine = self.engine.lock().take();
         let worker = self.worker.lock().take();
         self.host.drain();
@@ -346,8 +356,10 @@ impl HostedEngine {
             trigger.trigger();
             let _ = self.runtime.block_on(task);
         }
-        // The steps of `run` calls still waiting elsewhere finish too.
-        self.host.wait_idle(WorkerConfig::default().shutdown_grace);
+        // The steps of `run` calls still waiting elsewhere finish too, within
+        // the same grace: what outlives it is abandoned and redelivered.
+        self.host
+            .wait_idle(deadline.saturating_duration_since(std::time::Instant::now()));
         self.host.shutdown();
     }
 }

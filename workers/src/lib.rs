@@ -21,7 +21,7 @@ pub use error::{ErrorKind, HostedError};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
-pub use host::{ForeignHandler, Host, HostConfig, HostError, StepEvent, StepResult};
+pub use host::{ForeignHandler, Host, HostConfig, HostError, HostStats, StepEvent, StepResult};
 pub use hosted::{Call, EngineOptions, HostedEngine, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
 pub use settings::{Settings, SettingsError};

@@ -132,7 +132,7 @@ int32_t sg_complete(uint64_t handle, uint64_t event_id, const uint8_t *outcome, 
 /**
  * Starts a blocking operation without blocking: `call` is JSON
  * `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
- * `{"op": "roundtrip", "handler", "n"}` or `{"op": "shutdown"}`. Writes
+ * `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}` or `{"op": "shutdown"}`. Writes
  * its ticket to `*ticket`; its outcome comes from [`sg_next_replies`].
  *
  * # Safety

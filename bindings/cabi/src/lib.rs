@@ -326,7 +326,7 @@ pub unsafe extern "C" fn sg_complete(
 
 /// Starts a blocking operation without blocking: `call` is JSON
 /// `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
-/// `{"op": "roundtrip", "handler", "n"}` or `{"op": "shutdown"}`. Writes
+/// `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}` or `{"op": "shutdown"}`. Writes
 /// its ticket to `*ticket`; its outcome comes from [`sg_next_replies`].
 ///
 /// # Safety

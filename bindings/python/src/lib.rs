@@ -142,6 +142,13 @@ impl NativeEngine {
         serde_json::to_string(&report).map_err(internal)
     }
 
+    /// What the host holds and has done: `pending`, `completion_depth`,
+    /// `completion_waits` (completions that waited for a full channel).
+    fn host_stats(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let stats = serde_json::to_value(self.inner.host().stats()).map_err(internal)?;
+        convert::to_python(py, &stats)
+    }
+
     /// Stops gracefully: no more events are handed out (waiting Python
     /// threads get StepgraphError), the handlers that are running finish
     /// and their results are recorded, then the host stops.

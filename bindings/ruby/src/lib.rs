@@ -200,6 +200,15 @@ impl NativeEngine {
         self.inner.host().pending_count()
     }
 
+    /// What the host holds and has done, a Hash: `pending`,
+    /// `completion_depth`, `completion_waits` (completions that waited for a
+    /// full channel).
+    fn host_stats(ruby: &Ruby, rb_self: &Self) -> Result<magnus::Value, Error> {
+        let stats =
+            serde_json::to_value(rb_self.inner.host().stats()).map_err(|e| internal(ruby, e))?;
+        convert::to_ruby(ruby, &stats)
+    }
+
     /// `closed`, `open` or `half_open`.
     fn breaker_state(&self, handler: String) -> String {
         serde_json::to_value(self.inner.host().breaker_state(&handler))
@@ -230,6 +239,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("roundtrip", method!(NativeEngine::roundtrip, 2))?;
     class.define_method("pending_count", method!(NativeEngine::pending_count, 0))?;
     class.define_method("breaker_state", method!(NativeEngine::breaker_state, 1))?;
+    class.define_method("host_stats", method!(NativeEngine::host_stats, 0))?;
     class.define_method("shutdown", method!(NativeEngine::shutdown, 0))?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::queue::{worker_queue, Queue, ORCHESTRATION_QUEUE};
@@ -29,6 +30,39 @@ pub struct ApiState {
     pub orchestrator: Arc<Orchestrator>,
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
+    /// `wait` requests holding their connection now (a gauge in `/metrics`).
+    waiting: Arc<AtomicUsize>,
+}
+
+impl ApiState {
+    pub fn new(
+        orchestrator: Arc<Orchestrator>,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+    ) -> Self {
+        ApiState {
+            orchestrator,
+            store,
+            queue,
+            waiting: Arc::default(),
+        }
+    }
+}
+
+/// Counts a `wait` request for as long as it waits.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(n: &Arc<AtomicUsize>) -> Waiting {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct ApiError(StatusCode, String);
@@ -61,7 +95,9 @@ impl From<OrchestratorError> for ApiError {
             | OrchestratorError::InvalidContext { .. } => {
                 ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
-            OrchestratorError::Contention { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            OrchestratorError::Contention { .. } | OrchestratorError::WrongState { .. } => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
             OrchestratorError::Queue(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             OrchestratorError::Illegal(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
         }
@@ -189,6 +225,7 @@ async fn wait_task(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = task_id(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
+    let _waiting = Waiting::new(&s.waiting);
     let view = s.store.wait_terminal_view(id, timeout).await?;
     Ok(Json(TaskView::new(view)))
 }
@@ -283,6 +320,11 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let _ = writeln!(out, "stepgraph_queue_depth{{queue=\"{q}\"}} {depth}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP stepgraph_http_waiting_requests Wait requests holding their connection.\n# TYPE stepgraph_http_waiting_requests gauge\nstepgraph_http_waiting_requests {}",
+        s.waiting.load(Ordering::SeqCst)
+    );
     out.push_str(&s.orchestrator.metrics().render());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

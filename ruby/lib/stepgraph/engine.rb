@@ -27,7 +27,11 @@ module Stepgraph
     def stop
       @stopping = true
       @native.shutdown
-      @threads.each { |t| t.join(5) }
+      # The native side waited its grace for the running handlers: a handler
+      # still running outlived it and is abandoned (its step is redelivered);
+      # the threads only have their last call to return from.
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 1.0
+      @threads.each { |t| t.join([deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 0].max) }
       @threads = []
     end
 
@@ -106,6 +110,13 @@ module Stepgraph
     # The state of +handler+'s circuit breaker: "closed", "open" or "half_open".
     def breaker_state(handler)
       @native.breaker_state(handler.to_s)
+    end
+
+    # What the Rust host holds and has done: "pending" (steps out with the
+    # handlers here), "completion_depth" and "completion_waits" (completions
+    # that waited for room: backpressure, nothing dropped).
+    def host_stats
+      @native.host_stats
     end
 
     def close

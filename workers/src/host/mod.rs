@@ -12,7 +12,8 @@
 //! - Every dispatched event has a deadline; a reaper thread fails overdue ones
 //!   as retryable `timeout`s, and their late completions are refused.
 //! - Completions pass through one bounded channel: when it is full,
-//!   `complete` waits (backpressure), it never drops.
+//!   `complete` waits (backpressure), it never drops; [`HostStats`] counts
+//!   the waits.
 //! - A circuit breaker per handler: consecutive failures open it; while open
 //!   its steps fail as retryable `circuit_open` with the remaining cool-down as
 //!   backoff; after the cool-down one probe is let through, whose success
@@ -31,7 +32,7 @@ pub use foreign::ForeignHandler;
 pub use schema::{StepEvent, StepResult};
 
 use breaker::Breakers;
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 use pending::{reap, route, Completion, Pending};
 use std::collections::{HashMap, VecDeque};
@@ -58,11 +59,24 @@ struct Inner {
     idle: Condvar,
     breakers: Breakers,
     completions: Mutex<Option<Sender<Completion>>>,
+    /// `complete` calls that found the completion channel full and waited.
+    completion_waits: AtomicU64,
     credits: Arc<Semaphore>,
     next_id: AtomicU64,
     /// No new events are handed out; completions are still taken.
     draining: AtomicBool,
     closed: AtomicBool,
+}
+
+/// What the host holds and has done, for the bindings' `host_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HostStats {
+    /// Events out with the language side.
+    pub pending: usize,
+    /// Completions waiting for the router.
+    pub completion_depth: usize,
+    /// `complete` calls that waited because the completion channel was full.
+    pub completion_waits: u64,
 }
 
 pub struct Host {
@@ -86,6 +100,7 @@ impl Host {
             idle: Condvar::new(),
             breakers,
             completions: Mutex::new(Some(tx)),
+            completion_waits: AtomicU64::new(0),
             credits: Arc::new(Semaphore::new(0)),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -191,15 +206,21 @@ impl Host {
             p
         };
         let tx = self.inner.completions.lock().clone();
+        let completion = Completion {
+            handler: p.handler,
+            result,
+            reply: p.reply,
+        };
         let sent = match tx {
-            Some(tx) => tx
-                .send(Completion {
-                    handler: p.handler,
-                    result,
-                    reply: p.reply,
-                })
-                .map_err(|_| HostError::Closed),
             None => Err(HostError::Closed),
+            Some(tx) => match tx.try_send(completion) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(completion)) => {
+                    self.inner.completion_waits.fetch_add(1, Ordering::Relaxed);
+                    tx.send(completion).map_err(|_| HostError::Closed)
+                }
+                Err(TrySendError::Disconnected(_)) => Err(HostError::Closed),
+            },
         };
         let pending = self.inner.pending.lock();
         self.inner.completing.fetch_sub(1, Ordering::SeqCst);
@@ -237,6 +258,14 @@ impl Host {
     /// Events dispatched and not yet completed.
     pub fn pending_count(&self) -> usize {
         self.inner.pending.lock().len()
+    }
+
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            pending: self.pending_count(),
+            completion_depth: self.completion_depth(),
+            completion_waits: self.inner.completion_waits.load(Ordering::Relaxed),
+        }
     }
 
     pub fn breaker_state(&self, handler: &str) -> BreakerState {
@@ -353,6 +382,7 @@ mod tests {
                 idle: Condvar::new(),
                 breakers: Breakers::new(&HostConfig::default()),
                 completions: Mutex::new(None),
+                completion_waits: AtomicU64::new(0),
                 credits: Arc::new(Semaphore::new(0)),
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),

@@ -42,6 +42,13 @@ pub enum OrchestratorError {
     Illegal(#[from] crate::state::IllegalTransition),
     #[error("task {task_id} keeps conflicting with concurrent updates")]
     Contention { task_id: TaskId },
+    /// The request makes no sense in the task's state.
+    #[error("task {task_id} is {state}: it cannot be {action}")]
+    WrongState {
+        task_id: TaskId,
+        state: crate::TaskState,
+        action: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

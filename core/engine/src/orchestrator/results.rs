@@ -189,6 +189,18 @@ impl Orchestrator {
     ) -> Result<TaskState, OrchestratorError> {
         for _ in 0..=self.config.conflict_retries {
             let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
+            // Cancelling twice is no error; cancelling what finished is.
+            match txn.task().state {
+                TaskState::Cancelled => return Ok(TaskState::Cancelled),
+                state if state.is_terminal() => {
+                    return Err(OrchestratorError::WrongState {
+                        task_id,
+                        state,
+                        action: "cancelled",
+                    })
+                }
+                _ => {}
+            }
             evaluate::cancel(&mut txn, reason)?;
             let state = txn.task().state;
             match self.finish(txn, Outbox::default(), Vec::new()).await {
