@@ -23,10 +23,10 @@ pub enum ConnectError {
     Queue(#[from] QueueError),
 }
 
-/// Connects to the database `settings` names (pool of `max_connections`)
+/// Connects to the database `settings` names ([`Settings::postgres`])
 /// and applies the migrations that are not applied yet.
 pub async fn connect(settings: &Settings) -> Result<Arc<PgBackend>, ConnectError> {
-    let pg = PgBackend::connect(settings.database_url()?, settings.max_connections).await?;
+    let pg = PgBackend::connect_with(settings.database_url()?, settings.postgres()).await?;
     pg.migrate().await?;
     Ok(pg)
 }

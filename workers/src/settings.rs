@@ -43,6 +43,11 @@ pub struct Settings {
     /// single-thread runtime (several processes sharing a few cores switch
     /// threads less; a worker's handlers then share that one thread).
     pub threads: usize,
+    /// A receiver sleeping on an empty PostgreSQL queue is woken by NOTIFY;
+    /// it also claims by itself this often, in case a notification was lost.
+    pub queue_fallback_poll_ms: u64,
+    /// The same for a `wait` for a task's end.
+    pub wait_fallback_poll_ms: u64,
     pub orchestrator: OrchestratorSection,
     pub worker: WorkerSection,
 }
@@ -86,6 +91,8 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             max_connections: 10,
             threads: 0,
+            queue_fallback_poll_ms: 5_000,
+            wait_fallback_poll_ms: 2_000,
             orchestrator: OrchestratorSection::default(),
             worker: WorkerSection::default(),
         }
@@ -197,6 +204,8 @@ impl Settings {
         }
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
         env_num("THREADS", &mut c.threads)?;
+        env_num("QUEUE_FALLBACK_POLL_MS", &mut c.queue_fallback_poll_ms)?;
+        env_num("WAIT_FALLBACK_POLL_MS", &mut c.wait_fallback_poll_ms)?;
         env_bool(
             "WORKER_INLINE_ORCHESTRATION",
             &mut c.worker.inline_orchestration,
@@ -242,6 +251,17 @@ impl Settings {
         self.database_url
             .as_deref()
             .ok_or(SettingsError::NoDatabaseUrl)
+    }
+
+    /// The pool and the NOTIFY fallback polls of the PostgreSQL backend.
+    pub fn postgres(&self) -> stepgraph_postgres::PgOptions {
+        stepgraph_postgres::PgOptions {
+            max_connections: self.max_connections,
+            polls: stepgraph_postgres::FallbackPolls {
+                queue: Duration::from_millis(self.queue_fallback_poll_ms.max(1)),
+                wait: Duration::from_millis(self.wait_fallback_poll_ms.max(1)),
+            },
+        }
     }
 
     pub fn orchestrator(&self) -> stepgraph_engine::OrchestratorConfig {

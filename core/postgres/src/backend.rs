@@ -1,7 +1,7 @@
 //! What the PostgreSQL store and queue share: the pool and the notifier.
 
 use crate::errors::backend_error;
-use crate::notify::{listen, ClaimedStarts, Notifier};
+use crate::notify::{listen, ClaimedStarts, FallbackPolls, Notifier};
 use crate::{PgQueue, PgStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;
@@ -15,11 +15,31 @@ pub struct PgBackend {
     starts: Arc<ClaimedStarts>,
 }
 
+/// How a [`PgBackend`] connects and how long it trusts NOTIFY.
+#[derive(Clone, Copy, Debug)]
+pub struct PgOptions {
+    pub max_connections: u32,
+    pub polls: FallbackPolls,
+}
+
 impl PgBackend {
-    /// Connects (the pool reconnects by itself after a restart) and starts listening.
+    /// [`PgBackend::connect_with`] a pool of `max_connections` and the default polls.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<PgBackend>, StoreError> {
+        let polls = FallbackPolls::default();
+        Self::connect_with(
+            url,
+            PgOptions {
+                max_connections,
+                polls,
+            },
+        )
+        .await
+    }
+
+    /// Connects (the pool reconnects by itself after a restart) and starts listening.
+    pub async fn connect_with(url: &str, o: PgOptions) -> Result<Arc<PgBackend>, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
+            .max_connections(o.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
             // A ping per acquire would double the round trips; a dead connection
             // fails its query instead, and the caller retries.
@@ -29,7 +49,7 @@ impl PgBackend {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot connect to {}: {e}", redact(url)))
             })?;
-        let notifier = Arc::new(Notifier::default());
+        let notifier = Arc::new(Notifier::new(o.polls));
         tokio::spawn(listen(Arc::downgrade(&notifier), pool.clone()));
         Ok(Arc::new(PgBackend {
             pool,

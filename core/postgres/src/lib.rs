@@ -14,7 +14,8 @@ mod queue;
 mod store;
 mod sweep;
 
-pub use backend::{redact, PgBackend};
+pub use backend::{redact, PgBackend, PgOptions};
 pub use migrate::migrate;
+pub use notify::FallbackPolls;
 pub use queue::PgQueue;
 pub use store::PgStore;

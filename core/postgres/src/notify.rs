@@ -19,9 +19,36 @@ pub(crate) struct Notifier {
     tasks: Mutex<HashMap<Uuid, Weak<Notify>>>,
     /// Statements (each one round trip) the store and queue have run.
     statements: AtomicU64,
+    pub(crate) polls: FallbackPolls,
+}
+
+/// How long a sleeping receiver (`queue`) or a `wait` for a task's end
+/// (`wait`) trusts NOTIFY before it looks by itself: a notification sent
+/// while the LISTEN connection was reconnecting is lost, and these bound
+/// how late that makes anyone. Nothing polls faster than these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FallbackPolls {
+    pub queue: Duration,
+    pub wait: Duration,
+}
+
+impl Default for FallbackPolls {
+    fn default() -> Self {
+        FallbackPolls {
+            queue: Duration::from_secs(5),
+            wait: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Notifier {
+    pub(crate) fn new(polls: FallbackPolls) -> Notifier {
+        Notifier {
+            polls,
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

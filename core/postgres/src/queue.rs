@@ -19,8 +19,6 @@ use stepgraph_engine::queue::{is_worker_queue, Delivery, Outgoing, Queue, QueueE
 use stepgraph_engine::StepMessage;
 use tokio::time::Instant;
 
-const SAFETY_POLL: Duration = Duration::from_secs(5);
-
 #[derive(Clone, Copy)]
 struct Drained {
     generation: u64,
@@ -30,10 +28,10 @@ struct Drained {
 
 impl Drained {
     /// Nothing sent since, nothing due yet, and not time for the safety poll.
-    fn still(&self, generation: u64) -> bool {
+    fn still(&self, generation: u64, poll: Duration) -> bool {
         self.generation == generation
             && self.next.is_none_or(|n| n > Utc::now())
-            && self.at.elapsed() < SAFETY_POLL
+            && self.at.elapsed() < poll
     }
 }
 
@@ -42,7 +40,7 @@ pub struct PgQueue {
     notifier: Arc<Notifier>,
     /// Per queue, after a claim that left nothing to claim: the wake-up
     /// count at its start, when the next message becomes visible, and when
-    /// it ran (the safety poll claims again after SAFETY_POLL regardless).
+    /// it ran (the safety poll claims again after `FallbackPolls::queue` regardless).
     drained: Mutex<HashMap<String, Drained>>,
     starts: Arc<ClaimedStarts>,
 }
@@ -155,7 +153,7 @@ impl Queue for PgQueue {
             let generation = wake.generation();
             let known = self.drained.lock().get(queue).copied();
             let next = match known {
-                Some(d) if d.still(generation) => d.next,
+                Some(d) if d.still(generation, self.notifier.polls.queue) => d.next,
                 _ => {
                     let at = Instant::now();
                     let (got, next) = self.claim(queue, max, visibility).await?;
@@ -180,7 +178,7 @@ impl Queue for PgQueue {
             if Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
-            let mut wake_at = deadline.min(Instant::now() + SAFETY_POLL);
+            let mut wake_at = deadline.min(Instant::now() + self.notifier.polls.queue);
             if let Some(next) = next {
                 // A visible message we could not claim is being claimed by
                 // another consumer right now: look again shortly, not at once.

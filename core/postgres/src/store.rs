@@ -31,15 +31,6 @@ pub struct PgStore {
     starts: Arc<ClaimedStarts>,
 }
 
-/// The pool without counting statements (for client reads).
-struct Uncounted<'a>(&'a PgPool);
-
-impl Uncounted<'_> {
-    fn pool(&self) -> &PgPool {
-        self.0
-    }
-}
-
 struct PgLock {
     task_id: TaskId,
     version: i64,
@@ -161,10 +152,9 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("task {task_id} graph: {e}")))
     }
 
-    /// Read by clients waiting for a task: not counted as orchestration work.
+    /// Read by clients waiting for a task (counted with every other statement).
     async fn task(&self, task_id: TaskId) -> Result<Task, StoreError> {
-        let uncounted = Uncounted(&self.pool);
-        let row: Option<Value> = retrying!(uncounted, pool => sqlx::query_scalar(
+        let row: Option<Value> = retrying!(self, pool => sqlx::query_scalar(
             "SELECT to_jsonb(t) FROM sg_tasks t WHERE id = $1"
         )
         .bind(task_id)
@@ -394,7 +384,7 @@ impl Store for PgStore {
             if task.state.is_terminal() || Instant::now() >= deadline {
                 return Ok(task);
             }
-            until_notified(notified, deadline).await;
+            until_notified(notified, deadline, self.notifier.polls.wait).await;
         }
     }
 
@@ -419,7 +409,7 @@ impl Store for PgStore {
                     return Ok(view);
                 }
             }
-            ended = until_notified(notified, deadline).await;
+            ended = until_notified(notified, deadline, self.notifier.polls.wait).await;
         }
     }
 
@@ -447,12 +437,13 @@ impl Store for PgStore {
 }
 
 /// Sleeps until `notified` fires (true) or, since a notification can be
-/// lost, a slow poll or `deadline` comes (false).
+/// lost, the slow `poll` or `deadline` comes (false).
 async fn until_notified(
     notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     deadline: Instant,
+    poll: Duration,
 ) -> bool {
-    let poll = Instant::now() + Duration::from_secs(2);
+    let poll = Instant::now() + poll;
     tokio::select! {
         _ = notified => true,
         _ = tokio::time::sleep_until(poll.min(deadline)) => false,
