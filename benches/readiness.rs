@@ -87,6 +87,7 @@ fn benches(c: &mut Criterion) {
                     .await
                     .unwrap();
                 assert_eq!(task.state, TaskState::Complete);
+                assert_eq!(task.result, Some(json!(2821109907456u64)), "6^16");
             })
         })
     });

@@ -140,7 +140,9 @@ pub async fn run(
         Some(_) => (" PostgreSQL queue P50 |", "--:|"),
         None => ("", ""),
     };
-    println!("| Scenario | Steps | P50 | P95 | P99 |{pg_col} Seed P50 | Speed-up |");
+    println!(
+        "| Scenario | Steps | P50 | P95 | P99 |{pg_col} Reference P50 (published) | vs reference |"
+    );
     println!("|---|--:|--:|--:|--:|{pg_rule}--:|--:|");
     let rows = [
         ("Cluster single (round robin)", 4, &single, 261.0),

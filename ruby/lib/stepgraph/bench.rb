@@ -8,7 +8,10 @@ module Stepgraph
   # diamond, embedded mode) with Ruby handlers beside the same workflows with
   # the engine's native Rust handlers.
   module Bench
+    # The last column: the reference system's published FFI P50s, constants
+    # (not measured here).
     ROWS = [["FFI linear", "linear", 4, 312.0], ["FFI diamond", "diamond", 4, 260.0]].freeze
+    CONCURRENCY = 2
 
     # The seed's math handlers in Ruby.
     class Square < StepHandler
@@ -57,23 +60,25 @@ module Stepgraph
       end.parse!(argv)
       abort("--templates DIR is required") unless options[:templates]
       results = ROWS.map do |label, name, steps, seed|
-        # The Rust row: the example Rust handlers in the same engine.
-        rust = Engine.embedded(templates_dir: options[:templates], handlers: [], builtin_handlers: true) do |e|
+        # The Rust row: the example Rust handlers in an engine made the same
+        # way (same binding, same concurrency).
+        rust = Engine.embedded(templates_dir: options[:templates], handlers: [], builtin_handlers: true,
+                               concurrency: CONCURRENCY) do |e|
           p50_us(e, name, options[:runs], options[:warmup])
         end
         ruby = Engine.embedded(templates_dir: options[:templates], handlers: [Square, MULTIPLY_AND_SQUARE],
-                               concurrency: 2) do |e|
+                               concurrency: CONCURRENCY) do |e|
           p50_us(e, name, options[:runs], options[:warmup])
         end
         [label, steps, rust, ruby, seed]
       end
       puts "stepgraph bench --language ruby: embedded mode, #{options[:runs]} runs per row after " \
-           "#{options[:warmup]} warm-up runs"
+           "#{options[:warmup]} warm-up runs, concurrency #{CONCURRENCY} in both columns"
       puts
-      puts "| Scenario    | Steps | Rust P50 | Ruby P50 | Ruby overhead/step | Ruby vs Rust | Seed FFI P50 |"
-      puts "|-------------|------:|---------:|---------:|-------------------:|-------------:|-------------:|"
+      puts "| Scenario    | Steps | Rust P50 | Ruby P50 | Ruby overhead/step | Ruby vs Rust | Reference FFI P50 (published) |"
+      puts "|-------------|------:|---------:|---------:|-------------------:|-------------:|------------------------------:|"
       results.each do |label, steps, rust, ruby, seed|
-        puts format("| %-11s | %5d | %8s | %8s | %18s | %11.2fx | %9.0f ms |", label, steps, fmt(rust), fmt(ruby),
+        puts format("| %-11s | %5d | %8s | %8s | %18s | %11.2fx | %26.0f ms |", label, steps, fmt(rust), fmt(ruby),
                     fmt((ruby - rust) / steps), ruby / rust, seed)
       end
     end
