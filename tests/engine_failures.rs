@@ -101,6 +101,79 @@ async fn retryable_failures_retry_with_backoff_then_succeed() {
     engine.shutdown().await;
 }
 
+/// Each retry waits what its step's policy says, inside a window around
+/// it narrow enough that no other policy would fit: linear, exponential,
+/// exponential capped by `max_backoff_ms`, and a handler's `retry_after`
+/// over the step's (5 s) backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_waits_what_its_policy_says() {
+    let yaml = r#"
+namespace: t
+name: backoffs
+version: "1"
+steps:
+  - name: linear
+    handler: { callable: fails_thrice }
+    retry: { max_attempts: 4, backoff: linear, backoff_base_ms: 300, max_backoff_ms: 5000 }
+  - name: exponential
+    handler: { callable: fails_thrice }
+    retry: { max_attempts: 4, backoff: exponential, backoff_base_ms: 300, max_backoff_ms: 5000 }
+  - name: capped
+    handler: { callable: fails_thrice }
+    retry: { max_attempts: 4, backoff: exponential, backoff_base_ms: 300, max_backoff_ms: 750 }
+  - name: told
+    handler: { callable: says_when }
+    retry: { max_attempts: 3, backoff: exponential, backoff_base_ms: 5000, max_backoff_ms: 30000 }
+"#;
+    let mut handlers = HandlerRegistry::new();
+    handlers.register_fn("fails_thrice", |ctx| async move {
+        match ctx.attempt {
+            1..=3 => Err(HandlerError::retryable("not yet")),
+            n => Ok(StepOutput::Success(json!(n))),
+        }
+    });
+    handlers.register_fn("says_when", |ctx| async move {
+        match ctx.attempt {
+            1..=2 => Err(HandlerError::retryable("busy").retry_after(Duration::from_millis(400))),
+            n => Ok(StepOutput::Success(json!(n))),
+        }
+    });
+    let engine = engine_with(templates_from(yaml), handlers);
+    let report = engine.run("t", "backoffs", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Complete);
+    for (step, expected) in [
+        ("linear", vec![300, 600, 900]),
+        ("exponential", vec![300, 600, 1200]),
+        ("capped", vec![300, 600, 750]),
+        ("told", vec![400, 400]),
+    ] {
+        let trail: Vec<_> = report
+            .transitions
+            .steps
+            .iter()
+            .filter(|t| t.step_name == step)
+            .collect();
+        let waits: Vec<(u64, i64)> = trail
+            .windows(2)
+            .filter(|w| w[0].to == StepState::WaitingForRetry)
+            .map(|w| {
+                let planned = w[0].metadata["backoff_ms"].as_u64().unwrap();
+                (planned, (w[1].at - w[0].at).num_milliseconds())
+            })
+            .collect();
+        let planned: Vec<u64> = waits.iter().map(|w| w.0).collect();
+        assert_eq!(planned, expected, "{step}: the backoffs recorded");
+        for (&(planned, waited), n) in waits.iter().zip(1..) {
+            // Never early; late by less than any other policy would differ.
+            assert!(
+                (planned as i64..planned as i64 + 250).contains(&waited),
+                "{step}: retry {n} waited {waited} ms, planned {planned} ms"
+            );
+        }
+    }
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_error_fails_the_task_after_one_attempt() {
     let mut handlers = HandlerRegistry::new();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cluster::{create, http, wait, TestEnv};
+use common::cluster::{create, http, metric, wait, TestEnv};
 use common::shapes::{assert_clean_audit, run_seed_shapes};
 use common::SIX_16;
 use serde_json::json;
@@ -59,6 +59,40 @@ fn a_bad_threads_setting_is_a_clear_error() {
         assert!(
             stderr.contains(r#"STEPGRAPH_THREADS is not a number: "many""#),
             "{command}: {stderr}"
+        );
+    }
+}
+
+/// NOTIFY, not the fallback polls, wakes a worker for a sent step and a
+/// `wait` for a task's end: with the polls set to 30 s a two-step task,
+/// each step sent across processes, ends and is seen well within 5 s.
+#[test]
+fn notify_wakes_workers_and_waiters_long_before_the_fallback_polls() {
+    let t = TestEnv::new();
+    let slow_polls = [
+        ("STEPGRAPH_QUEUE_FALLBACK_POLL_MS", "30000"),
+        ("STEPGRAPH_WAIT_FALLBACK_POLL_MS", "30000"),
+        // Every step through the queue, none leased by the commit before it.
+        ("STEPGRAPH_WORKER_EAGER_DISPATCH", "false"),
+    ];
+    let serve = t.serve(&slow_polls);
+    let _worker = t.worker(&slow_polls);
+    // Both processes idle and sleeping on their queues before the task exists.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 100 }));
+        let start = std::time::Instant::now();
+        let (status, v) = http(
+            serve.addr(),
+            "GET",
+            &format!("/v1/tasks/{id}/wait?timeout_ms=20000"),
+            None,
+        );
+        let took = start.elapsed();
+        assert_eq!((status, &v["state"]), (200, &json!("complete")), "{v}");
+        assert!(
+            took < Duration::from_secs(5),
+            "the task took {took:?}: a send or its end was not notified"
         );
     }
 }
@@ -121,29 +155,151 @@ fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
     );
 }
 
+/// How many times the task's step `name` went into `complete`.
+fn completions(t: &TestEnv, id: &str, name: &str) -> Vec<String> {
+    t.db.query(&format!(
+        "SELECT count(*)::text FROM sg_step_transitions tr JOIN sg_steps s ON s.id = tr.step_id \
+          WHERE s.task_id = '{id}' AND s.name = '{name}' AND tr.to_state = 'complete'"
+    ))
+}
+
+/// SIGTERM while a step runs: the worker takes no new work, lets the step
+/// finish and records it (well within `shutdown_grace_ms`), then exits
+/// cleanly; the next step waits for another worker and nothing runs twice.
+#[test]
+fn sigterm_lets_the_running_step_finish_and_record_its_result() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let mut worker = t.worker(&[("STEPGRAPH_WORKER_SHUTDOWN_GRACE_MS", "20000")]);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 1500 }));
+    t.await_running(&id, "nap");
+    let start = std::time::Instant::now();
+    assert!(worker.terminate().success(), "a clean exit");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "exited after {took:?}");
+    // `after`, then `nap`: finished here; `after`, made ready by its commit,
+    // sent for another worker, not started by this one.
+    assert_eq!(
+        t.db.query(&format!(
+            "SELECT state || ' ' || attempts FROM sg_steps WHERE task_id = '{id}' ORDER BY name"
+        )),
+        ["enqueued 1", "complete 1"]
+    );
+    let _next = t.worker(&[]);
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["result"], json!({ "slept_ms": 1500 }), "{v}");
+    assert_clean_audit(&v);
+    assert_eq!(completions(&t, &id, "nap"), ["1"]);
+    assert_eq!(v["steps"][0]["attempts"], 1);
+}
+
+/// A step that outlives the grace period is abandoned when the worker
+/// exits; its message comes back after the visibility timeout and another
+/// worker runs it to completion, once.
+#[test]
+fn a_step_that_outlives_the_grace_is_redelivered_and_completes_elsewhere() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let quick = ("STEPGRAPH_WORKER_VISIBILITY_TIMEOUT_MS", "2500");
+    let mut worker = t.worker(&[quick, ("STEPGRAPH_WORKER_SHUTDOWN_GRACE_MS", "300")]);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 4000 }));
+    t.await_running(&id, "nap");
+    let start = std::time::Instant::now();
+    assert!(worker.terminate().success(), "a clean exit");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(3000),
+        "exited after {took:?}: the grace is 300 ms"
+    );
+    assert_eq!(
+        completions(&t, &id, "nap"),
+        ["0"],
+        "abandoned, not finished"
+    );
+    let _rescuer = t.worker(&[quick]);
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["result"], json!({ "slept_ms": 4000 }), "{v}");
+    assert_clean_audit(&v);
+    assert_eq!(completions(&t, &id, "nap"), ["1"]);
+}
+
+/// With `eager_dispatch = false` the step a commit makes ready is sent,
+/// claimed from the queue and run from its message: no lease.
+#[test]
+fn without_eager_dispatch_every_step_travels_through_the_queue() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let _worker = t.worker(&[("STEPGRAPH_WORKER_EAGER_DISPATCH", "false")]);
+    let id = create(serve.addr(), "sleepy", json!({ "sleep_ms": 800 }));
+    t.await_running(&id, "after");
+    assert_eq!(
+        t.db.query(&format!(
+            "SELECT coalesce(claimed_until::text, 'none') FROM sg_steps WHERE task_id = '{id}' AND name = 'after'"
+        )),
+        ["none"],
+        "not leased"
+    );
+    assert_eq!(
+        t.db.query("SELECT delivery_count::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+        ["1"],
+        "its message, claimed once"
+    );
+    let v = wait(serve.addr(), &id, LONG);
+    assert_eq!(v["result"], json!({ "slept_ms": 800 }));
+    assert_clean_audit(&v);
+}
+
+/// The orchestrator is killed while it holds claimed results (checked
+/// after its death: their messages are still claimed, by no one alive);
+/// the one started after it takes them once their visibility times out.
 #[test]
 fn a_killed_orchestrator_leaves_its_work_to_the_other() {
     let t = TestEnv::new();
     let quick = [("STEPGRAPH_ORCHESTRATOR_VISIBILITY_TIMEOUT_MS", "1500")];
-    let mut a = t.serve(&quick);
-    let b = t.serve(&quick);
-    // Results go through the orchestrators, so the killed one holds some.
+    // Results go through the orchestrator's queue.
     let _w = t.worker(&[
         ("STEPGRAPH_WORKER_CONCURRENCY", "32"),
         ("STEPGRAPH_WORKER_INLINE_ORCHESTRATION", "false"),
     ]);
-    let ids: Vec<String> = (0..30)
-        .map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 })))
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    a.kill9();
+    let claimed = "SELECT count(*) FROM sg_queue WHERE queue = 'orchestration' \
+                   AND delivery_count >= 1 AND visible_at > now()";
+    let mut ids = Vec::new();
+    let mut held = 0;
+    // Killed at the moment it is seen holding a claim; it may have let go
+    // in between, so up to a few orchestrators are tried.
+    for _ in 0..5 {
+        let mut a = t.serve(&quick);
+        ids.extend((0..30).map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 }))));
+        let seen = t.db.when(
+            &format!("SELECT ({claimed}) > 0"),
+            Duration::from_secs(30),
+            || a.kill9(),
+        );
+        assert!(seen, "the orchestrator never claimed a result");
+        held = t.db.query(&format!("SELECT ({claimed})::text"))[0]
+            .parse()
+            .unwrap();
+        if held > 0 {
+            break;
+        }
+    }
+    assert!(held > 0, "no orchestrator died holding a claimed result");
+    let b = t.serve(&quick);
     for id in ids {
         let v = wait(b.addr(), &id, LONG);
         assert_eq!(v["state"], "complete", "{v}");
         assert_clean_audit(&v);
     }
+    assert_eq!(
+        t.db.query("SELECT count(*)::text FROM sg_queue"),
+        ["0"],
+        "every message taken and acknowledged"
+    );
 }
 
+/// Every connection of both processes is dropped twice while tasks run:
+/// once when the first steps are running, again once more steps have
+/// completed since (the processes reconnected and went on).
 #[test]
 fn processes_recover_when_their_connections_are_dropped() {
     let t = TestEnv::new();
@@ -156,10 +312,20 @@ fn processes_recover_when_their_connections_are_dropped() {
     let ids: Vec<String> = (0..10)
         .map(|_| create(serve.addr(), "sleepy", json!({ "sleep_ms": 300 })))
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
+    let steps = |state: &str| format!("SELECT count(*) FROM sg_steps WHERE state = '{state}'");
+    t.db.await_count(&steps("in_progress"), "steps running", |n| n > 0);
+    let done = t.db.query(&format!("SELECT ({})::text", steps("complete")))[0]
+        .parse::<i64>()
+        .unwrap();
+    assert!(done < 20, "mid-run");
     assert!(t.db.terminate_connections() > 0);
-    std::thread::sleep(Duration::from_millis(400));
-    t.db.terminate_connections();
+    let later = t.db.await_count(
+        &steps("complete"),
+        "steps completed after the first drop",
+        |n| n > done,
+    );
+    assert!(later < 20, "mid-run");
+    assert!(t.db.terminate_connections() > 0);
     for id in ids {
         let v = wait(serve.addr(), &id, LONG);
         assert_eq!(v["state"], "complete", "{v}");
@@ -303,7 +469,8 @@ fn bad_http_input_gets_its_status_and_a_clear_message() {
 #[test]
 fn idempotency_cancel_and_graceful_shutdown() {
     let t = TestEnv::new();
-    let mut serve = t.serve(&[]);
+    // A waiter that is not notified would wait this long.
+    let mut serve = t.serve(&[("STEPGRAPH_WAIT_FALLBACK_POLL_MS", "30000")]);
     let addr = serve.addr().to_string();
     let body = br#"{"namespace": "e2e", "name": "sleepy", "context": {"sleep_ms": 2000}, "idempotency_key": "order-7"}"#;
     let (s1, v1) = http(&addr, "POST", "/v1/tasks", Some(body));
@@ -322,16 +489,28 @@ fn idempotency_cancel_and_graceful_shutdown() {
     assert_eq!(status, 200);
     assert_eq!(v["steps"][0]["state"], "enqueued");
     assert!(!["complete", "error", "cancelled"].contains(&v["state"].as_str().unwrap()));
-    // A waiting request is woken when the task ends: cancelled before any step starts.
+    // A waiting request (seen waiting in /metrics) is woken when the task
+    // ends: cancelled before any step starts.
     let waiting = std::thread::spawn({
         let (addr, id) = (addr.clone(), id.to_string());
-        move || wait(&addr, &id, LONG)
+        move || {
+            let start = std::time::Instant::now();
+            let path = format!("/v1/tasks/{id}/wait?timeout_ms=60000");
+            (http(&addr, "GET", &path, None), start.elapsed())
+        }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&addr, "stepgraph_http_waiting_requests") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "the wait never began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (status, v) = http(&addr, "POST", &format!("/v1/tasks/{id}/cancel"), None);
     assert_eq!((status, v["state"].as_str()), (200, Some("cancelled")));
-    let v = waiting.join().unwrap();
+    let ((status, v), took) = waiting.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(20), "not notified: {took:?}");
     assert_eq!(v["state"], "cancelled");
+    assert_eq!(metric(&addr, "stepgraph_http_waiting_requests"), Some(0.0));
     assert_eq!(v["steps"][0]["state"], "cancelled");
     assert!(
         serve.terminate().success(),

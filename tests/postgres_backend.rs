@@ -373,6 +373,50 @@ fn a_drained_queue_is_not_claimed_again_before_a_send_or_its_next_message_is_due
     });
 }
 
+/// A receiver sleeping on a drained queue is woken by the NOTIFY of a send
+/// from another backend (another process's pool and LISTEN connection),
+/// not by its fallback poll, which is set far beyond the wait.
+#[test]
+fn a_send_from_another_backend_wakes_a_sleeping_receiver_by_notify() {
+    let db = TestDb::create();
+    block_on(async {
+        let polls = stepgraph_postgres::FallbackPolls {
+            queue: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
+        };
+        let options = stepgraph_postgres::PgOptions {
+            max_connections: 4,
+            polls,
+        };
+        let pg = PgBackend::connect_with(&db.url, options).await.unwrap();
+        pg.migrate().await.unwrap();
+        let other = PgBackend::connect(&db.url, 2).await.unwrap();
+        let (a, mut b) = (pg.queue(), other.queue());
+        assert!(receive("q", &a, 0).await.unwrap().is_empty(), "drained");
+        for round in 0..3 {
+            let sender = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let one = vec![Outgoing {
+                    payload: b"ping".to_vec(),
+                    delay: Duration::ZERO,
+                }];
+                b.send("q", one).await.unwrap();
+                b
+            });
+            let start = std::time::Instant::now();
+            let got = receive("q", &a, 20_000).await.unwrap();
+            let took = start.elapsed();
+            assert_eq!(got.len(), 1, "round {round}: nothing woke the receiver");
+            assert!(
+                took < Duration::from_secs(5),
+                "round {round}: woken after {took:?}, by the poll, not the NOTIFY"
+            );
+            a.ack("q", &[got[0].receipt]).await.unwrap();
+            b = sender.await.unwrap();
+        }
+    });
+}
+
 #[test]
 fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
     let db = TestDb::create();
@@ -465,5 +509,134 @@ fn every_server_side_function_is_defined_in_functions_sql_and_migrate_is_idempot
         assert_eq!(db.query(functions), defined);
         let body = db.query("SELECT prosrc FROM pg_proc WHERE proname = 'sg_conflict'");
         assert!(body[0].contains("SG409"), "{body:?}");
+    });
+}
+
+/// A result for an attempt that is no longer the step's is refused by the
+/// database and changes nothing: the step keeps its later attempt's result.
+#[test]
+fn the_store_refuses_a_late_result_from_an_old_attempt() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
+        let templates = common::templates_from(
+            "namespace: t\nname: late\nversion: \"1\"\nsteps:\n  - name: only\n    handler: { callable: twice }\n    retry: { max_attempts: 2, backoff: none }\n",
+        );
+        let mut handlers = stepgraph_worker::HandlerRegistry::new();
+        handlers.register_fn("twice", |ctx| async move {
+            match ctx.attempt {
+                1 => Err(stepgraph_worker::HandlerError::retryable("first try")),
+                n => Ok(stepgraph_worker::StepOutput::Success(json!(n))),
+            }
+        });
+        let engine = Engine::with_backends(
+            store.clone(),
+            queue,
+            templates,
+            handlers,
+            EngineConfig::default(),
+        );
+        let id = engine
+            .submit(TaskRequest::new("t", "late", json!({})))
+            .await
+            .unwrap()
+            .task_id;
+        let task = engine.wait_task(id, LONG).await.unwrap();
+        assert_eq!(task.result, Some(json!(2)));
+        let step = store.graph(id).await.unwrap().steps[0].id;
+        let late = stepgraph_engine::StepOutcome::Success { result: json!(1) };
+        let (outcome, _) = store
+            .submit_result(step, 1, late, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            stepgraph_engine::SubmitOutcome::Refused {
+                state: stepgraph_engine::StepState::Complete,
+                attempts: 2
+            }
+        );
+        let graph = store.graph(id).await.unwrap();
+        assert_eq!(graph.steps[0].state, stepgraph_engine::StepState::Complete);
+        assert_eq!(graph.task.result, Some(json!(2)), "unchanged");
+        engine.shutdown().await;
+    });
+}
+
+/// Commits that arrive together go in one statement, all or nothing: when
+/// one task's compare-and-swap fails, nothing of the batch is applied, and
+/// each change is then committed alone, so only the stale one fails.
+#[test]
+fn a_stale_change_fails_only_itself_in_a_batch_that_is_retried_one_by_one() {
+    use stepgraph_engine::{TaskState, TaskTransition, WriteOp};
+    let db = TestDb::create();
+    // One thread: the commits below are all queued before the first flush
+    // runs, so they form one batch.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let InProcess {
+            pg,
+            store,
+            orchestrator,
+            ..
+        } = InProcess::start(&db).await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let r = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
+            ids.push(orchestrator.create_task(r).await.unwrap().task_id);
+        }
+        let cancel = |graph: &stepgraph_engine::TaskGraph| {
+            vec![WriteOp::Task {
+                transition: TaskTransition {
+                    task_id: graph.task.id,
+                    from: Some(graph.task.state),
+                    to: TaskState::Cancelled,
+                    at: chrono::Utc::now(),
+                    metadata: json!({ "reason": "test" }),
+                },
+                result: None,
+                error: None,
+            }]
+        };
+        // Two locks on the first task: the one committed first makes the other stale.
+        let (first, fresh) = store.lock_task(ids[0]).await.unwrap();
+        let (_, stale) = store.lock_task(ids[0]).await.unwrap();
+        store
+            .commit(fresh, cancel(&first), Default::default())
+            .await
+            .unwrap();
+        let mut batch = vec![(stale, cancel(&first))];
+        for id in &ids[1..] {
+            let (graph, lock) = store.lock_task(*id).await.unwrap();
+            batch.push((lock, cancel(&graph)));
+        }
+        let before = pg.statements();
+        let results = futures::future::join_all(
+            batch
+                .into_iter()
+                .map(|(lock, ops)| store.commit(lock, ops, Default::default())),
+        )
+        .await;
+        assert!(
+            matches!(results[0], Err(StoreError::Conflict(_))),
+            "{:?}",
+            results[0].as_ref().err()
+        );
+        assert!(results[1..].iter().all(Result::is_ok));
+        assert_eq!(
+            pg.statements() - before,
+            4,
+            "one statement for the batch, which failed, then one per change"
+        );
+        assert_eq!(
+            db.query("SELECT count(*)::text FROM sg_task_transitions WHERE to_state = 'cancelled'"),
+            ["3"],
+            "each task cancelled once: nothing of the failed batch stayed"
+        );
     });
 }

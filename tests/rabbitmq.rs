@@ -113,6 +113,52 @@ fn count(t: &TestEnv, sql: &str) -> i64 {
         .unwrap()
 }
 
+/// `n` messages taken from the dead-letter queue `name`, each with its
+/// reason header, read with lapin itself (a `Queue` delivery has no
+/// headers); waits up to 30 s for them.
+async fn dead_letters(url: &str, name: &str, n: usize) -> Vec<(String, String)> {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut channel = connection.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} poison messages reached {name}",
+            out.len()
+        );
+        match channel
+            .basic_get(name.into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            Ok(Some(m)) => {
+                let reason = m
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-stepgraph-reason").cloned());
+                let reason = match reason {
+                    Some(AMQPValue::LongString(s)) => s.to_string(),
+                    other => panic!("no reason header: {other:?}"),
+                };
+                out.push((String::from_utf8_lossy(&m.delivery.data).into(), reason));
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            // Not declared yet: the 404 closed the channel.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                channel = connection.create_channel().await.unwrap();
+            }
+        }
+    }
+    out
+}
+
 fn rabbitmqctl(args: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
@@ -135,8 +181,8 @@ fn messages(name: &str, column: &str) -> u64 {
         .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
 }
 
-/// Every step completed exactly once.
-fn assert_nothing_lost_or_duplicated(t: &TestEnv, tasks: i64) {
+/// `tasks` tasks of `steps` steps each complete, each step exactly once.
+fn assert_nothing_lost_or_duplicated(t: &TestEnv, tasks: i64, steps: i64) {
     assert_eq!(
         count(t, "SELECT count(*) FROM sg_tasks WHERE state = 'complete'"),
         tasks
@@ -146,7 +192,7 @@ fn assert_nothing_lost_or_duplicated(t: &TestEnv, tasks: i64) {
             t,
             "SELECT count(*) FROM sg_step_transitions WHERE to_state = 'complete'"
         ),
-        tasks * 4
+        tasks * steps
     );
     assert_eq!(
         count(t, "SELECT count(*) FROM (SELECT step_id FROM sg_step_transitions WHERE to_state = 'complete' GROUP BY step_id HAVING count(*) > 1) d"),
@@ -195,22 +241,30 @@ fn closing_every_connection_mid_run_loses_and_duplicates_nothing() {
     let r = Rabbit::isolated();
     let t = TestEnv::new();
     let serve = t.serve(&r.env());
-    let _worker = t.worker(&r.env());
+    // 600 steps of 100 ms on 8 slots: several seconds of work to drop the
+    // connections in.
+    let mut env = r.env();
+    env.push(("STEPGRAPH_WORKER_CONCURRENCY", "8"));
+    let _worker = t.worker(&env);
     let ids: Vec<String> = (0..300)
-        .map(|_| create(serve.addr(), "linear", json!({ "even_number": 6 })))
+        .map(|_| create(serve.addr(), "sleepy", json!({ "sleep_ms": 100 })))
         .collect();
-    // Server side: RabbitMQ drops the connections of the worker and the server.
+    // Server side: RabbitMQ drops the connections of the worker and the
+    // server (once both are connected), twice, each time mid-run and after
+    // more tasks completed than at the drop before (they went on).
+    let complete = "SELECT count(*) FROM sg_tasks WHERE state = 'complete'";
+    let mut done = -1;
     for _ in 0..2 {
-        // The server's connection and the worker's.
+        done = t.db.await_count(complete, "tasks completed", |n| n > done);
+        assert!(done < 300, "mid-run");
         r.close_all_connections(2, "stepgraph test: connection closed mid-run");
-        std::thread::sleep(Duration::from_millis(300));
     }
     for id in &ids {
         let v = wait(serve.addr(), id, LONG);
         assert_eq!(v["state"], "complete", "{v}");
-        assert_eq!(v["result"], json!(SIX_16));
+        assert_eq!(v["result"], json!({ "slept_ms": 100 }));
     }
-    assert_nothing_lost_or_duplicated(&t, 300);
+    assert_nothing_lost_or_duplicated(&t, 300, 2);
 }
 
 #[test]
@@ -236,7 +290,7 @@ fn steps_whose_messages_were_lost_are_sent_again() {
         assert_eq!(v["state"], "complete", "{v}");
         assert_eq!(v["result"], json!(SIX_16));
     }
-    assert_nothing_lost_or_duplicated(&t, 20);
+    assert_nothing_lost_or_duplicated(&t, 20, 4);
 }
 
 #[test]
@@ -299,7 +353,7 @@ fn results_whose_messages_were_lost_are_sent_again() {
         assert_eq!(v["state"], "complete", "{v}");
         assert_eq!(v["result"], json!(SIX_16));
     }
-    assert_nothing_lost_or_duplicated(&t, 10);
+    assert_nothing_lost_or_duplicated(&t, 10, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,39 +381,19 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_servin
         },
     ];
     queue.send("worker.e2e", poison).await.unwrap();
-    let mut dead = Vec::new();
-    while dead.len() < 2 {
-        let got = queue
-            .receive(
-                "worker.e2e.dead",
-                2,
-                Duration::from_secs(30),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-        assert!(
-            !got.is_empty(),
-            "the poison messages did not reach the dead-letter queue"
-        );
-        queue
-            .ack(
-                "worker.e2e.dead",
-                &got.iter().map(|d| d.receipt).collect::<Vec<_>>(),
-            )
-            .await
-            .unwrap();
-        dead.extend(got);
-    }
-    let payloads: Vec<String> = dead
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
-        .collect();
+    let mut dead = dead_letters(&r.url, &format!("{}worker.e2e.dead", r.prefix), 2).await;
+    dead.sort();
+    assert_eq!(dead[0].0, "{ this is not a step message");
     assert!(
-        payloads.contains(&"{ this is not a step message".to_string()),
-        "{payloads:?}"
+        dead[0].1.starts_with("undecodable step message: "),
+        "{:?}",
+        dead[0]
     );
-    assert!(payloads.iter().any(|p| p.contains("ghost")), "{payloads:?}");
+    assert!(dead[1].0.contains("ghost"), "{:?}", dead[1]);
+    assert_eq!(
+        dead[1].1,
+        format!("message for an unknown step {}", unknown.step_id)
+    );
     // The worker is still serving.
     let addr = serve.addr().to_string();
     let v = tokio::task::spawn_blocking(move || {
@@ -444,11 +478,13 @@ fn a_bad_amqp_url_is_a_clear_error() {
 
 /// `stepgraph bench --queue rabbitmq`, in-process and `--cluster`, measures
 /// the PostgreSQL queue too and prints its P50 beside RabbitMQ's (a short
-/// run: the bench checks every task's result; the figures are not asserted).
+/// run; the figures are not asserted): it ran exactly the tasks it says,
+/// on both transports, each to its exact result.
 #[test]
 fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
     let rabbit = Rabbit::new();
     let t = TestEnv::new();
+    let mut tasks = 0;
     for cluster in [false, true] {
         let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"));
         bench
@@ -501,6 +537,41 @@ fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
         }
         if !cluster {
             assert!(stdout.contains("steps/s (PostgreSQL queue: "), "{stdout}");
+            let header = cells(header);
+            let col = header
+                .iter()
+                .position(|c| c == "DB statements/step")
+                .unwrap_or_else(|| panic!("no statements column: {stdout}"));
+            let row = stdout.lines().find(|l| l.starts_with("| Linear")).unwrap();
+            let per_step: f64 = cells(row)[col].parse().unwrap();
+            assert!(per_step > 0.5, "{per_step} statements per step");
         }
+        // 3 measured + 1 warm-up linear tasks per transport; in-process also
+        // 20 for throughput, in the cluster a single and a pair per run.
+        tasks += 2 * if cluster { 4 * 3 } else { 4 + 20 };
+        assert_eq!(count(&t, "SELECT count(*) FROM sg_tasks"), tasks);
+        assert_eq!(
+            count(
+                &t,
+                "SELECT count(*) FROM sg_tasks WHERE state = 'complete' AND name = 'linear' \
+                 AND result = '2821109907456'::jsonb"
+            ),
+            tasks
+        );
+        assert_eq!(
+            count(
+                &t,
+                "SELECT count(*) FROM sg_step_transitions WHERE to_state = 'complete'"
+            ),
+            tasks * 4,
+            "each step completed once"
+        );
+        let queues = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
+        assert!(
+            queues
+                .lines()
+                .any(|q| q.trim() == format!("{}worker.e2e", rabbit.prefix)),
+            "the RabbitMQ run declared its queue"
+        );
     }
 }

@@ -13,11 +13,62 @@ fn template(steps: &str) -> String {
     format!("namespace: t\nname: bad\nversion: \"1\"\nsteps:\n{steps}")
 }
 
+/// Every fixture file is loaded with each of its steps, handlers and
+/// dependencies as the YAML writes them (read here without the loader).
 #[test]
-fn fixture_templates_are_valid() {
+fn fixture_templates_load_as_written() {
     let reg = common::fixture_templates();
-    let keys: Vec<String> = reg.all().iter().map(|t| t.key()).collect();
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    let mut keys: Vec<String> = reg.all().iter().map(|t| t.key()).collect();
+    keys.sort();
+    let expected: Vec<String> = [
+        "complex_dag",
+        "conditional_approval",
+        "csv_batch",
+        "diamond",
+        "linear",
+        "tree",
+    ]
+    .iter()
+    .map(|n| format!("e2e/{n}@1.0.0"))
+    .collect();
+    assert_eq!(keys, expected);
+    type Step = (String, String, Vec<String>);
+    let dir = common::fixtures_dir().join("templates");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let raw: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = raw["name"].as_str().unwrap();
+        let written: Vec<Step> = raw["steps"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let deps = s["dependencies"].as_sequence().cloned().unwrap_or_default();
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["handler"]["callable"].as_str().unwrap().to_string(),
+                    deps.iter()
+                        .map(|d| d.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect();
+        let t = reg.get("e2e", name, None).unwrap();
+        let loaded: Vec<Step> = t
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.handler.callable.clone(),
+                    s.dependencies.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(loaded, written, "{}", path.display());
+        assert!(t.input_schema.is_some(), "{name}: its input_schema");
+    }
 }
 
 #[test]

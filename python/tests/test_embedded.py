@@ -124,6 +124,42 @@ steps:
     assert "card declined" in error["backtrace"]
 
 
+def test_retries_wait_the_backoff_or_the_retry_after_a_handler_gives():
+    """Linear backoff waits 300 then 600 ms; ``retry_after=0.4`` waits 400 ms
+    instead of the step's 5 s: each wait, timed between the handler's calls,
+    is never early and late by less than any other policy would differ."""
+    calls = {"linear": [], "told": []}
+
+    @stepgraph.handler("raises_twice")
+    def raises_twice(ctx):
+        calls["linear"].append(time.monotonic())
+        if ctx.attempt < 3:
+            raise ValueError("not yet")
+        return ctx.attempt
+
+    @stepgraph.handler("says_when")
+    def says_when(ctx):
+        calls["told"].append(time.monotonic())
+        if ctx.attempt < 3:
+            raise stepgraph.RetryableError("busy", retry_after=0.4)
+        return ctx.attempt
+
+    with stepgraph.Engine.embedded(ROOT / "tests" / "fixtures" / "retries", [raises_twice, says_when]) as e:
+        result = e.run("t", "waits", {})
+    assert result.state == "complete", result.error
+    for step, planned in (("linear", [300, 600]), ("told", [400, 400])):
+        recorded = [
+            t["metadata"]["backoff_ms"]
+            for t in result.report["transitions"]["steps"]
+            if t["step_name"] == step and t["to"] == "waiting_for_retry"
+        ]
+        assert recorded == planned, step
+        times = calls[step]
+        waits = [round((b - a) * 1000) for a, b in zip(times, times[1:])]
+        for waited, ms in zip(waits, planned):
+            assert ms <= waited < ms + 250, f"{step}: waited {waits} ms, planned {planned}"
+
+
 def test_a_value_that_is_not_json_fails_naming_the_step(tmp_path):
     @stepgraph.handler("sock")
     def sock(ctx):
@@ -189,7 +225,7 @@ def test_the_stubs_match_the_module():
     from stepgraph import _native
 
     stub = (pathlib.Path(stepgraph.__file__).parent / "_native.pyi").read_text()
-    for name in ("embedded", "postgres", "next_events", "complete", "run", "roundtrip", "shutdown"):
+    for name in ("embedded", "postgres", "next_events", "complete", "run", "roundtrip", "host_stats", "shutdown"):
         assert hasattr(_native.NativeEngine, name), name
         assert f"def {name}(" in stub, name
     for name in ERROR_CLASSES + ("StepgraphError",):
@@ -243,20 +279,31 @@ def test_the_breaker_opens_then_closes_after_a_probe(tmp_path):
     assert result.steps["call"]["attempts"] == 4
 
 
-def test_completions_at_capacity_one_lose_nothing():
+def test_completions_at_capacity_one_wait_and_lose_nothing():
+    """With room for one completion, ``complete`` waits (backpressure): it
+    never drops, so every step succeeds at its first attempt. Rounds of 12
+    trees run until some completion did wait (up to 20)."""
     handlers = [Square(), multiply_and_square, routing, analyze]
     with stepgraph.Engine.embedded(TEMPLATES, handlers, concurrency=8, completion_capacity=1) as e:
         results = []
-        threads = [
-            threading.Thread(target=lambda: results.append(e.run("e2e", "tree", {"even_number": 6})))
-            for _ in range(12)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert len(results) == 12
-    assert all(r.state == "complete" and int(r.result) == SIX_64 for r in results)
+        for _ in range(20):
+            threads = [
+                threading.Thread(target=lambda: results.append(e.run("e2e", "tree", {"even_number": 6})))
+                for _ in range(12)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if e.host_stats()["completion_waits"] > 0:
+                break
+        stats = e.host_stats()
+    assert stats["completion_waits"] > 0, "no completion ever waited: backpressure untested"
+    assert stats["pending"] == 0
+    assert len(results) % 12 == 0 and results
+    for r in results:
+        assert r.state == "complete" and int(r.result) == SIX_64
+        assert [s["attempts"] for s in r.steps.values()] == [1] * 8, r.steps
 
 
 def test_async_handlers_overlap_on_one_long_lived_loop(tmp_path):
@@ -360,14 +407,26 @@ def test_close_lets_running_handlers_finish(tmp_path):
 
 
 def test_roundtrip_measures_a_python_handler():
+    seen = []
+
     @stepgraph.handler("noop")
     def noop(ctx):
-        assert ctx.dependency("linear_step_1") == 36
+        seen.append((ctx.step_name, ctx.dependency("linear_step_1"), ctx.input["even_number"]))
         return None
 
     with stepgraph.Engine.embedded(TEMPLATES, [noop]) as e:
         mean = e.roundtrip("noop", 200)
-    assert 0 < mean < 1.0
+    # Every one of the 200 steps reached the handler, carrying the sample step.
+    assert seen == [("linear_step_2", 36, 6)] * 200
+    assert mean > 0
+
+    @stepgraph.handler("broken")
+    def broken(ctx):
+        raise ValueError("round trip broke")
+
+    with stepgraph.Engine.embedded(TEMPLATES, [broken]) as e:
+        with pytest.raises(stepgraph.StepgraphError, match="round trip broke"):
+            e.roundtrip("broken", 3)
 
 
 ERROR_CLASSES = (

@@ -4,7 +4,10 @@ of a real `stepgraph serve` process, steps run by Python handlers."""
 import json
 import os
 import pathlib
+import signal
 import subprocess
+import sys
+import time
 import urllib.request
 
 import pytest
@@ -80,32 +83,44 @@ def test_python_worker_runs_tasks_created_over_http(database, server, name, expe
 def test_a_python_worker_honours_the_stepgraph_settings_of_serve(database, monkeypatch):
     """The queue, the AMQP URL and the AMQP prefix come from the same
     STEPGRAPH_* variables as the server's: with a prefix of this test's own,
-    the server sends to queues only a worker with that prefix consumes."""
+    the server sends to queues only a worker with that prefix consumes. On a
+    virtual host of this test's own, deleted at the end with its queues."""
     import socket
 
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
     except OSError as e:
         pytest.fail(f"RabbitMQ is not reachable on 127.0.0.1:5672 ({e}); .ci/run starts it")
+
+    def rabbitmqctl(*args):
+        return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True).stdout
+
+    vhost, prefix = f"sg-pytest-{os.getpid()}", f"sg-pytest-{os.getpid()}."
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     settings = {
         "STEPGRAPH_QUEUE": "rabbitmq",
-        "STEPGRAPH_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "STEPGRAPH_AMQP_PREFIX": f"sg-pytest-{os.getpid()}.",
-        "STEPGRAPH_AMQP_QUEUE_EXPIRES_MS": "60000",
+        "STEPGRAPH_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "STEPGRAPH_AMQP_PREFIX": prefix,
     }
     for k, v in settings.items():
         monkeypatch.setenv(k, v)
-    addr, proc = start_server(database)
     try:
-        # No queue argument: STEPGRAPH_QUEUE and the AMQP settings apply.
-        with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=2):
-            created = http(addr, "POST", "/v1/tasks", {"namespace": "e2e", "name": "linear", "context": {"even_number": 6}})
-            task = http(addr, "GET", f"/v1/tasks/{created['task_id']}/wait?timeout_ms=30000")
+        addr, proc = start_server(database)
+        try:
+            # No queue argument: STEPGRAPH_QUEUE and the AMQP settings apply.
+            with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=2):
+                created = http(addr, "POST", "/v1/tasks", {"namespace": "e2e", "name": "linear", "context": {"even_number": 6}})
+                task = http(addr, "GET", f"/v1/tasks/{created['task_id']}/wait?timeout_ms=30000")
+        finally:
+            proc.kill()
+            proc.wait()
+        queues = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name").split()
     finally:
-        proc.kill()
-        proc.wait()
+        rabbitmqctl("delete_vhost", vhost)
     assert task["state"] == "complete", task
     assert int(task["result"]) == 6**16
+    assert f"{prefix}worker.e2e" in queues, queues
 
 
 def test_a_bad_database_url_is_a_clear_error():
@@ -149,3 +164,104 @@ def test_client_errors_carry_the_status_and_the_servers_message(server):
     assert e.value.status == 400
     with pytest.raises(stepgraph.StepgraphError, match="cannot reach"):
         stepgraph.Client("http://127.0.0.1:1").health()
+
+
+SLEEPY = ROOT / "tests" / "fixtures" / "extra"
+SLEEPY_WORKER = """
+import sys, time, stepgraph
+
+@stepgraph.handler("util.sleep")
+def nap(ctx):
+    time.sleep(ctx.input["sleep_ms"] / 1000)
+    return {"slept_ms": ctx.input["sleep_ms"]}
+
+stepgraph.Worker(sys.argv[1], sys.argv[2], [nap], concurrency=2).run()
+"""
+
+
+def sleepy_worker(database, **settings):
+    env = dict(os.environ, **{f"STEPGRAPH_{k.upper()}": str(v) for k, v in settings.items()})
+    return subprocess.Popen([sys.executable, "-c", SLEEPY_WORKER, database, str(SLEEPY)], env=env)
+
+
+def await_running(addr, task_id, step, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = http(addr, "GET", f"/v1/tasks/{task_id}")
+        if next(s for s in task["steps"] if s["name"] == step)["state"] == "in_progress":
+            return task
+        time.sleep(0.02)
+    pytest.fail(f"step {step} never started")
+
+
+def completions(task, step):
+    return sum(1 for t in task["transitions"]["steps"] if t["step_name"] == step and t["to"] == "complete")
+
+
+def sleepy_server(database):
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
+    proc = subprocess.Popen(
+        [binary(), "serve", "--templates", str(SLEEPY), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    return proc.stdout.readline().split()[2].removeprefix("http://"), proc
+
+
+def finish_with_another_worker(addr, database, task_id, **settings):
+    """Starts a second worker, waits for the task to end, stops the worker."""
+    rescuer = sleepy_worker(database, **settings)
+    try:
+        return http(addr, "GET", f"/v1/tasks/{task_id}/wait?timeout_ms=60000")
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        rescuer.wait(timeout=30)
+
+
+def sigterm_mid_step(database, sleep_ms, **settings):
+    """serve and a sleepy worker with ``settings``; a task whose first step
+    sleeps ``sleep_ms``, SIGTERM to the worker once that step runs, and the
+    task finished by another worker. The task before and after, how long
+    the worker took to exit and its exit code."""
+    addr, serve = sleepy_server(database)
+    try:
+        worker = sleepy_worker(database, **settings)
+        created = http(addr, "POST", "/v1/tasks", {"namespace": "e2e", "name": "sleepy", "context": {"sleep_ms": sleep_ms}})
+        task_id = created["task_id"]
+        await_running(addr, task_id, "nap")
+        start = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=15)
+        took = time.monotonic() - start
+        before = http(addr, "GET", f"/v1/tasks/{task_id}")
+        visibility = {k: v for k, v in settings.items() if k == "worker_visibility_timeout_ms"}
+        after = finish_with_another_worker(addr, database, task_id, **visibility)
+    finally:
+        serve.kill()
+        serve.wait()
+    return before, after, took, code
+
+
+def test_sigterm_lets_a_running_python_step_finish_and_record_it(database):
+    """SIGTERM while a handler runs: the worker takes no new work, lets it
+    finish and records it within the grace, then exits 0; another worker
+    runs the next step; nothing runs twice."""
+    before, task, _, code = sigterm_mid_step(database, 1500, worker_shutdown_grace_ms=20000)
+    assert code == 0
+    nap = next(s for s in before["steps"] if s["name"] == "nap")
+    assert (nap["state"], nap["attempts"]) == ("complete", 1)
+    assert task["state"] == "complete", task
+    assert task["result"] == {"slept_ms": 1500}
+    assert completions(task, "nap") == 1 and completions(task, "after") == 1
+
+
+def test_a_python_step_that_outlives_the_grace_is_redelivered_and_completes_elsewhere(database):
+    """With a 300 ms grace the worker exits long before its 4 s handler
+    would end; the step comes back after the visibility timeout and
+    another worker completes it, once."""
+    before, task, took, _ = sigterm_mid_step(
+        database, 4000, worker_shutdown_grace_ms=300, worker_visibility_timeout_ms=2500
+    )
+    assert took < 3, f"exited after {took:.1f} s: the grace is 300 ms"
+    assert completions(before, "nap") == 0
+    assert task["state"] == "complete", task
+    assert task["result"] == {"slept_ms": 4000}
+    assert completions(task, "nap") == 1

@@ -55,6 +55,42 @@ class EmbeddedTest < Minitest::Test
     end
   end
 
+  # Linear backoff waits 300 then 600 ms; retry_after: 0.4 waits 400 ms
+  # instead of the step's 5 s: each wait, timed between the handler's calls,
+  # is never early and late by less than any other policy would differ.
+  def test_retries_wait_the_backoff_or_the_retry_after_a_handler_gives
+    calls = { "linear" => Queue.new, "told" => Queue.new }
+    now = -> { Process.clock_gettime(Process::CLOCK_MONOTONIC) }
+    raises_twice = Stepgraph.handler("raises_twice") do |ctx|
+      calls["linear"] << now.call
+      raise ArgumentError, "not yet" if ctx.attempt < 3
+
+      ctx.attempt
+    end
+    says_when = Stepgraph.handler("says_when") do |ctx|
+      calls["told"] << now.call
+      raise Stepgraph::RetryableError.new("busy", retry_after: 0.4) if ctx.attempt < 3
+
+      ctx.attempt
+    end
+    dir = File.join(ROOT, "tests", "fixtures", "retries")
+    Stepgraph::Engine.embedded(templates_dir: dir, handlers: [raises_twice, says_when]) do |e|
+      result = e.run("t", "waits", {})
+      assert_equal "complete", result.state, result.error.inspect
+      { "linear" => [300, 600], "told" => [400, 400] }.each do |step, planned|
+        recorded = result.report["transitions"]["steps"]
+                         .select { |t| t["step_name"] == step && t["to"] == "waiting_for_retry" }
+                         .map { |t| t["metadata"]["backoff_ms"] }
+        assert_equal planned, recorded, step
+        times = Array.new(calls[step].size) { calls[step].pop }
+        waits = times.each_cons(2).map { |a, b| ((b - a) * 1000).round }
+        waits.zip(planned).each do |waited, ms|
+          assert_includes (ms...(ms + 250)), waited, "#{step}: waited #{waits} ms, planned #{planned}"
+        end
+      end
+    end
+  end
+
   def test_exceptions_retry_with_backoff_and_permanent_errors_do_not
     calls = Hash.new(0)
     flaky = Stepgraph.handler("flaky") do |ctx|
@@ -172,11 +208,24 @@ class EmbeddedTest < Minitest::Test
     end
   end
 
-  def test_completions_at_capacity_one_lose_nothing
+  # With room for one completion, complete waits (backpressure): it never
+  # drops, so every step succeeds at its first attempt. Rounds of 12 trees
+  # run until some completion did wait (up to 20).
+  def test_completions_at_capacity_one_wait_and_lose_nothing
     engine(ALL_HANDLERS, concurrency: 8, completion_capacity: 1) do |e|
-      results = Array.new(12) { Thread.new { e.run("e2e", "tree", { "even_number" => 6 }) } }.map(&:value)
-      assert_equal 12, results.size
-      assert(results.all? { |r| r.state == "complete" && Integer(r.result) == SIX_64 })
+      results = []
+      20.times do
+        results.concat(Array.new(12) { Thread.new { e.run("e2e", "tree", { "even_number" => 6 }) } }.map(&:value))
+        break if e.host_stats["completion_waits"].positive?
+      end
+      stats = e.host_stats
+      assert_operator stats["completion_waits"], :>, 0, "no completion ever waited: backpressure untested"
+      assert_equal 0, stats["pending"]
+      results.each do |r|
+        assert_equal "complete", r.state
+        assert_equal SIX_64, Integer(r.result)
+        assert_equal [1] * 8, r.steps.values.map { |s| s["attempts"] }, r.steps.inspect
+      end
     end
   end
 
@@ -205,10 +254,20 @@ class EmbeddedTest < Minitest::Test
     engine do |e|
       native = e.instance_variable_get(:@native)
       ticks = 0
-      ticker = Thread.new { 50.times { ticks += 1; sleep 0.005 } }
-      native.next_events(1, 400) # nothing to do: waits 400 ms without the GVL
+      stop = false
+      ticker = Thread.new { until stop; ticks += 1; sleep 0.005; end }
+      sleep 0.05 until ticks.positive?
+      # Nothing to do: it blocks 400 ms. Holding the GVL, no tick could
+      # happen meanwhile; released, the ticker goes on every 5 ms.
+      before = ticks
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      native.next_events(1, 400)
+      blocked = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+      during = ticks - before
+      stop = true
       ticker.join
-      assert_equal 50, ticks
+      assert_operator blocked, :>=, 0.3, "next_events did not block"
+      assert_operator during, :>=, 10, "only #{during} ticks in #{blocked.round(3)} s: the GVL was held"
     end
   end
 
@@ -322,11 +381,21 @@ class EmbeddedTest < Minitest::Test
   end
 
   def test_roundtrip_measures_a_ruby_handler
-    noop = Stepgraph.handler("noop") { |ctx| ctx.dependency("linear_step_1") && nil }
+    seen = Queue.new
+    noop = Stepgraph.handler("noop") do |ctx|
+      seen << [ctx.step_name, ctx.dependency("linear_step_1"), ctx.input["even_number"]]
+      nil
+    end
     engine([noop]) do |e|
       mean = e.roundtrip("noop", 200)
       assert_operator mean, :>, 0
-      assert_operator mean, :<, 1
+    end
+    # Every one of the 200 steps reached the handler, carrying the sample step.
+    assert_equal [["linear_step_2", 36, 6]] * 200, Array.new(seen.size) { seen.pop }
+    broken = Stepgraph.handler("broken") { |_ctx| raise ArgumentError, "round trip broke" }
+    engine([broken]) do |e|
+      err = assert_raises(Stepgraph::Error) { e.roundtrip("broken", 3) }
+      assert_match(/round trip broke/, err.message)
     end
   end
 end

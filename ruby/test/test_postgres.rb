@@ -16,11 +16,15 @@ module PostgresSetup
     binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
     flunk("#{binary} does not exist: build it first (cargo build), or set STEPGRAPH_BIN") unless File.exist?(binary)
     env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5" }
-    @server_in, @server_out, @server = Open3.popen2(env, binary, "serve", "--templates", TEMPLATES,
+    @server_in, @server_out, @server = Open3.popen2(env, binary, "serve", "--templates", server_templates,
                                                     "--listen", "127.0.0.1:0")
     line = @server_out.gets.to_s
     assert line.start_with?("listening on http://"), line
     @client = Stepgraph::Client.new(line.split[2])
+  end
+
+  def server_templates
+    TEMPLATES
   end
 
   def teardown
@@ -146,26 +150,40 @@ end
 class RabbitTest < Minitest::Test
   include PostgresSetup
 
-  AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
-
+  # A virtual host of this test's own, deleted at the end with every queue
+  # the test made; the default `stepgraph.` queues are never touched.
   def test_a_ruby_worker_over_rabbitmq
     flunk("RabbitMQ is not reachable on 127.0.0.1:5672; .ci/run starts it") unless port_open?(5672)
+    vhost = "sg-rbtest-#{Process.pid}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    amqp_url = "amqp://guest:guest@127.0.0.1:5672/#{vhost}"
     binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
-    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_QUEUE" => "rabbitmq", "STEPGRAPH_AMQP_URL" => AMQP_URL }
+    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_QUEUE" => "rabbitmq", "STEPGRAPH_AMQP_URL" => amqp_url }
     serve_in, serve_out, serve = Open3.popen2(env, binary, "serve", "--templates", TEMPLATES, "--listen", "127.0.0.1:0")
     client = Stepgraph::Client.new(serve_out.gets.to_s.split[2])
     worker = Stepgraph::Worker.new(database_url: @url, templates_dir: TEMPLATES, handlers: ALL_HANDLERS,
-                                   queue: AMQP_URL).start
+                                   queue: amqp_url).start
     begin
       task = client.run("e2e", "diamond", { "even_number" => 6 }, timeout: 60)
       assert_equal "complete", task["state"], task["error"].inspect
       assert_equal SIX_16, Integer(task["result"])
+      queues = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name").split
+      assert_includes queues, "stepgraph.worker.e2e", "the steps went through this test's virtual host"
     ensure
       worker.stop
       Process.kill("KILL", serve.pid)
       serve.join
       serve_in.close
+      rabbitmqctl("delete_vhost", vhost)
     end
+  end
+
+  def rabbitmqctl(*args)
+    out, status = Open3.capture2e("rabbitmqctl", *args)
+    raise "rabbitmqctl #{args.join(' ')} failed: #{out}" unless status.success?
+
+    out
   end
 
   def port_open?(port)
@@ -173,5 +191,86 @@ class RabbitTest < Minitest::Test
     true
   rescue SystemCallError
     false
+  end
+end
+
+# SIGTERM to a Ruby worker process while its handler runs.
+class GracefulShutdownTest < Minitest::Test
+  include PostgresSetup
+
+  SLEEPY = File.join(ROOT, "tests", "fixtures", "extra")
+  WORKER = <<~RUBY
+    require "stepgraph"
+    nap = Stepgraph.handler("util.sleep") do |ctx|
+      sleep ctx.input["sleep_ms"] / 1000.0
+      { "slept_ms" => ctx.input["sleep_ms"] }
+    end
+    Stepgraph::Worker.new(database_url: ARGV[0], templates_dir: ARGV[1], handlers: [nap], concurrency: 2).run
+  RUBY
+
+  def server_templates
+    SLEEPY
+  end
+
+  def sleepy_worker(**settings)
+    env = settings.to_h { |k, v| ["STEPGRAPH_#{k.to_s.upcase}", v.to_s] }
+    spawn(env, RbConfig.ruby, "-e", WORKER, @url, SLEEPY)
+  end
+
+  def await_running(id, step)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+    loop do
+      task = @client.get_task(id)
+      return task if task["steps"].find { |s| s["name"] == step }["state"] == "in_progress"
+      flunk("step #{step} never started") if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      sleep 0.02
+    end
+  end
+
+  def completions(task, step)
+    task["transitions"]["steps"].count { |t| t["step_name"] == step && t["to"] == "complete" }
+  end
+
+  def stop(pid)
+    Process.kill("TERM", pid)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    status = Process.wait2(pid)[1]
+    [status, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started]
+  end
+
+  # The worker takes no new work, lets the handler finish and records it
+  # within the grace, then exits 0; another worker runs the next step.
+  def test_sigterm_lets_a_running_ruby_step_finish_and_record_it
+    worker = sleepy_worker(worker_shutdown_grace_ms: 20_000)
+    id = @client.create_task("e2e", "sleepy", { "sleep_ms" => 1500 })["task_id"]
+    await_running(id, "nap")
+    status, = stop(worker)
+    assert status.success?, status.inspect
+    nap = @client.get_task(id)["steps"].find { |s| s["name"] == "nap" }
+    assert_equal %w[complete 1], [nap["state"], nap["attempts"].to_s]
+    rescuer = sleepy_worker
+    task = @client.wait(id, timeout: 30)
+    stop(rescuer)
+    assert_equal "complete", task["state"], task.inspect
+    assert_equal({ "slept_ms" => 1500 }, task["result"])
+    assert_equal [1, 1], [completions(task, "nap"), completions(task, "after")]
+  end
+
+  # With a 300 ms grace the worker exits long before its 4 s handler would
+  # end; the step comes back after the visibility timeout and another
+  # worker completes it, once.
+  def test_a_ruby_step_that_outlives_the_grace_is_redelivered_and_completes_elsewhere
+    worker = sleepy_worker(worker_shutdown_grace_ms: 300, worker_visibility_timeout_ms: 2500)
+    id = @client.create_task("e2e", "sleepy", { "sleep_ms" => 4000 })["task_id"]
+    await_running(id, "nap")
+    _, took = stop(worker)
+    assert_operator took, :<, 3, "exited after #{took.round(1)} s: the grace is 300 ms"
+    assert_equal 0, completions(@client.get_task(id), "nap")
+    rescuer = sleepy_worker(worker_visibility_timeout_ms: 2500)
+    task = @client.wait(id, timeout: 60)
+    stop(rescuer)
+    assert_equal "complete", task["state"], task.inspect
+    assert_equal({ "slept_ms" => 4000 }, task["result"])
+    assert_equal 1, completions(task, "nap")
   end
 end

@@ -11,29 +11,41 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-fn admin(sql: &str) {
-    let sql = sql.to_string();
-    // A runtime of its own, so this works from Drop and from async tests alike.
+/// Runs `body` on a thread and a runtime of its own, so that it works from
+/// Drop and from async tests alike.
+fn on_own_runtime<T, F, Fut>(body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(ADMIN_URL)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("PostgreSQL is not reachable at {ADMIN_URL} ({e}); .ci/run starts it")
-                });
-            sqlx::raw_sql(&sql)
-                .execute(&mut c)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        })
+            .unwrap()
+            .block_on(body())
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+async fn connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e}); .ci/run starts it"))
+}
+
+fn admin(sql: &str) {
+    let sql = sql.to_string();
+    on_own_runtime(move || async move {
+        let mut c = connect(ADMIN_URL).await;
+        sqlx::raw_sql(&sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
 }
 
 /// A fresh database, dropped when this goes out of scope.
@@ -59,25 +71,61 @@ impl TestDb {
     /// Runs SQL on this database and returns the first column of each row as text.
     pub fn query(&self, sql: &str) -> Vec<String> {
         let (url, sql) = (self.url.clone(), sql.to_string());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                use sqlx::{Connection, Row};
-                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-                let rows = sqlx::query(&sql)
-                    .fetch_all(&mut c)
+        on_own_runtime(move || async move {
+            use sqlx::Row;
+            let rows = sqlx::query(&sql)
+                .fetch_all(&mut connect(&url).await)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Polls `sql` (a boolean) on one connection, about every millisecond,
+    /// until it is true; then runs `then` at once, before anything else
+    /// can change. False if `timeout` passed first.
+    pub fn when(&self, sql: &str, timeout: Duration, then: impl FnOnce()) -> bool {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        let seen = on_own_runtime(move || async move {
+            let mut c = connect(&url).await;
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                let yes: bool = sqlx::query_scalar(&sql)
+                    .fetch_one(&mut c)
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                rows.iter()
-                    .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
-                    .collect()
-            })
-        })
-        .join()
-        .unwrap()
+                if yes {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            false
+        });
+        if seen {
+            then();
+        }
+        seen
+    }
+
+    /// Polls the count `sql` returns (every 20 ms, up to a minute) until
+    /// `ok` holds for it; the count.
+    pub fn await_count(&self, sql: &str, what: &str, ok: impl Fn(i64) -> bool) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: i64 = self.query(&format!("SELECT ({sql})::text"))[0]
+                .parse()
+                .unwrap();
+            if ok(n) {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still {n} after a minute"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Drops every connection to this database but the caller's.
@@ -158,7 +206,9 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(
+    /// `stepgraph <args> --templates <templates>`, on `db` if given, once it
+    /// printed its first line (a server: where it listens).
+    pub fn spawn(
         args: &[&str],
         db: Option<&TestDb>,
         templates: &std::path::Path,
@@ -270,6 +320,16 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, 
     };
     let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
     (status, value)
+}
+
+/// The value of one series of `GET /metrics`: `series` is the name with
+/// its labels as the server prints them (`stepgraph_tasks{state="complete"}`).
+pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (status, v) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{v}");
+    let text = v.as_str().expect("metrics are text").to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod proxy;
 pub mod shapes;
 
 use serde_json::{json, Value};

@@ -53,6 +53,15 @@ export function writeTemplate(body) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `condition` every 5 ms until it holds; fails naming `what` after `ms`. */
+export async function until(condition, what, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await sleep(5);
+  }
+}
+
 /** The `stepgraph` binary the PostgreSQL tests start. */
 export function binary() {
   const file = process.env.STEPGRAPH_BIN ?? path.join(ROOT, "target", "debug", "stepgraph");

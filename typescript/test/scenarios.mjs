@@ -4,6 +4,9 @@
 
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { createInterface } from "node:readline";
 import {
   BackendUnavailableError,
@@ -27,12 +30,14 @@ import {
 import {
   POLYGLOT,
   PRODUCTS,
+  ROOT,
   SIX_16,
   SIX_64,
   TEMPLATES,
   binary,
   seedHandlers,
   sleep,
+  until,
   writeTemplate,
 } from "./fixtures.mjs";
 
@@ -150,6 +155,42 @@ steps:
     });
   });
 
+  // Linear backoff waits 300 then 600 ms; retryAfterMs 400 waits 400 ms
+  // instead of the step's 5 s: each wait, timed between the handler's calls,
+  // is never early and late by less than any other policy would differ.
+  test(`[${backend}] retries wait the backoff or the retryAfterMs a handler gives`, async () => {
+    const calls = { linear: [], told: [] };
+    const raisesTwice = defineHandler("raises_twice", (ctx) => {
+      calls.linear.push(performance.now());
+      if (ctx.attempt < 3) throw new TypeError("not yet");
+      return ctx.attempt;
+    });
+    const saysWhen = defineHandler("says_when", (ctx) => {
+      calls.told.push(performance.now());
+      if (ctx.attempt < 3) throw new RetryableError("busy", { retryAfterMs: 400 });
+      return ctx.attempt;
+    });
+    const dir = path.join(ROOT, "tests", "fixtures", "retries");
+    await withEngine({ templatesDir: dir, handlers: [raisesTwice, saysWhen], backend }, async (engine) => {
+      const r = await engine.run("t", "waits", {});
+      assert.equal(r.state, "complete", JSON.stringify(r.error));
+      for (const [step, planned] of [
+        ["linear", [300, 600]],
+        ["told", [400, 400]],
+      ]) {
+        const recorded = r.report.transitions.steps
+          .filter((t) => t.step_name === step && t.to === "waiting_for_retry")
+          .map((t) => Number(t.metadata.backoff_ms));
+        assert.deepEqual(recorded, planned, step);
+        const times = calls[step];
+        const waits = times.slice(1).map((t, i) => Math.round(t - times[i]));
+        waits.forEach((waited, i) =>
+          assert.ok(planned[i] <= waited && waited < planned[i] + 250, `${step}: waited ${waits} ms, planned ${planned}`),
+        );
+      }
+    });
+  });
+
   test(`[${backend}] errors retry, permanent errors do not, retryAfterMs is honoured`, async () => {
     const calls = { flaky: 0, broken: 0, later: [] };
     const flaky = defineHandler("flaky", async (ctx) => {
@@ -217,8 +258,7 @@ steps:
       assert.equal(r.steps.stuck.error.code, "timeout");
       assert.equal(engine.stats.refused, 0);
       settle(42);
-      await sleep(20);
-      assert.equal(engine.stats.refused, 1, "the late result was refused");
+      await until(() => engine.stats.refused === 1, "the late result was refused");
       assert.equal(engine.stats.running, 0);
       // The slot came back: the engine still serves (concurrency 1).
       const again = await engine.run("t", "h", {});
@@ -274,17 +314,27 @@ steps:
     });
   });
 
-  test(`[${backend}] completions at capacity 1 lose nothing`, () =>
+  // With room for one completion, complete waits (backpressure): it never
+  // drops, so every step succeeds at its first attempt. Rounds of 12 trees
+  // run until some completion did wait (up to 20).
+  test(`[${backend}] completions at capacity 1 wait and lose nothing`, () =>
     seed(
       async (engine) => {
-        const runs = Array.from({ length: 12 }, () => engine.run("e2e", "tree", { even_number: 6 }));
-        const results = await Promise.all(runs);
-        assert.equal(results.length, 12);
-        for (const r of results) {
-          assert.equal(r.state, "complete");
-          assert.equal(BigInt(r.result), SIX_64);
+        let rounds = 0;
+        while (rounds < 20) {
+          rounds++;
+          const runs = Array.from({ length: 12 }, () => engine.run("e2e", "tree", { even_number: 6 }));
+          for (const r of await Promise.all(runs)) {
+            assert.equal(r.state, "complete");
+            assert.equal(BigInt(r.result), SIX_64);
+            assert.deepEqual(Object.values(r.steps).map((s) => s.attempts), Array(8).fill(1));
+          }
+          if ((await engine.hostStats()).completionWaits > 0) break;
         }
-        assert.equal(engine.stats.completed, 12 * 8, "every step of every tree, once");
+        const stats = await engine.hostStats();
+        assert.ok(stats.completionWaits > 0, "no completion ever waited: backpressure untested");
+        assert.equal(stats.pending, 0);
+        assert.equal(engine.stats.completed, rounds * 12 * 8, "every step of every tree, once");
       },
       { concurrency: 8, completionCapacity: 1 },
     ));
@@ -391,15 +441,28 @@ steps:
     );
   });
 
-  test(`[${backend}] roundtrip measures a TypeScript handler`, () =>
-    seed(async (engine) => {
-      const us = await engine.roundtrip("math.square", 200);
+  test(`[${backend}] roundtrip measures a TypeScript handler`, async () => {
+    const seen = [];
+    const noop = defineHandler("noop", (ctx) => {
+      seen.push([ctx.stepName, ctx.dependencyResults.linear_step_1, ctx.input.even_number]);
+      return null;
+    });
+    const broken = defineHandler("broken", () => {
+      throw new Error("round trip broke");
+    });
+    await withEngine({ templatesDir: TEMPLATES, handlers: [noop, broken], backend }, async (engine) => {
+      const us = await engine.roundtrip("noop", 200);
       assert.ok(us > 0 && Number.isFinite(us), String(us));
-    }));
+      // Every one of the 200 steps reached the handler, carrying the sample step.
+      assert.deepEqual(seen, Array(200).fill(["linear_step_2", 36, 6]));
+      await assert.rejects(engine.roundtrip("broken", 3), /round trip broke/);
+    });
+  });
 }
 
 // ---- PostgreSQL: a real `stepgraph serve`, a database per test ----
 
+const SLEEPY = path.join(ROOT, "tests", "fixtures", "extra");
 const ADMIN = ["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"];
 let databases = 0;
 
@@ -431,7 +494,7 @@ function listening(child) {
   });
 }
 
-async function withDeployment(templates, body) {
+async function withDeployment(templates, body, serveEnv = {}) {
   const name = `sg_tstest_${process.pid}_${++databases}`;
   admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   admin(`CREATE DATABASE ${name}`);
@@ -439,6 +502,7 @@ async function withDeployment(templates, body) {
   const serve = start(["serve", "--templates", templates, "--listen", "127.0.0.1:0"], {
     STEPGRAPH_DATABASE_URL: url,
     STEPGRAPH_MAX_CONNECTIONS: "5",
+    ...serveEnv,
   });
   try {
     const address = await listening(serve);
@@ -563,4 +627,119 @@ Stepgraph::Worker.new(database_url: ARGV[0], templates_dir: ARGV[1], handlers: [
         await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : null)));
       }
     }));
+
+  // A worker process of this runtime and binding whose util.sleep handler
+  // sleeps sleep_ms, on the sleepy template.
+  const sleepyWorker = (url, settings = {}) => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sg-ts-worker-"));
+    const script = path.join(dir, "worker.mjs");
+    writeFileSync(
+      script,
+      `import { Worker, defineHandler } from ${JSON.stringify(path.join(ROOT, "typescript", "dist", "index.js"))};
+const nap = defineHandler("util.sleep", async (ctx) => {
+  await new Promise((r) => setTimeout(r, ctx.input.sleep_ms));
+  return { slept_ms: ctx.input.sleep_ms };
+});
+await new Worker({ databaseUrl: process.argv[2], templatesDir: process.argv[3], handlers: [nap], backend: ${JSON.stringify(backend)} }).run();
+// Stopped: a handler abandoned after the grace must not keep the process.
+process.exit(0);
+`,
+    );
+    const env = { ...process.env };
+    for (const [k, v] of Object.entries(settings)) env[`STEPGRAPH_${k}`] = String(v);
+    return spawn(process.execPath, [script, url, SLEEPY], { env, stdio: "inherit" });
+  };
+  const exited = (child) => new Promise((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once("exit", resolve)));
+  const awaitRunning = async (client, id, step) => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const task = await client.getTask(id);
+      if (task.steps.find((s) => s.name === step).state === "in_progress") return task;
+      if (Date.now() > deadline) throw new Error(`step ${step} never started`);
+      await sleep(20);
+    }
+  };
+  const completions = (task, step) => task.transitions.steps.filter((t) => t.step_name === step && t.to === "complete").length;
+
+  // SIGTERM while a handler runs: the worker takes no new work, lets it
+  // finish and records it within the grace, then exits 0; another worker
+  // runs the next step; nothing runs twice.
+  test(`[${backend}] SIGTERM lets a running TypeScript step finish and record it`, () =>
+    withDeployment(SLEEPY, async ({ url, client }) => {
+      const worker = sleepyWorker(url, { WORKER_SHUTDOWN_GRACE_MS: 20_000 });
+      const { task_id: id } = await client.createTask("e2e", "sleepy", { sleep_ms: 1500 });
+      await awaitRunning(client, id, "nap");
+      worker.kill("SIGTERM");
+      assert.equal(await exited(worker), 0);
+      const nap = (await client.getTask(id)).steps.find((s) => s.name === "nap");
+      assert.deepEqual([nap.state, nap.attempts], ["complete", 1]);
+      const rescuer = sleepyWorker(url);
+      try {
+        const task = await client.wait(id, 30_000);
+        assert.equal(task.state, "complete", JSON.stringify(task.error));
+        assert.deepEqual(task.result, { slept_ms: 1500 });
+        assert.deepEqual([completions(task, "nap"), completions(task, "after")], [1, 1]);
+      } finally {
+        rescuer.kill("SIGTERM");
+        await exited(rescuer);
+      }
+    }));
+
+  // With a 300 ms grace the worker exits long before its 4 s handler would
+  // end; the step comes back after the visibility timeout and another
+  // worker completes it, once.
+  test(`[${backend}] a TypeScript step that outlives the grace is redelivered and completes elsewhere`, () =>
+    withDeployment(SLEEPY, async ({ url, client }) => {
+      const quick = { WORKER_VISIBILITY_TIMEOUT_MS: 2500 };
+      const worker = sleepyWorker(url, { ...quick, WORKER_SHUTDOWN_GRACE_MS: 300 });
+      const { task_id: id } = await client.createTask("e2e", "sleepy", { sleep_ms: 4000 });
+      await awaitRunning(client, id, "nap");
+      const start = Date.now();
+      worker.kill("SIGTERM");
+      await exited(worker);
+      const took = Date.now() - start;
+      assert.ok(took < 3000, `exited after ${took} ms: the grace is 300 ms`);
+      assert.equal(completions(await client.getTask(id), "nap"), 0);
+      const rescuer = sleepyWorker(url, quick);
+      try {
+        const task = await client.wait(id, 60_000);
+        assert.equal(task.state, "complete", JSON.stringify(task.error));
+        assert.deepEqual(task.result, { slept_ms: 4000 });
+        assert.equal(completions(task, "nap"), 1);
+      } finally {
+        rescuer.kill("SIGTERM");
+        await exited(rescuer);
+      }
+    }));
+
+  // Steps over RabbitMQ (state in PostgreSQL), on a virtual host of this
+  // test's own, deleted at the end with every queue it made.
+  test(`[${backend}] a TypeScript worker over RabbitMQ`, async () => {
+    const vhost = `sg-tstest-${process.pid}-${backend}`;
+    const ctl = (...args) => execFileSync("rabbitmqctl", args, { encoding: "utf8" });
+    try {
+      ctl("add_vhost", vhost);
+    } catch (e) {
+      throw new Error(`RabbitMQ is not reachable (rabbitmqctl: ${e.message}); .ci/run starts it`);
+    }
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*");
+    const amqp = `amqp://guest:guest@127.0.0.1:5672/${vhost}`;
+    try {
+      await withDeployment(
+        TEMPLATES,
+        ({ url, client }) =>
+          withWorker({ databaseUrl: url, templatesDir: TEMPLATES, handlers: seedHandlers(), backend, queue: amqp }, async () => {
+            const task = await client.run("e2e", "diamond", { even_number: 6 }, { timeoutMs: 60_000 });
+            assert.equal(task.state, "complete", JSON.stringify(task.error));
+            assert.equal(BigInt(task.result), SIX_16);
+            for (const s of task.steps) assert.equal(s.attempts, 1, s.name);
+            const queues = ctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name").split(/\s+/);
+            assert.ok(queues.includes("stepgraph.worker.e2e"), queues.join(","));
+          }),
+        { STEPGRAPH_QUEUE: "rabbitmq", STEPGRAPH_AMQP_URL: amqp },
+      );
+    } finally {
+      ctl("delete_vhost", vhost);
+    }
+  });
 }

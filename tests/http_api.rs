@@ -1,0 +1,195 @@
+//! What the HTTP API and `serve` promise beyond running tasks: `/metrics`
+//! content, `/health` when the database goes away, 409 answers, `priority`,
+//! and the order in which a setting's file, environment and flag apply.
+
+mod common;
+
+use common::cluster::{create, http, metric, templates_dir, wait, Process, TestDb, TestEnv};
+use common::proxy::Proxy;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Embedded `serve`: the orchestrator sees every step and task, so every
+/// series counts exactly what ran.
+#[test]
+fn metrics_count_what_ran() {
+    let templates = templates_dir();
+    let serve = Process::serve_embedded(templates.path());
+    let addr = serve.addr();
+    for _ in 0..3 {
+        let id = create(addr, "linear", json!({ "even_number": 6 }));
+        assert_eq!(wait(addr, &id, LONG)["state"], "complete");
+    }
+    let m = |series: &str| metric(addr, series);
+    assert_eq!(m(r#"stepgraph_tasks{state="complete"}"#), Some(3.0));
+    assert_eq!(m(r#"stepgraph_steps{state="complete"}"#), Some(12.0));
+    assert_eq!(
+        m(r#"stepgraph_queue_depth{queue="orchestration"}"#),
+        Some(0.0)
+    );
+    assert_eq!(m(r#"stepgraph_queue_depth{queue="worker.e2e"}"#), Some(0.0));
+    assert_eq!(
+        m(r#"stepgraph_step_duration_seconds_count{handler="math.square"}"#),
+        Some(12.0)
+    );
+    assert_eq!(
+        m(r#"stepgraph_step_duration_seconds_bucket{handler="math.square",le="+Inf"}"#),
+        Some(12.0)
+    );
+    assert_eq!(
+        m(r#"stepgraph_task_duration_seconds_count{template="e2e/linear@1.0.0"}"#),
+        Some(3.0)
+    );
+    assert_eq!(m("stepgraph_http_waiting_requests"), Some(0.0));
+}
+
+/// Distributed: the state gauges come from the database, whoever ran the steps.
+#[test]
+fn metrics_of_a_distributed_serve_count_the_database() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let _worker = t.worker(&[]);
+    let ids: Vec<String> = (0..4)
+        .map(|_| create(serve.addr(), "linear", json!({ "even_number": 6 })))
+        .collect();
+    for id in &ids {
+        assert_eq!(wait(serve.addr(), id, LONG)["state"], "complete");
+    }
+    let m = |series: &str| metric(serve.addr(), series);
+    assert_eq!(m(r#"stepgraph_tasks{state="complete"}"#), Some(4.0));
+    assert_eq!(m(r#"stepgraph_steps{state="complete"}"#), Some(16.0));
+    assert_eq!(m(r#"stepgraph_queue_depth{queue="worker.e2e"}"#), Some(0.0));
+}
+
+/// `/health` says 503, naming the database, while PostgreSQL cannot be
+/// reached, and 200 again once it can; the API meanwhile answers, never hangs.
+#[test]
+fn health_is_503_while_the_database_is_unreachable() {
+    let db = TestDb::create();
+    let proxy = Proxy::start(0);
+    let templates = templates_dir();
+    let serve = Process::spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        None,
+        templates.path(),
+        &[
+            ("STEPGRAPH_DATABASE_URL", &proxy.url(&db.name)),
+            ("STEPGRAPH_MAX_CONNECTIONS", "3"),
+        ],
+    );
+    let addr = serve.addr().to_string();
+    let health = || {
+        let start = Instant::now();
+        let (status, v) = http(&addr, "GET", "/health", None);
+        (status, v, start.elapsed())
+    };
+    let (status, v, _) = health();
+    assert_eq!((status, &v["status"]), (200, &json!("ok")), "{v}");
+
+    let port = proxy.stop();
+    let (status, v, took) = health();
+    assert_eq!((status, &v["status"]), (503, &json!("unhealthy")), "{v}");
+    assert_ne!(v["database"], "ok", "{v}");
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+
+    let _back = Proxy::start(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v, _) = health();
+        if status == 200 {
+            assert_eq!(v["database"], "ok");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A transition that makes no sense for the task's state is a 409 naming it.
+#[test]
+fn cancelling_a_finished_task_is_a_409() {
+    let templates = templates_dir();
+    let serve = Process::serve_embedded(templates.path());
+    let addr = serve.addr();
+    let id = create(addr, "linear", json!({ "even_number": 6 }));
+    assert_eq!(wait(addr, &id, LONG)["state"], "complete");
+    let (status, v) = http(addr, "POST", &format!("/v1/tasks/{id}/cancel"), None);
+    assert_eq!(status, 409, "{v}");
+    let error = v["error"].as_str().expect("a JSON error");
+    assert!(error.contains("complete"), "{error}");
+    // Nothing changed.
+    let (_, task) = http(addr, "GET", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(task["state"], "complete");
+}
+
+/// `priority` is kept with the task and shown with it (dispatch order does
+/// not use it yet: see the README).
+#[test]
+fn a_tasks_priority_is_stored_and_shown() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let body = json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 6 }, "priority": 7 });
+    let (status, v) = http(
+        serve.addr(),
+        "POST",
+        "/v1/tasks",
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["task_id"].as_str().unwrap();
+    let (_, task) = http(serve.addr(), "GET", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(task["priority"], 7, "{task}");
+    assert_eq!(
+        t.db.query(&format!(
+            "SELECT priority::text FROM sg_tasks WHERE id = '{id}'"
+        )),
+        ["7"]
+    );
+}
+
+/// A setting comes from the TOML file, then `STEPGRAPH_*` over it, then the
+/// flag over both (seen in where `serve` listens).
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_config_file() {
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let (file_port, env_port, flag_port) = (ports[0], ports[1], ports[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stepgraph.toml");
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{file_port}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    let templates = templates_dir();
+    let env_listen = format!("127.0.0.1:{env_port}");
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let listens = |args: &[&str], env: &[(&str, &str)]| {
+        let p = Process::spawn(args, None, templates.path(), env);
+        p.addr().to_string()
+    };
+    assert_eq!(
+        listens(&["serve", "--config", config], &[]),
+        format!("127.0.0.1:{file_port}")
+    );
+    assert_eq!(
+        listens(
+            &["serve", "--config", config],
+            &[("STEPGRAPH_LISTEN", &env_listen)]
+        ),
+        env_listen
+    );
+    assert_eq!(
+        listens(
+            &["serve", "--config", config, "--listen", &flag_listen],
+            &[("STEPGRAPH_LISTEN", &env_listen)]
+        ),
+        flag_listen
+    );
+}
