@@ -50,13 +50,24 @@ fn language_side(
     stop: &Arc<AtomicBool>,
     run: impl Fn(&Host, StepEvent) + Send + Sync + 'static,
 ) -> Vec<std::thread::JoinHandle<()>> {
+    language_side_polling(host, threads, stop, Duration::from_millis(50), run)
+}
+
+/// [`language_side`] whose threads wait up to `poll` for events per call.
+fn language_side_polling(
+    host: &Arc<Host>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    poll: Duration,
+    run: impl Fn(&Host, StepEvent) + Send + Sync + 'static,
+) -> Vec<std::thread::JoinHandle<()>> {
     let run = Arc::new(run);
     (0..threads)
         .map(|_| {
             let (host, stop, run) = (host.clone(), stop.clone(), run.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    match host.next_events(1, Duration::from_millis(50)) {
+                    match host.next_events(1, poll) {
                         Ok(events) => events.into_iter().for_each(|e| run(&host, e)),
                         Err(_) => return,
                     }
@@ -270,8 +281,12 @@ async fn the_worker_claims_only_what_the_language_side_asked_for() {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicUsize::new(0));
     let p = peak.clone();
-    // One thread, one slot: at most the event it runs and the one it asked for next.
-    let threads = language_side(&host, 1, &stop, move |h, e| {
+    // One thread, one slot: at most the event it runs and the one it asked
+    // for next. It waits for events without timing out and asking again: a
+    // new ask while a claim granted by the last one is still in flight is
+    // granted again (see `Inner::rebalance` in workers/src/host/mod.rs).
+    let poll = Duration::from_secs(30);
+    let threads = language_side_polling(&host, 1, &stop, poll, move |h, e| {
         p.fetch_max(h.pending_count(), Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(2));
         h.complete(e.event_id, math(&e)).unwrap();
@@ -293,6 +308,8 @@ async fn the_worker_claims_only_what_the_language_side_asked_for() {
     );
     engine.shutdown().await;
     stop.store(true, Ordering::SeqCst);
+    // Wakes the waiting thread.
+    host.shutdown();
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
 

@@ -329,6 +329,10 @@ impl Drop for Host {
 impl Inner {
     /// Grants the worker as many claims as waiting slots not already served
     /// by queued events. Call with the `ready` lock held (`queued` its length).
+    /// A grant already taken by a claim that has not brought its event yet
+    /// (a receive still waiting for a message) is not counted: a caller that
+    /// times out and asks again meanwhile is granted one more, so one extra
+    /// step per such re-ask can arrive and wait queued for a slot.
     fn rebalance(&self, queued: usize) {
         let target = self.waiting.load(Ordering::SeqCst).saturating_sub(queued);
         let available = self.credits.available_permits();
