@@ -193,9 +193,23 @@ async fn permanent_error_fails_the_task_after_one_attempt() {
         report.task.error.as_ref().unwrap()["error"]["message"],
         json!("card declined")
     );
-    // The dependent step never started.
-    assert_eq!(report.step("after").unwrap().state, StepState::Pending);
-    assert_eq!(report.step("after").unwrap().attempts, 0);
+    // The dependent step never started, and ended with the task, saying why.
+    let after = report.step("after").unwrap();
+    assert_eq!((after.state, after.attempts), (StepState::Cancelled, 0));
+    let last = report
+        .transitions
+        .steps
+        .iter()
+        .rfind(|t| t.step_name == "after")
+        .unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (Some(StepState::Pending), StepState::Cancelled)
+    );
+    assert_eq!(
+        last.metadata["reason"],
+        json!("the task failed: step `flaky` failed")
+    );
     assert_audit_chains(&report.transitions);
     engine.shutdown().await;
 }
@@ -418,10 +432,21 @@ async fn idempotency_key_returns_the_existing_task() {
     let mut req = TaskRequest::new("e2e", "linear", json!({"even_number": 6}));
     req.idempotency_key = Some("order-42".into());
     let first = engine.submit(req.clone()).await.unwrap();
-    let second = engine.submit(req).await.unwrap();
+    let second = engine.submit(req.clone()).await.unwrap();
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(first.task_id, second.task_id);
+    // The same key for another request names the key and its task.
+    req.context = json!({"even_number": 8});
+    match engine.submit(req).await {
+        Err(EngineError::Orchestrator(OrchestratorError::IdempotencyKeyReused {
+            key,
+            task_id,
+        })) => {
+            assert_eq!((key.as_str(), task_id), ("order-42", first.task_id));
+        }
+        other => panic!("{other:?}"),
+    }
     engine.shutdown().await;
 }
 
@@ -469,5 +494,45 @@ async fn cancelled_task_never_starts_its_pending_steps() {
     assert_eq!(report.step("flaky").unwrap().state, StepState::Cancelled);
     assert_eq!(*ran.lock(), vec!["flaky".to_string()]);
     assert_audit_chains(&report.transitions);
+    engine.shutdown().await;
+}
+
+/// A value too big for 64 bits fails the batch step permanently, naming the
+/// row, instead of wrapping into a wrong total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_csv_row_fails_permanently_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("huge.csv");
+    std::fs::write(
+        &csv,
+        "product_id,name,category,price,stock,rating\n1,Fine,toys,1.00,1,1.0\n2,Huge,toys,92233720368547758.07,2,1.0\n",
+    )
+    .unwrap();
+    let engine = fixture_engine();
+    let report = engine
+        .run(
+            "e2e",
+            "csv_batch",
+            json!({ "csv_file_path": csv.display().to_string() }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    let failed: Vec<_> = report
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Error)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", report.steps);
+    let error = failed[0].error().unwrap();
+    assert_eq!(error.kind, ErrorKind::Permanent);
+    assert_eq!(failed[0].attempts, 1);
+    assert!(
+        error
+            .message
+            .ends_with("data row 2: the inventory value overflows 64 bits"),
+        "{}",
+        error.message
+    );
     engine.shutdown().await;
 }

@@ -193,3 +193,69 @@ fn a_flag_beats_the_environment_which_beats_the_config_file() {
         flag_listen
     );
 }
+
+/// What no store can keep is refused at creation with a 400 naming it
+/// (before, PostgreSQL's refusal came back as a 503 that a client retries
+/// forever, or the task was stored and could not be read back); `wait`'s
+/// bad `timeout_ms` is a JSON 400; a key reused with another request is a
+/// 409 naming the key, with the same request the task it created.
+#[test]
+fn requests_no_store_can_keep_are_400s_and_a_reused_key_a_409() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let addr = serve.addr();
+    let post = |body: String| http(addr, "POST", "/v1/tasks", Some(body.as_bytes()));
+    let linear = |extra: &str| {
+        format!(
+            r#"{{"namespace": "e2e", "name": "linear", "context": {{"even_number": 6}}{extra}}}"#
+        )
+    };
+    let deep = format!(
+        r#"{{"namespace": "e2e", "name": "linear", "context": {{"even_number": 6, "x": {}1{}}}}}"#,
+        "[".repeat(125),
+        "]".repeat(125)
+    );
+    let long_key = linear(&format!(r#", "idempotency_key": "{}""#, "k".repeat(20_000)));
+    for (body, says) in [
+        (
+            r#"{"namespace": "e2e", "name": "linear", "context": {"even_number": 6, "note": "a\u0000b"}}"#.to_string(),
+            "context.note holds a NUL character",
+        ),
+        (linear(r#", "idempotency_key": "a\u0000b""#), "the idempotency key holds a NUL character"),
+        (long_key, "the idempotency key is 20000 bytes long; at most 255"),
+        (deep, "the context nests deeper than 64 levels"),
+    ] {
+        let (status, v) = post(body);
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{v}");
+    }
+    assert_eq!(
+        t.db.query("SELECT count(*)::text FROM sg_tasks"),
+        ["0"],
+        "nothing stored"
+    );
+
+    let (status, v) = http(
+        addr,
+        "GET",
+        "/v1/tasks/01a2179a-1dce-7403-b659-e6ab4ae78f2f/wait?timeout_ms=soon",
+        None,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("timeout_ms"), "{v}");
+
+    let (status, first) = post(linear(r#", "idempotency_key": "order-9""#));
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post(linear(r#", "idempotency_key": "order-9""#));
+    assert_eq!((status, &again["task_id"]), (200, &first["task_id"]));
+    let other = r#"{"namespace": "e2e", "name": "linear", "context": {"even_number": 8}, "idempotency_key": "order-9"}"#;
+    let (status, v) = post(other.to_string());
+    assert_eq!(status, 409, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains(r#""order-9""#) && error.contains(first["task_id"].as_str().unwrap()),
+        "{error}"
+    );
+    let diamond = r#"{"namespace": "e2e", "name": "diamond", "context": {"even_number": 6}, "idempotency_key": "order-9"}"#;
+    assert_eq!(post(diamond.to_string()).0, 409);
+}

@@ -128,6 +128,32 @@ impl TestDb {
         }
     }
 
+    /// The deadlocks PostgreSQL broke in this database, read once every
+    /// other connection to it has closed: a backend reports its counts as it
+    /// exits (just after it leaves `pg_stat_activity`, hence the pause).
+    pub fn deadlocks(&self) -> i64 {
+        let others = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            self.name
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query(&format!("SELECT ({others})::text")) != ["0"] {
+            assert!(
+                Instant::now() < deadline,
+                "connections to {} stay open",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        self.query(&format!(
+            "SELECT deadlocks::text FROM pg_stat_database WHERE datname = '{}'",
+            self.name
+        ))[0]
+            .parse()
+            .unwrap()
+    }
+
     /// Drops every connection to this database but the caller's.
     pub fn terminate_connections(&self) -> usize {
         self.query(&format!(

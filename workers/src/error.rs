@@ -102,7 +102,10 @@ fn engine_kind(e: &EngineError) -> ErrorKind {
     match e {
         EngineError::Orchestrator(e) => match e {
             OrchestratorError::TemplateNotFound { .. } => ErrorKind::UnknownTemplate,
-            OrchestratorError::InvalidContext { .. } => ErrorKind::InvalidContext,
+            OrchestratorError::InvalidContext { .. } | OrchestratorError::InvalidRequest(_) => {
+                ErrorKind::InvalidContext
+            }
+            OrchestratorError::IdempotencyKeyReused { .. } => ErrorKind::Conflict,
             OrchestratorError::Store(e) => store_kind(e),
             OrchestratorError::Queue(QueueError::Backend(_)) => ErrorKind::Unavailable,
             OrchestratorError::Queue(QueueError::Encode(_)) => ErrorKind::Internal,

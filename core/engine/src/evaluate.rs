@@ -392,13 +392,29 @@ pub fn evaluate(
             txn.finish_task(TaskState::Complete, json!({}), Some(result), None)?;
         }
         TaskState::Error => {
-            let error = match r.failed {
+            let (error, reason) = match r.failed {
                 Some(i) => {
                     let s = txn.step(i);
-                    json!({ "step": s.name, "error": s.error() })
+                    let reason = format!("the task failed: step `{}` failed", s.name);
+                    (json!({ "step": s.name, "error": s.error() }), reason)
                 }
-                None => json!({ "message": "no step can make progress" }),
+                None => (
+                    json!({ "message": "no step can make progress" }),
+                    "the task failed: no step could make progress".to_string(),
+                ),
             };
+            // The steps that will never run now end too, saying why.
+            let stranded: Vec<usize> = (0..txn.graph().steps.len())
+                .filter(|&i| {
+                    matches!(
+                        txn.step(i).state,
+                        StepState::Pending | StepState::WaitingForRetry
+                    )
+                })
+                .collect();
+            for i in stranded {
+                txn.step_to(i, StepState::Cancelled, json!({ "reason": reason }), |_| {})?;
+            }
             txn.finish_task(TaskState::Error, json!({}), None, Some(error))?;
         }
         other => txn.task_to(other, json!({}))?,

@@ -6,6 +6,7 @@
 //! HTTP server (`stepgraph-http`) drives its orchestrator.
 
 pub mod evaluate;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod orchestrator;

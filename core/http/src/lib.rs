@@ -95,6 +95,12 @@ impl From<OrchestratorError> for ApiError {
             | OrchestratorError::InvalidContext { .. } => {
                 ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
+            OrchestratorError::InvalidRequest(_) => {
+                ApiError(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            OrchestratorError::IdempotencyKeyReused { .. } => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
             OrchestratorError::Contention { .. } | OrchestratorError::WrongState { .. } => {
                 ApiError(StatusCode::CONFLICT, e.to_string())
             }
@@ -221,8 +227,18 @@ struct WaitQuery {
 async fn wait_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "timeout_ms must be a whole number of milliseconds (at most {}): {}",
+                MAX_WAIT.as_millis(),
+                e.body_text()
+            ),
+        )
+    })?;
     let id = task_id(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
     let _waiting = Waiting::new(&s.waiting);

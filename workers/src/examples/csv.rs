@@ -22,21 +22,21 @@ pub fn parse_fixed(s: &str, decimals: u32) -> Option<i64> {
     if frac.len() > decimals as usize || !frac.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let scale = 10i64.pow(decimals);
+    let scale = 10i64.checked_pow(decimals)?;
     let whole: i64 = int.parse().ok()?;
     let frac_val: i64 = if frac.is_empty() {
         0
     } else {
-        frac.parse::<i64>().ok()? * 10i64.pow(decimals - frac.len() as u32)
+        frac.parse::<i64>()
+            .ok()?
+            .checked_mul(10i64.pow(decimals - frac.len() as u32))?
     };
-    Some(
-        whole * scale
-            + if int.starts_with('-') {
-                -frac_val
-            } else {
-                frac_val
-            },
-    )
+    let signed = if int.starts_with('-') {
+        -frac_val
+    } else {
+        frac_val
+    };
+    whole.checked_mul(scale)?.checked_add(signed)
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -110,11 +110,27 @@ impl StepHandler for ProcessBatch {
             let p = parse_fixed(&r[price], 2).ok_or_else(|| bad("price"))?;
             let s: i64 = r[stock].trim().parse().map_err(|_| bad("stock"))?;
             let rt = parse_fixed(&r[rating], 1).ok_or_else(|| bad("rating"))?;
+            // Too big for 64 bits: no retry makes it fit.
+            let overflow = |what: &str| {
+                HandlerError::permanent(format!(
+                    "{path}: data row {}: the {what} overflows 64 bits",
+                    i + 1
+                ))
+            };
             m.processed += 1;
-            m.inventory_value_cents += p * s;
+            m.inventory_value_cents = p
+                .checked_mul(s)
+                .and_then(|v| m.inventory_value_cents.checked_add(v))
+                .ok_or_else(|| overflow("inventory value"))?;
             m.max_price_cents = m.max_price_cents.max(p);
-            m.total_stock += s;
-            m.rating_sum_tenths += rt;
+            m.total_stock = m
+                .total_stock
+                .checked_add(s)
+                .ok_or_else(|| overflow("total stock"))?;
+            m.rating_sum_tenths = m
+                .rating_sum_tenths
+                .checked_add(rt)
+                .ok_or_else(|| overflow("rating sum"))?;
         }
         Ok(StepOutput::Success(json!({
             "batch_no": cursor.batch_no,
@@ -141,12 +157,22 @@ impl StepHandler for Aggregate {
                     HandlerError::permanent(format!("result of `{name}` has no integer `{f}`"))
                 })
             };
+            let overflow = |what: &str| {
+                HandlerError::permanent(format!(
+                    "the {what} overflows 64 bits at the result of `{name}`"
+                ))
+            };
+            let add = |sum: i64, f: &str| {
+                sum.checked_add(field(f)?)
+                    .ok_or_else(|| overflow(&f.replace('_', " ")))
+            };
             total.processed += field("processed")? as u64;
             let value = field("inventory_value_cents")?;
-            total.inventory_value_cents += value;
+            total.inventory_value_cents =
+                add(total.inventory_value_cents, "inventory_value_cents")?;
             total.max_price_cents = total.max_price_cents.max(field("max_price_cents")?);
-            total.total_stock += field("total_stock")?;
-            total.rating_sum_tenths += field("rating_sum_tenths")?;
+            total.total_stock = add(total.total_stock, "total_stock")?;
+            total.rating_sum_tenths = add(total.rating_sum_tenths, "rating_sum_tenths")?;
             per_batch.push(value);
         }
         Ok(StepOutput::Success(json!({
@@ -173,6 +199,9 @@ mod tests {
         assert_eq!(parse_fixed("1.6", 1), Some(16));
         assert_eq!(parse_fixed("-1.25", 2), Some(-125));
         assert_eq!(parse_fixed("1.234", 2), None);
+        assert_eq!(parse_fixed("92233720368547758.07", 2), Some(i64::MAX));
+        assert_eq!(parse_fixed("92233720368547758.08", 2), None, "overflow");
+        assert_eq!(parse_fixed("922337203685477580", 2), None, "overflow");
         assert_eq!(parse_fixed("abc", 2), None);
     }
 }

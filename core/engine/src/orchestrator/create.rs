@@ -24,6 +24,8 @@ impl Orchestrator {
         req: TaskRequest,
         eager: Option<&Eager>,
     ) -> Result<(TaskCreated, Vec<Claimed>), OrchestratorError> {
+        crate::limits::check(&req.context, req.idempotency_key.as_deref())
+            .map_err(OrchestratorError::InvalidRequest)?;
         let template = self
             .templates
             .get(&req.namespace, &req.name, req.version.as_deref())
@@ -40,13 +42,11 @@ impl Orchestrator {
         })?;
         if let Some(key) = &req.idempotency_key {
             if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
-                let created = TaskCreated {
-                    task_id,
-                    created: false,
-                };
-                return Ok((created, Vec::new()));
+                return Ok((self.same_request(task_id, key, &req).await?, Vec::new()));
             }
         }
+        // For a creation that loses the race for its key, to compare with the winner.
+        let keyed = req.idempotency_key.is_some().then(|| req.clone());
         let task = Task {
             idempotency_key: req.idempotency_key,
             priority: req.priority,
@@ -71,15 +71,45 @@ impl Orchestrator {
                 Ok((created, claimed))
             }
             Err(OrchestratorError::Store(StoreError::DuplicateIdempotencyKey {
-                existing, ..
+                existing,
+                key,
             })) => {
-                let created = TaskCreated {
-                    task_id: existing,
-                    created: false,
+                let created = match &keyed {
+                    Some(req) => self.same_request(existing, &key, req).await?,
+                    None => TaskCreated {
+                        task_id: existing,
+                        created: false,
+                    },
                 };
                 Ok((created, Vec::new()))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The task `key` already names, if it was created from the same
+    /// request (template, the version if one is asked for, and context):
+    /// a retried creation gets the task it made.
+    async fn same_request(
+        &self,
+        task_id: TaskId,
+        key: &str,
+        req: &TaskRequest,
+    ) -> Result<TaskCreated, OrchestratorError> {
+        let task = self.store.graph(task_id).await?.task;
+        let same = task.namespace == req.namespace
+            && task.name == req.name
+            && req.version.as_ref().is_none_or(|v| *v == task.version)
+            && task.context == req.context;
+        if !same {
+            return Err(OrchestratorError::IdempotencyKeyReused {
+                key: key.to_string(),
+                task_id,
+            });
+        }
+        Ok(TaskCreated {
+            task_id,
+            created: false,
+        })
     }
 }

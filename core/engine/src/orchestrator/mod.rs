@@ -42,6 +42,12 @@ pub enum OrchestratorError {
     Illegal(#[from] crate::state::IllegalTransition),
     #[error("task {task_id} keeps conflicting with concurrent updates")]
     Contention { task_id: TaskId },
+    /// A context or idempotency key no store can keep (see [`crate::limits`]).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The key names a task created from another template, version or context.
+    #[error("idempotency key {key:?} is taken by task {task_id}, created with another template, version or context")]
+    IdempotencyKeyReused { key: String, task_id: TaskId },
     /// The request makes no sense in the task's state.
     #[error("task {task_id} is {state}: it cannot be {action}")]
     WrongState {
