@@ -79,7 +79,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
                 store.clone(),
                 queue.clone(),
                 templates,
-                examples::registry(),
+                examples::registry().with_breakers(config.breakers()),
                 EngineConfig {
                     orchestrator: config.orchestrator(),
                     worker: config.worker(),
@@ -106,8 +106,13 @@ pub async fn serve(config: &Settings) -> Result<()> {
 pub async fn worker(config: &Settings) -> Result<()> {
     let templates =
         TemplateRegistry::load_dir(&config.templates_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let worker =
-        stepgraph_worker::connect_worker(config, templates, examples::registry(), None).await?;
+    let worker = stepgraph_worker::connect_worker(
+        config,
+        templates,
+        examples::registry().with_breakers(config.breakers()),
+        None,
+    )
+    .await?;
     let namespaces = worker.namespaces().to_vec();
     let worker = Arc::new(worker);
     let (trigger, shutdown) = shutdown_channel();

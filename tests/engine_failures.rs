@@ -125,7 +125,11 @@ steps:
     handler: { callable: says_when }
     retry: { max_attempts: 3, backoff: exponential, backoff_base_ms: 5000, max_backoff_ms: 30000 }
 "#;
-    let mut handlers = HandlerRegistry::new();
+    // Nine failures in a row of one handler: its breaker must not open here.
+    let mut handlers = HandlerRegistry::new().with_breakers(stepgraph_worker::BreakerConfig {
+        failure_threshold: 100,
+        ..Default::default()
+    });
     handlers.register_fn("fails_thrice", |ctx| async move {
         match ctx.attempt {
             1..=3 => Err(HandlerError::retryable("not yet")),
@@ -534,5 +538,57 @@ async fn an_overflowing_csv_row_fails_permanently_naming_it() {
         "{}",
         error.message
     );
+    engine.shutdown().await;
+}
+
+/// A handler that hangs past its step's timeout trips its breaker like one
+/// that raises: after two timed-out attempts the third is refused without
+/// calling it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_timeouts_open_a_rust_handlers_breaker() {
+    let yaml = r#"
+namespace: t
+name: hangs
+version: "1"
+steps:
+  - name: call
+    handler: { callable: hang }
+    timeout_seconds: 0.1
+    retry: { max_attempts: 3, backoff: none }
+"#;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let mut handlers = HandlerRegistry::new().with_breakers(stepgraph_worker::BreakerConfig {
+        failure_threshold: 2,
+        cool_down: Duration::from_secs(60),
+    });
+    handlers.register_fn("hang", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(StepOutput::Success(json!(1)))
+        }
+    });
+    let breakers = handlers.breakers().clone();
+    let engine = engine_with(templates_from(yaml), handlers);
+    let report = engine.run("t", "hangs", json!({})).await.unwrap();
+    assert_eq!(report.state(), TaskState::Error);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the third attempt never reached it"
+    );
+    let step = report.step("call").unwrap();
+    assert_eq!(step.attempts, 3);
+    assert_eq!(step.error().unwrap().code.as_deref(), Some("circuit_open"));
+    let codes: Vec<_> = report
+        .transitions
+        .steps
+        .iter()
+        .filter(|t| t.to == StepState::WaitingForRetry)
+        .map(|t| t.metadata["error"].as_str().unwrap().to_string())
+        .collect();
+    assert!(codes.iter().all(|e| e.contains("timed out")), "{codes:?}");
+    assert_eq!(breakers.state("hang"), stepgraph_worker::BreakerState::Open);
     engine.shutdown().await;
 }

@@ -78,7 +78,16 @@ fn language_side_polling(
 }
 
 fn engine(templates: TemplateRegistry, host: &Arc<Host>, names: &[&str]) -> Engine {
-    let mut handlers = HandlerRegistry::new();
+    engine_with_breakers(templates, host, names, HandlerRegistry::new())
+}
+
+/// The host's handlers `names` registered in `handlers` (with its breakers).
+fn engine_with_breakers(
+    templates: TemplateRegistry,
+    host: &Arc<Host>,
+    names: &[&str],
+    mut handlers: HandlerRegistry,
+) -> Engine {
     for n in names {
         handlers.register(n, host.handler(n));
     }
@@ -181,12 +190,13 @@ steps:
     handler: { callable: api }
     retry: { max_attempts: 10, backoff: none }
 "#;
-    let config = HostConfig {
+    let host = Host::new(HostConfig::default());
+    let breakers = stepgraph_worker::BreakerConfig {
         failure_threshold: 2,
         cool_down: Duration::from_millis(300),
-        ..Default::default()
     };
-    let host = Host::new(config);
+    let registry = HandlerRegistry::new().with_breakers(breakers);
+    let state = registry.breakers().clone();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
@@ -203,7 +213,7 @@ steps:
         };
         h.complete(e.event_id, outcome).unwrap();
     });
-    let engine = engine(templates_from(yaml), &host, &["api"]);
+    let engine = engine_with_breakers(templates_from(yaml), &host, &["api"], registry);
     let report = engine.run("t", "flaky", json!({})).await.unwrap();
     assert_eq!(
         report.state(),
@@ -239,10 +249,7 @@ steps:
         .filter_map(|t| t.metadata["backoff_ms"].as_u64())
         .collect();
     assert!(backoffs[2] > 0, "{backoffs:?}");
-    assert_eq!(
-        host.breaker_state("api"),
-        stepgraph_worker::host::BreakerState::Closed
-    );
+    assert_eq!(state.state("api"), stepgraph_worker::BreakerState::Closed);
     engine.shutdown().await;
     stop.store(true, Ordering::SeqCst);
     threads.into_iter().for_each(|t| t.join().unwrap());

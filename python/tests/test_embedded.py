@@ -255,6 +255,27 @@ def test_sync_handlers_overlap_up_to_the_concurrency(tmp_path):
     assert max(s for s, _ in spans) < min(f for _, f in spans)
 
 
+def test_consecutive_timeouts_open_the_breaker():
+    """A handler that hangs past its timeout trips its breaker like one that
+    raises: after two timed-out attempts the third is refused unrun."""
+    calls = []
+
+    @stepgraph.handler("hang")
+    def hang(ctx):
+        calls.append(ctx.attempt)
+        time.sleep(1.0)
+        return 1
+
+    retries = ROOT / "tests" / "fixtures" / "retries"
+    with stepgraph.Engine.embedded(retries, [hang], breaker_failure_threshold=2, breaker_cool_down=60) as e:
+        result = e.run("t", "hangs", {})
+    assert result.state == "error"
+    assert calls == [1, 2]
+    step = result.steps["call"]
+    assert step["attempts"] == 3
+    assert step["error"]["code"] == "circuit_open", step["error"]
+
+
 def test_the_breaker_opens_then_closes_after_a_probe(tmp_path):
     calls = []
 

@@ -185,6 +185,27 @@ class EmbeddedTest < Minitest::Test
     end
   end
 
+  # A handler that hangs past its timeout trips its breaker like one that
+  # raises: after two timed-out attempts the third is refused unrun.
+  def test_consecutive_timeouts_open_the_breaker
+    calls = Queue.new
+    hang = Stepgraph.handler("hang") do |ctx|
+      calls << ctx.attempt
+      sleep 1.0
+      1
+    end
+    retries = File.join(ROOT, "tests", "fixtures", "retries")
+    Stepgraph::Engine.embedded(templates_dir: retries, handlers: [hang], breaker_failure_threshold: 2,
+                               breaker_cool_down: 60) do |e|
+      result = e.run("t", "hangs", {})
+      assert_equal "error", result.state
+      assert_equal [1, 2], Array.new(calls.size) { calls.pop }
+      assert_equal 3, result.steps["call"]["attempts"]
+      assert_equal "circuit_open", result.steps["call"]["error"]["code"]
+      assert_equal "open", e.breaker_state("hang")
+    end
+  end
+
   def test_the_breaker_opens_then_closes_after_a_probe
     calls = []
     api = Stepgraph.handler("api") do |ctx|

@@ -289,6 +289,31 @@ steps:
     });
   });
 
+  // A handler that hangs past its timeout trips its breaker like one that
+  // raises: after two timed-out attempts the third is refused unrun.
+  test(`[${backend}] consecutive timeouts open the breaker`, async () => {
+    const calls = [];
+    const hang = defineHandler("hang", async (ctx) => {
+      calls.push(ctx.attempt);
+      await sleep(1000);
+      return 1;
+    });
+    const options = {
+      templatesDir: path.join(ROOT, "tests", "fixtures", "retries"),
+      handlers: [hang],
+      backend,
+      breakerFailureThreshold: 2,
+      breakerCoolDownMs: 60_000,
+    };
+    await withEngine(options, async (engine) => {
+      const r = await engine.run("t", "hangs", {});
+      assert.equal(r.state, "error");
+      assert.deepEqual(calls, [1, 2]);
+      assert.equal(r.steps.call.attempts, 3);
+      assert.equal(r.steps.call.error.code, "circuit_open");
+    });
+  });
+
   test(`[${backend}] the breaker opens, then a probe closes it`, async () => {
     const calls = [];
     const api = defineHandler("api", (ctx) => {

@@ -1,6 +1,7 @@
 //! The native Rust handler contract: a [`StepHandler`] receives a
 //! [`StepContext`] and returns a [`StepOutput`] or a [`HandlerError`].
 
+use crate::breaker::{BreakerConfig, Breakers};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -171,15 +172,37 @@ where
     }
 }
 
-/// Handlers by the name templates use in `handler.callable`.
-#[derive(Clone, Default)]
+/// Handlers by the name templates use in `handler.callable`, with one
+/// circuit breaker per handler (see [`crate::breaker`]). Clones share the
+/// breakers.
+#[derive(Clone)]
 pub struct HandlerRegistry {
     handlers: HashMap<String, Arc<dyn StepHandler>>,
+    breakers: Arc<Breakers>,
+}
+
+impl Default for HandlerRegistry {
+    fn default() -> Self {
+        HandlerRegistry {
+            handlers: HashMap::new(),
+            breakers: Arc::new(Breakers::new(BreakerConfig::default())),
+        }
+    }
 }
 
 impl HandlerRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Breakers of `config` instead of the default ones (5 failures, 30 s).
+    pub fn with_breakers(mut self, config: BreakerConfig) -> Self {
+        self.breakers = Arc::new(Breakers::new(config));
+        self
+    }
+
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
     }
 
     pub fn register(&mut self, name: &str, handler: impl StepHandler) -> &mut Self {

@@ -5,6 +5,7 @@
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
 
+use crate::breaker::{BreakerConfig, BreakerState, Breakers};
 use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
 use crate::error::HostedError;
 use crate::handler::HandlerRegistry;
@@ -93,10 +94,35 @@ fn default_capacity() -> usize {
     HostConfig::default().completion_capacity
 }
 fn default_threshold() -> u32 {
-    HostConfig::default().failure_threshold
+    BreakerConfig::default().failure_threshold
 }
 fn default_cool_down_ms() -> u64 {
-    HostConfig::default().cool_down.as_millis() as u64
+    BreakerConfig::default().cool_down.as_millis() as u64
+}
+
+/// What a binding tunes: the host's completion channel and the breakers of
+/// the handlers the engine runs.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    pub host: HostConfig,
+    pub breakers: BreakerConfig,
+}
+
+impl Tuning {
+    /// The completion channel's capacity and the breakers' threshold and
+    /// cool-down; defaults for the rest.
+    pub fn new(completion_capacity: usize, failure_threshold: u32, cool_down_ms: u64) -> Tuning {
+        Tuning {
+            host: HostConfig {
+                completion_capacity,
+                ..Default::default()
+            },
+            breakers: BreakerConfig {
+                failure_threshold,
+                cool_down: Duration::from_millis(cool_down_ms),
+            },
+        }
+    }
 }
 
 /// A blocking operation, asked for by a language whose handlers run on the
@@ -132,6 +158,8 @@ pub struct HostedEngine {
     /// A worker against PostgreSQL: its shutdown trigger and its task.
     worker: Mutex<Option<(ShutdownTrigger, JoinHandle<()>)>>,
     host: Arc<Host>,
+    /// The breakers of every handler the engine runs, foreign or Rust.
+    breakers: Arc<Breakers>,
     /// How long a shutdown waits in all for the handlers still running
     /// (the worker's `shutdown_grace_ms`).
     grace: Duration,
@@ -139,13 +167,13 @@ pub struct HostedEngine {
 
 /// The templates, the host, the handler registry (the host's for the names
 /// the language side serves, and with `builtin` the example Rust handlers
-/// of the fixtures beside them, which the language's take precedence over)
-/// and a runtime.
+/// of the fixtures beside them, which the language's take precedence over;
+/// with the tuning's breakers) and a runtime.
 fn prepare(
     templates_dir: &Path,
     handlers: &[String],
     builtin: bool,
-    config: HostConfig,
+    tuning: Tuning,
 ) -> Result<
     (
         TemplateRegistry,
@@ -157,12 +185,13 @@ fn prepare(
 > {
     let templates = TemplateRegistry::load_dir(templates_dir)
         .map_err(|e| HostedError::Config(e.to_string()))?;
-    let host = Host::new(config);
+    let host = Host::new(tuning.host);
     let mut registry = if builtin {
         examples::registry()
     } else {
         HandlerRegistry::new()
-    };
+    }
+    .with_breakers(tuning.breakers);
     for name in handlers {
         registry.register(name, host.handler(name));
     }
@@ -183,10 +212,11 @@ impl HostedEngine {
         templates_dir: &Path,
         handlers: &[String],
         builtin: bool,
-        config: HostConfig,
+        tuning: Tuning,
     ) -> Result<HostedEngine, HostedError> {
         let (templates, host, registry, runtime) =
-            prepare(templates_dir, handlers, builtin, config)?;
+            prepare(templates_dir, handlers, builtin, tuning)?;
+        let breakers = registry.breakers().clone();
         // Without foreign handlers nothing asks for work: the Rust ones run freely.
         let config = EngineConfig {
             credits: (!handlers.is_empty()).then(|| host.credits()),
@@ -201,6 +231,7 @@ impl HostedEngine {
             engine: Mutex::new(Some(Arc::new(engine))),
             worker: Mutex::new(None),
             host,
+            breakers,
             grace: WorkerConfig::default().shutdown_grace,
         })
     }
@@ -215,11 +246,12 @@ impl HostedEngine {
         handlers: &[String],
         builtin: bool,
         options: WorkerOptions,
-        config: HostConfig,
+        tuning: Tuning,
     ) -> Result<HostedEngine, HostedError> {
         let settings = options.settings()?;
         let (templates, host, registry, runtime) =
-            prepare(templates_dir, handlers, builtin, config)?;
+            prepare(templates_dir, handlers, builtin, tuning)?;
+        let breakers = registry.breakers().clone();
         let credits = host.credits();
         let worker = runtime.block_on(async {
             let worker =
@@ -234,13 +266,14 @@ impl HostedEngine {
             engine: Mutex::new(None),
             worker: Mutex::new(Some(worker)),
             host,
+            breakers,
             grace: settings.worker().shutdown_grace,
         })
     }
 
     /// An embedded engine, or a worker when `options.database_url` is set.
     pub fn open(options: EngineOptions) -> Result<HostedEngine, HostedError> {
-        let config = HostConfig::tuned(
+        let config = Tuning::new(
             options.completion_capacity,
             options.failure_threshold,
             options.cool_down_ms,
@@ -269,6 +302,11 @@ impl HostedEngine {
 
     pub fn host(&self) -> &Arc<Host> {
         &self.host
+    }
+
+    /// The state of `handler`'s circuit breaker.
+    pub fn breaker_state(&self, handler: &str) -> BreakerState {
+        self.breakers.state(handler)
     }
 
     /// Creates a task in the embedded engine and waits for it to end.

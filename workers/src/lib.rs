@@ -4,6 +4,7 @@
 //! [`Engine`], and the example handlers the fixture workflows use.
 
 pub mod backend;
+pub mod breaker;
 pub mod engine;
 pub mod error;
 pub mod examples;
@@ -16,13 +17,14 @@ pub mod settings;
 pub mod transport;
 
 pub use backend::{connect, connect_worker, ConnectError};
+pub use breaker::{BreakerConfig, BreakerState};
 pub use engine::{Engine, EngineConfig, EngineError, TaskReport, TimelineRow};
 pub use error::{ErrorKind, HostedError};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
 pub use host::{ForeignHandler, Host, HostConfig, HostError, HostStats, StepEvent, StepResult};
-pub use hosted::{Call, EngineOptions, HostedEngine, WorkerOptions};
+pub use hosted::{Call, EngineOptions, HostedEngine, Tuning, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
 pub use settings::{Settings, SettingsError};
 pub use transport::Transport;

@@ -2,7 +2,7 @@
 //! free handler slots), runs each attempt with its timeout, catches panics,
 //! makes the outcome durable, then notifies the orchestration and acks.
 
-use crate::handler::{HandlerRegistry, StepContext};
+use crate::handler::{HandlerRegistry, HandlerResult, StepContext};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -437,12 +437,40 @@ pub async fn execute(
             .with_code("handler_not_found"),
         );
     };
+    let breakers = handlers.breakers();
+    if let Err(remaining) = breakers.allow(&work.handler) {
+        // Rounded up to the next millisecond, so the retry never comes a
+        // hair before the cool-down ends (and burns an attempt).
+        let remaining = Duration::from_millis(remaining.as_millis() as u64 + 1);
+        let mut error = StepError::retryable(format!(
+            "circuit open for handler `{}` after repeated failures; retrying in {remaining:?}",
+            work.handler
+        ))
+        .with_code("circuit_open");
+        error.retry_after_ms = Some(remaining.as_millis() as u64);
+        return failure(error);
+    }
     let timeout = work
         .timeout_seconds
         .map(Duration::from_secs_f64)
         .unwrap_or(default_timeout);
     let ctx = StepContext::from(work);
     let run = AssertUnwindSafe(handler.call(&ctx)).catch_unwind();
+    let outcome = run_within(timeout, run, &ctx).await;
+    // Timeouts and panics count against the handler like raised errors.
+    breakers.record(
+        &ctx.handler,
+        !matches!(outcome, StepOutcome::Failure { .. }),
+    );
+    outcome
+}
+
+async fn run_within(
+    timeout: Duration,
+    run: impl std::future::Future<Output = std::thread::Result<HandlerResult>>,
+    ctx: &StepContext,
+) -> StepOutcome {
+    let failure = |error: StepError| StepOutcome::Failure { error };
     match tokio::time::timeout(timeout, run).await {
         Err(_) => failure(
             StepError::retryable(format!(

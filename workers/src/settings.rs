@@ -77,6 +77,12 @@ pub struct WorkerSection {
     pub visibility_timeout_ms: u64,
     pub default_step_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Consecutive failed attempts (errors, panics, timeouts) of one handler
+    /// that open its circuit breaker (`stepgraph worker` and `serve`'s
+    /// embedded mode; the language workers take it as an option).
+    pub breaker_failure_threshold: u32,
+    /// How long an open breaker refuses its handler's steps.
+    pub breaker_cool_down_ms: u64,
 }
 
 impl Default for Settings {
@@ -119,6 +125,8 @@ impl Default for WorkerSection {
             visibility_timeout_ms: 330_000,
             default_step_timeout_ms: 300_000,
             shutdown_grace_ms: 30_000,
+            breaker_failure_threshold: 5,
+            breaker_cool_down_ms: 30_000,
         }
     }
 }
@@ -230,6 +238,14 @@ impl Settings {
             &mut c.worker.default_step_timeout_ms,
         )?;
         env_num("WORKER_SHUTDOWN_GRACE_MS", &mut c.worker.shutdown_grace_ms)?;
+        env_num(
+            "WORKER_BREAKER_FAILURE_THRESHOLD",
+            &mut c.worker.breaker_failure_threshold,
+        )?;
+        env_num(
+            "WORKER_BREAKER_COOL_DOWN_MS",
+            &mut c.worker.breaker_cool_down_ms,
+        )?;
         c.transport()?;
         Ok(c)
     }
@@ -272,6 +288,13 @@ impl Settings {
                 self.orchestrator.resend_stranded_after_ms,
             )),
             ..Default::default()
+        }
+    }
+
+    pub fn breakers(&self) -> crate::BreakerConfig {
+        crate::BreakerConfig {
+            failure_threshold: self.worker.breaker_failure_threshold,
+            cool_down: Duration::from_millis(self.worker.breaker_cool_down_ms),
         }
     }
 

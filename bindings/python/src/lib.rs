@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostConfig, HostedEngine, WorkerOptions};
+use stepgraph_worker::{HostedEngine, Tuning, WorkerOptions};
 
 /// An engine whose steps for the named handlers are run by Python threads:
 /// embedded, or a worker against PostgreSQL (see `HostedEngine`).
@@ -40,7 +40,7 @@ impl NativeEngine {
         cool_down_ms: u64,
         builtin_handlers: bool,
     ) -> PyResult<Self> {
-        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
         let dir = Path::new(templates_dir);
         let inner = py
             .allow_threads(|| HostedEngine::embedded(dir, &handlers, builtin_handlers, config))
@@ -68,7 +68,7 @@ impl NativeEngine {
         queue: Option<String>,
         builtin_handlers: bool,
     ) -> PyResult<Self> {
-        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url: Some(database_url.to_string()),
             queue,

@@ -19,7 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostConfig, HostedEngine, WorkerOptions};
+use stepgraph_worker::{HostedEngine, Tuning, WorkerOptions};
 
 /// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
 /// not touch Ruby; a panic in it is caught and becomes an error.
@@ -85,7 +85,7 @@ impl NativeEngine {
         cool_down_ms: u64,
         builtin: bool,
     ) -> Result<NativeEngine, Error> {
-        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
         without_gvl(ruby, || {
             HostedEngine::embedded(Path::new(&templates_dir), &handlers, builtin, config)
         })?
@@ -107,7 +107,7 @@ impl NativeEngine {
         cool_down_ms: u64,
         builtin: bool,
     ) -> Result<NativeEngine, Error> {
-        let config = HostConfig::tuned(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url: Some(database_url),
             queue,
@@ -211,7 +211,7 @@ impl NativeEngine {
 
     /// `closed`, `open` or `half_open`.
     fn breaker_state(&self, handler: String) -> String {
-        serde_json::to_value(self.inner.host().breaker_state(&handler))
+        serde_json::to_value(self.inner.breaker_state(&handler))
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()

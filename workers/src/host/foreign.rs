@@ -39,17 +39,6 @@ impl StepHandler for ForeignHandler {
         if let Err(e) = self.host.check() {
             return Err(HandlerError::retryable(e.to_string()).with_code("host_unavailable"));
         }
-        if let Err(remaining) = inner.breakers.allow(&self.name) {
-            // Rounded up to the next millisecond, so the retry never comes a
-            // hair before the cool-down ends (and burns an attempt).
-            let remaining = Duration::from_millis(remaining.as_millis() as u64 + 1);
-            return Err(HandlerError::retryable(format!(
-                "circuit open for handler `{}` after repeated failures; retrying in {remaining:?}",
-                self.name
-            ))
-            .retry_after(remaining)
-            .with_code("circuit_open"));
-        }
         let timeout = ctx.timeout.unwrap_or(inner.config.default_timeout);
         let event_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, result) = oneshot::channel();

@@ -14,24 +14,17 @@
 //! - Completions pass through one bounded channel: when it is full,
 //!   `complete` waits (backpressure), it never drops; [`HostStats`] counts
 //!   the waits.
-//! - A circuit breaker per handler: consecutive failures open it; while open
-//!   its steps fail as retryable `circuit_open` with the remaining cool-down as
-//!   backoff; after the cool-down one probe is let through, whose success
-//!   closes it and whose failure opens it again.
 //! - The host remembers its process id and refuses use from a forked child.
 
-mod breaker;
 mod config;
 mod foreign;
 mod pending;
 mod schema;
 
-pub use breaker::BreakerState;
 pub use config::{HostConfig, HostError};
 pub use foreign::ForeignHandler;
 pub use schema::{StepEvent, StepResult};
 
-use breaker::Breakers;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 use pending::{reap, route, Completion, Pending};
@@ -57,7 +50,6 @@ struct Inner {
     completing: AtomicUsize,
     /// Notified when no event is pending or being completed.
     idle: Condvar,
-    breakers: Breakers,
     completions: Mutex<Option<Sender<Completion>>>,
     /// `complete` calls that found the completion channel full and waited.
     completion_waits: AtomicU64,
@@ -88,7 +80,6 @@ impl Host {
     /// Starts the host's completion router and reaper threads.
     pub fn new(config: HostConfig) -> Arc<Host> {
         let (tx, rx) = bounded(config.completion_capacity.max(1));
-        let breakers = Breakers::new(&config);
         let inner = Arc::new(Inner {
             pid: std::process::id(),
             config,
@@ -98,7 +89,6 @@ impl Host {
             pending: Mutex::new(HashMap::new()),
             completing: AtomicUsize::new(0),
             idle: Condvar::new(),
-            breakers,
             completions: Mutex::new(Some(tx)),
             completion_waits: AtomicU64::new(0),
             credits: Arc::new(Semaphore::new(0)),
@@ -107,10 +97,9 @@ impl Host {
             closed: AtomicBool::new(false),
         });
         let router = {
-            let inner = inner.clone();
             std::thread::Builder::new()
                 .name("stepgraph-completions".into())
-                .spawn(move || route(&inner, rx))
+                .spawn(move || route(rx))
                 .expect("spawning the completion router")
         };
         let reaper = {
@@ -207,7 +196,6 @@ impl Host {
         };
         let tx = self.inner.completions.lock().clone();
         let completion = Completion {
-            handler: p.handler,
             result,
             reply: p.reply,
         };
@@ -266,10 +254,6 @@ impl Host {
             completion_depth: self.completion_depth(),
             completion_waits: self.inner.completion_waits.load(Ordering::Relaxed),
         }
-    }
-
-    pub fn breaker_state(&self, handler: &str) -> BreakerState {
-        self.inner.breakers.state(handler)
     }
 
     /// The first half of a graceful shutdown: hands out no more events
@@ -384,7 +368,6 @@ mod tests {
                 pending: Mutex::new(HashMap::new()),
                 completing: AtomicUsize::new(0),
                 idle: Condvar::new(),
-                breakers: Breakers::new(&HostConfig::default()),
                 completions: Mutex::new(None),
                 completion_waits: AtomicU64::new(0),
                 credits: Arc::new(Semaphore::new(0)),

@@ -1,6 +1,6 @@
 //! Events out with the language side: each with its deadline and the step
 //! waiting for its outcome. The router thread hands completions (through
-//! the one bounded channel) to their steps and tells the breakers; the
+//! the one bounded channel) to their steps; the
 //! reaper thread fails overdue events as retryable `timeout`s, whose late
 //! completions are then refused.
 
@@ -18,15 +18,12 @@ pub(super) struct Pending {
 }
 
 pub(super) struct Completion {
-    pub(super) handler: String,
     pub(super) result: StepResult,
     pub(super) reply: oneshot::Sender<StepOutcome>,
 }
 
-pub(super) fn route(inner: &Inner, rx: Receiver<Completion>) {
+pub(super) fn route(rx: Receiver<Completion>) {
     for c in rx {
-        let success = !matches!(c.result, StepOutcome::Failure { .. });
-        inner.breakers.record(&c.handler, success);
         // The step may have stopped waiting (its worker timed it out): nothing to do then.
         let _ = c.reply.send(c.result);
     }
@@ -52,7 +49,6 @@ pub(super) fn reap(inner: &Inner) {
         };
         for (id, p) in overdue {
             inner.ready.lock().retain(|e| e.event_id != id);
-            inner.breakers.record(&p.handler, false);
             let error = StepError::retryable(format!(
                 "handler `{}` did not complete event {id} in time; a late result will be refused",
                 p.handler

@@ -1,8 +1,11 @@
-//! One circuit breaker per handler: consecutive failures (or timeouts) open
-//! it; while open its steps are not started; after the cool-down one probe
-//! is let through, whose success closes it and whose failure opens it again.
+//! One circuit breaker per handler, Rust or foreign: consecutive failed
+//! attempts (raised errors, panics and timeouts alike) open it; while open
+//! its steps are not started and fail as retryable `circuit_open` with the
+//! rest of the cool-down as their backoff; after the cool-down one probe is
+//! let through, whose success closes it and whose failure opens it again.
+//! The worker's `execute` asks and tells it around every attempt, so a
+//! handler that hangs past its timeout trips it like one that raises.
 
-use super::HostConfig;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -24,23 +27,41 @@ struct Breaker {
     probing: bool,
 }
 
-pub(super) struct Breakers {
+/// When a breaker opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failed attempts (errors, panics or timeouts) that open it.
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses its handler's steps.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Breakers {
     map: Mutex<HashMap<String, Breaker>>,
     threshold: u32,
     cool_down: Duration,
 }
 
 impl Breakers {
-    pub(super) fn new(config: &HostConfig) -> Breakers {
+    pub fn new(config: BreakerConfig) -> Breakers {
         Breakers {
             map: Mutex::new(HashMap::new()),
-            threshold: config.failure_threshold,
+            threshold: config.failure_threshold.max(1),
             cool_down: config.cool_down,
         }
     }
 
     /// Ok to dispatch, or the cool-down left on an open breaker.
-    pub(super) fn allow(&self, handler: &str) -> Result<(), Duration> {
+    pub fn allow(&self, handler: &str) -> Result<(), Duration> {
         let mut breakers = self.map.lock();
         let b = breakers.entry(handler.to_string()).or_default();
         let Some(at) = b.opened_at else { return Ok(()) };
@@ -57,7 +78,7 @@ impl Breakers {
         Ok(())
     }
 
-    pub(super) fn record(&self, handler: &str, success: bool) {
+    pub fn record(&self, handler: &str, success: bool) {
         let mut breakers = self.map.lock();
         let b = breakers.entry(handler.to_string()).or_default();
         if success {
@@ -78,7 +99,7 @@ impl Breakers {
         }
     }
 
-    pub(super) fn state(&self, handler: &str) -> BreakerState {
+    pub fn state(&self, handler: &str) -> BreakerState {
         match self.map.lock().get(handler) {
             Some(b) if b.probing => BreakerState::HalfOpen,
             Some(Breaker {
