@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use std::sync::Arc;
+use std::time::Duration;
 use stepgraph_engine::{
     shutdown_channel, MemoryQueue, MemoryStore, Orchestrator, Queue, ShutdownTrigger, Store,
     TemplateRegistry,
@@ -93,7 +94,11 @@ pub async fn serve(config: &Settings) -> Result<()> {
     };
     // Tests and scripts read the bound address (the port may be 0).
     println!("listening on http://{}{mode}", listener.local_addr()?);
-    api::serve(listener, state, shutdown).await?;
+    let limits = api::Limits {
+        header_timeout: Duration::from_millis(config.http_header_timeout_ms.max(1)),
+        max_connections: config.http_max_connections,
+    };
+    api::serve(listener, state, shutdown, limits).await?;
     if let Some(engine) = engine {
         engine.shutdown().await;
     }

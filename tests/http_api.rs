@@ -259,3 +259,113 @@ fn requests_no_store_can_keep_are_400s_and_a_reused_key_a_409() {
     let diamond = r#"{"namespace": "e2e", "name": "diamond", "context": {"even_number": 6}, "idempotency_key": "order-9"}"#;
     assert_eq!(post(diamond.to_string()).0, 409);
 }
+
+/// Connections that never finish their request headers are closed by the
+/// header timeout, and while 5,000 of them are open `serve` still answers.
+#[test]
+fn half_open_connections_are_closed_and_the_server_keeps_answering() {
+    use std::io::Write;
+    let templates = templates_dir();
+    let serve = Process::spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        None,
+        templates.path(),
+        &[("STEPGRAPH_HTTP_HEADER_TIMEOUT_MS", "2000")],
+    );
+    let addr = serve.addr().to_string();
+    let opened = Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..5000)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(&addr)
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            // Half a request head: the blank line that ends it never comes.
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: stepgraph\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let (status, v) = http(&addr, "GET", "/health", None);
+    assert_eq!((status, &v["status"]), (200, &json!("ok")), "{v}");
+    // Each is closed by the server.
+    for (i, s) in slow.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(20)),
+            "connection {i} still open {:?} after it was opened",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(30),
+        "closing them took {:?}",
+        opened.elapsed()
+    );
+    let (status, _) = http(&addr, "GET", "/health", None);
+    assert_eq!(status, 200);
+}
+
+/// Beyond `http_max_connections` a new connection is closed at once, and
+/// an idle keep-alive connection is closed after the header timeout.
+#[test]
+fn connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
+    use std::io::{Read, Write};
+    let templates = templates_dir();
+    let serve = Process::spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        None,
+        templates.path(),
+        &[
+            ("STEPGRAPH_HTTP_HEADER_TIMEOUT_MS", "1500"),
+            ("STEPGRAPH_HTTP_MAX_CONNECTIONS", "20"),
+        ],
+    );
+    let addr = serve.addr().to_string();
+    // One keep-alive request, then idle.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: stepgraph\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let held: Vec<_> = (0..19)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // The 21st: accepted and closed at once (well before the header timeout).
+    let mut over = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_millis(1000)),
+        "a connection beyond the cap stayed open"
+    );
+    // The idle keep-alive connection is closed by the timeout.
+    let start = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(held);
+    // Room again once they are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(&addr, "GET", "/health", None).0 != 200 {
+        assert!(Instant::now() < deadline, "no room after the others closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the server closes `s` (EOF or reset) within `timeout`; whatever
+/// it sends first (a 408, say) is read past.
+fn closed_within(s: &mut std::net::TcpStream, timeout: Duration) -> bool {
+    use std::io::{ErrorKind, Read};
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}

@@ -38,6 +38,11 @@ pub struct Settings {
     pub amqp_queue_expires_ms: Option<u64>,
     pub templates_dir: PathBuf,
     pub listen: String,
+    /// `serve`: a request's headers must arrive within this (and an idle
+    /// keep-alive connection closes after it).
+    pub http_header_timeout_ms: u64,
+    /// `serve`: connections open at once; beyond them one is closed at once.
+    pub http_max_connections: usize,
     pub max_connections: u32,
     /// The process's runtime threads: 0 is one per CPU core; 1 is a
     /// single-thread runtime (several processes sharing a few cores switch
@@ -95,6 +100,8 @@ impl Default for Settings {
             amqp_queue_expires_ms: None,
             templates_dir: PathBuf::from("templates"),
             listen: "127.0.0.1:8080".into(),
+            http_header_timeout_ms: 5_000,
+            http_max_connections: 10_000,
             max_connections: 10,
             threads: 0,
             queue_fallback_poll_ms: 5_000,
@@ -211,6 +218,8 @@ impl Settings {
                 .collect();
         }
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
+        env_num("HTTP_HEADER_TIMEOUT_MS", &mut c.http_header_timeout_ms)?;
+        env_num("HTTP_MAX_CONNECTIONS", &mut c.http_max_connections)?;
         env_num("THREADS", &mut c.threads)?;
         env_num("QUEUE_FALLBACK_POLL_MS", &mut c.queue_fallback_poll_ms)?;
         env_num("WAIT_FALLBACK_POLL_MS", &mut c.wait_fallback_poll_ms)?;

@@ -20,9 +20,13 @@ use stepgraph_engine::{
     TaskRequest, Transitions,
 };
 
+mod server;
+pub use server::Limits;
+
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
-/// The longest a wait request may hold the connection.
+/// The longest a wait request may hold the connection; a longer
+/// `timeout_ms` is cut to it.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
@@ -129,15 +133,14 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until shutdown; requests in flight finish first.
+/// Serves until shutdown, within `limits`; requests in flight finish first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
+    limits: Limits,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    server::run(listener, router(state), shutdown, limits).await
 }
 
 async fn create_task(
