@@ -1,13 +1,14 @@
 //! The PostgreSQL backend in this process, against the real PostgreSQL on
-//! this machine: eager dispatch by lease, group commit, slot hand-off, queue
-//! claims and wake-ups, the stranded-step sweep, and the migrations with the
-//! server-side functions. (`postgres.rs` drives `serve` and `worker`
-//! processes.)
+//! this machine: eager dispatch by lease, group commit, slot hand-off,
+//! claims that read the step start, the stranded-step sweep, late results,
+//! and the migrations with the server-side functions. (`postgres_queue.rs`
+//! has the queue's claims and wake-ups; `postgres.rs` drives `serve` and
+//! `worker` processes.)
 
 mod common;
 
 use common::cluster::TestDb;
-use common::SIX_16;
+use common::{block_on, SIX_16};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,15 +59,6 @@ impl InProcess {
             eager,
         }
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]
@@ -301,119 +293,6 @@ fn a_step_message_claim_reads_the_step_start_with_it() {
             )),
             ["in_progress"]
         );
-    });
-}
-
-/// Up to 4 messages, claimed for 400 ms, waiting up to `wait_ms` for one.
-async fn receive(
-    q: &str,
-    queue: &stepgraph_postgres::PgQueue,
-    wait_ms: u64,
-) -> Result<Vec<stepgraph_engine::queue::Delivery>, stepgraph_engine::QueueError> {
-    let visibility = Duration::from_millis(400);
-    queue
-        .receive(q, 4, visibility, Duration::from_millis(wait_ms))
-        .await
-}
-
-#[test]
-fn a_drained_queue_is_not_claimed_again_before_a_send_or_its_next_message_is_due() {
-    let db = TestDb::create();
-    block_on(async {
-        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
-        pg.migrate().await.unwrap();
-        // Two consumers, as two processes would be.
-        let (a, b) = (pg.queue(), pg.queue());
-        let one = |payload: &[u8], delay_ms: u64| {
-            vec![Outgoing {
-                payload: payload.to_vec(),
-                delay: Duration::from_millis(delay_ms),
-            }]
-        };
-
-        // Drained once, receiving again costs no statement until something is sent.
-        assert!(receive("q", &a, 0).await.unwrap().is_empty());
-        let before = pg.statements();
-        for _ in 0..5 {
-            assert!(receive("q", &a, 0).await.unwrap().is_empty());
-        }
-        assert_eq!(pg.statements(), before, "a drained queue was claimed again");
-
-        // A send wakes it (the NOTIFY).
-        b.send("q", one(b"now", 0)).await.unwrap();
-        let got = receive("q", &a, 5000).await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].payload, b"now");
-        a.ack("q", &[got[0].receipt]).await.unwrap();
-
-        // A delayed message: announced when sent, claimed once it is due.
-        let start = std::time::Instant::now();
-        b.send("q", one(b"later", 300)).await.unwrap();
-        let got = receive("q", &a, 5000).await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].payload, b"later");
-        assert!(
-            start.elapsed() >= Duration::from_millis(300),
-            "it came early"
-        );
-        a.ack("q", &[got[0].receipt]).await.unwrap();
-
-        // Claimed by b, never acknowledged: no NOTIFY tells a when its
-        // visibility timeout ends, the time the claim reported does.
-        b.send("q", one(b"lost", 0)).await.unwrap();
-        let lost = receive("q", &b, 5000).await.unwrap();
-        assert_eq!(lost.len(), 1);
-        assert!(receive("q", &a, 0).await.unwrap().is_empty());
-        let again = receive("q", &a, 3000).await.unwrap();
-        assert_eq!(again.len(), 1, "the unacknowledged message came back");
-        assert_eq!(
-            (again[0].payload.as_slice(), again[0].delivery_count),
-            (&b"lost"[..], 2)
-        );
-    });
-}
-
-/// A receiver sleeping on a drained queue is woken by the NOTIFY of a send
-/// from another backend (another process's pool and LISTEN connection),
-/// not by its fallback poll, which is set far beyond the wait.
-#[test]
-fn a_send_from_another_backend_wakes_a_sleeping_receiver_by_notify() {
-    let db = TestDb::create();
-    block_on(async {
-        let polls = stepgraph_postgres::FallbackPolls {
-            queue: Duration::from_secs(30),
-            wait: Duration::from_secs(30),
-        };
-        let options = stepgraph_postgres::PgOptions {
-            max_connections: 4,
-            polls,
-        };
-        let pg = PgBackend::connect_with(&db.url, options).await.unwrap();
-        pg.migrate().await.unwrap();
-        let other = PgBackend::connect(&db.url, 2).await.unwrap();
-        let (a, mut b) = (pg.queue(), other.queue());
-        assert!(receive("q", &a, 0).await.unwrap().is_empty(), "drained");
-        for round in 0..3 {
-            let sender = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let one = vec![Outgoing {
-                    payload: b"ping".to_vec(),
-                    delay: Duration::ZERO,
-                }];
-                b.send("q", one).await.unwrap();
-                b
-            });
-            let start = std::time::Instant::now();
-            let got = receive("q", &a, 20_000).await.unwrap();
-            let took = start.elapsed();
-            assert_eq!(got.len(), 1, "round {round}: nothing woke the receiver");
-            assert!(
-                took < Duration::from_secs(5),
-                "round {round}: woken after {took:?}, by the poll, not the NOTIFY"
-            );
-            a.ack("q", &[got[0].receipt]).await.unwrap();
-            b = sender.await.unwrap();
-        }
     });
 }
 

@@ -13,6 +13,30 @@ use stepgraph_worker::{examples, Engine, EngineConfig, HandlerRegistry, StepOutp
 pub const SIX_16: u64 = 2821109907456;
 pub const SIX_64: &str = "63340286662973277706162286946811886609896461828096";
 
+/// A step retried with linear backoff (`flaky`) and one after it (`echo`).
+pub const RETRY_YAML: &str = r#"
+namespace: t
+name: retry
+version: "1"
+steps:
+  - name: flaky
+    handler: { callable: flaky }
+    retry: { max_attempts: 3, backoff: linear, backoff_base_ms: 60, max_backoff_ms: 1000 }
+  - name: after
+    dependencies: [flaky]
+    handler: { callable: echo }
+"#;
+
+/// Runs `f` on a runtime of two threads, as a process would.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -63,7 +63,10 @@ impl Breakers {
     /// Ok to dispatch, or the cool-down left on an open breaker.
     pub fn allow(&self, handler: &str) -> Result<(), Duration> {
         let mut breakers = self.map.lock();
-        let b = breakers.entry(handler.to_string()).or_default();
+        // A handler with no entry has not failed since its last success.
+        let Some(b) = breakers.get_mut(handler) else {
+            return Ok(());
+        };
         let Some(at) = b.opened_at else { return Ok(()) };
         let open_for = at.elapsed();
         if open_for < self.cool_down {
@@ -80,13 +83,18 @@ impl Breakers {
 
     pub fn record(&self, handler: &str, success: bool) {
         let mut breakers = self.map.lock();
-        let b = breakers.entry(handler.to_string()).or_default();
+        // Every attempt of every handler comes here: a success of a handler
+        // that has not failed allocates nothing.
         if success {
-            if b.opened_at.is_some() {
-                tracing::info!(handler, "circuit closed: the probe succeeded");
+            if let Some(b) = breakers.remove(handler) {
+                if b.opened_at.is_some() {
+                    tracing::info!(handler, "circuit closed: the probe succeeded");
+                }
             }
-            *b = Breaker::default();
-        } else if b.probing || b.opened_at.is_some() {
+            return;
+        }
+        let b = breakers.entry(handler.to_string()).or_default();
+        if b.probing || b.opened_at.is_some() {
             tracing::warn!(handler, "circuit open again: the probe failed");
             b.probing = false;
             b.opened_at = Some(Instant::now());

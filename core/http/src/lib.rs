@@ -102,10 +102,9 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::InvalidRequest(_) => {
                 ApiError(StatusCode::BAD_REQUEST, e.to_string())
             }
-            OrchestratorError::IdempotencyKeyReused { .. } => {
-                ApiError(StatusCode::CONFLICT, e.to_string())
-            }
-            OrchestratorError::Contention { .. } | OrchestratorError::WrongState { .. } => {
+            OrchestratorError::Contention { .. }
+            | OrchestratorError::WrongState { .. }
+            | OrchestratorError::IdempotencyKeyReused { .. } => {
                 ApiError(StatusCode::CONFLICT, e.to_string())
             }
             OrchestratorError::Queue(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
