@@ -8,7 +8,6 @@ mod common;
 
 use common::cluster::{create, http, metric, wait, TestEnv};
 use common::shapes::{assert_clean_audit, run_seed_shapes};
-use common::SIX_16;
 use serde_json::json;
 use std::time::Duration;
 
@@ -334,71 +333,40 @@ fn processes_recover_when_their_connections_are_dropped() {
 }
 
 #[test]
-fn a_thousand_linear_tasks_in_cluster_mode_lose_and_duplicate_nothing() {
+fn an_orchestration_message_failing_on_every_delivery_is_dead_lettered() {
     let t = TestEnv::new();
-    let a = t.serve(&[]);
-    let b = t.serve(&[]);
-    let _w1 = t.worker(&[]);
-    let _w2 = t.worker(&[]);
-    let servers = [a.addr().to_string(), b.addr().to_string()];
-    let ids: Vec<(String, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|t| {
-                let servers = &servers;
-                scope.spawn(move || {
-                    (0..250)
-                        .map(|i| {
-                            let addr = &servers[(t + i) % 2];
-                            (
-                                addr.clone(),
-                                create(addr, "linear", json!({ "even_number": 6 })),
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
-    assert_eq!(ids.len(), 1000);
-    for (addr, id) in &ids {
-        let v = wait(addr, id, LONG);
-        assert_eq!(v["state"], "complete", "{v}");
-        assert_eq!(v["result"], json!(SIX_16));
-    }
-    let count = |sql: &str| {
-        t.db.query(&format!("SELECT ({sql})::text"))[0]
-            .parse::<i64>()
-            .unwrap()
-    };
-    assert_eq!(
-        count("SELECT count(*) FROM sg_tasks WHERE state = 'complete'"),
-        1000
+    let serve = t.serve(&[("STEPGRAPH_MAX_DELIVERIES", "2")]);
+    // No worker: the task's first step waits while its stored context is
+    // made one the engine cannot read back, and a wake-up for it arrives.
+    let id = create(serve.addr(), "linear", json!({ "even_number": 6 }));
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let wake = json!({ "type": "wake", "task_id": id }).to_string();
+    t.db.query(&format!(
+        "UPDATE sg_tasks SET context = '{deep}'::jsonb WHERE id = '{id}' RETURNING id::text"
+    ));
+    t.db.query(&format!(
+        "SELECT sg_send(ARRAY['orchestration'], ARRAY[convert_to('{wake}', 'UTF8')], ARRAY[0::bigint])::text"
+    ));
+    t.db.await_count(
+        "SELECT count(*) FROM sg_dead_letters WHERE queue = 'orchestration'",
+        "dead letters",
+        |n| n == 1,
     );
-    assert_eq!(count("SELECT count(*) FROM sg_steps"), 4000);
-    assert_eq!(
-        count("SELECT count(*) FROM sg_step_transitions WHERE to_state = 'complete'"),
-        4000
+    let dead =
+        t.db.query("SELECT delivery_count || ' ' || reason FROM sg_dead_letters");
+    assert!(
+        dead[0].starts_with("2 failed on each of 2 deliveries: stored data cannot be read"),
+        "{dead:?}"
     );
-    assert_eq!(
-        count("SELECT count(*) FROM (SELECT step_id FROM sg_step_transitions WHERE to_state = 'complete' GROUP BY step_id HAVING count(*) > 1) d"),
-        0
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM sg_step_transitions WHERE most_recent"),
-        4000
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM sg_queue"),
-        0,
-        "every message was acknowledged"
-    );
-    // Commits of four processes overlapped throughout: none deadlocked.
-    drop((a, b, _w1, _w2));
-    assert_eq!(t.db.deadlocks(), 0);
+    let task = t.db.query(&format!(
+        "SELECT concat_ws(' ', state, error->>'code', error->>'step') FROM sg_tasks WHERE id = '{id}'"
+    ));
+    // The task failed as a whole (an orchestration message names no step).
+    assert_eq!(task, ["error poison_message"]);
+    let steps = t.db.query(&format!(
+        "SELECT DISTINCT state FROM sg_steps WHERE task_id = '{id}'"
+    ));
+    assert_eq!(steps, ["cancelled"]);
 }
 
 #[test]

@@ -6,106 +6,14 @@
 mod common;
 
 use common::cluster::{create, wait, TestEnv};
+use common::rabbit::{messages, rabbitmqctl, Rabbit};
 use common::shapes::{assert_clean_audit, run_seed_shapes};
 use common::SIX_16;
 use serde_json::json;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use stepgraph_engine::queue::Outgoing;
 use stepgraph_engine::{Queue, StepMessage};
-use stepgraph_rabbitmq::{RabbitConfig, RabbitQueue};
-
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const LONG: Duration = Duration::from_secs(120);
-
-/// A queue-name prefix of this test's own (and, if asked, a virtual host),
-/// and the settings that select RabbitMQ.
-struct Rabbit {
-    prefix: String,
-    url: String,
-    /// A virtual host of its own, deleted on drop.
-    vhost: Option<String>,
-}
-
-impl Rabbit {
-    /// Queues under a prefix of their own on the default virtual host.
-    fn new() -> Rabbit {
-        static N: AtomicU32 = AtomicU32::new(0);
-        if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
-            panic!("RabbitMQ is not reachable on 127.0.0.1:5672; .ci/run starts it");
-        }
-        Rabbit {
-            prefix: format!(
-                "sgtest.{}.{}.",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ),
-            url: AMQP_URL.to_string(),
-            vhost: None,
-        }
-    }
-
-    /// A virtual host of its own too, for a test that closes every
-    /// connection to it (the tests running beside it keep theirs).
-    fn isolated() -> Rabbit {
-        let mut r = Rabbit::new();
-        let vhost = r.prefix.trim_end_matches('.').to_string();
-        rabbitmqctl(&["add_vhost", &vhost]);
-        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-        r.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
-        r.vhost = Some(vhost);
-        r
-    }
-
-    /// Closes, server side, every connection to this test's virtual host,
-    /// once there are at least `expected` (processes that are still starting
-    /// or reconnecting are waited for, up to a minute).
-    fn close_all_connections(&self, expected: usize, reason: &str) {
-        let vhost = self.vhost.as_deref().expect("an isolated virtual host");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let open = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "vhost"])
-                .lines()
-                .filter(|l| l.trim() == vhost)
-                .count();
-            if open >= expected {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{open} connections to {vhost}, expected {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        rabbitmqctl(&["close_all_connections", "--vhost", vhost, reason]);
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![
-            ("STEPGRAPH_QUEUE", "rabbitmq"),
-            ("STEPGRAPH_AMQP_URL", &self.url),
-            ("STEPGRAPH_AMQP_PREFIX", &self.prefix),
-            ("STEPGRAPH_AMQP_QUEUE_EXPIRES_MS", "60000"),
-        ]
-    }
-
-    async fn queue(&self) -> RabbitQueue {
-        let mut config = RabbitConfig::new(&self.url);
-        config.prefix = self.prefix.clone();
-        config.expires = Some(Duration::from_secs(60));
-        RabbitQueue::connect(config).await.unwrap()
-    }
-}
-
-impl Drop for Rabbit {
-    fn drop(&mut self) {
-        if let Some(vhost) = &self.vhost {
-            let _ = std::process::Command::new("rabbitmqctl")
-                .args(["delete_vhost", vhost])
-                .output();
-        }
-    }
-}
 
 fn count(t: &TestEnv, sql: &str) -> i64 {
     t.db.query(&format!("SELECT ({sql})::text"))[0]
@@ -157,28 +65,6 @@ async fn dead_letters(url: &str, name: &str, n: usize) -> Vec<(String, String)> 
         }
     }
     out
-}
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// RabbitMQ's count `column` (messages, messages_ready...) of queue `name`.
-fn messages(name: &str, column: &str) -> u64 {
-    rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", column])
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(q, _)| *q == name)
-        .map_or(0, |(_, n)| n.trim().parse().unwrap_or(0))
 }
 
 /// `tasks` tasks of `steps` steps each complete, each step exactly once.
@@ -453,8 +339,76 @@ async fn delayed_messages_arrive_after_their_delay_and_releases_come_back() {
         again[0].delivery_count, 2,
         "a released message comes back as a redelivery"
     );
-    queue.ack("delays", &[again[0].receipt]).await.unwrap();
+    // A release with a delay is a new message to RabbitMQ: the count of
+    // its deliveries travels with it.
+    queue
+        .release("delays", again[0].receipt, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let third = queue
+        .receive(
+            "delays",
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third[0].delivery_count, 3);
+    queue.ack("delays", &[third[0].receipt]).await.unwrap();
     assert_eq!(queue.depth("delays").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_failing_on_every_delivery_is_dead_lettered_and_its_task_fails() {
+    let r = Rabbit::new();
+    let t = TestEnv::new();
+    let mut env = r.env();
+    env.push(("STEPGRAPH_MAX_DELIVERIES", "3"));
+    let serve = t.serve(&env);
+    let addr = serve.addr().to_string();
+    let poison = {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || create(&addr, "linear", json!({ "even_number": 6 })))
+            .await
+            .unwrap()
+    };
+    // Stored as no engine reads it back (see the chaos suite's poison task).
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    t.db.query(&format!(
+        "UPDATE sg_tasks SET context = '{deep}'::jsonb WHERE id = '{poison}' RETURNING id::text"
+    ));
+    let _worker = t.worker(&env);
+    let dead = dead_letters(&r.url, &format!("{}worker.e2e.dead", r.prefix), 1).await;
+    assert!(
+        dead[0]
+            .1
+            .starts_with("failed on each of 3 deliveries: stored data cannot be read"),
+        "{dead:?}"
+    );
+    assert!(dead[0].0.contains(&poison), "{dead:?}");
+    let state = t.db.query(&format!(
+        "SELECT state || ' ' || (error->>'code') FROM sg_tasks WHERE id = '{poison}'"
+    ));
+    assert_eq!(state, ["error poison_message"]);
+    // The worker goes on serving, and the sweep sends nothing of the
+    // failed task again.
+    let v = tokio::task::spawn_blocking(move || {
+        let id = create(&addr, "linear", json!({ "even_number": 6 }));
+        wait(&addr, &id, LONG)
+    })
+    .await
+    .unwrap();
+    assert_eq!(v["result"], json!(SIX_16));
+    assert_eq!(
+        count(
+            &t,
+            &format!(
+                "SELECT count(*) FROM sg_steps WHERE task_id = '{poison}' AND state <> 'cancelled'"
+            )
+        ),
+        0
+    );
 }
 
 #[test]

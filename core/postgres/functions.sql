@@ -389,3 +389,53 @@ BEGIN
            CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
       FROM sg_receive(p_queue, p_max, p_visibility_ms) r;
 END $$;
+
+-- A claimed message that cannot be processed, moved to the dead letters
+-- with the reason (in one statement, so it is in exactly one of the two).
+CREATE OR REPLACE FUNCTION sg_dead_letter(p_queue text, p_id bigint, p_reason text)
+RETURNS void LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM sg_queue WHERE id = p_id AND queue = p_queue RETURNING *)
+    INSERT INTO sg_dead_letters (id, queue, payload, delivery_count, reason, enqueued_at)
+    SELECT id, queue, payload, delivery_count, p_reason, enqueued_at FROM gone
+    ON CONFLICT (id) DO NOTHING;
+$$;
+
+-- Ends a task that cannot go on (its message was dead-lettered) without
+-- decoding any of its rows, which may be what cannot be read: a
+-- compare-and-swap from p_from along p_path (the state machine's way to
+-- 'error', computed by the caller), p_error as the task's error, and every
+-- step not yet ended (but an 'error' one) cancelled, each with an audit
+-- row carrying p_meta. False when the task was no longer in p_from.
+CREATE OR REPLACE FUNCTION sg_fail_task(p_task uuid, p_from text, p_path text[], p_error jsonb, p_meta jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_from text := p_from;
+    v_to text;
+    v_sort integer;
+    s record;
+BEGIN
+    UPDATE sg_tasks SET state = 'error', error = p_error, updated_at = v_now, completed_at = v_now,
+                        lock_version = lock_version + 1
+     WHERE id = p_task AND state = p_from;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    FOR s IN SELECT id, name, state, attempts FROM sg_steps
+              WHERE task_id = p_task AND state NOT IN ('complete', 'cancelled', 'resolved_manually', 'error')
+              ORDER BY id FOR UPDATE LOOP
+        UPDATE sg_steps SET state = 'cancelled' WHERE id = s.id;
+        PERFORM sg_record_step_transition(p_task, s.id, s.name, s.state, 'cancelled', s.attempts, v_now, p_meta);
+    END LOOP;
+    UPDATE sg_task_transitions SET most_recent = false
+     WHERE task_id = p_task AND most_recent RETURNING sort_key INTO v_sort;
+    FOREACH v_to IN ARRAY p_path LOOP
+        v_sort := coalesce(v_sort, 0) + 1;
+        INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, most_recent, metadata, created_at)
+        VALUES (p_task, v_from, v_to, v_sort, v_to = 'error',
+                CASE WHEN v_to = 'error' THEN p_meta ELSE '{}'::jsonb END, v_now);
+        v_from := v_to;
+    END LOOP;
+    PERFORM pg_notify('stepgraph_task', p_task::text);
+    RETURN true;
+END $$;

@@ -70,16 +70,21 @@ impl TestDb {
 
     /// Runs SQL on this database and returns the first column of each row as text.
     pub fn query(&self, sql: &str) -> Vec<String> {
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// [`Self::query`], with a server that cannot be reached (restarting)
+    /// or a failing statement as an error instead of a panic.
+    pub fn try_query(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
         let (url, sql) = (self.url.clone(), sql.to_string());
         on_own_runtime(move || async move {
-            use sqlx::Row;
-            let rows = sqlx::query(&sql)
-                .fetch_all(&mut connect(&url).await)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            rows.iter()
+            use sqlx::{Connection, Row};
+            let mut c = sqlx::PgConnection::connect(&url).await?;
+            let rows = sqlx::query(&sql).fetch_all(&mut c).await?;
+            Ok(rows
+                .iter()
                 .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
-                .collect()
+                .collect())
         })
     }
 
@@ -318,14 +323,26 @@ impl Drop for Process {
 
 /// One HTTP/1.1 request; the status and the body (JSON when it parses, else a string).
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_http(addr, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// [`http`], with a connection that fails (a server killed or restarting)
+/// as an error instead of a panic.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(head.as_bytes())?;
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
@@ -345,7 +362,7 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, 
         payload.to_string()
     };
     let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
-    (status, value)
+    Ok((status, value))
 }
 
 /// The value of one series of `GET /metrics`: `series` is the name with

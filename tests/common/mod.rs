@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod rabbit;
 pub mod shapes;
 
 use serde_json::{json, Value};

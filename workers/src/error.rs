@@ -124,7 +124,9 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         | StoreError::DuplicateIdempotencyKey { .. }
         | StoreError::KeyTaken { .. } => ErrorKind::Conflict,
         StoreError::Unavailable(_) | StoreError::Backend(_) => ErrorKind::Unavailable,
-        StoreError::TaskNotFound(_) | StoreError::StepNotFound(_) => ErrorKind::Internal,
+        StoreError::TaskNotFound(_) | StoreError::StepNotFound(_) | StoreError::Unreadable(_) => {
+            ErrorKind::Internal
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::queue::poison::{self, ProcessError};
 use stepgraph_engine::queue::{
     encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
 };
@@ -41,6 +42,9 @@ pub struct WorkerConfig {
     /// With inline orchestration: take the steps a commit makes ready, while
     /// there are free slots, without a trip through the queue ([`Eager`]).
     pub eager_dispatch: bool,
+    /// Deliveries of a step message that failed the same way before it is
+    /// dead-lettered and its task failed ([`poison`]).
+    pub max_deliveries: u32,
 }
 
 impl Default for WorkerConfig {
@@ -54,6 +58,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             lazy_start: Duration::from_millis(100),
             eager_dispatch: true,
+            max_deliveries: poison::DEFAULT_MAX_DELIVERIES,
         }
     }
 }
@@ -72,14 +77,6 @@ pub struct Worker {
     slots: Slots,
     /// Steps being processed, and a wake-up when none are: what shutdown waits for.
     running: Arc<(AtomicUsize, Notify)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ProcessError {
-    #[error(transparent)]
-    Store(#[from] stepgraph_engine::StoreError),
-    #[error(transparent)]
-    Queue(#[from] stepgraph_engine::QueueError),
 }
 
 impl Worker {
@@ -180,7 +177,7 @@ impl Worker {
                 this.running.0.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if let Err(e) = this.process(&queue, &d, slot).await {
-                        this.failed(&queue, d.receipt, e).await;
+                        this.failed(&queue, &d, e).await;
                     }
                     this.done_one();
                 }
@@ -189,10 +186,22 @@ impl Worker {
         .await;
     }
 
-    /// The message of a step whose processing failed comes back shortly.
-    async fn failed(&self, queue: &str, receipt: u64, e: ProcessError) {
-        tracing::warn!(%queue, error = %e, "step processing failed; the message comes back shortly");
-        let _ = self.queue.release(queue, receipt, RETRY_DELAY).await;
+    /// The message of a step whose processing failed comes back shortly,
+    /// unless it has failed so on every delivery: a poison message.
+    async fn failed(&self, queue: &str, delivery: &Delivery, e: ProcessError) {
+        let msg = delivery.decode::<StepMessage>().ok();
+        poison::failed(
+            self.store.as_ref(),
+            self.queue.as_ref(),
+            queue,
+            delivery,
+            msg.as_ref()
+                .map(|m| (m.task_id, Some(m.step_name.as_str()))),
+            &e,
+            self.config.max_deliveries,
+            RETRY_DELAY,
+        )
+        .await;
     }
 
     fn done_one(&self) {

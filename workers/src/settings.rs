@@ -53,6 +53,9 @@ pub struct Settings {
     pub queue_fallback_poll_ms: u64,
     /// The same for a `wait` for a task's end.
     pub wait_fallback_poll_ms: u64,
+    /// Deliveries of a message (step or orchestration) that failed the same
+    /// way before it is dead-lettered and its task failed naming the cause.
+    pub max_deliveries: u32,
     pub orchestrator: OrchestratorSection,
     pub worker: WorkerSection,
 }
@@ -106,6 +109,7 @@ impl Default for Settings {
             threads: 0,
             queue_fallback_poll_ms: 5_000,
             wait_fallback_poll_ms: 2_000,
+            max_deliveries: stepgraph_engine::queue::poison::DEFAULT_MAX_DELIVERIES,
             orchestrator: OrchestratorSection::default(),
             worker: WorkerSection::default(),
         }
@@ -223,6 +227,7 @@ impl Settings {
         env_num("THREADS", &mut c.threads)?;
         env_num("QUEUE_FALLBACK_POLL_MS", &mut c.queue_fallback_poll_ms)?;
         env_num("WAIT_FALLBACK_POLL_MS", &mut c.wait_fallback_poll_ms)?;
+        env_num("MAX_DELIVERIES", &mut c.max_deliveries)?;
         env_bool(
             "WORKER_INLINE_ORCHESTRATION",
             &mut c.worker.inline_orchestration,
@@ -296,6 +301,7 @@ impl Settings {
             resend_stranded_after: Some(Duration::from_millis(
                 self.orchestrator.resend_stranded_after_ms,
             )),
+            max_deliveries: self.max_deliveries,
             ..Default::default()
         }
     }
@@ -315,6 +321,7 @@ impl Settings {
             default_step_timeout: Duration::from_millis(self.worker.default_step_timeout_ms),
             shutdown_grace: Duration::from_millis(self.worker.shutdown_grace_ms),
             eager_dispatch: self.worker.eager_dispatch,
+            max_deliveries: self.max_deliveries,
             ..Default::default()
         }
     }

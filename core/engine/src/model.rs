@@ -348,6 +348,15 @@ pub enum OrchestrationMessage {
     },
 }
 
+impl OrchestrationMessage {
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            OrchestrationMessage::StepResult { task_id, .. }
+            | OrchestrationMessage::Wake { task_id } => *task_id,
+        }
+    }
+}
+
 /// Everything a worker needs to run one attempt of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepWork {

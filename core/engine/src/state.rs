@@ -188,6 +188,19 @@ impl TaskState {
         }
     }
 
+    /// The transitions that take a task from here to Error along the state
+    /// machine (empty when it is terminal): how a task that cannot go on
+    /// (a poison message) is ended with an audit chain that stays valid.
+    pub fn path_to_error(self) -> Vec<TaskState> {
+        use TaskState::*;
+        match self {
+            Pending => vec![Initializing, Error],
+            StepsInProcess | WaitingForRetry => vec![EvaluatingResults, Error],
+            Initializing | EnqueuingSteps | EvaluatingResults | BlockedByFailures => vec![Error],
+            Complete | Error | Cancelled | ResolvedManually => Vec::new(),
+        }
+    }
+
     pub fn check(self, to: TaskState) -> Result<(), IllegalTransition> {
         if self.can_transition_to(to) {
             Ok(())
@@ -228,6 +241,20 @@ display_from_str!(TaskState);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_live_task_state_has_a_legal_path_to_error() {
+        for state in TaskState::ALL {
+            let path = state.path_to_error();
+            assert_eq!(path.is_empty(), state.is_terminal(), "{state}");
+            let mut at = state;
+            for next in path {
+                assert!(at.can_transition_to(next), "{at} -> {next}");
+                at = next;
+            }
+            assert!(state.is_terminal() || at == TaskState::Error);
+        }
+    }
 
     #[test]
     fn happy_paths_are_legal() {

@@ -50,7 +50,10 @@ impl TaskTxn {
     }
 
     /// Locks an existing task and reads its graph.
-    pub async fn open(store: &dyn Store, task_id: TaskId) -> Result<TaskTxn, StoreError> {
+    pub async fn open<S: Store + ?Sized>(
+        store: &S,
+        task_id: TaskId,
+    ) -> Result<TaskTxn, StoreError> {
         let (graph, lock) = store.lock_task(task_id).await?;
         let index = graph
             .steps
@@ -99,6 +102,34 @@ impl TaskTxn {
 
     pub fn step(&self, idx: usize) -> &Step {
         &self.graph.steps[idx]
+    }
+
+    /// See [`Store::fail_task`]: every step not yet ended (but an Error
+    /// one) Cancelled with `reason`, the task along its path to Error with
+    /// `error`. False (and nothing changed) when the task had ended.
+    pub fn fail(&mut self, error: Value, reason: &str) -> bool {
+        let path = self.task().state.path_to_error();
+        if path.is_empty() {
+            return false;
+        }
+        let meta = json!({ "reason": reason });
+        for i in 0..self.graph.steps.len() {
+            let state = self.step(i).state;
+            if !state.is_terminal() && state != StepState::Error {
+                self.step_to(i, StepState::Cancelled, meta.clone(), |_| {})
+                    .expect("every live step state can be cancelled");
+            }
+        }
+        let last = path.len() - 1;
+        for (i, to) in path.into_iter().enumerate() {
+            let (meta, error) = match i == last {
+                true => (meta.clone(), Some(error.clone())),
+                false => (json!({}), None),
+            };
+            self.finish_task(to, meta, None, error)
+                .expect("path_to_error follows the state machine");
+        }
+        true
     }
 
     pub fn has_changes(&self) -> bool {
@@ -215,7 +246,11 @@ impl TaskTxn {
 
     /// Writes everything (creating the task when this txn made it) and
     /// releases the lock; see [`Committed`].
-    pub async fn commit(self, store: &dyn Store, outbox: Outbox) -> Result<Committed, StoreError> {
+    pub async fn commit<S: Store + ?Sized>(
+        self,
+        store: &S,
+        outbox: Outbox,
+    ) -> Result<Committed, StoreError> {
         match self.lock {
             Some(lock) => store.commit(lock, self.ops, outbox).await,
             None => store.create_task(self.ops, outbox).await,

@@ -86,6 +86,9 @@ impl From<StoreError> for ApiError {
             }
             StoreError::KeyTaken { .. } => StatusCode::CONFLICT,
             StoreError::Backend(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Not the client's mistake, and no retry will help: the server's
+            // own stored rows (changed by hand, or by another version).
+            StoreError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }

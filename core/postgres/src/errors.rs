@@ -40,8 +40,9 @@ pub(crate) use retrying;
 
 /// What a failed statement means, by SQLSTATE: SG409 (raised by
 /// `sg_conflict`) a compare-and-swap that found another state, 23505 a
-/// unique key taken (named by its constraint), a lost or refused connection
-/// (or an exhausted pool) the backend unavailable.
+/// unique key taken (named by its constraint), a value that cannot be
+/// decoded unreadable data, a lost or refused connection (or an exhausted
+/// pool) the backend unavailable.
 pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
         match db.code().as_deref() {
@@ -54,6 +55,9 @@ pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
             }
             _ => {}
         }
+    }
+    if matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) {
+        return StoreError::Unreadable(e.to_string());
     }
     if is_disconnect(&e) || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
         return StoreError::Unavailable(e.to_string());

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../migrations/0007_lean_creation.sql")),
     (8, include_str!("../migrations/0008_start_step_json.sql")),
     (9, include_str!("../migrations/0009_receive_started.sql")),
+    (10, include_str!("../migrations/0010_dead_letters.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

@@ -4,7 +4,7 @@
 //! notifications lost while reconnecting. A claim that drained the queue
 //! is not repeated before the next NOTIFY or the next message is due.
 //! Claims of step messages read the steps' starts with them (see
-//! [`ClaimedStarts`]).
+//! [`ClaimedStarts`]). Poison messages move to `sg_dead_letters`.
 
 use crate::errors::retrying;
 use crate::notify::{ClaimedStarts, Notifier};
@@ -74,10 +74,13 @@ impl PgQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>), QueueError> {
+        // `started` comes as text and is decoded row by row: a row that
+        // cannot be decoded (a poison message) fails its own processing
+        // later, not the claim of every message claimed with it.
         let sql = if is_worker_queue(queue) {
-            "SELECT id, payload, delivery_count, next_visible, started FROM sg_receive_started($1, $2, $3)"
+            "SELECT id, payload, delivery_count, next_visible, started::text FROM sg_receive_started($1, $2, $3)"
         } else {
-            "SELECT id, payload, delivery_count, next_visible, NULL::json FROM sg_receive($1, $2, $3)"
+            "SELECT id, payload, delivery_count, next_visible, NULL::text FROM sg_receive($1, $2, $3)"
         };
         #[allow(clippy::type_complexity)]
         let rows: Vec<(
@@ -85,7 +88,7 @@ impl PgQueue {
             Option<Vec<u8>>,
             Option<i32>,
             Option<DateTime<Utc>>,
-            Option<serde_json::Value>,
+            Option<String>,
         )> = retrying!(self, pool => sqlx::query_as(sql)
         .bind(queue)
         .bind(max as i32)
@@ -98,9 +101,7 @@ impl PgQueue {
             match (id, payload) {
                 (Some(id), Some(payload)) => {
                     if let Some(started) = started {
-                        if let Ok(m) = serde_json::from_slice::<StepMessage>(&payload) {
-                            self.starts.put(m.step_id, m.attempt, started);
-                        }
+                        self.keep_start(&payload, &started);
                     }
                     out.push(Delivery {
                         receipt: id as u64,
@@ -113,6 +114,20 @@ impl PgQueue {
         }
         out.sort_by_key(|d| d.receipt);
         Ok((out, next))
+    }
+}
+
+impl PgQueue {
+    /// Keeps a claimed step's start for the store; one that cannot be
+    /// decoded is left for the worker's own read to fail on.
+    fn keep_start(&self, payload: &[u8], started: &str) {
+        let (Ok(m), Ok(started)) = (
+            serde_json::from_slice::<StepMessage>(payload),
+            serde_json::from_str::<serde_json::Value>(started),
+        ) else {
+            return;
+        };
+        self.starts.put(m.step_id, m.attempt, started);
     }
 }
 
@@ -217,6 +232,17 @@ impl Queue for PgQueue {
         .map_err(err)?;
         retrying!(self, pool => sqlx::query("SELECT pg_notify('stepgraph_queue', $1)")
             .bind(queue)
+            .execute(pool))
+        .map_err(err)?;
+        Ok(())
+    }
+
+    /// Into `sg_dead_letters`, with the reason, in one statement.
+    async fn dead_letter(&self, queue: &str, receipt: u64, reason: &str) -> Result<(), QueueError> {
+        retrying!(self, pool => sqlx::query("SELECT sg_dead_letter($1, $2, $3)")
+            .bind(queue)
+            .bind(receipt as i64)
+            .bind(reason)
             .execute(pool))
         .map_err(err)?;
         Ok(())

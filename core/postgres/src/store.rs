@@ -149,7 +149,7 @@ impl PgStore {
         .map_err(backend_error)?;
         let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
         serde_json::from_value(row)
-            .map_err(|e| StoreError::Backend(format!("task {task_id} graph: {e}")))
+            .map_err(|e| StoreError::Unreadable(format!("task {task_id} graph: {e}")))
     }
 
     /// Read by clients waiting for a task (counted with every other statement).
@@ -161,7 +161,8 @@ impl PgStore {
         .fetch_optional(pool))
         .map_err(backend_error)?;
         let row = row.ok_or(StoreError::TaskNotFound(task_id))?;
-        serde_json::from_value(row).map_err(|e| StoreError::Backend(format!("task {task_id}: {e}")))
+        serde_json::from_value(row)
+            .map_err(|e| StoreError::Unreadable(format!("task {task_id}: {e}")))
     }
 }
 
@@ -248,7 +249,7 @@ impl Store for PgStore {
                 .fetch_one(pool))
             .map_err(backend_error)?,
         };
-        let bad = |e: serde_json::Error| StoreError::Backend(format!("start_step: {e}"));
+        let bad = |e: serde_json::Error| StoreError::Unreadable(format!("start_step: {e}"));
         match row["status"].as_str() {
             Some("started") => {
                 if let Some(g) = row.get("graph").filter(|g| !g.is_null()) {
@@ -335,7 +336,7 @@ impl Store for PgStore {
             Some("not_found") => return Err(StoreError::StepNotFound(step_id)),
             _ => SubmitOutcome::Refused {
                 state: serde_json::from_value(row["state"].clone())
-                    .map_err(|e| StoreError::Backend(format!("submit_result: {e}")))?,
+                    .map_err(|e| StoreError::Unreadable(format!("submit_result: {e}")))?,
                 attempts: row["attempts"].as_u64().unwrap_or_default() as u32,
             },
         };
@@ -364,7 +365,7 @@ impl Store for PgStore {
             .fetch_one(pool))
         .map_err(backend_error)?;
         let row: Row = serde_json::from_value(row)
-            .map_err(|e| StoreError::Backend(format!("task {task_id} view: {e}")))?;
+            .map_err(|e| StoreError::Unreadable(format!("task {task_id} view: {e}")))?;
         let graph = row.graph.ok_or(StoreError::TaskNotFound(task_id))?;
         let transitions = Transitions {
             task: row.task,
@@ -411,6 +412,41 @@ impl Store for PgStore {
             }
             ended = until_notified(notified, deadline, self.notifier.polls.wait).await;
         }
+    }
+
+    /// Reads only the task's state (its other rows may be what cannot be
+    /// read), then ends it in one statement (`sg_fail_task`).
+    async fn fail_task(
+        &self,
+        task_id: TaskId,
+        error: Value,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let state: Option<String> =
+            retrying!(self, pool => sqlx::query_scalar("SELECT state FROM sg_tasks WHERE id = $1")
+            .bind(task_id)
+            .fetch_optional(pool))
+            .map_err(backend_error)?;
+        let state = state.ok_or(StoreError::TaskNotFound(task_id))?;
+        let from: TaskState = serde_json::from_value(Value::String(state))
+            .map_err(|e| StoreError::Unreadable(format!("task {task_id} state: {e}")))?;
+        let path: Vec<&str> = from
+            .path_to_error()
+            .into_iter()
+            .map(|s| s.as_str())
+            .collect();
+        if path.is_empty() {
+            return Ok(false);
+        }
+        let meta = serde_json::json!({ "reason": reason });
+        retrying!(self, pool => sqlx::query_scalar("SELECT sg_fail_task($1, $2, $3, $4, $5)")
+            .bind(task_id)
+            .bind(from.as_str())
+            .bind(&path)
+            .bind(&error)
+            .bind(&meta)
+            .fetch_one(pool))
+        .map_err(backend_error)
     }
 
     async fn stranded(&self, older_than: Duration, limit: i64) -> Result<Stranded, StoreError> {

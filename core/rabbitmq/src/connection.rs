@@ -4,8 +4,8 @@
 //! confirms, retried on a fresh connection; one push consumer per queue.
 
 use crate::{
-    backend, delay_bucket, split_receipt, Consumer, Link, RabbitConfig, RabbitQueue,
-    RECONNECT_TRIES,
+    backend, delay_bucket, split_receipt, Consumer, Link, Publish, RabbitConfig, RabbitQueue,
+    DELIVERIES_HEADER, RECONNECT_TRIES,
 };
 use futures::StreamExt;
 use lapin::options::{
@@ -208,7 +208,7 @@ impl RabbitQueue {
     pub(crate) async fn publish(
         &self,
         queue: &str,
-        messages: &[(Vec<u8>, Duration, Option<String>)],
+        messages: &[Publish],
     ) -> Result<(), QueueError> {
         self.retrying("publishing", queue, || self.try_publish(queue, messages))
             .await
@@ -217,27 +217,32 @@ impl RabbitQueue {
     pub(crate) async fn try_publish(
         &self,
         queue: &str,
-        messages: &[(Vec<u8>, Duration, Option<String>)],
+        messages: &[Publish],
     ) -> Result<(), QueueError> {
         let link = self.link().await?;
         let target = self.declare_main(&link, queue).await?;
         let mut confirms = Vec::with_capacity(messages.len());
-        for (payload, delay, reason) in messages {
-            let routing = if delay.is_zero() {
+        for m in messages {
+            let routing = if m.delay.is_zero() {
                 target.clone()
             } else {
-                self.declare_delay(&link, &target, delay_bucket(*delay))
+                self.declare_delay(&link, &target, delay_bucket(m.delay))
                     .await?
             };
             let mut properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into());
-            if let Some(reason) = reason {
-                let mut headers = FieldTable::default();
+            let mut headers = FieldTable::default();
+            if let Some(reason) = &m.reason {
                 headers.insert(
                     "x-stepgraph-reason".into(),
                     AMQPValue::LongString(LongString::from(reason.clone())),
                 );
+            }
+            if m.deliveries > 0 {
+                headers.insert(DELIVERIES_HEADER.into(), AMQPValue::LongUInt(m.deliveries));
+            }
+            if !headers.inner().is_empty() {
                 properties = properties.with_headers(headers);
             }
             let confirm = link
@@ -246,7 +251,7 @@ impl RabbitQueue {
                     ShortString::from(String::new()),
                     ShortString::from(routing),
                     BasicPublishOptions::default(),
-                    payload,
+                    &m.payload,
                     properties,
                 )
                 .await
@@ -361,17 +366,18 @@ impl RabbitQueue {
         let Some((consumer, tag)) = self.issuer(queue, receipt) else {
             return Ok(());
         };
-        let payload = consumer
+        let held = consumer
             .in_hand
             .lock()
             .get(&tag)
             .cloned()
             .unwrap_or_default();
-        self.publish(
-            &format!("{queue}.dead"),
-            &[(payload, Duration::ZERO, Some(reason.to_string()))],
-        )
-        .await?;
+        let dead = Publish {
+            reason: Some(reason.to_string()),
+            deliveries: held.delivery_count,
+            ..Publish::new(held.payload, Duration::ZERO)
+        };
+        self.publish(&format!("{queue}.dead"), &[dead]).await?;
         self.ack(queue, &[receipt]).await
     }
 }

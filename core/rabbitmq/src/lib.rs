@@ -73,8 +73,8 @@ struct Consumer {
     generation: u64,
     deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<lapin::message::Delivery>>,
     prefetch: Mutex<u16>,
-    /// Claimed and not yet acknowledged: tag -> payload (for delayed releases and dead letters).
-    in_hand: Mutex<HashMap<u64, Vec<u8>>>,
+    /// Claimed and not yet acknowledged: tag -> the message (for delayed releases and dead letters).
+    in_hand: Mutex<HashMap<u64, InHand>>,
 }
 
 pub struct RabbitQueue {
@@ -87,6 +87,55 @@ pub struct RabbitQueue {
 
 fn backend(context: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Backend(format!("RabbitMQ {context}: {e}"))
+}
+
+/// A claimed message as it was delivered.
+#[derive(Clone, Default)]
+struct InHand {
+    payload: Vec<u8>,
+    delivery_count: u32,
+}
+
+/// A message to publish, with what its headers carry.
+pub(crate) struct Publish {
+    pub payload: Vec<u8>,
+    pub delay: Duration,
+    /// Why it is dead-lettered (`x-stepgraph-reason`).
+    pub reason: Option<String>,
+    /// Deliveries it has had (`x-stepgraph-deliveries`): RabbitMQ's own
+    /// redelivered flag says only "more than one", and a copy sent back
+    /// through a delay queue is a new message to it.
+    pub deliveries: u32,
+}
+
+impl Publish {
+    fn new(payload: Vec<u8>, delay: Duration) -> Publish {
+        Publish {
+            payload,
+            delay,
+            reason: None,
+            deliveries: 0,
+        }
+    }
+}
+
+/// The header that counts a message's earlier deliveries.
+pub(crate) const DELIVERIES_HEADER: &str = "x-stepgraph-deliveries";
+
+/// Deliveries before this one, from the header (0 when absent).
+fn earlier_deliveries(d: &lapin::message::Delivery) -> u32 {
+    use lapin::types::AMQPValue;
+    let value = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERIES_HEADER).cloned());
+    match value {
+        Some(AMQPValue::LongUInt(n)) => n,
+        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
+        _ => 0,
+    }
 }
 
 /// A receipt: the channel generation in the high 16 bits, the delivery tag below.
@@ -112,7 +161,7 @@ impl Queue for RabbitQueue {
     async fn send(&self, queue: &str, messages: Vec<Outgoing>) -> Result<(), QueueError> {
         let messages: Vec<_> = messages
             .into_iter()
-            .map(|m| (m.payload, m.delay, None))
+            .map(|m| Publish::new(m.payload, m.delay))
             .collect();
         self.publish(queue, &messages).await
     }
@@ -163,11 +212,16 @@ impl Queue for RabbitQueue {
         Ok(out
             .into_iter()
             .map(|d| {
-                in_hand.insert(d.delivery_tag, d.data.clone());
+                let delivery_count = earlier_deliveries(&d) + 1 + u32::from(d.redelivered);
+                let kept = InHand {
+                    payload: d.data.clone(),
+                    delivery_count,
+                };
+                in_hand.insert(d.delivery_tag, kept);
                 Delivery {
                     receipt: receipt(consumer.generation, d.delivery_tag),
                     payload: d.data,
-                    delivery_count: if d.redelivered { 2 } else { 1 },
+                    delivery_count,
                 }
             })
             .collect())
@@ -207,14 +261,19 @@ impl Queue for RabbitQueue {
             }
             return Ok(());
         }
-        // Back after `delay`: a copy through the delay queue, then the ack.
-        let payload = consumer
+        // Back after `delay`: a copy through the delay queue that carries
+        // the count of its deliveries, then the ack.
+        let held = consumer
             .in_hand
             .lock()
             .get(&tag)
             .cloned()
             .unwrap_or_default();
-        self.publish(queue, &[(payload, delay, None)]).await?;
+        let copy = Publish {
+            deliveries: held.delivery_count,
+            ..Publish::new(held.payload, delay)
+        };
+        self.publish(queue, &[copy]).await?;
         self.ack(queue, &[receipt]).await
     }
 

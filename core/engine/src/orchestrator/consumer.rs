@@ -1,9 +1,11 @@
 //! The orchestration queue's consumer: results and timers processed with a
-//! concurrency limit; poison messages dead-lettered, transient failures
-//! released to come back.
+//! concurrency limit; poison messages dead-lettered (at once when they
+//! cannot be decoded or name nothing, else after failing on every one of
+//! `max_deliveries` deliveries), other failures released to come back.
 
 use super::{Orchestrator, OrchestratorError};
 use crate::model::*;
+use crate::queue::poison::{self, ProcessError};
 use crate::queue::{self, Delivery, ORCHESTRATION_QUEUE};
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
@@ -60,7 +62,7 @@ impl Orchestrator {
                 return self.dead_letter(delivery.receipt, &reason).await;
             }
         };
-        match self.handle(&message, Some(delivery.receipt)).await {
+        let failure = match self.handle(&message, Some(delivery.receipt)).await {
             Ok(()) => return,
             Err(OrchestratorError::Store(
                 StoreError::TaskNotFound(_) | StoreError::StepNotFound(_),
@@ -68,23 +70,25 @@ impl Orchestrator {
                 let reason = format!("message for an unknown task or step: {message:?}");
                 return self.dead_letter(delivery.receipt, &reason).await;
             }
-            Err(
-                OrchestratorError::Store(StoreError::Backend(_) | StoreError::Unavailable(_))
-                | OrchestratorError::Queue(_),
-            ) => {
-                // Transient: the message comes back after its visibility timeout.
-                tracing::warn!(?message, "orchestration failed; will retry");
-                let _ = self
-                    .queue
-                    .release(
-                        ORCHESTRATION_QUEUE,
-                        delivery.receipt,
-                        Duration::from_millis(100),
-                    )
-                    .await;
-                return;
+            Err(OrchestratorError::Store(e)) => Some(ProcessError::Store(e)),
+            Err(OrchestratorError::Queue(e)) => Some(ProcessError::Queue(e)),
+            Err(e) => {
+                tracing::error!(?message, error = %e, "orchestration failed");
+                None
             }
-            Err(e) => tracing::error!(?message, error = %e, "orchestration failed"),
+        };
+        if let Some(error) = failure {
+            return poison::failed(
+                self.store.as_ref(),
+                self.queue.as_ref(),
+                ORCHESTRATION_QUEUE,
+                &delivery,
+                Some((message.task_id(), None)),
+                &error,
+                self.config.max_deliveries,
+                Duration::from_millis(100),
+            )
+            .await;
         }
         if let Err(e) = self
             .queue

@@ -105,6 +105,9 @@ pub struct OrchestratorConfig {
     /// that commits apart from the store (RabbitMQ), steps and tasks
     /// stranded this long. A copy that was not lost is dropped as stale.
     pub resend_stranded_after: Option<Duration>,
+    /// Deliveries of an orchestration message that failed the same way
+    /// before it is dead-lettered and its task failed ([`crate::queue::poison`]).
+    pub max_deliveries: u32,
 }
 
 impl Default for OrchestratorConfig {
@@ -115,6 +118,7 @@ impl Default for OrchestratorConfig {
             receive_wait: Duration::from_secs(1),
             conflict_retries: 20,
             resend_stranded_after: Some(Duration::from_secs(60)),
+            max_deliveries: crate::queue::poison::DEFAULT_MAX_DELIVERIES,
         }
     }
 }

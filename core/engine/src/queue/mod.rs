@@ -2,6 +2,7 @@
 //! release, and a receive that sleeps until a message arrives (no fixed polling).
 
 mod memory;
+pub mod poison;
 
 pub use memory::MemoryQueue;
 
@@ -83,10 +84,11 @@ pub trait Queue: Send + Sync + 'static {
     /// Messages waiting or claimed.
     async fn depth(&self, queue: &str) -> Result<u64, QueueError>;
 
-    /// Takes a poison message (undecodable, or for a step that does not
-    /// exist) out of the way, saying why. Where the backend has a
-    /// dead-letter queue it goes there; otherwise it is deleted (the reason
-    /// is logged by the caller).
+    /// Takes a poison message (undecodable, for a step that does not
+    /// exist, or failing on every delivery: see [`poison`]) out of the way,
+    /// saying why. Where the backend keeps dead letters (a table, a
+    /// `<queue>.dead` queue) it goes there; otherwise it is deleted (the
+    /// reason is logged by the caller).
     async fn dead_letter(
         &self,
         queue: &str,

@@ -31,6 +31,10 @@ pub enum StoreError {
     /// exhausted); a later try may work.
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),
+    /// A stored row the engine cannot decode (written by another version,
+    /// or changed by hand): every try fails the same way.
+    #[error("stored data cannot be read: {0}")]
+    Unreadable(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -148,6 +152,27 @@ pub trait Store: Send + Sync + 'static {
     /// WaitingForRetry that long with every backoff over.
     async fn stranded(&self, _older_than: Duration, _limit: i64) -> Result<Stranded, StoreError> {
         Ok(Stranded::default())
+    }
+
+    /// Ends a task that cannot go on (a poison message: one that failed the
+    /// same way on every delivery) in Error, with `error` as its error and
+    /// `reason` in the audit trail; each of its steps not yet ended (but an
+    /// Error one) is Cancelled with the reason, so nothing of it runs or is
+    /// sent again. A store that can read the task goes through its graph
+    /// (this default); one whose rows may be what cannot be read overrides
+    /// it without decoding them. False when the task had ended already.
+    async fn fail_task(
+        &self,
+        task_id: TaskId,
+        error: serde_json::Value,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut txn = crate::txn::TaskTxn::open(self, task_id).await?;
+        if !txn.fail(error, reason) {
+            return Ok(false);
+        }
+        txn.commit(self, Outbox::default()).await?;
+        Ok(true)
     }
 
     /// Ends the leases that [`Self::stranded`] took, once the steps'
