@@ -241,9 +241,9 @@ fn assert_invariants(mut c: Cluster, complete: usize, failed: &[String]) {
         )),
         4 * complete as i64
     );
-    for (table, key) in [
-        ("sg_step_transitions", "step_id"),
-        ("sg_task_transitions", "task_id"),
+    for (entities, table, key) in [
+        ("sg_steps", "sg_step_transitions", "step_id"),
+        ("sg_tasks", "sg_task_transitions", "task_id"),
     ] {
         assert_eq!(
             c.count(&format!("SELECT count(*) FROM (SELECT {key} FROM {table} WHERE to_state = 'complete' GROUP BY {key} HAVING count(*) > 1) d")),
@@ -261,26 +261,17 @@ fn assert_invariants(mut c: Cluster, complete: usize, failed: &[String]) {
             0,
             "{table}: a broken audit chain"
         );
+        // Exactly one most recent audit row per entity, and it is the entity's state.
+        assert_eq!(
+            c.count(&format!(
+                "SELECT count(*) FROM {entities} e WHERE (SELECT count(*) FROM {table} t
+                   WHERE t.{key} = e.id AND t.most_recent) <> 1
+                    OR NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = e.id AND t.most_recent AND t.to_state = e.state)"
+            )),
+            0,
+            "{entities}: the most recent audit row is missing, doubled or another state"
+        );
     }
-    // Exactly one most recent audit row per entity, and it is the entity's state.
-    assert_eq!(
-        c.count(
-            "SELECT count(*) FROM sg_steps s WHERE (SELECT count(*) FROM sg_step_transitions t
-               WHERE t.step_id = s.id AND t.most_recent) <> 1
-                OR NOT EXISTS (SELECT 1 FROM sg_step_transitions t WHERE t.step_id = s.id AND t.most_recent AND t.to_state = s.state)"
-        ),
-        0,
-        "steps whose most recent audit row is missing, doubled or another state"
-    );
-    assert_eq!(
-        c.count(
-            "SELECT count(*) FROM sg_tasks s WHERE (SELECT count(*) FROM sg_task_transitions t
-               WHERE t.task_id = s.id AND t.most_recent) <> 1
-                OR NOT EXISTS (SELECT 1 FROM sg_task_transitions t WHERE t.task_id = s.id AND t.most_recent AND t.to_state = s.state)"
-        ),
-        0,
-        "tasks whose most recent audit row is missing, doubled or another state"
-    );
     assert_eq!(
         c.count(
             "SELECT count(*) FROM sg_steps WHERE state NOT IN ('complete', 'cancelled', 'resolved_manually', 'error')"

@@ -377,3 +377,57 @@ async fn an_overflowing_csv_row_fails_permanently_naming_it() {
     );
     engine.shutdown().await;
 }
+
+/// What a poison message's consumer does to its task, in the in-memory
+/// store (the Store trait's own fail_task, through the task's graph).
+#[tokio::test]
+async fn a_task_failed_for_a_poison_message_ends_every_live_step_and_keeps_its_audit_chain() {
+    use stepgraph_engine::{MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig, Store};
+    let store = Arc::new(MemoryStore::new());
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        Arc::new(MemoryQueue::new()),
+        Arc::new(fixture_templates()),
+        OrchestratorConfig::default(),
+    );
+    let created = orchestrator
+        .create_task(TaskRequest::new(
+            "e2e",
+            "diamond",
+            json!({ "even_number": 6 }),
+        ))
+        .await
+        .unwrap();
+    let id = created.task_id;
+    let error = json!({ "code": "poison_message", "message": "failed on each of 5 deliveries" });
+    assert!(store
+        .fail_task(id, error.clone(), "dead-lettered")
+        .await
+        .unwrap());
+    let (graph, trail) = store.graph_and_transitions(id).await.unwrap();
+    assert_eq!(graph.task.state, TaskState::Error);
+    assert_eq!(graph.task.error, Some(error.clone()));
+    assert!(graph.steps.iter().all(|s| s.state == StepState::Cancelled));
+    // Each transition starts where the one before it ended, the task's
+    // along the state machine to Error.
+    let mut at = None;
+    for t in &trail.task {
+        assert_eq!(t.from, at);
+        at = Some(t.to);
+    }
+    assert_eq!(at, Some(TaskState::Error));
+    for s in &graph.steps {
+        let steps: Vec<_> = trail.steps.iter().filter(|t| t.step_id == s.id).collect();
+        let mut at = None;
+        for t in &steps {
+            assert_eq!(t.from, at);
+            at = Some(t.to);
+        }
+        assert_eq!(
+            steps.last().unwrap().metadata,
+            json!({ "reason": "dead-lettered" })
+        );
+    }
+    // Once ended, it stays as it is.
+    assert!(!store.fail_task(id, error, "again").await.unwrap());
+}

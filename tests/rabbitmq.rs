@@ -346,12 +346,7 @@ async fn delayed_messages_arrive_after_their_delay_and_releases_come_back() {
         .await
         .unwrap();
     let third = queue
-        .receive(
-            "delays",
-            1,
-            Duration::from_secs(30),
-            Duration::from_secs(10),
-        )
+        .receive("delays", 1, Duration::from_secs(30), LONG)
         .await
         .unwrap();
     assert_eq!(third[0].delivery_count, 3);
