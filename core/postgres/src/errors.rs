@@ -38,11 +38,23 @@ macro_rules! retrying {
 }
 pub(crate) use retrying;
 
+/// A failure the same statement may not meet again: a deadlock or a
+/// serialization failure (class 40), the server out of connections or
+/// memory (class 53), a statement cancelled (57014, a statement timeout).
+fn is_passing(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .is_some_and(|c| c.starts_with("40") || c.starts_with("53") || c == "57014")
+}
+
 /// What a failed statement means, by SQLSTATE: SG409 (raised by
 /// `sg_conflict`) a compare-and-swap that found another state, 23505 a
 /// unique key taken (named by its constraint), a value that cannot be
 /// decoded unreadable data, a lost or refused connection (or an exhausted
-/// pool) the backend unavailable.
+/// pool) or a passing failure (`is_passing`) the backend unavailable (a
+/// later try may work: a poison message's count ignores it).
 pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
         match db.code().as_deref() {
@@ -59,7 +71,10 @@ pub(crate) fn backend_error(e: sqlx::Error) -> StoreError {
     if matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) {
         return StoreError::Unreadable(e.to_string());
     }
-    if is_disconnect(&e) || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
+    if is_disconnect(&e)
+        || is_passing(&e)
+        || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+    {
         return StoreError::Unavailable(e.to_string());
     }
     StoreError::Backend(e.to_string())
