@@ -257,9 +257,16 @@ BEGIN
                state = coalesce(m."to", t.state),
                updated_at = coalesce(m.at, t.updated_at),
                result = coalesce(nullif(m.result, 'null'), t.result),
-               error = coalesce(nullif(m.error, 'null'), t.error),
+               -- A task that leaves an end (an operator's repair) drops its error and end time.
+               error = CASE WHEN m.error IS NOT NULL AND m.error <> 'null' THEN m.error
+                            WHEN m."from" IN ('complete', 'error', 'cancelled', 'resolved_manually')
+                             AND m."to" NOT IN ('complete', 'error', 'cancelled', 'resolved_manually') THEN NULL
+                            ELSE t.error END,
                completed_at = CASE WHEN m."to" IN ('complete', 'error', 'cancelled', 'resolved_manually')
-                                   THEN m.at ELSE t.completed_at END
+                                   THEN m.at
+                                   WHEN m."from" IN ('complete', 'error', 'cancelled', 'resolved_manually')
+                                   THEN NULL
+                                   ELSE t.completed_at END
           FROM jsonb_to_recordset(p_change -> 'tasks') AS m (
                id uuid, lock bigint, "from" text, "to" text, at timestamptz, result jsonb, error jsonb)
          WHERE t.id = m.id
@@ -297,10 +304,11 @@ BEGIN
     IF p_change ? 'steps' THEN
         UPDATE sg_steps s
            SET state = m."to", attempts = m.attempts, backoff_until = m.backoff_until, outcome = m.outcome,
+               max_attempts = coalesce(m.max_attempts, s.max_attempts),
                claimed_until = coalesce(clock_timestamp() + make_interval(secs => l.ms / 1000.0), s.claimed_until)
           FROM jsonb_to_recordset(p_change -> 'steps') AS m (
                id uuid, task_id uuid, "from" text, "to" text, attempts integer, backoff_until timestamptz,
-               outcome jsonb)
+               outcome jsonb, max_attempts integer)
           LEFT JOIN unnest(p_leases, p_lease_ms) AS l (id, ms) ON l.id = m.id
          WHERE s.id = m.id AND s.task_id = m.task_id
            AND (m."from" IS NULL OR s.state = m."from");

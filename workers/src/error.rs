@@ -111,7 +111,9 @@ fn engine_kind(e: &EngineError) -> ErrorKind {
             OrchestratorError::Queue(QueueError::Encode(_)) => ErrorKind::Internal,
             OrchestratorError::Illegal(_)
             | OrchestratorError::Contention { .. }
-            | OrchestratorError::WrongState { .. } => ErrorKind::Conflict,
+            | OrchestratorError::WrongState { .. }
+            | OrchestratorError::WrongStepState { .. } => ErrorKind::Conflict,
+            OrchestratorError::NoSuchStep { .. } => ErrorKind::Internal,
         },
         EngineError::Store(e) => store_kind(e),
         EngineError::Timeout { .. } => ErrorKind::Timeout,

@@ -359,7 +359,12 @@ pub fn evaluate(
             target,
             TaskState::EnqueuingSteps | TaskState::StepsInProcess
         );
-    if current != TaskState::Initializing && !stays_running {
+    // A repair moved the task to EvaluatingResults itself (with who and why).
+    if !matches!(
+        current,
+        TaskState::Initializing | TaskState::EvaluatingResults
+    ) && !stays_running
+    {
         txn.task_to(TaskState::EvaluatingResults, json!({}))?;
     }
     let mut messages = Vec::new();

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod orchestrator;
 pub mod queue;
+pub mod repair;
 pub mod shutdown;
 pub mod state;
 pub mod store;

@@ -318,6 +318,9 @@ pub enum WriteOp {
         attempts: u32,
         backoff_until: Option<DateTime<Utc>>,
         outcome: Option<StepOutcome>,
+        /// A new attempt limit (an operator's retry gives fresh attempts);
+        /// None: unchanged.
+        max_attempts: Option<u32>,
     },
 }
 

@@ -101,8 +101,11 @@ impl StepState {
                 matches!(to, Complete | Error | WaitingForRetry | Cancelled)
             }
             WaitingForRetry => matches!(to, Enqueued | Cancelled | ResolvedManually),
-            Error => matches!(to, ResolvedManually),
-            Complete | Cancelled | ResolvedManually => false,
+            // Only by an operator's repair: a failed step retried with fresh
+            // attempts, or a step its task's failure cancelled revived.
+            Error => matches!(to, Pending | ResolvedManually),
+            Cancelled => matches!(to, Pending | ResolvedManually),
+            Complete | ResolvedManually => false,
         }
     }
 
@@ -183,7 +186,8 @@ impl TaskState {
             ),
             WaitingForRetry => matches!(to, EvaluatingResults),
             BlockedByFailures => matches!(to, EvaluatingResults | Error | ResolvedManually),
-            Error => matches!(to, ResolvedManually),
+            // A failed task goes on again only by an operator's repair.
+            Error => matches!(to, EvaluatingResults | ResolvedManually),
             Complete | Cancelled | ResolvedManually => false,
         }
     }

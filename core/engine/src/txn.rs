@@ -150,6 +150,12 @@ impl TaskTxn {
     ) -> Result<(), IllegalTransition> {
         let task = &mut self.graph.task;
         task.state.check(to)?;
+        // A task that leaves an end (an operator's repair) goes on without
+        // the error it ended with; the stores drop it likewise.
+        if task.state.is_terminal() && !to.is_terminal() {
+            task.error = None;
+            task.completed_at = None;
+        }
         let transition = TaskTransition {
             task_id: task.id,
             from: Some(task.state),
@@ -196,8 +202,10 @@ impl TaskTxn {
         let step = &mut self.graph.steps[idx];
         step.state.check(to)?;
         let from = step.state;
+        let limit = step.max_attempts;
         change(step);
         step.state = to;
+        let max_attempts = (step.max_attempts != limit).then_some(step.max_attempts);
         self.ops.push(WriteOp::Step {
             transition: StepTransition {
                 task_id: step.task_id,
@@ -212,6 +220,7 @@ impl TaskTxn {
             attempts: step.attempts,
             backoff_until: step.backoff_until,
             outcome: step.outcome.clone(),
+            max_attempts,
         });
         Ok(())
     }
@@ -235,6 +244,7 @@ impl TaskTxn {
             attempts: 0,
             backoff_until: None,
             outcome: None,
+            max_attempts: None,
         });
         for &from in parents {
             let edge = Edge { from, to: step.id };

@@ -48,6 +48,9 @@ struct StepMove<'a> {
     attempts: u32,
     backoff_until: Option<DateTime<Utc>>,
     outcome: Option<&'a StepOutcome>,
+    /// Only when changed (an operator's retry): the column is left as it is otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
     #[serde(skip)]
     transitions: u32,
 }
@@ -116,6 +119,7 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                 attempts,
                 backoff_until,
                 outcome,
+                max_attempts,
             } => {
                 let i = *moved.entry(transition.step_id).or_insert_with(|| {
                     moves.push(StepMove {
@@ -126,6 +130,7 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                         attempts: *attempts,
                         backoff_until: None,
                         outcome: None,
+                        max_attempts: None,
                         transitions: 0,
                     });
                     moves.len() - 1
@@ -135,6 +140,7 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                 m.attempts = *attempts;
                 m.backoff_until = *backoff_until;
                 m.outcome = outcome.as_ref();
+                m.max_attempts = max_attempts.or(m.max_attempts);
                 m.transitions += 1;
                 c.step_transitions.push(Numbered {
                     transition,
@@ -204,6 +210,9 @@ impl StepMove<'_> {
         step.attempts = self.attempts;
         step.backoff_until = self.backoff_until;
         step.outcome = self.outcome.cloned();
+        if let Some(limit) = self.max_attempts {
+            step.max_attempts = limit;
+        }
     }
 }
 
@@ -246,6 +255,7 @@ mod tests {
             attempts,
             backoff_until: None,
             outcome: None,
+            max_attempts: None,
         }
     }
 

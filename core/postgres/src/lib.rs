@@ -7,6 +7,7 @@
 mod backend;
 mod change;
 mod errors;
+mod find;
 mod group_commit;
 mod migrate;
 mod notify;

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../migrations/0008_start_step_json.sql")),
     (9, include_str!("../migrations/0009_receive_started.sql")),
     (10, include_str!("../migrations/0010_dead_letters.sql")),
+    (11, include_str!("../migrations/0011_find_tasks.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::queue::Outbox;
 use stepgraph_engine::store::{
-    Committed, Snapshot, StateCounts, Store, StoreError, Stranded, TaskLock,
+    Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter, TaskLock,
+    TaskSummary,
 };
 use stepgraph_engine::*;
 use tokio::time::Instant;
@@ -455,6 +456,14 @@ impl Store for PgStore {
 
     async fn end_leases(&self, leases: &[(StepId, DateTime<Utc>)]) -> Result<(), StoreError> {
         self.release_leases(leases).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        self.find_tasks(filter).await
+    }
+
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+        self.count_stats(since).await
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {

@@ -7,6 +7,7 @@
 mod consumer;
 mod create;
 mod dispatch;
+mod repair;
 mod results;
 mod sweep;
 
@@ -55,9 +56,20 @@ pub enum OrchestratorError {
         state: crate::TaskState,
         action: &'static str,
     },
+    /// The request makes no sense in the step's state.
+    #[error("step `{step}` of task {task_id} is {state}: it cannot be {action}")]
+    WrongStepState {
+        task_id: TaskId,
+        step: String,
+        state: crate::StepState,
+        action: &'static str,
+    },
+    #[error("task {task_id} has no step `{step}`")]
+    NoSuchStep { task_id: TaskId, step: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub namespace: String,
     pub name: String,

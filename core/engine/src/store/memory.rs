@@ -1,12 +1,15 @@
 //! In-memory store for the embedded mode. One mutex guards the data; a
 //! per-task async mutex is the orchestrator's exclusive task lock.
 
-use super::{Committed, StateCounts, Store, StoreError, TaskLock};
+use super::{
+    Committed, Recent, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
+    TemplateStats,
+};
 use crate::model::*;
 use crate::queue::Outbox;
 use crate::state::{StepState, TaskState};
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::collections::HashMap;
@@ -85,6 +88,21 @@ impl MemoryStore {
             }),
         }
     }
+}
+
+fn matches(e: &TaskEntry, f: &TaskFilter) -> bool {
+    let t = &e.task;
+    let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    (f.states.is_empty() || f.states.contains(&t.state))
+        && same(&f.namespace, &t.namespace)
+        && same(&f.name, &t.name)
+        && same(&f.version, &t.version)
+        && f.created_after.is_none_or(|a| t.created_at >= a)
+        && f.created_before.is_none_or(|b| t.created_at < b)
+        && (f.idempotency_key.is_none() || f.idempotency_key == t.idempotency_key)
+        && f.has_failed_step
+            .is_none_or(|want| want == e.steps.iter().any(|s| s.state == StepState::Error))
+        && f.older_than.is_none_or(|id| t.id < id)
 }
 
 fn conflict(msg: String) -> StoreError {
@@ -183,6 +201,10 @@ impl Inner {
                     error,
                 } => {
                     let t = &mut entry.task;
+                    if t.state.is_terminal() && !transition.to.is_terminal() {
+                        t.error = None;
+                        t.completed_at = None;
+                    }
                     t.state = transition.to;
                     t.updated_at = transition.at;
                     if result.is_some() {
@@ -202,9 +224,13 @@ impl Inner {
                     attempts,
                     backoff_until,
                     outcome,
+                    max_attempts,
                 } => {
                     let (_, idx) = self.step_index[&transition.step_id];
                     let s = &mut entry.steps[idx];
+                    if let Some(limit) = max_attempts {
+                        s.max_attempts = limit;
+                    }
                     s.state = transition.to;
                     s.attempts = attempts;
                     s.backoff_until = backoff_until;
@@ -417,6 +443,61 @@ impl Store for MemoryStore {
         Ok(StateCounts {
             tasks: tasks.into_iter().collect(),
             steps: steps.into_iter().collect(),
+        })
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        let inner = self.inner.lock();
+        let mut found: Vec<&TaskEntry> = inner
+            .tasks
+            .values()
+            .filter(|e| matches(e, filter))
+            .collect();
+        found.sort_by_key(|e| std::cmp::Reverse(e.task.id));
+        Ok(found
+            .into_iter()
+            .take(filter.limit)
+            .map(|e| TaskSummary::from(&e.task))
+            .collect())
+    }
+
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
+        let inner = self.inner.lock();
+        let mut by_template: std::collections::BTreeMap<(String, String), TemplateStats> =
+            Default::default();
+        let mut recent = Recent {
+            since: Some(since),
+            ..Recent::default()
+        };
+        for e in inner.tasks.values() {
+            let key = (e.task.namespace.clone(), e.task.name.clone());
+            let t = by_template.entry(key).or_insert_with(|| TemplateStats {
+                namespace: e.task.namespace.clone(),
+                name: e.task.name.clone(),
+                ..TemplateStats::default()
+            });
+            *t.tasks.entry(e.task.state.to_string()).or_default() += 1;
+            for s in &e.steps {
+                *t.steps.entry(s.state.to_string()).or_default() += 1;
+            }
+            let recently = |at: &DateTime<Utc>| *at >= since;
+            recent.failed_tasks += e
+                .transitions
+                .task
+                .iter()
+                .filter(|t| t.to == TaskState::Error && recently(&t.at))
+                .count() as i64;
+            for t in e.transitions.steps.iter().filter(|t| recently(&t.at)) {
+                match t.to {
+                    StepState::Error => recent.failed_steps += 1,
+                    StepState::WaitingForRetry => recent.retries += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Stats {
+            templates: by_template.into_values().collect(),
+            recent,
         })
     }
 }

@@ -2,7 +2,10 @@
 //! under an exclusive per-task lock, decides, and hands back a batch of
 //! [`WriteOp`]s applied atomically, so a backend needs few round trips per step.
 
+mod list;
 mod memory;
+
+pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};
 
 pub use memory::MemoryStore;
 
@@ -142,6 +145,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many tasks and steps are in each state (for metrics).
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+
+    /// The tasks `filter` matches, newest first, at most `filter.limit`.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, StoreError>;
+
+    /// Tasks and steps by template and state; failures and retries since `since`.
+    async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
 
     /// What may have lost its message. Steps whose lease ran out while
     /// Enqueued or InProgress (the worker they were leased to died); they
