@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod find_bench;
 mod fixtures;
 mod server;
 
@@ -37,6 +38,11 @@ enum Command {
         /// Gives up waiting after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+    },
+    /// API tokens: `stepgraph tokens new --name NAME --scope read|write|admin`.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
     },
     /// Checks template files; prints every problem and exits non-zero on any.
     Validate {
@@ -100,11 +106,39 @@ enum Command {
         /// directly by the worker whose commit made it ready.
         #[arg(long, requires = "database_url")]
         no_eager_dispatch: bool,
+        /// With --database-url: fill the database (once) with this many
+        /// tasks of history, then time the first page of task lists.
+        #[arg(long, requires = "database_url")]
+        list_tasks: Option<usize>,
         /// The seed's FFI rows (linear, diamond) with this language's handlers
         /// beside native Rust ones (its package must be installed: ./scripts/setup).
         #[arg(long, value_enum)]
         language: Option<bench::Language>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Makes a random token and prints it with the configuration that admits it.
+    New {
+        /// Who uses it: recorded in the audit trail of every repair it makes.
+        #[arg(long)]
+        name: String,
+        /// read (get, list, wait, stats), write (also create, cancel) or admin (also retry, resolve).
+        #[arg(long, default_value = "read")]
+        scope: String,
+    },
+}
+
+/// Prints a new token and the lines that configure it (its hash, never the token).
+fn new_token(name: &str, scope: &str) -> Result<bool> {
+    let (token, hash) = stepgraph_http::new_token().map_err(anyhow::Error::msg)?;
+    stepgraph_http::Token::new(name, scope, &hash).map_err(anyhow::Error::msg)?;
+    println!("token: {token}");
+    println!("(give it to its user; only its hash is kept)\n");
+    println!("[[tokens]]\nname = {name:?}\nscope = {scope:?}\nhash = {hash:?}\n");
+    println!("or: STEPGRAPH_TOKENS={name}:{scope}:{hash}");
+    Ok(true)
 }
 
 /// Where a server process gets its settings (flags win over the environment and the file).
@@ -210,6 +244,9 @@ fn main() -> ExitCode {
                 timeout_secs,
             } => run(template, &context, Duration::from_secs(timeout_secs)).await,
             Command::Validate { files } => validate(&files),
+            Command::Tokens {
+                command: TokensCommand::New { name, scope },
+            } => new_token(&name, &scope),
             Command::Migrate { .. } => server::migrate(&settings()?).await.map(|()| true),
             Command::Serve { .. } => server::serve(&settings()?).await.map(|()| true),
             Command::Worker { .. } => server::worker(&settings()?).await.map(|()| true),
@@ -225,7 +262,14 @@ fn main() -> ExitCode {
                 queue,
                 amqp_url,
                 no_eager_dispatch,
+                list_tasks,
             } => {
+                if let Some(n) = list_tasks {
+                    let url = database_url.as_deref().unwrap_or_default();
+                    return find_bench::run(url, n, iterations.max(1))
+                        .await
+                        .map(|()| true);
+                }
                 // The flags, with the other STEPGRAPH_* settings (AMQP prefix, expiry).
                 let mut settings = Settings::load(None)?;
                 settings.queue = queue.clone();

@@ -92,6 +92,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
             (state, Some(engine), mode)
         }
     };
+    let state = state.with_auth(auth(config, listener.local_addr()?)?);
     // Tests and scripts read the bound address (the port may be 0).
     println!("listening on http://{}{mode}", listener.local_addr()?);
     let limits = api::Limits {
@@ -106,6 +107,29 @@ pub async fn serve(config: &Settings) -> Result<()> {
         orchestrating.await?;
     }
     Ok(())
+}
+
+/// The API's tokens. Without any, the API is open: allowed on a loopback
+/// address, elsewhere only when the settings say `insecure` (logged).
+fn auth(config: &Settings, addr: std::net::SocketAddr) -> Result<api::Auth> {
+    let tokens = config
+        .tokens
+        .iter()
+        .map(|t| api::Token::new(&t.name, &t.scope, &t.hash))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("serve: {e}"))?;
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        if !config.insecure {
+            anyhow::bail!(
+                "serve: no API tokens are configured and {addr} is not a loopback address: anyone \
+                 who reaches it could create, cancel and repair tasks. Configure tokens \
+                 ([[tokens]] or STEPGRAPH_TOKENS; `stepgraph tokens new` makes one), listen on \
+                 127.0.0.1, or set insecure = true (STEPGRAPH_INSECURE=true) to serve it open"
+            );
+        }
+        tracing::warn!(%addr, "the API is open to anyone who reaches this address (insecure = true, no tokens)");
+    }
+    Ok(api::Auth::new(tokens, config.open_probes))
 }
 
 pub async fn worker(config: &Settings) -> Result<()> {

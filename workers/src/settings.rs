@@ -43,6 +43,14 @@ pub struct Settings {
     pub http_header_timeout_ms: u64,
     /// `serve`: connections open at once; beyond them one is closed at once.
     pub http_max_connections: usize,
+    /// `serve`: the API's bearer tokens (`[[tokens]]` in the file, or
+    /// `STEPGRAPH_TOKENS=name:scope:sha256:<hex>,...`). None: the API is
+    /// open, which `serve` allows only on a loopback address.
+    pub tokens: Vec<TokenSetting>,
+    /// `serve`: allow an open API (no tokens) on a non-loopback address.
+    pub insecure: bool,
+    /// `serve`: `/health` and `/metrics` answer without a token.
+    pub open_probes: bool,
     pub max_connections: u32,
     /// The process's runtime threads: 0 is one per CPU core; 1 is a
     /// single-thread runtime (several processes sharing a few cores switch
@@ -58,6 +66,16 @@ pub struct Settings {
     pub max_deliveries: u32,
     pub orchestrator: OrchestratorSection,
     pub worker: WorkerSection,
+}
+
+/// One API token as configured: its name, scope (read, write, admin) and
+/// hash (`sha256:<hex>`; `stepgraph tokens new` makes a token and its line).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSetting {
+    pub name: String,
+    pub scope: String,
+    pub hash: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +123,9 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             http_header_timeout_ms: 5_000,
             http_max_connections: 10_000,
+            tokens: Vec::new(),
+            insecure: false,
+            open_probes: true,
             max_connections: 10,
             threads: 0,
             queue_fallback_poll_ms: 5_000,
@@ -224,6 +245,29 @@ impl Settings {
         env_num("MAX_CONNECTIONS", &mut c.max_connections)?;
         env_num("HTTP_HEADER_TIMEOUT_MS", &mut c.http_header_timeout_ms)?;
         env_num("HTTP_MAX_CONNECTIONS", &mut c.http_max_connections)?;
+        env_bool("INSECURE", &mut c.insecure)?;
+        env_bool("OPEN_PROBES", &mut c.open_probes)?;
+        if let Some(list) = std::env::var("STEPGRAPH_TOKENS")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            c.tokens = list
+                .split(',')
+                .map(|t| {
+                    let mut parts = t.trim().splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(name), Some(scope), Some(hash)) => Ok(TokenSetting {
+                            name: name.into(),
+                            scope: scope.into(),
+                            hash: hash.into(),
+                        }),
+                        _ => Err(SettingsError::Invalid(format!(
+                            "STEPGRAPH_TOKENS: {t:?} is not name:scope:sha256:<hex>"
+                        ))),
+                    }
+                })
+                .collect::<Result<_>>()?;
+        }
         env_num("THREADS", &mut c.threads)?;
         env_num("QUEUE_FALLBACK_POLL_MS", &mut c.queue_fallback_poll_ms)?;
         env_num("WAIT_FALLBACK_POLL_MS", &mut c.wait_fallback_poll_ms)?;

@@ -1,0 +1,63 @@
+//! Every answer that is not a success: a status and `{"error": message}`,
+//! the status chosen by what went wrong (a client's mistake is a 4xx).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use stepgraph_engine::{OrchestratorError, StoreError, TaskId};
+
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::TaskNotFound(_) | StoreError::StepNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Conflict(_) | StoreError::DuplicateIdempotencyKey { .. } => {
+                StatusCode::CONFLICT
+            }
+            StoreError::KeyTaken { .. } => StatusCode::CONFLICT,
+            StoreError::Backend(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Not the client's mistake, and no retry will help: the server's
+            // own stored rows (changed by hand, or by another version).
+            StoreError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        match e {
+            OrchestratorError::Store(s) => s.into(),
+            OrchestratorError::TemplateNotFound { .. }
+            | OrchestratorError::InvalidContext { .. } => {
+                ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            OrchestratorError::InvalidRequest(_) => {
+                ApiError(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            OrchestratorError::NoSuchStep { .. } => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            OrchestratorError::Contention { .. }
+            | OrchestratorError::WrongState { .. }
+            | OrchestratorError::WrongStepState { .. }
+            | OrchestratorError::IdempotencyKeyReused { .. } => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
+            OrchestratorError::Queue(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            OrchestratorError::Illegal(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+        }
+    }
+}
+
+pub fn task_id(raw: &str) -> Result<TaskId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("not a task id: {raw:?}")))
+}
