@@ -19,7 +19,9 @@ pub fn registry() -> HandlerRegistry {
         .register("csv.analyze", csv::Analyze)
         .register("csv.process_batch", csv::ProcessBatch)
         .register("csv.aggregate", csv::Aggregate)
-        .register("util.sleep", util::Sleep);
+        .register("util.sleep", util::Sleep)
+        .register("util.require_file", util::RequireFile)
+        .register("util.echo_dependencies", util::EchoDependencies);
     r
 }
 
@@ -45,6 +47,40 @@ pub mod util {
                 .unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(StepOutput::Success(json!({ "slept_ms": ms })))
+        }
+    }
+
+    /// Fails permanently unless the file `input.required_file` exists: a
+    /// stand-in for an outage an operator fixes, then retries the task.
+    pub struct RequireFile;
+
+    #[async_trait]
+    impl StepHandler for RequireFile {
+        async fn call(&self, ctx: &StepContext) -> HandlerResult {
+            let path = ctx
+                .input
+                .get("required_file")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !std::path::Path::new(path).exists() {
+                return Err(crate::HandlerError::permanent(format!(
+                    "required file {path:?} does not exist"
+                )));
+            }
+            Ok(StepOutput::Success(json!({ "found": path })))
+        }
+    }
+
+    /// Returns the results of its dependencies by step name: what a step
+    /// after a repaired one was given.
+    pub struct EchoDependencies;
+
+    #[async_trait]
+    impl StepHandler for EchoDependencies {
+        async fn call(&self, ctx: &StepContext) -> HandlerResult {
+            Ok(StepOutput::Success(Value::Object(
+                ctx.dependency_results.clone(),
+            )))
         }
     }
 }
