@@ -97,6 +97,7 @@ export function hostOptions(options: EngineOptions, names: string[]): Record<str
     completion_capacity: options.completionCapacity ?? 1024,
     failure_threshold: options.breakerFailureThreshold ?? 5,
     cool_down_ms: options.breakerCoolDownMs ?? 30_000,
+    language: "typescript",
   };
 }
 

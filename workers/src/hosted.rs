@@ -37,6 +37,8 @@ pub struct WorkerOptions {
     /// Steps run at once (of the built-in Rust handlers; the foreign ones
     /// are limited by what the language side asks for); None: `STEPGRAPH_WORKER_CONCURRENCY`.
     pub concurrency: Option<usize>,
+    /// The language side's language, as the worker registry shows it.
+    pub language: String,
 }
 
 impl WorkerOptions {
@@ -88,6 +90,13 @@ pub struct EngineOptions {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// The caller's language, for the worker registry.
+    #[serde(default = "default_language")]
+    pub language: String,
+}
+
+fn default_language() -> String {
+    "c".into()
 }
 
 fn default_capacity() -> usize {
@@ -256,7 +265,8 @@ impl HostedEngine {
         let worker = runtime.block_on(async {
             let worker =
                 crate::backend::connect_worker(&settings, templates, registry, Some(credits))
-                    .await?;
+                    .await?
+                    .in_language(&options.language);
             let (trigger, shutdown) = shutdown_channel();
             let task = tokio::spawn(Arc::new(worker).run(shutdown));
             Ok::<_, HostedError>((trigger, task))
@@ -294,6 +304,7 @@ impl HostedEngine {
                     queue: options.queue,
                     namespaces: options.namespaces,
                     concurrency: options.concurrency,
+                    language: options.language,
                 },
                 config,
             ),

@@ -12,7 +12,7 @@ use stepgraph_engine::queue::poison::{self, ProcessError};
 use stepgraph_engine::queue::{
     encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
 };
-use stepgraph_engine::store::Snapshot;
+use stepgraph_engine::store::{Snapshot, WorkerInfo};
 use stepgraph_engine::{
     Claimed, Eager, OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError,
     StepMessage, StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
@@ -45,6 +45,10 @@ pub struct WorkerConfig {
     /// Deliveries of a step message that failed the same way before it is
     /// dead-lettered and its task failed ([`poison`]).
     pub max_deliveries: u32,
+    /// What this worker's handlers are written in, for the registry.
+    pub language: String,
+    /// How often it tells the registry it is alive.
+    pub heartbeat: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -59,6 +63,8 @@ impl Default for WorkerConfig {
             lazy_start: Duration::from_millis(100),
             eager_dispatch: true,
             max_deliveries: poison::DEFAULT_MAX_DELIVERIES,
+            language: "rust".into(),
+            heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +133,13 @@ impl Worker {
         self
     }
 
+    /// Whose handlers these are (`python`, `ruby`, `typescript`; `rust`
+    /// by default), as the registry shows it.
+    pub fn in_language(mut self, language: &str) -> Worker {
+        self.config.language = language.to_string();
+        self
+    }
+
     /// The namespaces whose steps this worker runs.
     pub fn namespaces(&self) -> &[String] {
         &self.config.namespaces
@@ -135,6 +148,8 @@ impl Worker {
     /// Serves every configured namespace until shutdown, then waits (up to the
     /// grace period) for running steps; unfinished ones are redelivered later.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let id = uuid::Uuid::now_v7();
+        let beating = tokio::spawn(self.clone().heartbeat(id, shutdown.clone()));
         let loops: Vec<_> = self
             .config
             .namespaces
@@ -159,6 +174,61 @@ impl Worker {
             .is_err()
         {
             tracing::warn!("shutdown grace period over; unfinished steps will be redelivered");
+        }
+        let _ = beating.await;
+        if let Err(e) = self.store.heartbeat(id, true).await {
+            tracing::warn!(error = %e, "telling the registry this worker stopped failed");
+        }
+    }
+
+    /// What this worker tells the registry about itself.
+    fn info(&self, id: uuid::Uuid) -> WorkerInfo {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let concurrency = match &self.slots {
+            Slots::Concurrency(_) => self.config.concurrency,
+            // Granted by the language side as its handlers free up.
+            Slots::Credits(c) => c.permits.available_permits().max(self.config.concurrency),
+        };
+        WorkerInfo {
+            id,
+            host,
+            pid: std::process::id(),
+            language: self.config.language.clone(),
+            namespaces: self.config.namespaces.clone(),
+            handlers: self
+                .handlers
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            concurrency,
+            heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Registers this worker, then heartbeats until shutdown. A registry
+    /// that cannot be reached is tried again at the next beat; the steps
+    /// run meanwhile.
+    async fn heartbeat(self: Arc<Self>, id: uuid::Uuid, mut shutdown: Shutdown) {
+        let info = self.info(id);
+        let mut registered = false;
+        loop {
+            let told = match registered {
+                false => self.store.register_worker(&info).await,
+                true => self.store.heartbeat(id, false).await,
+            };
+            match told {
+                Ok(()) => registered = true,
+                Err(e) => tracing::warn!(error = %e, "the worker registry cannot be reached"),
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(self.config.heartbeat) => {}
+            }
         }
     }
 

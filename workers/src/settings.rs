@@ -109,6 +109,9 @@ pub struct WorkerSection {
     pub breaker_failure_threshold: u32,
     /// How long an open breaker refuses its handler's steps.
     pub breaker_cool_down_ms: u64,
+    /// How often a worker tells the registry it is alive (three missed
+    /// heartbeats and `GET /v1/workers` shows it gone).
+    pub heartbeat_ms: u64,
 }
 
 impl Default for Settings {
@@ -159,6 +162,7 @@ impl Default for WorkerSection {
             shutdown_grace_ms: 30_000,
             breaker_failure_threshold: 5,
             breaker_cool_down_ms: 30_000,
+            heartbeat_ms: 5_000,
         }
     }
 }
@@ -304,6 +308,7 @@ impl Settings {
             "WORKER_BREAKER_COOL_DOWN_MS",
             &mut c.worker.breaker_cool_down_ms,
         )?;
+        env_num("WORKER_HEARTBEAT_MS", &mut c.worker.heartbeat_ms)?;
         c.transport()?;
         Ok(c)
     }
@@ -366,6 +371,7 @@ impl Settings {
             shutdown_grace: Duration::from_millis(self.worker.shutdown_grace_ms),
             eager_dispatch: self.worker.eager_dispatch,
             max_deliveries: self.max_deliveries,
+            heartbeat: Duration::from_millis(self.worker.heartbeat_ms.max(1)),
             ..Default::default()
         }
     }

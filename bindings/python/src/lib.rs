@@ -74,6 +74,7 @@ impl NativeEngine {
             queue,
             namespaces,
             concurrency: Some(concurrency),
+            language: "python".into(),
         };
         let inner = py
             .allow_threads(|| {

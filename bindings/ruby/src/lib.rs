@@ -113,6 +113,7 @@ impl NativeEngine {
             queue,
             namespaces,
             concurrency: Some(concurrency),
+            language: "ruby".into(),
         };
         without_gvl(ruby, || {
             HostedEngine::worker(

@@ -219,7 +219,7 @@ impl TaskState {
 }
 
 macro_rules! display_from_str {
-    ($ty:ty) => {
+    ($ty:ty, $what:literal) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -233,14 +233,17 @@ macro_rules! display_from_str {
                     .iter()
                     .copied()
                     .find(|state| state.as_str() == s)
-                    .ok_or_else(|| format!("unknown {}: {s:?}", stringify!($ty)))
+                    .ok_or_else(|| {
+                        let known: Vec<_> = <$ty>::ALL.iter().map(|t| t.as_str()).collect();
+                        format!("unknown {} {s:?} (one of {})", $what, known.join(", "))
+                    })
             }
         }
     };
 }
 
-display_from_str!(StepState);
-display_from_str!(TaskState);
+display_from_str!(StepState, "step state");
+display_from_str!(TaskState, "task state");
 
 #[cfg(test)]
 mod tests {

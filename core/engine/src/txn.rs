@@ -132,6 +132,11 @@ impl TaskTxn {
         true
     }
 
+    /// The write batch so far.
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.ops.is_empty()
     }

@@ -36,13 +36,7 @@ pub(crate) fn filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
         match key.as_str() {
             "state" => {
                 for s in value.split(',').filter(|s| !s.is_empty()) {
-                    let state = TaskState::ALL
-                        .into_iter()
-                        .find(|t| t.as_str() == s)
-                        .ok_or_else(|| {
-                            let known: Vec<_> = TaskState::ALL.iter().map(|t| t.as_str()).collect();
-                            bad(format!("unknown state {s:?} (one of {})", known.join(", ")))
-                        })?;
+                    let state: TaskState = s.parse().map_err(bad)?;
                     if !f.states.contains(&state) {
                         f.states.push(state);
                     }

@@ -83,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/stats", get(find::stats))
         .route("/v1/templates", get(status::templates))
+        .route("/v1/workers", get(status::workers))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })

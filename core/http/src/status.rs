@@ -1,5 +1,5 @@
-//! What an operator reads about the whole system: the templates, health,
-//! and Prometheus metrics.
+//! What an operator reads about the whole system: the templates, the
+//! workers, health, and Prometheus metrics.
 
 use crate::error::ApiError;
 use crate::ApiState;
@@ -35,6 +35,14 @@ pub(crate) async fn templates(State(s): State<ApiState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "templates": all }))
+}
+
+/// The workers seen in the last day: live ones first (`live`, `gone` after
+/// three missed heartbeats, `stopped` when they shut down cleanly).
+pub(crate) async fn workers(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let workers = s.store.workers(since).await?;
+    Ok(Json(json!({ "workers": workers })))
 }
 
 pub(crate) async fn health(State(s): State<ApiState>) -> Response {

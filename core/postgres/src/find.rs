@@ -163,8 +163,9 @@ fn summary(row: Row) -> Result<TaskSummary, StoreError> {
         updated,
         completed,
     ) = row;
-    let state: TaskState = serde_json::from_value(Value::String(state))
-        .map_err(|e| StoreError::Unreadable(format!("task {id} state: {e}")))?;
+    let state: TaskState = state
+        .parse()
+        .map_err(|e| StoreError::Unreadable(format!("task {id}: {e}")))?;
     Ok(TaskSummary {
         id,
         namespace,

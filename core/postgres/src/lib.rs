@@ -14,6 +14,7 @@ mod notify;
 mod queue;
 mod store;
 mod sweep;
+mod workers;
 
 pub use backend::{redact, PgBackend, PgOptions};
 pub use migrate::migrate;

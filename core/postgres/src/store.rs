@@ -16,7 +16,7 @@ use std::time::Duration;
 use stepgraph_engine::queue::Outbox;
 use stepgraph_engine::store::{
     Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter, TaskLock,
-    TaskSummary,
+    TaskSummary, WorkerInfo, WorkerRecord,
 };
 use stepgraph_engine::*;
 use tokio::time::Instant;
@@ -429,8 +429,9 @@ impl Store for PgStore {
             .fetch_optional(pool))
             .map_err(backend_error)?;
         let state = state.ok_or(StoreError::TaskNotFound(task_id))?;
-        let from: TaskState = serde_json::from_value(Value::String(state))
-            .map_err(|e| StoreError::Unreadable(format!("task {task_id} state: {e}")))?;
+        let from: TaskState = state
+            .parse()
+            .map_err(|e| StoreError::Unreadable(format!("task {task_id}: {e}")))?;
         let path: Vec<&str> = from
             .path_to_error()
             .into_iter()
@@ -464,6 +465,18 @@ impl Store for PgStore {
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
         self.count_stats(since).await
+    }
+
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
+        self.put_worker(worker).await
+    }
+
+    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError> {
+        self.beat(worker, stopped).await
+    }
+
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.read_workers(since).await
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {

@@ -7,6 +7,7 @@
 mod consumer;
 mod create;
 mod dispatch;
+mod log;
 mod repair;
 mod results;
 mod sweep;
@@ -196,7 +197,11 @@ impl Orchestrator {
         taken: Vec<Taken>,
     ) -> Result<Vec<Claimed>, OrchestratorError> {
         let graph = (!taken.is_empty()).then(|| txn.graph().clone());
+        let notable = log::Notable::of(&txn);
         let mut committed = txn.commit(self.store.as_ref(), outbox).await?;
+        for n in &notable {
+            n.log();
+        }
         std::mem::take(&mut committed.rest)
             .deliver(self.queue.as_ref())
             .await?;

@@ -3,7 +3,7 @@
 
 use super::{
     Committed, Recent, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
-    TemplateStats,
+    TemplateStats, WorkerInfo, WorkerRecord, WorkerState,
 };
 use crate::model::*;
 use crate::queue::Outbox;
@@ -25,9 +25,13 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     tasks: HashMap<TaskId, TaskEntry>,
+    workers: HashMap<uuid::Uuid, Registered>,
     step_index: HashMap<StepId, (TaskId, usize)>,
     idempotency: HashMap<String, TaskId>,
 }
+
+/// A registered worker: what it said, its last heartbeat, when it stopped.
+type Registered = (WorkerInfo, DateTime<Utc>, Option<DateTime<Utc>>);
 
 struct TaskEntry {
     task: Task,
@@ -459,6 +463,45 @@ impl Store for MemoryStore {
             .take(filter.limit)
             .map(|e| TaskSummary::from(&e.task))
             .collect())
+    }
+
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
+        let now = Utc::now();
+        self.inner
+            .lock()
+            .workers
+            .insert(worker.id, (worker.clone(), now, None));
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError> {
+        let now = Utc::now();
+        if let Some(w) = self.inner.lock().workers.get_mut(&worker) {
+            w.1 = now;
+            if stopped {
+                w.2 = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
+        let now = Utc::now();
+        let mut all: Vec<WorkerRecord> = self
+            .inner
+            .lock()
+            .workers
+            .values()
+            .filter(|(_, beat, _)| *beat >= since)
+            .map(|(info, beat, stopped)| WorkerRecord::new(info.clone(), *beat, *stopped, now))
+            .collect();
+        all.sort_by_key(|w| {
+            (
+                w.state != WorkerState::Live,
+                std::cmp::Reverse(w.info.started_at),
+            )
+        });
+        Ok(all)
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {

@@ -4,8 +4,10 @@
 
 mod list;
 mod memory;
+mod workers;
 
 pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};
+pub use workers::{WorkerInfo, WorkerRecord, WorkerState, MISSED_HEARTBEATS};
 
 pub use memory::MemoryStore;
 
@@ -151,6 +153,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Tasks and steps by template and state; failures and retries since `since`.
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError>;
+
+    /// Records a worker that starts (or says so again).
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError>;
+
+    /// The worker is alive now; with `stopped`, it stopped cleanly.
+    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError>;
+
+    /// The workers seen since `since`, newest first, live ones first.
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError>;
 
     /// What may have lost its message. Steps whose lease ran out while
     /// Enqueued or InProgress (the worker they were leased to died); they

@@ -1,0 +1,72 @@
+//! The worker registry: every worker process says who it is when it
+//! starts and heartbeats while it runs, so an operator sees which are live,
+//! which languages and handlers they serve, and which went away.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// What a worker says of itself when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerInfo {
+    pub id: Uuid,
+    pub host: String,
+    pub pid: u32,
+    /// `rust`, `python`, `ruby` or `typescript`.
+    pub language: String,
+    pub namespaces: Vec<String>,
+    pub handlers: Vec<String>,
+    pub concurrency: usize,
+    /// How often it heartbeats: three missed heartbeats make it gone.
+    pub heartbeat_ms: u64,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A registered worker as last seen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerRecord {
+    #[serde(flatten)]
+    pub info: WorkerInfo,
+    pub heartbeat_at: DateTime<Utc>,
+    /// When it stopped cleanly (None: running, or died).
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub state: WorkerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Live,
+    /// Stopped cleanly.
+    Stopped,
+    /// Missed three heartbeats: killed, hung, or cut off.
+    Gone,
+}
+
+/// Heartbeats a worker may miss before it counts as gone.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+impl WorkerRecord {
+    pub fn new(
+        info: WorkerInfo,
+        heartbeat_at: DateTime<Utc>,
+        stopped_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let late =
+            chrono::Duration::milliseconds((info.heartbeat_ms * MISSED_HEARTBEATS as u64) as i64);
+        let state = if stopped_at.is_some() {
+            WorkerState::Stopped
+        } else if now - heartbeat_at > late {
+            WorkerState::Gone
+        } else {
+            WorkerState::Live
+        };
+        WorkerRecord {
+            info,
+            heartbeat_at,
+            stopped_at,
+            state,
+        }
+    }
+}
