@@ -1,9 +1,12 @@
 //! The `stepgraph` command line: run a template, validate templates, bench.
 
+mod api_client;
 mod bench;
 mod cluster;
 mod find_bench;
 mod fixtures;
+mod logging;
+mod ops_cli;
 mod server;
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +41,18 @@ enum Command {
         /// Gives up waiting after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+    },
+    /// Finds, shows, retries, resolves and cancels tasks through the HTTP API.
+    Tasks {
+        #[command(subcommand)]
+        command: ops_cli::TasksCommand,
+        #[command(flatten)]
+        api: ops_cli::ApiArgs,
+    },
+    /// Lists the workers: live, gone (missed heartbeats) and stopped.
+    Workers {
+        #[command(flatten)]
+        api: ops_cli::ApiArgs,
     },
     /// API tokens: `stepgraph tokens new --name NAME --scope read|write|admin`.
     Tokens {
@@ -207,14 +222,12 @@ enum RuntimeKind {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STEPGRAPH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Serve { .. } | Command::Worker { .. });
+    if let Err(e) = logging::init(server) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     // Servers and workers: the file, the environment and their flags, read once.
     let settings = match cli.command.server_settings() {
         Some(Ok(c)) => Some(c),
@@ -247,6 +260,8 @@ fn main() -> ExitCode {
             Command::Tokens {
                 command: TokensCommand::New { name, scope },
             } => new_token(&name, &scope),
+            Command::Tasks { command, api } => ops_cli::tasks(&api, command).await,
+            Command::Workers { api } => ops_cli::workers(&api).await,
             Command::Migrate { .. } => server::migrate(&settings()?).await.map(|()| true),
             Command::Serve { .. } => server::serve(&settings()?).await.map(|()| true),
             Command::Worker { .. } => server::worker(&settings()?).await.map(|()| true),

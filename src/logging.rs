@@ -1,0 +1,34 @@
+//! Where the process's logs go: stderr, as text (coloured only on a
+//! terminal) or, with `STEPGRAPH_LOG_FORMAT=json`, one JSON object per
+//! line. `STEPGRAPH_LOG` filters them (`info`, `warn`,
+//! `stepgraph_engine=debug`, ...); without it servers and workers log at
+//! info (tasks created and ended, steps failed, retried, timed out,
+//! dead-lettered, circuits opened and closed) and the other commands at warn.
+
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(server: bool) -> Result<(), String> {
+    // sqlx reports PostgreSQL's notices (a migration's "already exists") at info.
+    let default = if server { "info,sqlx=warn" } else { "warn" };
+    let filter = match std::env::var("STEPGRAPH_LOG") {
+        Ok(f) if !f.is_empty() => {
+            EnvFilter::try_new(&f).map_err(|e| format!("STEPGRAPH_LOG={f:?}: {e}"))?
+        }
+        _ => EnvFilter::new(default),
+    };
+    let format = std::env::var("STEPGRAPH_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.as_str() {
+        "" | "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        "json" => builder.json().flatten_event(true).init(),
+        other => {
+            return Err(format!(
+                "STEPGRAPH_LOG_FORMAT={other:?}: use text (the default) or json"
+            ))
+        }
+    }
+    Ok(())
+}
