@@ -1,10 +1,12 @@
 """A client of the HTTP API of `stepgraph serve`: create tasks, read them,
-wait for them (long-polling: the server answers when the task ends), cancel
-them. Standard library only."""
+wait for them (long-polling: the server answers when the task ends), find
+them, count them, cancel, retry and resolve them, list the workers.
+Standard library only."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -27,14 +29,18 @@ class ApiError(StepgraphError):
 
 
 class Client:
-    """``Client("http://127.0.0.1:8080")``; every call raises :class:`ApiError`
-    for a refusal and :class:`StepgraphError` when the server is unreachable."""
+    """``Client("http://127.0.0.1:8080", token=...)``; every call raises
+    :class:`ApiError` for a refusal (401 without a valid token, 403 for a
+    scope too small) and :class:`StepgraphError` when the server is
+    unreachable. ``token`` is a bearer token of the server's (see
+    ``stepgraph tokens new``); without one, ``STEPGRAPH_TOKEN`` if set."""
 
-    def __init__(self, url: str, timeout: float = 30.0):
+    def __init__(self, url: str, timeout: float = 30.0, token: Optional[str] = None):
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             self.url = "http://" + self.url
         self.timeout = timeout
+        self.token = token if token is not None else (os.environ.get("STEPGRAPH_TOKEN") or None)
 
     def create_task(
         self,
@@ -84,6 +90,65 @@ class Client:
         """Cancels the task (its running steps finish, nothing new starts)."""
         return self._request("POST", f"/v1/tasks/{_quote(task_id)}/cancel")
 
+    def list_tasks(
+        self,
+        state: Any = None,
+        namespace: Optional[str] = None,
+        name: Optional[str] = None,
+        version: Optional[str] = None,
+        created_after: Optional[str] = None,
+        created_before: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        has_failed_step: Optional[bool] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> dict:
+        """Finds tasks, newest first: ``{"tasks": [...], "next_cursor": ...}``.
+        ``state`` is one state or a list of them; ``created_after`` and
+        ``created_before`` are RFC 3339 times; pass ``next_cursor`` as
+        ``cursor`` for the next page (None when this one was the last)."""
+        params: list = []
+        states = [state] if isinstance(state, str) else list(state or [])
+        params.extend(("state", s) for s in states)
+        for key, value in (
+            ("namespace", namespace),
+            ("name", name),
+            ("version", version),
+            ("created_after", created_after),
+            ("created_before", created_before),
+            ("idempotency_key", idempotency_key),
+            ("limit", limit),
+            ("cursor", cursor),
+        ):
+            if value is not None:
+                params.append((key, str(value)))
+        if has_failed_step is not None:
+            params.append(("has_failed_step", "true" if has_failed_step else "false"))
+        query = urllib.parse.urlencode(params)
+        return self._request("GET", "/v1/tasks" + (f"?{query}" if query else ""))
+
+    def stats(self) -> dict:
+        """Tasks and steps by template and state; failures and retries in the last hour."""
+        return self._request("GET", "/v1/stats")
+
+    def retry(self, task_id: str, step: Optional[str] = None, reason: Optional[str] = None) -> dict:
+        """Retries a failed task's steps in error (or only ``step``) with fresh
+        attempts; ``reason`` goes into the audit trail. Needs an admin token."""
+        path = f"/v1/tasks/{_quote(task_id)}" + (f"/steps/{_quote(step)}" if step else "") + "/retry"
+        return self._request("POST", path, {"reason": reason} if reason is not None else {})
+
+    def resolve(self, task_id: str, step: str, result: Any, reason: Optional[str] = None) -> dict:
+        """Ends ``step`` by hand with ``result``, which its dependents run with.
+        Needs an admin token."""
+        body: dict = {"result": result}
+        if reason is not None:
+            body["reason"] = reason
+        return self._request("POST", f"/v1/tasks/{_quote(task_id)}/steps/{_quote(step)}/resolve", body)
+
+    def workers(self) -> list:
+        """The workers seen in the last day: ``state`` live, gone (missed heartbeats) or stopped."""
+        return self._request("GET", "/v1/workers")["workers"]
+
     def templates(self) -> list:
         """The templates the server knows."""
         return self._request("GET", "/v1/templates")["templates"]
@@ -97,6 +162,8 @@ class Client:
         req = urllib.request.Request(self.url + path, method=method, data=data)
         req.add_header("Content-Type", "application/json")
         req.add_header("Accept", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
                 return json.loads(r.read())

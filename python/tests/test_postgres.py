@@ -1,6 +1,7 @@
 """A Python worker in a PostgreSQL deployment: tasks created over the HTTP API
 of a real `stepgraph serve` process, steps run by Python handlers."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -265,3 +266,76 @@ def test_a_python_step_that_outlives_the_grace_is_redelivered_and_completes_else
     assert task["state"] == "complete", task
     assert task["result"] == {"slept_ms": 4000}
     assert completions(task, "nap") == 1
+
+
+EXTRA = ROOT / "tests" / "fixtures" / "extra"
+
+
+def test_client_finds_retries_and_resolves_tasks_and_lists_the_python_worker(database, tmp_path):
+    """Against a serve with tokens: a failed task is found, retried once its
+    cause is fixed, another resolved by hand; a worker registers as Python."""
+    tokens = {"reader": "r-secret", "ops": "o-secret"}
+    env_tokens = ",".join(
+        f"{name}:{'admin' if name == 'ops' else 'read'}:sha256:{hashlib.sha256(t.encode()).hexdigest()}"
+        for name, t in tokens.items()
+    )
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5", STEPGRAPH_TOKENS=env_tokens)
+    proc = subprocess.Popen(
+        [binary(), "serve", "--templates", str(EXTRA), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        addr = proc.stdout.readline().split()[2].removeprefix("http://")
+        ops = stepgraph.Client(addr, token=tokens["ops"])
+        reader = stepgraph.Client(addr, token=tokens["reader"])
+        with pytest.raises(stepgraph.ApiError) as e:
+            stepgraph.Client(addr).list_tasks()
+        assert e.value.status == 401
+
+        @stepgraph.handler("util.require_file")
+        def require_file(ctx):
+            path = ctx.input["required_file"]
+            if not os.path.exists(path):
+                raise stepgraph.PermanentError(f"{path} does not exist")
+            return {"found": path}
+
+        @stepgraph.handler("util.echo_dependencies")
+        def echo(ctx):
+            return dict(ctx.dependency_results)
+
+        flag = tmp_path / "flag"
+        with stepgraph.Worker(database, EXTRA, [require_file, echo], namespaces=["e2e"]):
+            first = ops.run("e2e", "repairable", {"required_file": str(flag)}, timeout=30)
+            second = ops.run("e2e", "repairable", {"required_file": str(tmp_path / "never")}, timeout=30)
+            assert first["state"] == second["state"] == "error"
+            page = reader.list_tasks(state="error", name="repairable", limit=1)
+            assert [t["id"] for t in page["tasks"]] == [second["id"]]
+            rest = reader.list_tasks(state=["error"], has_failed_step=True, cursor=page["next_cursor"])
+            assert [t["id"] for t in rest["tasks"]] == [first["id"]] and rest["next_cursor"] is None
+            stats = reader.stats()
+            assert stats["recent"]["failed_tasks"] == 2
+            with pytest.raises(stepgraph.ApiError) as e:
+                reader.retry(first["id"])
+            assert e.value.status == 403 and "needs admin" in e.value.message
+
+            flag.write_text("")
+            assert ops.retry(first["id"], reason="flag restored")["task_id"] == first["id"]
+            done = ops.wait(first["id"], timeout=30)
+            assert done["state"] == "complete" and done["result"] == {"check": {"found": str(flag)}}
+            ops.resolve(second["id"], "check", {"found": "by hand"}, reason="checked")
+            done = ops.wait(second["id"], timeout=30)
+            assert done["result"] == {"check": {"found": "by hand"}}
+            resolved = [t for t in done["transitions"]["steps"] if t["to"] == "resolved_manually"]
+            assert resolved[0]["metadata"] == {"action": "resolved", "by": "ops", "reason": "checked"}
+            with pytest.raises(stepgraph.ApiError) as e:
+                ops.retry(first["id"], step="check")
+            assert e.value.status == 409
+
+            workers = reader.workers()
+            python = [w for w in workers if w["language"] == "python"]
+            assert len(python) == 1 and python[0]["state"] == "live", workers
+            assert set(python[0]["handlers"]) >= {"util.require_file", "util.echo_dependencies"}
+            assert python[0]["pid"] == os.getpid()
+        assert [w["state"] for w in reader.workers() if w["language"] == "python"] == ["stopped"]
+    finally:
+        proc.kill()
+        proc.wait()

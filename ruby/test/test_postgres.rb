@@ -3,6 +3,9 @@
 require_relative "helper"
 require "open3"
 require "socket"
+require "digest"
+require "tmpdir"
+require "fileutils"
 
 # A database of its own per test, and a real `stepgraph serve` on it.
 module PostgresSetup
@@ -15,7 +18,7 @@ module PostgresSetup
     @url = "postgres://postgres@127.0.0.1:5432/#{@name}"
     binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
     flunk("#{binary} does not exist: build it first (cargo build), or set STEPGRAPH_BIN") unless File.exist?(binary)
-    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5" }
+    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5" }.merge(server_env)
     @server_in, @server_out, @server = Open3.popen2(env, binary, "serve", "--templates", server_templates,
                                                     "--listen", "127.0.0.1:0")
     line = @server_out.gets.to_s
@@ -25,6 +28,10 @@ module PostgresSetup
 
   def server_templates
     TEMPLATES
+  end
+
+  def server_env
+    {}
   end
 
   def teardown
@@ -272,5 +279,78 @@ class GracefulShutdownTest < Minitest::Test
     assert_equal "complete", task["state"], task.inspect
     assert_equal({ "slept_ms" => 4000 }, task["result"])
     assert_equal 1, completions(task, "nap")
+  end
+end
+
+# Operating a deployment from Ruby, against a serve with tokens: a failed
+# task found and retried once its cause is fixed, another resolved by hand,
+# the Ruby worker in the registry.
+class OperationsTest < Minitest::Test
+  include PostgresSetup
+
+  EXTRA = File.join(ROOT, "tests", "fixtures", "extra")
+  TOKENS = { "reader" => "r-secret", "ops" => "o-secret" }.freeze
+
+  def server_templates
+    EXTRA
+  end
+
+  def server_env
+    list = TOKENS.map do |name, token|
+      "#{name}:#{name == 'ops' ? 'admin' : 'read'}:sha256:#{Digest::SHA256.hexdigest(token)}"
+    end
+    { "STEPGRAPH_TOKENS" => list.join(",") }
+  end
+
+  def test_client_finds_retries_resolves_and_lists_the_ruby_worker
+    address = @client.instance_variable_get(:@uri).to_s
+    ops = Stepgraph::Client.new(address, token: TOKENS["ops"])
+    reader = Stepgraph::Client.new(address, token: TOKENS["reader"])
+    assert_equal 401, assert_raises(Stepgraph::ApiError) { @client.list_tasks }.status
+    dir = Dir.mktmpdir
+    flag = File.join(dir, "flag")
+    require_file = Stepgraph.handler("util.require_file") do |ctx|
+      path = ctx.input["required_file"]
+      raise Stepgraph::PermanentError, "#{path} does not exist" unless File.exist?(path)
+
+      { "found" => path }
+    end
+    echo = Stepgraph.handler("util.echo_dependencies") { |ctx| ctx.dependency_results.to_h }
+    w = Stepgraph::Worker.new(database_url: @url, templates_dir: EXTRA, handlers: [require_file, echo],
+                              namespaces: ["e2e"]).start
+    begin
+      first = ops.run("e2e", "repairable", { "required_file" => flag }, timeout: 30)
+      second = ops.run("e2e", "repairable", { "required_file" => File.join(dir, "never") }, timeout: 30)
+      assert_equal %w[error error], [first["state"], second["state"]]
+      page = reader.list_tasks(state: "error", name: "repairable", limit: 1)
+      assert_equal [second["id"]], page["tasks"].map { |t| t["id"] }
+      rest = reader.list_tasks(state: ["error"], has_failed_step: true, cursor: page["next_cursor"])
+      assert_equal [first["id"]], rest["tasks"].map { |t| t["id"] }
+      assert_nil rest["next_cursor"]
+      assert_equal 2, reader.stats["recent"]["failed_tasks"]
+      denied = assert_raises(Stepgraph::ApiError) { reader.retry_task(first["id"]) }
+      assert_equal 403, denied.status
+
+      File.write(flag, "")
+      ops.retry_task(first["id"], reason: "flag restored")
+      done = ops.wait(first["id"], timeout: 30)
+      assert_equal({ "check" => { "found" => flag } }, done["result"])
+      ops.resolve(second["id"], "check", { "found" => "by hand" }, reason: "checked")
+      done = ops.wait(second["id"], timeout: 30)
+      assert_equal({ "check" => { "found" => "by hand" } }, done["result"])
+      resolved = done["transitions"]["steps"].find { |t| t["to"] == "resolved_manually" }
+      assert_equal({ "action" => "resolved", "by" => "ops", "reason" => "checked" }, resolved["metadata"])
+      assert_equal 409, assert_raises(Stepgraph::ApiError) { ops.retry_task(first["id"], step: "check") }.status
+
+      ruby = reader.workers.select { |x| x["language"] == "ruby" }
+      assert_equal 1, ruby.size, reader.workers.inspect
+      assert_equal "live", ruby[0]["state"]
+      assert_equal Process.pid, ruby[0]["pid"]
+      assert_includes ruby[0]["handlers"], "util.require_file"
+    ensure
+      w.stop
+      FileUtils.rm_rf(dir)
+    end
+    assert_equal ["stopped"], reader.workers.select { |x| x["language"] == "ruby" }.map { |x| x["state"] }
   end
 end

@@ -213,6 +213,24 @@ impl TestEnv {
         Process::worker(&self.db, self.templates.path(), env)
     }
 
+    /// Adds a template (as `file`) to this test's templates.
+    pub fn add_template(&self, file: &str, yaml: &str) {
+        std::fs::write(self.templates.path().join(file), yaml).unwrap();
+    }
+
+    /// `stepgraph <args>` on this test's database and templates, its
+    /// standard error written to `log`.
+    pub fn logged(&self, args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Process {
+        let file = std::fs::File::create(log).unwrap();
+        Process::spawn_to(
+            args,
+            Some(&self.db),
+            self.templates.path(),
+            env,
+            file.into(),
+        )
+    }
+
     /// Waits (up to 30 s) until the task's step `name` is InProgress.
     pub fn await_running(&self, task: &str, name: &str) {
         let started = Instant::now();
@@ -245,6 +263,17 @@ impl Process {
         templates: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Process {
+        Process::spawn_to(args, db, templates, env, Stdio::inherit())
+    }
+
+    /// [`Process::spawn`] with its standard error sent to `stderr`.
+    pub fn spawn_to(
+        args: &[&str],
+        db: Option<&TestDb>,
+        templates: &std::path::Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Process {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepgraph"));
         cmd.args(args)
             .arg("--templates")
@@ -255,7 +284,7 @@ impl Process {
             .env("STEPGRAPH_MAX_CONNECTIONS", "5")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         if let Some(db) = db {
             cmd.env("STEPGRAPH_DATABASE_URL", &db.url);
         }
@@ -300,6 +329,10 @@ impl Process {
 
     pub fn addr(&self) -> &str {
         self.addr.as_deref().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill9(&mut self) {

@@ -1,6 +1,7 @@
 // A client of the HTTP API of `stepgraph serve`: create tasks, read them,
 // wait for them (long-polling: the server answers when the task ends),
-// cancel them. Uses fetch; big integers in results are BigInt.
+// find and count them, cancel, retry and resolve them, list the workers.
+// Uses fetch; big integers in results are BigInt.
 
 import { TERMINAL } from "./engine.js";
 import { parseJson, stringifyJson } from "./json.js";
@@ -23,14 +24,39 @@ export interface CreateTaskOptions {
   priority?: number;
 }
 
+/** Which tasks `listTasks` finds; every field that is set must match. */
+export interface TaskFilter {
+  /** One state or several. */
+  state?: string | string[];
+  namespace?: string;
+  name?: string;
+  version?: string;
+  /** RFC 3339. */
+  createdAfter?: string;
+  createdBefore?: string;
+  idempotencyKey?: string;
+  hasFailedStep?: boolean;
+  /** Tasks per page (50; at most 500). */
+  limit?: number;
+  /** The `next_cursor` of the page before. */
+  cursor?: string;
+}
+
 export class Client {
   readonly url: string;
   readonly timeoutMs: number;
+  readonly #token: string | undefined;
 
-  /** `new Client("http://127.0.0.1:8080")`. */
-  constructor(url: string, options: { timeoutMs?: number } = {}) {
+  /**
+   * `new Client("http://127.0.0.1:8080", { token })`: `token` is a bearer
+   * token of the server's (see `stepgraph tokens new`); without one,
+   * STEPGRAPH_TOKEN if set. A refusal rejects with ApiError (401 without a
+   * valid token, 403 for a scope too small).
+   */
+  constructor(url: string, options: { timeoutMs?: number; token?: string } = {}) {
     this.url = (/^https?:\/\//.test(url) ? url : `http://${url}`).replace(/\/+$/, "");
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.#token = options.token ?? (process.env.STEPGRAPH_TOKEN || undefined);
   }
 
   /** Creates a task: `{task_id, created, ...}` (`created` false when the idempotency key names an existing task). */
@@ -76,6 +102,51 @@ export class Client {
     return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}/cancel`);
   }
 
+  /** Finds tasks, newest first: `{tasks, next_cursor}` (next_cursor null on the last page). */
+  listTasks(filter: TaskFilter = {}): Promise<any> {
+    const params = new URLSearchParams();
+    const states = filter.state === undefined ? [] : Array.isArray(filter.state) ? filter.state : [filter.state];
+    for (const s of states) params.append("state", s);
+    const fields: [string, unknown][] = [
+      ["namespace", filter.namespace],
+      ["name", filter.name],
+      ["version", filter.version],
+      ["created_after", filter.createdAfter],
+      ["created_before", filter.createdBefore],
+      ["idempotency_key", filter.idempotencyKey],
+      ["has_failed_step", filter.hasFailedStep],
+      ["limit", filter.limit],
+      ["cursor", filter.cursor],
+    ];
+    for (const [key, value] of fields) if (value !== undefined) params.append(key, String(value));
+    const query = params.toString();
+    return this.#request("GET", `/v1/tasks${query ? `?${query}` : ""}`);
+  }
+
+  /** Tasks and steps by template and state; failures and retries in the last hour. */
+  stats(): Promise<any> {
+    return this.#request("GET", "/v1/stats");
+  }
+
+  /** Retries a failed task's steps in error (or only `step`) with fresh attempts. Needs an admin token. */
+  retry(taskId: string, options: { step?: string; reason?: string } = {}): Promise<any> {
+    const step = options.step === undefined ? "" : `/steps/${encodeURIComponent(options.step)}`;
+    const body = options.reason === undefined ? {} : { reason: options.reason };
+    return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}${step}/retry`, body);
+  }
+
+  /** Ends `step` by hand with `result`, which its dependents run with. Needs an admin token. */
+  resolve(taskId: string, step: string, result: unknown, options: { reason?: string } = {}): Promise<any> {
+    const body: Record<string, unknown> = { result };
+    if (options.reason !== undefined) body.reason = options.reason;
+    return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}/steps/${encodeURIComponent(step)}/resolve`, body);
+  }
+
+  /** The workers seen in the last day: `state` live, gone (missed heartbeats) or stopped. */
+  async workers(): Promise<any[]> {
+    return (await this.#request("GET", "/v1/workers")).workers;
+  }
+
   /** The templates the server knows. */
   async templates(): Promise<any[]> {
     return (await this.#request("GET", "/v1/templates")).templates;
@@ -91,7 +162,11 @@ export class Client {
     try {
       response = await fetch(this.url + path, {
         method,
-        headers: { "content-type": "application/json", accept: "application/json" },
+        headers: {
+          "content-type": "application/json",
+          accept: "application/json",
+          ...(this.#token ? { authorization: `Bearer ${this.#token}` } : {}),
+        },
         body: body === undefined ? undefined : stringifyJson(body),
         signal: AbortSignal.timeout(timeoutMs),
       });

@@ -4,10 +4,13 @@
 import { test } from "bun:test";
 // @ts-ignore - plain JavaScript shared with the Node suite
 import { embeddedScenarios, postgresScenarios } from "./scenarios.mjs";
+// @ts-ignore - plain JavaScript shared with the Node suite
+import { operationsScenarios } from "./operations.mjs";
 
 const register = (name: string, fn: () => Promise<unknown>, timeoutMs = 90_000) => test(name, fn, timeoutMs);
 
 for (const backend of ["bun-ffi", "napi"]) {
   embeddedScenarios(register, backend);
   postgresScenarios(register, backend);
+  operationsScenarios(register, backend);
 }

@@ -2,8 +2,10 @@
 
 import { test } from "node:test";
 import { embeddedScenarios, postgresScenarios } from "./scenarios.mjs";
+import { operationsScenarios } from "./operations.mjs";
 
 const register = (name, fn, timeoutMs = 90_000) => test(name, { timeout: timeoutMs }, fn);
 
 embeddedScenarios(register, "napi");
 postgresScenarios(register, "napi");
+operationsScenarios(register, "napi");

@@ -519,7 +519,7 @@ function listening(child) {
   });
 }
 
-async function withDeployment(templates, body, serveEnv = {}) {
+export async function withDeployment(templates, body, serveEnv = {}) {
   const name = `sg_tstest_${process.pid}_${++databases}`;
   admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   admin(`CREATE DATABASE ${name}`);
@@ -538,7 +538,7 @@ async function withDeployment(templates, body, serveEnv = {}) {
   }
 }
 
-async function withWorker(options, body) {
+export async function withWorker(options, body) {
   const worker = await new Worker(options).start();
   try {
     return await body(worker);

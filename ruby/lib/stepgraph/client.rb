@@ -16,14 +16,19 @@ module Stepgraph
     end
   end
 
-  # A client of the HTTP API of `stepgraph serve`.
+  # A client of the HTTP API of `stepgraph serve`. +token+ is a bearer token
+  # of the server's (see `stepgraph tokens new`); without one,
+  # STEPGRAPH_TOKEN if set. A refusal raises ApiError (401 without a valid
+  # token, 403 for a scope too small).
   class Client
     TERMINAL = %w[complete error cancelled resolved_manually].freeze
 
-    def initialize(url, timeout: 30)
+    def initialize(url, timeout: 30, token: nil)
       url = "http://#{url}" unless url.to_s.start_with?("http://", "https://")
       @uri = URI(url.to_s.chomp("/"))
       @timeout = timeout
+      @token = token || ENV.fetch("STEPGRAPH_TOKEN", nil)
+      @token = nil if @token.to_s.empty?
     end
 
     # Creates a task; returns {"task_id" => ..., "created" => bool}.
@@ -59,6 +64,44 @@ module Stepgraph
       request(:post, "/v1/tasks/#{escape(task_id)}/cancel")
     end
 
+    # Finds tasks, newest first: {"tasks" => [...], "next_cursor" => ...}.
+    # +state+ is one state or an array of them; +created_after+ and
+    # +created_before+ RFC 3339 times; pass +next_cursor+ as +cursor+ for the
+    # next page (nil when this one was the last).
+    def list_tasks(state: nil, namespace: nil, name: nil, version: nil, created_after: nil, created_before: nil,
+                   idempotency_key: nil, has_failed_step: nil, limit: nil, cursor: nil)
+      params = Array(state).map { |s| ["state", s] }
+      { namespace: namespace, name: name, version: version, created_after: created_after,
+        created_before: created_before, idempotency_key: idempotency_key, limit: limit, cursor: cursor }
+        .each { |key, value| params << [key.to_s, value.to_s] unless value.nil? }
+      params << ["has_failed_step", has_failed_step ? "true" : "false"] unless has_failed_step.nil?
+      query = URI.encode_www_form(params)
+      request(:get, query.empty? ? "/v1/tasks" : "/v1/tasks?#{query}")
+    end
+
+    # Tasks and steps by template and state; failures and retries in the last hour.
+    def stats
+      request(:get, "/v1/stats")
+    end
+
+    # Retries a failed task's steps in error (or only +step+) with fresh
+    # attempts; +reason+ goes into the audit trail. Needs an admin token.
+    def retry_task(task_id, step: nil, reason: nil)
+      path = "/v1/tasks/#{escape(task_id)}#{step ? "/steps/#{escape(step)}" : ''}/retry"
+      request(:post, path, { reason: reason }.compact)
+    end
+
+    # Ends +step+ by hand with +result+, which its dependents run with. Needs an admin token.
+    def resolve(task_id, step, result, reason: nil)
+      request(:post, "/v1/tasks/#{escape(task_id)}/steps/#{escape(step)}/resolve",
+              { result: result, reason: reason }.compact)
+    end
+
+    # The workers seen in the last day; "state" live, gone (missed heartbeats) or stopped.
+    def workers
+      request(:get, "/v1/workers").fetch("workers")
+    end
+
     def templates
       request(:get, "/v1/templates").fetch("templates")
     end
@@ -80,6 +123,7 @@ module Stepgraph
       http.read_timeout = @timeout + extra_timeout
       klass = method == :post ? Net::HTTP::Post : Net::HTTP::Get
       req = klass.new(@uri.path + path, "Content-Type" => "application/json", "Accept" => "application/json")
+      req["Authorization"] = "Bearer #{@token}" if @token
       req.body = JSON.generate(body) if body
       response = http.request(req)
       parsed = response.body.to_s.empty? ? {} : JSON.parse(response.body)
