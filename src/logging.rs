@@ -10,7 +10,12 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init(server: bool) -> Result<(), String> {
     // sqlx reports PostgreSQL's notices (a migration's "already exists") at info.
-    let default = if server { "info,sqlx=warn" } else { "warn" };
+    // The benches' bulk statements are slow on purpose: not worth a warning.
+    let default = if server {
+        "info,sqlx=warn"
+    } else {
+        "warn,sqlx::query=error"
+    };
     let filter = match std::env::var("STEPGRAPH_LOG") {
         Ok(f) if !f.is_empty() => {
             EnvFilter::try_new(&f).map_err(|e| format!("STEPGRAPH_LOG={f:?}: {e}"))?

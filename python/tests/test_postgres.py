@@ -42,7 +42,7 @@ def database():
 
 def start_server(database):
     """A `stepgraph serve` with this process's environment; its address and process."""
-    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5", STEPGRAPH_LOG="warn")
     proc = subprocess.Popen(
         [binary(), "serve", "--templates", str(TEMPLATES), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
@@ -200,7 +200,7 @@ def completions(task, step):
 
 
 def sleepy_server(database):
-    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5")
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5", STEPGRAPH_LOG="warn")
     proc = subprocess.Popen(
         [binary(), "serve", "--templates", str(SLEEPY), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env
     )

@@ -18,7 +18,7 @@ module PostgresSetup
     @url = "postgres://postgres@127.0.0.1:5432/#{@name}"
     binary = ENV.fetch("STEPGRAPH_BIN", File.join(ROOT, "target", "debug", "stepgraph"))
     flunk("#{binary} does not exist: build it first (cargo build), or set STEPGRAPH_BIN") unless File.exist?(binary)
-    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5" }.merge(server_env)
+    env = { "STEPGRAPH_DATABASE_URL" => @url, "STEPGRAPH_MAX_CONNECTIONS" => "5", "STEPGRAPH_LOG" => "warn" }.merge(server_env)
     @server_in, @server_out, @server = Open3.popen2(env, binary, "serve", "--templates", server_templates,
                                                     "--listen", "127.0.0.1:0")
     line = @server_out.gets.to_s

@@ -527,6 +527,7 @@ export async function withDeployment(templates, body, serveEnv = {}) {
   const serve = start(["serve", "--templates", templates, "--listen", "127.0.0.1:0"], {
     STEPGRAPH_DATABASE_URL: url,
     STEPGRAPH_MAX_CONNECTIONS: "5",
+    STEPGRAPH_LOG: "warn",
     ...serveEnv,
   });
   try {
