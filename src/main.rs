@@ -5,7 +5,6 @@ mod bench;
 mod cluster;
 mod find_bench;
 mod fixtures;
-mod logging;
 mod ops_cli;
 mod server;
 
@@ -224,7 +223,7 @@ enum RuntimeKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Serve { .. } | Command::Worker { .. });
-    if let Err(e) = logging::init(server) {
+    if let Err(e) = stepgraph_worker::logging::init(server) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

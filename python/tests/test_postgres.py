@@ -339,3 +339,55 @@ def test_client_finds_retries_and_resolves_tasks_and_lists_the_python_worker(dat
     finally:
         proc.kill()
         proc.wait()
+
+
+FAILING_WORKER = """
+import os, sys, stepgraph
+
+@stepgraph.handler("util.require_file")
+def require_file(ctx):
+    raise stepgraph.PermanentError("no such file: " + ctx.input["required_file"])
+
+@stepgraph.handler("util.echo_dependencies")
+def echo(ctx):
+    return dict(ctx.dependency_results)
+
+stepgraph.Worker(sys.argv[1], sys.argv[2], [require_file, echo]).run()
+"""
+
+
+def test_a_python_worker_logs_its_steps_like_stepgraph_worker(database, tmp_path):
+    """The Rust side of a language worker logs where `stepgraph worker` does:
+    stderr, at info, as JSON lines when asked."""
+    env = dict(os.environ, STEPGRAPH_DATABASE_URL=database, STEPGRAPH_MAX_CONNECTIONS="5", STEPGRAPH_LOG="warn")
+    serve = subprocess.Popen(
+        [binary(), "serve", "--templates", str(EXTRA), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    log = tmp_path / "worker.log"
+    worker_env = dict(os.environ, STEPGRAPH_LOG_FORMAT="json")
+    worker_env.pop("STEPGRAPH_LOG", None)
+    with open(log, "w") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", FAILING_WORKER, database, str(EXTRA)], env=worker_env, stderr=err
+        )
+    try:
+        addr = serve.stdout.readline().split()[2].removeprefix("http://")
+        client = stepgraph.Client(addr)
+        task = client.run("e2e", "repairable", {"required_file": "/nope"}, timeout=30)
+        assert task["state"] == "error"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            failed = [line for line in lines if line.get("message") == "step failed"]
+            if failed:
+                break
+            time.sleep(0.05)
+        assert failed, log.read_text()
+        assert failed[0]["task"] == task["id"] and failed[0]["handler"] == "util.require_file", failed
+        assert failed[0]["attempt"] == 1 and "no such file" in failed[0]["error"]
+        assert any(line.get("message") == "task failed" and line["task"] == task["id"] for line in lines)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        serve.kill()
+        serve.wait()

@@ -223,6 +223,7 @@ impl HostedEngine {
         builtin: bool,
         tuning: Tuning,
     ) -> Result<HostedEngine, HostedError> {
+        crate::logging::init(false).map_err(HostedError::Config)?;
         let (templates, host, registry, runtime) =
             prepare(templates_dir, handlers, builtin, tuning)?;
         let breakers = registry.breakers().clone();
@@ -258,6 +259,8 @@ impl HostedEngine {
         tuning: Tuning,
     ) -> Result<HostedEngine, HostedError> {
         let settings = options.settings()?;
+        // A worker's events go where `stepgraph worker`'s do (stderr, at info).
+        crate::logging::init(true).map_err(HostedError::Config)?;
         let (templates, host, registry, runtime) =
             prepare(templates_dir, handlers, builtin, tuning)?;
         let breakers = registry.breakers().clone();

@@ -11,6 +11,7 @@ pub mod examples;
 pub mod handler;
 pub mod host;
 pub mod hosted;
+pub mod logging;
 pub mod roundtrip;
 pub mod runtime;
 pub mod settings;

@@ -1,13 +1,18 @@
-//! Where the process's logs go: stderr, as text (coloured only on a
+//! Where a process's logs go: stderr, as text (coloured only on a
 //! terminal) or, with `STEPGRAPH_LOG_FORMAT=json`, one JSON object per
 //! line. `STEPGRAPH_LOG` filters them (`info`, `warn`,
 //! `stepgraph_engine=debug`, ...); without it servers and workers log at
 //! info (tasks created and ended, steps failed, retried, timed out,
-//! dead-lettered, circuits opened and closed) and the other commands at warn.
+//! dead-lettered, circuits opened and closed) and the rest at warn. The
+//! CLI sets it up, and so does a language's worker or engine, so a Python,
+//! Ruby or TypeScript worker logs the same lines to the same place.
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+/// Sets up the process's logging; an error names a bad `STEPGRAPH_LOG` or
+/// `STEPGRAPH_LOG_FORMAT`. A process whose logging is set up already (by
+/// its host program, or an earlier engine) keeps it.
 pub fn init(server: bool) -> Result<(), String> {
     // sqlx reports PostgreSQL's notices (a migration's "already exists") at info.
     // The benches' bulk statements are slow on purpose: not worth a warning.
