@@ -32,8 +32,16 @@ pub fn init(server: bool) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format.as_str() {
-        "" | "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        "json" => builder.json().flatten_event(true).init(),
+        // A subscriber set up before (by the host program, or an engine
+        // made earlier in this process) stays: try_init leaves it.
+        "" | "text" => {
+            let _ = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init();
+        }
+        "json" => {
+            let _ = builder.json().flatten_event(true).try_init();
+        }
         other => {
             return Err(format!(
                 "STEPGRAPH_LOG_FORMAT={other:?}: use text (the default) or json"
