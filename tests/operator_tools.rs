@@ -90,14 +90,17 @@ steps:
     let (serve_log, worker_log) = (dir.path().join("serve.log"), dir.path().join("worker.log"));
     let json = [("STEPGRAPH_LOG", "info"), ("STEPGRAPH_LOG_FORMAT", "json")];
     let serve = t.logged(&["serve", "--listen", "127.0.0.1:0"], &json, &serve_log);
-    let worker = t.logged(&["worker"], &json, &worker_log);
+    let mut worker = t.logged(&["worker"], &json, &worker_log);
     let addr = serve.addr();
     let ok = create(addr, "linear", json!({ "even_number": 2 }));
     let slow = create(addr, "naps_too_long", json!({ "sleep_ms": 2000 }));
     assert_eq!(wait(addr, &ok, LONG)["state"], "complete");
     assert_eq!(wait(addr, &slow, LONG)["state"], "error");
     let failed = failing_task(addr, &dir.path().join("never"));
-    drop((serve, worker));
+    // A step's lines follow its commit, which a waiter may see first: the
+    // worker stops gracefully, finishing what it was doing, before they are read.
+    assert!(worker.terminate().success());
+    drop(serve);
 
     let created = logged(&serve_log, "task created");
     assert_eq!(created.len(), 3, "{created:?}");
