@@ -35,14 +35,6 @@ impl ProcessError {
     }
 }
 
-impl StoreError {
-    /// The backend is unreachable now, or another process changed the task
-    /// first: a later try may well succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
-    }
-}
-
 /// The message `delivery` of `queue`, whose processing failed with `error`:
 /// released to come back after `delay`, or, on its `max_deliveries`th
 /// failed delivery (transient failures aside), dead-lettered and its task

@@ -44,6 +44,14 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// The backend is unreachable now, or another process changed the task
+    /// first: a later try may well succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StateCounts {
     pub tasks: Vec<(String, i64)>,
