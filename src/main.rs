@@ -58,6 +58,8 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Prints the HTTP API's OpenAPI 3.1 document (what `serve` answers at /v1/openapi.json).
+    Openapi,
     /// Checks template files; prints every problem and exits non-zero on any.
     Validate {
         #[arg(required = true)]
@@ -259,6 +261,10 @@ fn main() -> ExitCode {
             Command::Tokens {
                 command: TokensCommand::New { name, scope },
             } => new_token(&name, &scope),
+            Command::Openapi => {
+                print!("{}", stepgraph_http::openapi_json());
+                Ok(true)
+            }
             Command::Tasks { command, api } => ops_cli::tasks(&api, command).await,
             Command::Workers { api } => ops_cli::workers(&api).await,
             Command::Migrate { .. } => server::migrate(&settings()?).await.map(|()| true),

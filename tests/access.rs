@@ -19,6 +19,7 @@ fn every_endpoint_needs_a_token_with_its_scope() {
         &format!("/v1/tasks/{failed}/wait?timeout_ms=1"),
         "/v1/stats",
         "/v1/templates",
+        "/v1/workers",
     ]
     .map(|p| ("GET", p.to_string(), None, "read"));
     let create = json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 2 } });
@@ -98,6 +99,14 @@ fn every_endpoint_needs_a_token_with_its_scope() {
         call(closed.addr(), Some(READER), "GET", "/health", None).0,
         200
     );
+    // The API's document needs no token: it holds no data.
+    let (status, doc) = call(closed.addr(), None, "GET", "/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    // A method an endpoint does not take: 405 with a JSON error, after the token check.
+    let (status, v) = call(closed.addr(), Some(OPS), "DELETE", "/v1/stats", None);
+    assert_eq!(status, 405, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("method"), "{v}");
 }
 
 #[test]

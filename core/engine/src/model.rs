@@ -15,8 +15,10 @@ pub fn new_id() -> Uuid {
     Uuid::now_v7()
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub id: TaskId,
     pub namespace: String,
     pub name: String,
@@ -100,6 +102,7 @@ pub struct Edge {
     pub to: StepId,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -107,6 +110,7 @@ pub enum ErrorKind {
     Permanent,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepError {
     pub kind: ErrorKind,
@@ -214,8 +218,10 @@ impl StepOutcome {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskTransition {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub task_id: TaskId,
     pub from: Option<TaskState>,
     pub to: TaskState,
@@ -223,9 +229,12 @@ pub struct TaskTransition {
     pub metadata: Value,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepTransition {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub task_id: TaskId,
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub step_id: StepId,
     pub step_name: String,
     pub from: Option<StepState>,
@@ -236,6 +245,7 @@ pub struct StepTransition {
 }
 
 /// The audit trail of one task, each list in the order the transitions happened.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transitions {
     pub task: Vec<TaskTransition>,

@@ -178,10 +178,12 @@ impl Auth {
     }
 }
 
-/// What a request needs: None for the probes when they are open; `admin`
+/// What a request needs: None for the OpenAPI document, and for the probes
+/// when they are open; `admin`
 /// for repairs, `write` for any other change, `read` for the rest.
 fn needs(auth: &Auth, method: &Method, path: &str) -> Option<Scope> {
-    if matches!(path, "/health" | "/metrics") && auth.open_probes {
+    if path == crate::openapi::PATH || (matches!(path, "/health" | "/metrics") && auth.open_probes)
+    {
         return None;
     }
     Some(if method == Method::GET || method == Method::HEAD {
@@ -290,5 +292,6 @@ mod tests {
         assert_eq!(needs(&a, &Method::GET, "/metrics"), None);
         let closed = Auth::new(Vec::new(), false);
         assert_eq!(needs(&closed, &Method::GET, "/health"), Some(Scope::Read));
+        assert_eq!(needs(&closed, &Method::GET, "/v1/openapi.json"), None);
     }
 }

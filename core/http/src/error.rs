@@ -4,15 +4,23 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 use stepgraph_engine::{OrchestratorError, StoreError, TaskId};
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
 
+/// The body of every error.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, naming the field, id or state at fault.
+    error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 

@@ -1,15 +1,17 @@
 //! Finding tasks (`GET /v1/tasks`: filters, newest first, keyset pages)
 //! and the counts of `GET /v1/stats`.
 
-use crate::error::{task_id, ApiError};
+use crate::error::{task_id, ApiError, ErrorBody};
 use crate::ApiState;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
-use stepgraph_engine::store::{Stats, TaskFilter, DEFAULT_PAGE, MAX_PAGE};
+use serde::Serialize;
+use stepgraph_engine::store::{Stats, TaskFilter, TaskSummary, DEFAULT_PAGE, MAX_PAGE};
 use stepgraph_engine::TaskState;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 fn bad(message: String) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message)
@@ -78,22 +80,95 @@ pub(crate) fn filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
     Ok(f)
 }
 
-/// `{"tasks": [...], "next_cursor": ...}`: the cursor (the page's last id)
-/// asks for the page after it; null when this page was not full.
+/// The query `filter` reads, as the OpenAPI document shows it (`filter`
+/// parses by hand: `state` may repeat, and each error names its parameter).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct ListQuery {
+    /// Any of these states; repeat the parameter or separate them with commas.
+    #[param(style = Form, explode)]
+    state: Option<Vec<TaskState>>,
+    namespace: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
+    /// Created at or after (RFC 3339).
+    created_after: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    created_before: Option<DateTime<Utc>>,
+    idempotency_key: Option<String>,
+    /// With (true) or without (false) a step in error.
+    has_failed_step: Option<bool>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<Uuid>,
+    /// Tasks per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+/// A page of tasks, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TaskPage {
+    tasks: Vec<TaskSummary>,
+    /// Asks for the page after this one; null when this page was not full.
+    next_cursor: Option<Uuid>,
+}
+
+/// Finds tasks: every filter given must match; newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks, without their context and result", body = TaskPage),
+        (status = 400, description = "An unknown or malformed query parameter (named)", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn list_tasks(
     State(s): State<ApiState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let f = filter(query.as_deref())?;
     let tasks = s.store.list_tasks(&f).await?;
-    let next = (tasks.len() == f.limit)
-        .then(|| tasks.last().map(|t| t.id.to_string()))
+    let next_cursor = (tasks.len() == f.limit)
+        .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(Json(json!({ "tasks": tasks, "next_cursor": next })))
+    Ok(Json(TaskPage { tasks, next_cursor }))
 }
 
 /// Tasks and steps by template and state; failures and retries in the last hour.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "system",
+    responses((status = 200, description = "Counts by template and state, and the last hour's failures", body = Stats)),
+)]
 pub(crate) async fn stats(State(s): State<ApiState>) -> Result<Json<Stats>, ApiError> {
     let since = Utc::now() - chrono::Duration::hours(1);
     Ok(Json(s.store.stats(since).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented parameters are the ones `filter` reads.
+    #[test]
+    fn documented_parameters_are_the_accepted_ones() {
+        let documented = ListQuery::into_params(|| None);
+        assert_eq!(documented.len(), 10);
+        for p in documented {
+            let e = filter(Some(&format!("{}=", p.name)));
+            if let Err(ApiError(_, message)) = e {
+                assert!(
+                    !message.starts_with("unknown query parameter"),
+                    "{} is documented but refused",
+                    p.name
+                );
+            }
+        }
+        let e = filter(Some("run_at=now")).unwrap_err();
+        assert!(e.1.contains("\"run_at\""), "{}", e.1);
+    }
 }

@@ -1,23 +1,25 @@
 //! The HTTP API served by `stepgraph serve`: create, inspect, wait for,
 //! find and cancel tasks (`tasks`, `find`); an operator's repairs
 //! (`repair`); templates, stats, health and Prometheus metrics (`status`,
-//! `find`). Errors are JSON `{"error": message}` with the status that fits
+//! `find`); the OpenAPI document of all of it (`openapi`). Errors are JSON `{"error": message}` with the status that fits
 //! (`error`).
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
 use axum::Router;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::queue::Queue;
 use stepgraph_engine::{Orchestrator, Shutdown, Store};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod auth;
 mod error;
 mod find;
+mod openapi;
 mod repair;
 mod server;
 mod status;
@@ -25,6 +27,7 @@ mod tasks;
 
 pub use auth::{hash as token_hash, new_token, Auth, Caller, Scope, Token};
 pub use error::ApiError;
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 pub use server::Limits;
 
 /// Request bodies above this are refused with 413.
@@ -66,27 +69,35 @@ impl ApiState {
     }
 }
 
+/// Every route, each with the `#[utoipa::path]` that documents it: the
+/// router and the OpenAPI document are made from this one list.
+pub(crate) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(tasks::create_task, find::list_tasks))
+        .routes(routes!(tasks::get_task))
+        .routes(routes!(tasks::wait_task))
+        .routes(routes!(tasks::cancel_task))
+        .routes(routes!(repair::retry_task))
+        .routes(routes!(repair::retry_step))
+        .routes(routes!(repair::resolve_step))
+        .routes(routes!(find::stats))
+        .routes(routes!(status::templates))
+        .routes(routes!(status::workers))
+        .routes(routes!(status::health))
+        .routes(routes!(status::metrics))
+        .routes(routes!(openapi::serve_document))
+}
+
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/tasks", post(tasks::create_task).get(find::list_tasks))
-        .route("/v1/tasks/{id}", get(tasks::get_task))
-        .route("/v1/tasks/{id}/wait", get(tasks::wait_task))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel_task))
-        .route("/v1/tasks/{id}/retry", post(repair::retry_task))
-        .route(
-            "/v1/tasks/{id}/steps/{step}/retry",
-            post(repair::retry_step),
-        )
-        .route(
-            "/v1/tasks/{id}/steps/{step}/resolve",
-            post(repair::resolve_step),
-        )
-        .route("/v1/stats", get(find::stats))
-        .route("/v1/templates", get(status::templates))
-        .route("/v1/workers", get(status::workers))
-        .route("/health", get(status::health))
-        .route("/metrics", get(status::metrics))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (see /v1/openapi.json)".into(),
+            )
+        })
         .layer(middleware::from_fn_with_state(
             state.auth.clone(),
             auth::authenticate,

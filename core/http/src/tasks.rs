@@ -1,6 +1,6 @@
 //! The task endpoints: create, read, wait for, cancel.
 
-use crate::error::{task_id, ApiError};
+use crate::error::{task_id, ApiError, ErrorBody};
 use crate::{ApiState, BODY_LIMIT, MAX_WAIT};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -8,11 +8,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::{Step, Task, TaskGraph, TaskRequest, Transitions};
+use stepgraph_engine::{
+    Step, StepError, StepState, Task, TaskCreated, TaskGraph, TaskRequest, TaskState, Transitions,
+};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 /// Counts a `wait` request for as long as it waits.
 struct Waiting(Arc<AtomicUsize>);
@@ -30,6 +34,22 @@ impl Drop for Waiting {
     }
 }
 
+/// Creates a task from a template, or returns the task an idempotency key
+/// already names.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    request_body = TaskRequest,
+    responses(
+        (status = 201, description = "Created", body = TaskCreated),
+        (status = 200, description = "The idempotency key names this existing task", body = TaskCreated),
+        (status = 400, description = "A malformed body or an unknown field", body = ErrorBody),
+        (status = 409, description = "The idempotency key names a task of another template", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "No such template, or the context breaks its input schema", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create_task(
     State(s): State<ApiState>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -58,14 +78,18 @@ pub(crate) async fn create_task(
     Ok((status, Json(created)).into_response())
 }
 
-#[derive(Serialize)]
+/// A step as the API shows it.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct StepView {
     name: String,
-    state: String,
+    state: StepState,
     attempts: u32,
     max_attempts: u32,
+    /// What its dependents see (null until it has one).
     result: Option<Value>,
-    error: Option<Value>,
+    /// The latest attempt's error, with the handler's traceback where there is one.
+    error: Option<StepError>,
+    /// A batch worker's slice of the work.
     cursor: Option<Value>,
 }
 
@@ -73,17 +97,18 @@ impl From<&Step> for StepView {
     fn from(s: &Step) -> Self {
         StepView {
             name: s.name.clone(),
-            state: s.state.to_string(),
+            state: s.state,
             attempts: s.attempts,
             max_attempts: s.max_attempts,
             result: s.result_value(),
-            error: s.error().and_then(|e| serde_json::to_value(e).ok()),
+            error: s.error().cloned(),
             cursor: s.cursor.clone(),
         }
     }
 }
 
-#[derive(Serialize)]
+/// A task with its steps and its audit trail.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct TaskView {
     #[serde(flatten)]
     task: Task,
@@ -101,6 +126,16 @@ impl TaskView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task, its steps and its audit trail", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn get_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -109,11 +144,26 @@ pub(crate) async fn get_task(
     Ok(Json(TaskView::new(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
+    /// How long to wait for the task to end (default 30000; at most 300000, a longer wait is cut).
+    #[param(minimum = 0)]
     timeout_ms: Option<u64>,
 }
 
+/// Waits (long-polls) until the task ends or the timeout passes, then
+/// answers the task as it is.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/wait",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id"), WaitQuery),
+    responses(
+        (status = 200, description = "The task (ended, or as it was when the wait ran out)", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn wait_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -136,14 +186,33 @@ pub(crate) async fn wait_task(
     Ok(Json(TaskView::new(view)))
 }
 
+/// A task's state after a change asked through the API.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StateChange {
+    pub task_id: Uuid,
+    pub state: TaskState,
+}
+
+/// Cancels the task and its live steps.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Cancelled (or already ended: its state)", body = StateChange),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "A concurrent change won; retry", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn cancel_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = task_id(&id)?;
+) -> Result<Json<StateChange>, ApiError> {
+    let task_id = task_id(&id)?;
     let state = s
         .orchestrator
-        .cancel(id, "cancelled through the API")
+        .cancel(task_id, "cancelled through the API")
         .await?;
-    Ok(Json(json!({ "task_id": id, "state": state })))
+    Ok(Json(StateChange { task_id, state }))
 }

@@ -69,6 +69,7 @@ pub enum OrchestratorError {
     NoSuchStep { task_id: TaskId, step: String },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
@@ -97,8 +98,10 @@ impl TaskRequest {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCreated {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub task_id: TaskId,
     /// False when the idempotency key named an existing task.
     pub created: bool,

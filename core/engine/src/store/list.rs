@@ -36,8 +36,10 @@ pub struct TaskFilter {
 }
 
 /// A task as a list shows it: without its context and result, which can be large.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskSummary {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub id: TaskId,
     pub namespace: String,
     pub name: String,
@@ -70,6 +72,7 @@ impl From<&crate::model::Task> for TaskSummary {
 }
 
 /// Counts by template and state, and what went wrong recently.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub templates: Vec<TemplateStats>,
@@ -77,6 +80,7 @@ pub struct Stats {
     pub recent: Recent,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TemplateStats {
     pub namespace: String,
@@ -86,6 +90,7 @@ pub struct TemplateStats {
     pub steps: std::collections::BTreeMap<String, i64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Recent {
     pub since: Option<DateTime<Utc>>,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// What a worker says of itself when it starts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkerInfo {
     pub id: Uuid,
@@ -23,16 +24,18 @@ pub struct WorkerInfo {
 }
 
 /// A registered worker as last seen.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkerRecord {
     #[serde(flatten)]
     pub info: WorkerInfo,
     pub heartbeat_at: DateTime<Utc>,
-    /// When it stopped cleanly (None: running, or died).
+    /// When it stopped cleanly (null: running, or died).
     pub stopped_at: Option<DateTime<Utc>>,
     pub state: WorkerState,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
