@@ -68,6 +68,8 @@ pub async fn serve(config: &Settings) -> Result<()> {
                 Arc::new(templates),
                 config.orchestrator(),
             ));
+            // The templates' schedules are listed from the first request on.
+            orchestrator.sync_template_schedules().await?;
             orchestrating = Some(tokio::spawn(orchestrator.clone().run(shutdown.clone())));
             let state = ApiState::new(orchestrator, store, queue);
             (state, None, "")

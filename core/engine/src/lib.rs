@@ -12,6 +12,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod queue;
 pub mod repair;
+pub mod schedule;
 pub mod shutdown;
 pub mod state;
 pub mod store;

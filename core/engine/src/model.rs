@@ -34,6 +34,9 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When a delayed task starts: its first steps become ready then.
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 impl Task {
@@ -54,6 +57,7 @@ impl Task {
             created_at: now,
             updated_at: now,
             completed_at: None,
+            run_at: None,
         }
     }
 }

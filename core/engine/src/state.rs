@@ -25,6 +25,8 @@ pub enum StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Created to start later (`run_at`): nothing runs until then.
+    Scheduled,
     Pending,
     Initializing,
     EnqueuingSteps,
@@ -125,7 +127,8 @@ impl StepState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 11] = [
+    pub const ALL: [TaskState; 12] = [
+        TaskState::Scheduled,
         TaskState::Pending,
         TaskState::Initializing,
         TaskState::EnqueuingSteps,
@@ -141,6 +144,7 @@ impl TaskState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Scheduled => "scheduled",
             TaskState::Pending => "pending",
             TaskState::Initializing => "initializing",
             TaskState::EnqueuingSteps => "enqueuing_steps",
@@ -173,7 +177,7 @@ impl TaskState {
             return !self.is_terminal();
         }
         match self {
-            Pending => matches!(to, Initializing),
+            Scheduled | Pending => matches!(to, Initializing),
             Initializing => matches!(to, EnqueuingSteps | Error),
             EnqueuingSteps => matches!(to, StepsInProcess | Error),
             StepsInProcess => matches!(to, EvaluatingResults),
@@ -200,7 +204,7 @@ impl TaskState {
     pub fn path_to_error(self) -> Vec<TaskState> {
         use TaskState::*;
         match self {
-            Pending => vec![Initializing, Error],
+            Scheduled | Pending => vec![Initializing, Error],
             StepsInProcess | WaitingForRetry => vec![EvaluatingResults, Error],
             Initializing | EnqueuingSteps | EvaluatingResults | BlockedByFailures => vec![Error],
             Complete | Error | Cancelled | ResolvedManually => Vec::new(),

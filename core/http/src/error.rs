@@ -69,3 +69,23 @@ pub fn task_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("not a task id: {raw:?}")))
 }
+
+/// A JSON request body, or a 400 that names the field at fault.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let malformed = |m: String| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request body: {m}"),
+        )
+    };
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => malformed(e.into_inner().to_string()),
+            _ => malformed(format!("{path}: {}", e.into_inner())),
+        }
+    })?;
+    de.end().map_err(|e| malformed(e.to_string()))?;
+    Ok(value)
+}

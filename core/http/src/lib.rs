@@ -1,6 +1,6 @@
 //! The HTTP API served by `stepgraph serve`: create, inspect, wait for,
 //! find and cancel tasks (`tasks`, `find`); an operator's repairs
-//! (`repair`); templates, stats, health and Prometheus metrics (`status`,
+//! (`repair`); cron schedules (`schedules`); templates, stats, health and Prometheus metrics (`status`,
 //! `find`); the OpenAPI document of all of it (`openapi`). Errors are JSON `{"error": message}` with the status that fits
 //! (`error`).
 
@@ -21,6 +21,7 @@ mod error;
 mod find;
 mod openapi;
 mod repair;
+mod schedules;
 mod server;
 mod status;
 mod tasks;
@@ -80,6 +81,10 @@ pub(crate) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(repair::retry_task))
         .routes(routes!(repair::retry_step))
         .routes(routes!(repair::resolve_step))
+        .routes(routes!(schedules::list, schedules::create))
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .routes(routes!(find::stats))
         .routes(routes!(status::templates))
         .routes(routes!(status::workers))

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(ErrorBody)),
     tags(
         (name = "tasks", description = "Create, find, read, wait for and cancel tasks (scopes read and write)"),
+        (name = "schedules", description = "Cron schedules: a template's task at each tick (read; write to change)"),
         (name = "repair", description = "An operator's repairs (scope admin), each recorded with who and why"),
         (name = "system", description = "Templates, workers, counts, health, metrics and this document"),
     ),

@@ -3,12 +3,11 @@
 //! record who asked (the token's name; `anonymous` on an open API) and why
 //! (the body's `reason`).
 
-use crate::error::{task_id, ApiError, ErrorBody};
+use crate::error::{json_body, task_id, ApiError, ErrorBody};
 use crate::tasks::StateChange;
 use crate::{ApiState, Caller};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -35,21 +34,12 @@ pub(crate) struct ResolveBody {
     reason: Option<String>,
 }
 
-fn malformed(e: serde_json::Error) -> ApiError {
-    ApiError(
-        StatusCode::BAD_REQUEST,
-        format!("malformed request body: {e}"),
-    )
-}
-
 /// A body that may be left out: empty, or JSON `null`, is its default.
 fn optional_body<T: DeserializeOwned + Default>(raw: &Bytes) -> Result<T, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice::<Option<T>>(raw)
-        .map(Option::unwrap_or_default)
-        .map_err(malformed)
+    json_body::<Option<T>>(raw).map(Option::unwrap_or_default)
 }
 
 async fn run(
@@ -140,7 +130,7 @@ pub(crate) async fn resolve_step(
     Path((id, step)): Path<(String, String)>,
     raw: Bytes,
 ) -> Result<Json<StateChange>, ApiError> {
-    let b: ResolveBody = serde_json::from_slice(&raw).map_err(malformed)?;
+    let b: ResolveBody = json_body(&raw)?;
     let repair = Repair::Resolve {
         step,
         result: b.result,

@@ -1,6 +1,6 @@
 //! The task endpoints: create, read, wait for, cancel.
 
-use crate::error::{task_id, ApiError, ErrorBody};
+use crate::error::{json_body, task_id, ApiError, ErrorBody};
 use crate::{ApiState, BODY_LIMIT, MAX_WAIT};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -35,7 +35,8 @@ impl Drop for Waiting {
 }
 
 /// Creates a task from a template, or returns the task an idempotency key
-/// already names.
+/// already names. With `run_at` or `delay_ms` it is stored `scheduled` and
+/// starts then.
 #[utoipa::path(
     post,
     path = "/v1/tasks",
@@ -44,7 +45,7 @@ impl Drop for Waiting {
     responses(
         (status = 201, description = "Created", body = TaskCreated),
         (status = 200, description = "The idempotency key names this existing task", body = TaskCreated),
-        (status = 400, description = "A malformed body or an unknown field", body = ErrorBody),
+        (status = 400, description = "A malformed body, an unknown field, run_at in the past, or both run_at and delay_ms (named)", body = ErrorBody),
         (status = 409, description = "The idempotency key names a task of another template", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
         (status = 422, description = "No such template, or the context breaks its input schema", body = ErrorBody),
@@ -63,12 +64,7 @@ pub(crate) async fn create_task(
             ),
         )
     })?;
-    let req: TaskRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("malformed request body: {e}"),
-        )
-    })?;
+    let req: TaskRequest = json_body(&body)?;
     let created = s.orchestrator.create_task(req).await?;
     let status = if created.created {
         StatusCode::CREATED

@@ -11,7 +11,7 @@ use stepgraph_engine::store::{Recent, Stats, TaskFilter, TaskSummary, TemplateSt
 use stepgraph_engine::{StoreError, TaskId, TaskState};
 
 const COLUMNS: &str = "id, namespace, name, version, state, idempotency_key, priority, error, \
-                       created_at, updated_at, completed_at";
+                       created_at, updated_at, completed_at, run_at";
 
 type Row = (
     TaskId,
@@ -24,6 +24,7 @@ type Row = (
     Option<Value>,
     DateTime<Utc>,
     DateTime<Utc>,
+    Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
 );
 
@@ -162,6 +163,7 @@ fn summary(row: Row) -> Result<TaskSummary, StoreError> {
         created,
         updated,
         completed,
+        run_at,
     ) = row;
     let state: TaskState = state
         .parse()
@@ -178,6 +180,7 @@ fn summary(row: Row) -> Result<TaskSummary, StoreError> {
         created_at: created,
         updated_at: updated,
         completed_at: completed,
+        run_at,
     })
 }
 

@@ -12,6 +12,7 @@ mod group_commit;
 mod migrate;
 mod notify;
 mod queue;
+mod schedules;
 mod store;
 mod sweep;
 mod workers;

@@ -14,6 +14,7 @@ use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::queue::Outbox;
+use stepgraph_engine::schedule::Schedule;
 use stepgraph_engine::store::{
     Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter, TaskLock,
     TaskSummary, WorkerInfo, WorkerRecord,
@@ -477,6 +478,34 @@ impl Store for PgStore {
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
         self.read_workers(since).await
+    }
+
+    async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError> {
+        self.due(now, limit).await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.earliest_due().await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.read_schedules().await
+    }
+
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        self.add_schedule(schedule).await
+    }
+
+    async fn replace_schedule(
+        &self,
+        schedule: &Schedule,
+        expected: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        self.put_schedule(schedule, expected).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove_schedule(name).await
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {

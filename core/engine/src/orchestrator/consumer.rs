@@ -17,7 +17,13 @@ impl Orchestrator {
     /// Consumes the orchestration queue until shutdown, then lets the
     /// results being processed finish. With `resend_stranded_after`, also
     /// re-sends what a crash between a commit and its send left stranded.
+    /// Runs the scheduler (delayed tasks, cron schedules) meanwhile.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let scheduler = {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.scheduler(shutdown).await })
+        };
         let sweeper = self.config.resend_stranded_after.map(|after| {
             let this = self.clone();
             let shutdown = shutdown.clone();
@@ -43,6 +49,7 @@ impl Orchestrator {
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
+        let _ = scheduler.await;
     }
 
     /// A poison message: out of the way, with why.

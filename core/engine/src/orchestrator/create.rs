@@ -5,6 +5,7 @@ use super::dispatch::{dispatch_eager, Claimed};
 use super::{Eager, Orchestrator, OrchestratorError, TaskCreated, TaskRequest};
 use crate::evaluate::{self, Trigger};
 use crate::model::*;
+use crate::queue::Outbox;
 use crate::state::TaskState;
 use crate::store::StoreError;
 use crate::txn::TaskTxn;
@@ -40,6 +41,9 @@ impl Orchestrator {
                 message,
             }
         })?;
+        let start_at = req
+            .start_at(chrono::Utc::now())
+            .map_err(OrchestratorError::InvalidRequest)?;
         if let Some(key) = &req.idempotency_key {
             if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
                 return Ok((self.same_request(task_id, key, &req).await?, Vec::new()));
@@ -58,11 +62,27 @@ impl Orchestrator {
             )
         };
         let task_id = task.id;
-        let mut txn = TaskTxn::create(task);
-        txn.task_to(TaskState::Initializing, json!({}))?;
-        let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
-        let (outbox, taken) = dispatch_eager(&template, messages, self.eager(eager))?;
-        match self.finish(txn, outbox, taken).await {
+        let result = match start_at {
+            // Stored now, started by the scheduler at `start_at`.
+            Some(at) => {
+                let txn = TaskTxn::create(Task {
+                    state: TaskState::Scheduled,
+                    run_at: Some(at),
+                    ..task
+                });
+                let done = self.finish(txn, Outbox::default(), Vec::new()).await;
+                self.wake.notify_one();
+                done
+            }
+            None => {
+                let mut txn = TaskTxn::create(task);
+                txn.task_to(TaskState::Initializing, json!({}))?;
+                let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
+                let (outbox, taken) = dispatch_eager(&template, messages, self.eager(eager))?;
+                self.finish(txn, outbox, taken).await
+            }
+        };
+        match result {
             Ok(claimed) => {
                 let created = TaskCreated {
                     task_id,
@@ -111,5 +131,31 @@ impl Orchestrator {
             task_id,
             created: false,
         })
+    }
+}
+
+impl Orchestrator {
+    /// Starts a delayed task whose time has come, as creation would have:
+    /// its first steps dispatched in the same commit. False when it is no
+    /// longer scheduled (cancelled, or started by another process).
+    pub async fn start_scheduled(&self, task_id: TaskId) -> Result<bool, OrchestratorError> {
+        let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
+        let task = txn.task().clone();
+        if task.state != TaskState::Scheduled {
+            return Ok(false);
+        }
+        let template = self.template_for(&task)?;
+        txn.task_to(
+            TaskState::Initializing,
+            json!({ "action": "start", "run_at": task.run_at }),
+        )?;
+        let messages = evaluate::evaluate(&mut txn, &template, Trigger::Init)?;
+        let (outbox, taken) = dispatch_eager(&template, messages, None)?;
+        match self.finish(txn, outbox, taken).await {
+            Ok(_) => Ok(true),
+            // Another process started (or cancelled) it first.
+            Err(OrchestratorError::Store(StoreError::Conflict(_))) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }

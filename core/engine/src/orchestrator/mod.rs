@@ -10,7 +10,10 @@ mod dispatch;
 mod log;
 mod repair;
 mod results;
+mod schedule;
 mod sweep;
+
+pub use schedule::LATE_TOLERANCE;
 
 pub use dispatch::{Claimed, Eager};
 pub use results::Orchestrated;
@@ -20,6 +23,7 @@ use crate::queue::{Outbox, Queue, QueueError};
 use crate::store::{Store, StoreError};
 use crate::template::{TaskTemplate, TemplateRegistry};
 use crate::txn::TaskTxn;
+use chrono::{DateTime, Utc};
 use dispatch::{claimed_steps, Taken};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -83,6 +87,13 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub priority: i32,
+    /// Start at this time (RFC 3339) instead of at once: the task is stored
+    /// now, `scheduled`, and its first steps become ready then.
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Start this many milliseconds from now (instead of `run_at`).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }
 
 impl TaskRequest {
@@ -94,9 +105,55 @@ impl TaskRequest {
             context,
             idempotency_key: None,
             priority: 0,
+            run_at: None,
+            delay_ms: None,
         }
     }
+
+    /// When the task should start, if later than `now`; `run_at` a little
+    /// in the past (within [`RUN_AT_TOLERANCE`]: clocks differ) means now.
+    pub fn start_at(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, String> {
+        let at = match (self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err("give run_at or delay_ms, not both".into());
+            }
+            (Some(at), None) => {
+                if at < now - RUN_AT_TOLERANCE {
+                    return Err(format!(
+                        "run_at {} is in the past (now is {}; at most {} s earlier is taken as now)",
+                        at.to_rfc3339(),
+                        now.to_rfc3339(),
+                        RUN_AT_TOLERANCE.num_seconds()
+                    ));
+                }
+                at
+            }
+            (None, Some(ms)) => {
+                let ms = i64::try_from(ms)
+                    .ok()
+                    .filter(|ms| *ms <= MAX_DELAY.num_milliseconds())
+                    .ok_or_else(|| {
+                        format!("delay_ms {ms} is more than {} days", MAX_DELAY.num_days())
+                    })?;
+                now + chrono::Duration::milliseconds(ms)
+            }
+            (None, None) => return Ok(None),
+        };
+        if at - now > MAX_DELAY {
+            return Err(format!(
+                "run_at {} is more than {} days ahead",
+                at.to_rfc3339(),
+                MAX_DELAY.num_days()
+            ));
+        }
+        Ok((at > now).then_some(at))
+    }
 }
+
+/// How far in the past a `run_at` may be and still be taken as "now".
+pub const RUN_AT_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// The furthest ahead a task can be delayed.
+pub const MAX_DELAY: chrono::TimeDelta = chrono::TimeDelta::days(3660);
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +181,9 @@ pub struct OrchestratorConfig {
     /// Deliveries of an orchestration message that failed the same way
     /// before it is dead-lettered and its task failed ([`crate::queue::poison`]).
     pub max_deliveries: u32,
+    /// The scheduler looks for delayed tasks and schedules other processes
+    /// stored at least this often (it sleeps until the next one it knows of).
+    pub schedule_poll: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -135,6 +195,7 @@ impl Default for OrchestratorConfig {
             conflict_retries: 20,
             resend_stranded_after: Some(Duration::from_secs(60)),
             max_deliveries: crate::queue::poison::DEFAULT_MAX_DELIVERIES,
+            schedule_poll: Duration::from_secs(1),
         }
     }
 }
@@ -145,6 +206,8 @@ pub struct Orchestrator {
     queue: Arc<dyn Queue>,
     templates: Arc<TemplateRegistry>,
     config: OrchestratorConfig,
+    /// Wakes the scheduler: a task was delayed or a schedule changed here.
+    wake: tokio::sync::Notify,
 }
 
 impl Orchestrator {
@@ -160,6 +223,7 @@ impl Orchestrator {
             queue,
             templates,
             config,
+            wake: tokio::sync::Notify::new(),
         }
     }
 

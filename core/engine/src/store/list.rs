@@ -51,6 +51,8 @@ pub struct TaskSummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When a delayed task starts.
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 impl From<&crate::model::Task> for TaskSummary {
@@ -67,6 +69,7 @@ impl From<&crate::model::Task> for TaskSummary {
             created_at: t.created_at,
             updated_at: t.updated_at,
             completed_at: t.completed_at,
+            run_at: t.run_at,
         }
     }
 }

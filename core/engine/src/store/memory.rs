@@ -7,6 +7,7 @@ use super::{
 };
 use crate::model::*;
 use crate::queue::Outbox;
+use crate::schedule::Schedule;
 use crate::state::{StepState, TaskState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,6 +29,7 @@ struct Inner {
     workers: HashMap<uuid::Uuid, Registered>,
     step_index: HashMap<StepId, (TaskId, usize)>,
     idempotency: HashMap<String, TaskId>,
+    schedules: super::memory_schedules::Schedules,
 }
 
 /// A registered worker: what it said, its last heartbeat, when it stopped.
@@ -502,6 +504,53 @@ impl Store for MemoryStore {
             )
         });
         Ok(all)
+    }
+
+    async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError> {
+        let inner = self.inner.lock();
+        let mut due: Vec<(DateTime<Utc>, TaskId)> = inner
+            .tasks
+            .values()
+            .filter(|e| e.task.state == TaskState::Scheduled)
+            .filter_map(|e| Some((e.task.run_at?, e.task.id)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit.max(0) as usize)
+            .map(|(_, id)| id)
+            .collect())
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .tasks
+            .values()
+            .filter(|e| e.task.state == TaskState::Scheduled)
+            .filter_map(|e| e.task.run_at)
+            .min())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        Ok(self.inner.lock().schedules.all())
+    }
+
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        Ok(self.inner.lock().schedules.insert(schedule))
+    }
+
+    async fn replace_schedule(
+        &self,
+        schedule: &Schedule,
+        expected: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.inner.lock().schedules.replace(schedule, expected))
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.lock().schedules.delete(name))
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {

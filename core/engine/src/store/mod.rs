@@ -4,6 +4,7 @@
 
 mod list;
 mod memory;
+mod memory_schedules;
 mod workers;
 
 pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};
@@ -13,6 +14,7 @@ pub use memory::MemoryStore;
 
 use crate::model::*;
 use crate::queue::Outbox;
+use crate::schedule::Schedule;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::any::Any;
@@ -202,6 +204,30 @@ pub trait Store: Send + Sync + 'static {
         txn.commit(self, Outbox::default()).await?;
         Ok(true)
     }
+
+    /// Delayed tasks whose `run_at` has come (at most `limit`, earliest first).
+    async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError>;
+
+    /// The earliest `run_at` of a task still scheduled.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+
+    /// Adds a schedule; false when one has its name.
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError>;
+
+    /// Replaces the schedule of that name if its `next_run_at` is still
+    /// `expected` (a compare-and-swap: of two processes firing a tick, or
+    /// pausing while it fires, one wins); false otherwise or when gone.
+    async fn replace_schedule(
+        &self,
+        schedule: &Schedule,
+        expected: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes a schedule; false when there was none.
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Ends the leases that [`Self::stranded`] took, once the steps'
     /// messages are sent (the queue redelivers them from now on); a lease a

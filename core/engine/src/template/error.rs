@@ -29,6 +29,8 @@ impl fmt::Display for TemplateError {
 pub enum TemplateErrorKind {
     #[error("cannot read file: {0}")]
     Io(String),
+    #[error("schedules[{index}]: {message}")]
+    Schedule { index: usize, message: String },
     #[error("invalid YAML: {0}")]
     Parse(String),
     #[error("`{0}` must not be empty")]

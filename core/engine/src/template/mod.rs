@@ -153,6 +153,27 @@ impl StepTemplate {
     }
 }
 
+/// A schedule a template declares: `schedules: [{cron: "*/5 * * * *",
+/// timezone: Europe/Berlin, context: {...}}]`; its name defaults to
+/// `<namespace>.<name>.<index>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSchedule {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub cron: String,
+    #[serde(default = "utc")]
+    pub timezone: String,
+    #[serde(default)]
+    pub context: Value,
+    #[serde(default)]
+    pub catch_up: crate::schedule::CatchUp,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskTemplate {
@@ -164,6 +185,9 @@ pub struct TaskTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
     pub steps: Vec<StepTemplate>,
+    /// Cron schedules that create this template's tasks (see `schedule`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<TemplateSchedule>,
     #[serde(skip)]
     compiled: Option<Arc<jsonschema::Validator>>,
     #[serde(skip)]

@@ -50,6 +50,7 @@ impl TaskTemplate {
             description: None,
             input_schema: None,
             steps,
+            schedules: Vec::new(),
             compiled: None,
             index: HashMap::new(),
             topo: Vec::new(),
@@ -72,17 +73,28 @@ impl TaskTemplate {
                 Err(e) => errors.push((None, TemplateErrorKind::InputSchema(e.to_string()))),
             }
         }
+        for (index, s) in self.schedules.iter().enumerate() {
+            if let Err(message) = self.validate_context(&s.context) {
+                let message = format!("context: {message}");
+                errors.push((None, TemplateErrorKind::Schedule { index, message }));
+            }
+        }
         if !errors.is_empty() {
             return Err(TemplateErrors(
                 errors
                     .into_iter()
                     .map(|(step, kind)| TemplateError {
                         origin: origin.to_string(),
-                        line: step.as_deref().and_then(|s| {
-                            text.and_then(|t| {
-                                step_line(t, s, kind == TemplateErrorKind::DuplicateStep)
-                            })
-                        }),
+                        line: match (&kind, text) {
+                            (TemplateErrorKind::Schedule { index, .. }, Some(t)) => {
+                                schedule_line(t, *index)
+                            }
+                            _ => step.as_deref().and_then(|s| {
+                                text.and_then(|t| {
+                                    step_line(t, s, kind == TemplateErrorKind::DuplicateStep)
+                                })
+                            }),
+                        },
                         step,
                         kind,
                     })
@@ -98,6 +110,16 @@ impl TaskTemplate {
         self.topo = topological_order(&self.steps, &self.index);
         Ok(self)
     }
+}
+
+/// The line (1-based) of the `index`th entry of the top-level `schedules` list.
+fn schedule_line(text: &str, index: usize) -> Option<usize> {
+    let mut lines = text.lines().enumerate();
+    lines.find(|(_, l)| l.starts_with("schedules:"))?;
+    lines
+        .filter(|(_, l)| l.trim_start().starts_with("- "))
+        .nth(index)
+        .map(|(n, _)| n + 1)
 }
 
 /// Kahn's algorithm in declaration order; only called on acyclic templates.

@@ -117,6 +117,14 @@ impl TemplateRegistry {
         found.map(|(t, _)| t.clone())
     }
 
+    /// The highest version of each template.
+    pub fn latest(&self) -> Vec<Arc<TaskTemplate>> {
+        self.templates
+            .values()
+            .filter_map(|v| v.values().next_back().map(|(t, _)| t.clone()))
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<Arc<TaskTemplate>> {
         let mut all: Vec<_> = self
             .templates

@@ -18,6 +18,20 @@ pub(super) fn validate(t: &TaskTemplate) -> Vec<Problem> {
             out.push((None, K::EmptyField(field)));
         }
     }
+    for (index, s) in t.schedules.iter().enumerate() {
+        let checked = crate::schedule::parse_cron(&s.cron)
+            .and(crate::schedule::parse_timezone(&s.timezone))
+            .map(|_| ());
+        if let Err(e) = checked {
+            out.push((
+                None,
+                K::Schedule {
+                    index,
+                    message: e.to_string(),
+                },
+            ));
+        }
+    }
     if t.steps.is_empty() {
         out.push((None, K::NoSteps));
         return out;
@@ -232,6 +246,7 @@ mod tests {
             description: None,
             input_schema: None,
             steps,
+            schedules: Vec::new(),
             compiled: None,
             index: HashMap::new(),
             topo: Vec::new(),
