@@ -6,6 +6,7 @@ mod cluster;
 mod find_bench;
 mod fixtures;
 mod ops_cli;
+mod schedules_cli;
 mod server;
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,13 @@ enum Command {
     Tasks {
         #[command(subcommand)]
         command: ops_cli::TasksCommand,
+        #[command(flatten)]
+        api: ops_cli::ApiArgs,
+    },
+    /// Cron schedules through the HTTP API: list, create, pause, resume, delete.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules_cli::SchedulesCommand,
         #[command(flatten)]
         api: ops_cli::ApiArgs,
     },
@@ -267,6 +275,7 @@ fn main() -> ExitCode {
             }
             Command::Tasks { command, api } => ops_cli::tasks(&api, command).await,
             Command::Workers { api } => ops_cli::workers(&api).await,
+            Command::Schedules { command, api } => schedules_cli::schedules(&api, command).await,
             Command::Migrate { .. } => server::migrate(&settings()?).await.map(|()| true),
             Command::Serve { .. } => server::serve(&settings()?).await.map(|()| true),
             Command::Worker { .. } => server::worker(&settings()?).await.map(|()| true),

@@ -22,7 +22,7 @@ pub struct ApiArgs {
     token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -75,11 +75,11 @@ pub enum TasksCommand {
     Cancel { id: String },
 }
 
-fn client(api: &ApiArgs) -> Result<ApiClient> {
+pub(crate) fn client(api: &ApiArgs) -> Result<ApiClient> {
     ApiClient::new(&api.server, api.token.clone())
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -102,7 +102,7 @@ fn short(v: &Value, max: usize) -> String {
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -111,7 +111,7 @@ fn s(v: &Value) -> String {
 }
 
 /// Rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -153,23 +153,6 @@ steps:
     assert!(!text.contains('\x1b'), "{text}");
 }
 
-/// `stepgraph <args>` as a client of `addr`: its exit success, stdout and stderr.
-fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"));
-    cmd.args(args)
-        .env("STEPGRAPH_SERVER", format!("http://{addr}"))
-        .env_remove("STEPGRAPH_TOKEN");
-    if let Some(t) = token {
-        cmd.env("STEPGRAPH_TOKEN", t);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_cli_finds_shows_retries_resolves_and_cancels_tasks() {
     let c = cluster();

@@ -8,6 +8,7 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::cluster::{http, wait, TestEnv};
+use common::ops::cli;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -309,4 +310,66 @@ steps:
         text.contains("bad.yaml:6") && text.contains("schedules[1]") && text.contains("cron"),
         "{text}"
     );
+}
+
+#[test]
+fn the_cli_creates_lists_pauses_resumes_and_deletes_schedules() {
+    let t = TestEnv::new();
+    let serve = t.serve(&[]);
+    let addr = serve.addr();
+    let (ok, out, err) = cli(
+        addr,
+        None,
+        &[
+            "schedules",
+            "create",
+            "reports",
+            "--cron",
+            "0 9 * * 1-5",
+            "--namespace",
+            "e2e",
+            "--template",
+            "linear",
+            "--timezone",
+            "America/New_York",
+            "--context",
+            r#"{"even_number": 2}"#,
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("reports") && out.contains("America/New_York"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(addr, None, &["schedules", "list", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["schedules"][0]["cron"], "0 9 * * 1-5", "{v}");
+    let (ok, out, _) = cli(addr, None, &["schedules", "pause", "reports"]);
+    assert!(ok && out.contains("paused"), "{out}");
+    let (ok, out, _) = cli(addr, None, &["schedules", "resume", "reports"]);
+    assert!(ok && out.contains("active"), "{out}");
+    let (ok, out, err) = cli(
+        addr,
+        None,
+        &[
+            "schedules",
+            "create",
+            "x",
+            "--cron",
+            "nope",
+            "--namespace",
+            "e2e",
+            "--template",
+            "linear",
+        ],
+    );
+    assert!(
+        !ok && err.contains("400") && err.contains("cron"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = cli(addr, None, &["schedules", "delete", "reports"]);
+    assert!(ok && out.contains("deleted reports"), "{out}");
+    let (_, v) = http(addr, "GET", "/v1/schedules", None);
+    assert_eq!(v["schedules"], json!([]));
 }

@@ -117,3 +117,20 @@ pub fn cluster() -> Cluster {
         _worker: worker,
     }
 }
+
+/// `stepgraph <args>` as a client of `addr`: its exit success, stdout and stderr.
+pub fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"));
+    cmd.args(args)
+        .env("STEPGRAPH_SERVER", format!("http://{addr}"))
+        .env_remove("STEPGRAPH_TOKEN");
+    if let Some(t) = token {
+        cmd.env("STEPGRAPH_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
