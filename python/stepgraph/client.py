@@ -5,6 +5,7 @@ Standard library only."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -50,10 +51,22 @@ class Client:
         version: Optional[str] = None,
         idempotency_key: Optional[str] = None,
         priority: Optional[int] = None,
+        run_at: Optional[datetime.datetime] = None,
+        delay: Optional[float] = None,
     ) -> dict:
         """Creates a task; returns ``{"task_id": ..., "created": bool, ...}``
-        (``created`` is false when the idempotency key names an existing task)."""
+        (``created`` is false when the idempotency key names an existing task).
+        With ``run_at`` (an aware ``datetime``, or an RFC 3339 string) or
+        ``delay`` (seconds) the task is stored ``scheduled`` and starts then."""
         body: dict = {"namespace": namespace, "name": name, "context": context}
+        if run_at is not None:
+            if isinstance(run_at, datetime.datetime):
+                if run_at.tzinfo is None:
+                    raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+                run_at = run_at.isoformat()
+            body["run_at"] = run_at
+        if delay is not None:
+            body["delay_ms"] = int(delay * 1000)
         if version is not None:
             body["version"] = version
         if idempotency_key is not None:

@@ -1,10 +1,12 @@
 """A Python worker in a PostgreSQL deployment: tasks created over the HTTP API
 of a real `stepgraph serve` process, steps run by Python handlers."""
 
+import datetime
 import hashlib
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +131,11 @@ def test_a_bad_database_url_is_a_clear_error():
         stepgraph.Worker("postgres://postgres@127.0.0.1:1/none", TEMPLATES, [Square()]).start()
 
 
+def _time(text: str) -> datetime.datetime:
+    """An RFC 3339 time as the server writes it (nanoseconds cut to microseconds)."""
+    return datetime.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00"))
+
+
 def test_client_creates_waits_reads_and_cancels(database, server):
     client = stepgraph.Client(f"http://{server}")
     assert client.health()["status"] == "ok"
@@ -141,6 +148,19 @@ def test_client_creates_waits_reads_and_cancels(database, server):
         task = client.wait(created["task_id"], timeout=30)
         assert task["state"] == "complete" and int(task["result"]) == 6**16
         assert client.get_task(created["task_id"])["state"] == "complete"
+        # Delayed: stored scheduled, started at its time.
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
+        delayed = client.create_task("e2e", "linear", {"even_number": 2}, run_at=later)
+        assert client.get_task(delayed["task_id"])["state"] == "scheduled"
+        done = client.wait(delayed["task_id"], timeout=30)
+        started = next(t for t in done["transitions"]["task"] if t["from"] == "scheduled")
+        assert _time(started["at"]) >= _time(done["run_at"]), done
+        by_delay = client.create_task("e2e", "linear", {"even_number": 2}, delay=0.3)
+        assert client.wait(by_delay["task_id"], timeout=30)["state"] == "complete"
+        with pytest.raises(ValueError, match="timezone-aware"):
+            client.create_task("e2e", "linear", {"even_number": 2}, run_at=datetime.datetime.now())
+        with pytest.raises(stepgraph.ApiError, match="run_at or delay_ms"):
+            client.create_task("e2e", "linear", {"even_number": 2}, run_at=later, delay=1)
     # No worker serves this one: it waits, is cancelled, and says so.
     pending = client.create_task("e2e", "linear", {"even_number": 6})
     with pytest.raises(TimeoutError, match="did not end"):

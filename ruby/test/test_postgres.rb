@@ -87,6 +87,19 @@ class PostgresTest < Minitest::Test
       assert_equal true, created["created"]
       assert_equal false, @client.create_task("e2e", "linear", { "even_number" => 6 }, idempotency_key: "rb-1")["created"]
       assert_equal SIX_16, Integer(@client.wait(created["task_id"], timeout: 30)["result"])
+      # Delayed: stored scheduled, started at its time.
+      delayed = @client.create_task("e2e", "linear", { "even_number" => 2 }, run_at: Time.now + 1)
+      assert_equal "scheduled", @client.get_task(delayed["task_id"])["state"]
+      done = @client.wait(delayed["task_id"], timeout: 30)
+      started = done["transitions"]["task"].find { |t| t["from"] == "scheduled" }
+      assert Time.iso8601(started["at"]) >= Time.iso8601(done["run_at"]), done.inspect
+      by_delay = @client.create_task("e2e", "linear", { "even_number" => 2 }, delay: 0.3)
+      assert_equal "complete", @client.wait(by_delay["task_id"], timeout: 30)["state"]
+      error = assert_raises(Stepgraph::ApiError) do
+        @client.create_task("e2e", "linear", { "even_number" => 2 }, run_at: Time.now + 5, delay: 1)
+      end
+      assert_equal 400, error.status
+      assert_match(/run_at or delay_ms/, error.message)
     ensure
       w.stop
     end

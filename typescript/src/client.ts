@@ -22,6 +22,10 @@ export interface CreateTaskOptions {
   version?: string;
   idempotencyKey?: string;
   priority?: number;
+  /** Start at this time (a Date, or an RFC 3339 string): the task waits `scheduled`. */
+  runAt?: Date | string;
+  /** Start this many milliseconds from now. */
+  delayMs?: number;
 }
 
 /** Which tasks `listTasks` finds; every field that is set must match. */
@@ -65,6 +69,10 @@ export class Client {
     if (options.version !== undefined) body.version = options.version;
     if (options.idempotencyKey !== undefined) body.idempotency_key = options.idempotencyKey;
     if (options.priority !== undefined) body.priority = options.priority;
+    if (options.runAt !== undefined) {
+      body.run_at = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
+    }
+    if (options.delayMs !== undefined) body.delay_ms = options.delayMs;
     return this.#request("POST", "/v1/tasks", body);
   }
 

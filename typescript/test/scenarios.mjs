@@ -587,6 +587,18 @@ export function postgresScenarios(test, backend) {
         const task = await client.wait(created.task_id, 30_000);
         assert.equal(task.state, "complete");
         assert.equal(BigInt(task.result), SIX_16);
+        // Delayed: stored scheduled, started at its time.
+        const delayed = await client.createTask("e2e", "linear", { even_number: 2 }, { runAt: new Date(Date.now() + 1000) });
+        assert.equal((await client.getTask(delayed.task_id)).state, "scheduled");
+        const done = await client.wait(delayed.task_id, 30_000);
+        const started = done.transitions.task.find((t) => t.from === "scheduled");
+        assert.ok(new Date(started.at) >= new Date(done.run_at), JSON.stringify(done.transitions.task));
+        const byDelay = await client.createTask("e2e", "linear", { even_number: 2 }, { delayMs: 300 });
+        assert.equal((await client.wait(byDelay.task_id, 30_000)).state, "complete");
+        await assert.rejects(
+          client.createTask("e2e", "linear", { even_number: 2 }, { runAt: new Date(Date.now() + 5000), delayMs: 1 }),
+          (e) => e.status === 400 && /run_at or delay_ms/.test(e.message),
+        );
       });
       const pending = await client.createTask("e2e", "linear", { even_number: 6 });
       await assert.rejects(client.wait(pending.task_id, 200), /did not end within 200 ms/);

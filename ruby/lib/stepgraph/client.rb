@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
+require "time"
 require "net/http"
 require "uri"
 
@@ -32,9 +33,14 @@ module Stepgraph
     end
 
     # Creates a task; returns {"task_id" => ..., "created" => bool}.
-    def create_task(namespace, name, context, version: nil, idempotency_key: nil, priority: nil)
+    # With +run_at+ (a Time, or an RFC 3339 string) or +delay+ (seconds) the
+    # task is stored "scheduled" and starts then.
+    def create_task(namespace, name, context, version: nil, idempotency_key: nil, priority: nil,
+                    run_at: nil, delay: nil)
+      run_at = run_at.getutc.iso8601(3) if run_at.respond_to?(:getutc)
       body = { namespace: namespace, name: name, context: context, version: version,
-               idempotency_key: idempotency_key, priority: priority }.compact
+               idempotency_key: idempotency_key, priority: priority, run_at: run_at,
+               delay_ms: delay && (delay * 1000).round }.compact
       request(:post, "/v1/tasks", body)
     end
 
