@@ -167,9 +167,25 @@ class Engine:
         )
         return cls(native, by_name, concurrency, async_concurrency)
 
-    def run(self, namespace: str, name: str, context: Any, timeout: Optional[float] = 300.0) -> TaskResult:
-        """Creates a task and waits for it to end."""
-        report = json.loads(self._native.run(namespace, name, json.dumps(context), int(timeout * 1000)))
+    def run(
+        self,
+        namespace: str,
+        name: str,
+        context: Any,
+        timeout: Optional[float] = 300.0,
+        run_at: Any = None,
+        delay: Optional[float] = None,
+    ) -> TaskResult:
+        """Creates a task (at once, at ``run_at``, an aware ``datetime`` or an
+        RFC 3339 string, or ``delay`` seconds from now) and waits for it to end."""
+        if hasattr(run_at, "isoformat"):
+            if run_at.tzinfo is None:
+                raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            run_at = run_at.isoformat()
+        delay_ms = None if delay is None else int(delay * 1000)
+        report = json.loads(
+            self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms)
+        )
         task = report["task"]
         steps = {s["name"]: _step_view(s) for s in report["steps"]}
         return TaskResult(task["id"], task["state"], task["result"], task["error"], steps, report)

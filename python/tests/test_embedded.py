@@ -507,6 +507,15 @@ steps:
             e.run("t", "s", {"n": "not a number"})
         with pytest.raises(stepgraph.TaskTimeoutError, match="did not finish"):
             e.run("t", "s", {"n": 1}, timeout=0.05)
+        with pytest.raises(stepgraph.InvalidContextError, match="run_at must be an RFC 3339 time"):
+            e.run("t", "s", {"n": 1}, run_at="tomorrow")
+        with pytest.raises(stepgraph.InvalidContextError, match="run_at or delay_ms"):
+            e.run("t", "s", {"n": 1}, run_at="2999-01-01T00:00:00Z", delay=1)
+        # Delayed: it waits `scheduled`, then runs.
+        done = e.run("t", "s", {"n": 1}, delay=0.3)
+        assert done.state == "complete"
+        assert done.report["task"]["run_at"] is not None
+        assert [t["to"] for t in done.report["transitions"]["task"]][:2] == ["scheduled", "initializing"]
         with pytest.raises(stepgraph.EventNotPendingError, match="not pending"):
             e._native.complete(10**9, {"status": "success", "result": None})
     finally:

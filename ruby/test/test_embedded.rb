@@ -371,11 +371,18 @@ class EmbeddedTest < Minitest::Test
         assert_raises(Stepgraph::InvalidContextError) { e.run("t", "s", { "n" => "one" }) }
         error = assert_raises(Stepgraph::TaskTimeoutError) { e.run("t", "s", { "n" => 1 }, timeout: 0.05) }
         assert_match(/did not finish/, error.message)
+        error = assert_raises(Stepgraph::InvalidContextError) { e.run("t", "s", { "n" => 1 }, run_at: "tomorrow") }
+        assert_match(/run_at must be an RFC 3339 time/, error.message)
+        # Delayed: it waits "scheduled", then runs.
+        done = e.run("t", "s", { "n" => 1 }, delay: 0.3)
+        assert_equal "complete", done.state
+        refute_nil done.report["task"]["run_at"]
+        assert_equal %w[scheduled initializing], done.report["transitions"]["task"].first(2).map { |t| t["to"] }
         assert_raises(Stepgraph::EventNotPendingError) do
           native.complete(10**9, { "status" => "success", "result" => nil })
         end
       end
-      assert_raises(Stepgraph::ShutDownError) { native.run("t", "s", {}, 1000) }
+      assert_raises(Stepgraph::ShutDownError) { native.run("t", "s", {}, 1000, nil, nil) }
       error = assert_raises(Stepgraph::BackendUnavailableError) do
         Stepgraph::Worker.new(database_url: "postgres://postgres@127.0.0.1:1/none", templates_dir: dir,
                               handlers: [slow]).start

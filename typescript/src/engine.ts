@@ -128,9 +128,23 @@ export class Engine {
     return this.#pool.stats;
   }
 
-  /** Creates a task and waits for it to end. */
-  async run(namespace: string, name: string, context: unknown, options: { timeoutMs?: number } = {}): Promise<TaskResult> {
-    const request = stringifyJson({ op: "run", namespace, name, context, timeout_ms: options.timeoutMs ?? 300_000 });
+  /** Creates a task (at once, at `runAt`, or `delayMs` from now) and waits for it to end. */
+  async run(
+    namespace: string,
+    name: string,
+    context: unknown,
+    options: { timeoutMs?: number; runAt?: Date | string; delayMs?: number } = {},
+  ): Promise<TaskResult> {
+    const runAt = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
+    const request = stringifyJson({
+      op: "run",
+      namespace,
+      name,
+      context,
+      timeout_ms: options.timeoutMs ?? 300_000,
+      run_at: runAt,
+      delay_ms: options.delayMs,
+    });
     return taskResult(await this.#native.call(request));
   }
 

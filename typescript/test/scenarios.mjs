@@ -456,6 +456,12 @@ steps:
       await assert.rejects(engine.run("t", "nope", {}), is(TemplateNotFoundError, "UnknownTemplate", /no template t\/nope/));
       await assert.rejects(engine.run("t", "s", { n: "one" }), is(InvalidContextError, "InvalidContext", /input_schema/));
       await assert.rejects(engine.run("t", "s", { n: 1 }, { timeoutMs: 50 }), is(TaskTimeoutError, "Timeout", /did not finish/));
+      await assert.rejects(engine.run("t", "s", { n: 1 }, { runAt: "tomorrow" }), /run_at/);
+      // Delayed: it waits `scheduled`, then runs.
+      const done = await engine.run("t", "s", { n: 1 }, { delayMs: 300 });
+      assert.equal(done.state, "complete");
+      assert.ok(done.report.task.run_at, JSON.stringify(done.report.task));
+      assert.deepEqual(done.report.transitions.task.slice(0, 2).map((t) => t.to), ["scheduled", "initializing"]);
     } finally {
       await engine.close();
     }

@@ -148,6 +148,12 @@ pub enum Call {
         context: Value,
         #[serde(default = "default_run_timeout_ms")]
         timeout_ms: u64,
+        /// Start at this time (RFC 3339) rather than at once.
+        #[serde(default)]
+        run_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Start this many milliseconds from now.
+        #[serde(default)]
+        delay_ms: Option<u64>,
     },
     /// Benchmarks: replies with the nanoseconds `n` round trips took.
     Roundtrip { handler: String, n: u64 },
@@ -323,17 +329,12 @@ impl HostedEngine {
         self.breakers.state(handler)
     }
 
-    /// Creates a task in the embedded engine and waits for it to end.
-    pub fn run(
-        &self,
-        namespace: &str,
-        name: &str,
-        context: Value,
-        timeout: Duration,
-    ) -> Result<TaskReport, HostedError> {
+    /// Creates a task in the embedded engine (delayed, if `request` says
+    /// so) and waits for it to end.
+    pub fn run(&self, request: TaskRequest, timeout: Duration) -> Result<TaskReport, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
         self.runtime
-            .block_on(submit_and_wait(&engine, namespace, name, context, timeout))
+            .block_on(submit_and_wait(&engine, request, timeout))
             .map_err(HostedError::from)
     }
 
@@ -350,14 +351,21 @@ impl HostedEngine {
             name,
             context,
             timeout_ms,
+            run_at,
+            delay_ms,
         } = call
         {
             let Some(engine) = self.engine.lock().clone() else {
                 return reply(Err(HostedError::NoEngine));
             };
+            let request = TaskRequest {
+                run_at,
+                delay_ms,
+                ..TaskRequest::new(&namespace, &name, context)
+            };
             self.runtime.spawn(async move {
                 let timeout = Duration::from_millis(timeout_ms);
-                let report = submit_and_wait(&engine, &namespace, &name, context, timeout)
+                let report = submit_and_wait(&engine, request, timeout)
                     .await
                     .map_err(HostedError::from)
                     .and_then(|r| {
@@ -416,16 +424,41 @@ impl HostedEngine {
     }
 }
 
-/// Creates a task in `engine` and waits for it to end.
-async fn submit_and_wait(
-    engine: &Engine,
+/// What a language's `run` asks for: a task, started at once, at `run_at`
+/// (RFC 3339) or `delay_ms` from now. A `run_at` that is not a time is an
+/// invalid request naming it.
+pub fn task_request(
     namespace: &str,
     name: &str,
     context: Value,
+    run_at: Option<&str>,
+    delay_ms: Option<u64>,
+) -> Result<TaskRequest, HostedError> {
+    let run_at = run_at
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| {
+                    let why = format!("run_at must be an RFC 3339 time ({t:?}: {e})");
+                    HostedError::Engine(EngineError::Orchestrator(
+                        stepgraph_engine::OrchestratorError::InvalidRequest(why),
+                    ))
+                })
+        })
+        .transpose()?;
+    Ok(TaskRequest {
+        run_at,
+        delay_ms,
+        ..TaskRequest::new(namespace, name, context)
+    })
+}
+
+/// Creates a task in `engine` and waits for it to end.
+async fn submit_and_wait(
+    engine: &Engine,
+    request: TaskRequest,
     timeout: Duration,
 ) -> Result<TaskReport, EngineError> {
-    let created = engine
-        .submit(TaskRequest::new(namespace, name, context))
-        .await?;
+    let created = engine.submit(request).await?;
     engine.wait(created.task_id, timeout).await
 }

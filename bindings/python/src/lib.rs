@@ -122,8 +122,10 @@ impl NativeEngine {
         Ok(took.as_nanos() as u64)
     }
 
-    /// Creates a task and waits (without the GIL) for it; its report as JSON text.
-    #[pyo3(signature = (namespace, name, context, timeout_ms=300000))]
+    /// Creates a task (at once, at `run_at` (RFC 3339) or `delay_ms` from
+    /// now) and waits (without the GIL) for it; its report as JSON text.
+    #[pyo3(signature = (namespace, name, context, timeout_ms=300000, run_at=None, delay_ms=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
@@ -131,14 +133,16 @@ impl NativeEngine {
         name: &str,
         context: &str,
         timeout_ms: u64,
+        run_at: Option<&str>,
+        delay_ms: Option<u64>,
     ) -> PyResult<String> {
         let context: Value = serde_json::from_str(context)
             .map_err(|e| internal(format!("context is not JSON: {e}")))?;
+        let request =
+            stepgraph_worker::hosted::task_request(namespace, name, context, run_at, delay_ms)
+                .map_err(error)?;
         let report = py
-            .allow_threads(|| {
-                self.inner
-                    .run(namespace, name, context, Duration::from_millis(timeout_ms))
-            })
+            .allow_threads(|| self.inner.run(request, Duration::from_millis(timeout_ms)))
             .map_err(error)?;
         serde_json::to_string(&report).map_err(internal)
     }

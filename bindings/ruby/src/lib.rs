@@ -166,6 +166,7 @@ impl NativeEngine {
 
     /// Creates a task in the embedded engine and waits (without the GVL)
     /// for it; its report as a Hash.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         ruby: &Ruby,
         rb_self: &Self,
@@ -173,15 +174,22 @@ impl NativeEngine {
         name: String,
         context: magnus::Value,
         timeout_ms: u64,
+        run_at: Option<String>,
+        delay_ms: Option<u64>,
     ) -> Result<magnus::Value, Error> {
         let context = convert::from_ruby(ruby, context)?;
+        let request = stepgraph_worker::hosted::task_request(
+            &namespace,
+            &name,
+            context,
+            run_at.as_deref(),
+            delay_ms,
+        )
+        .map_err(|e| error(ruby, e))?;
         let report = without_gvl(ruby, || {
-            rb_self.inner.run(
-                &namespace,
-                &name,
-                context,
-                Duration::from_millis(timeout_ms),
-            )
+            rb_self
+                .inner
+                .run(request, Duration::from_millis(timeout_ms))
         })?
         .map_err(|e| error(ruby, e))?;
         let value = serde_json::to_value(&report).map_err(|e| internal(ruby, e))?;
@@ -236,7 +244,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_singleton_method("worker", function!(NativeEngine::worker, 10))?;
     class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
     class.define_method("complete", method!(NativeEngine::complete, 2))?;
-    class.define_method("run", method!(NativeEngine::run, 4))?;
+    class.define_method("run", method!(NativeEngine::run, 6))?;
     class.define_method("roundtrip", method!(NativeEngine::roundtrip, 2))?;
     class.define_method("pending_count", method!(NativeEngine::pending_count, 0))?;
     class.define_method("breaker_state", method!(NativeEngine::breaker_state, 1))?;

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "time"
+
 module Stepgraph
   # Ruby threads, one handler slot each, that pull events from the native
   # host (without the GVL while they wait) and report each handler's outcome.
@@ -94,8 +96,12 @@ module Stepgraph
     end
 
     # Creates a task and waits for it to end.
-    def run(namespace, name, context, timeout: 300)
-      report = @native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i)
+    # Creates a task (at once, at +run_at+ (a Time or an RFC 3339 string), or
+    # +delay+ seconds from now) and waits for it to end.
+    def run(namespace, name, context, timeout: 300, run_at: nil, delay: nil)
+      run_at = run_at.getutc.iso8601(3) if run_at.respond_to?(:getutc)
+      report = @native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i, run_at,
+                           delay && (delay * 1000).round)
       task = report.fetch("task")
       steps = report.fetch("steps").to_h { |s| [s["name"], Engine.step_view(s)] }
       TaskResult.new(task_id: task["id"], state: task["state"], result: task["result"], error: task["error"],
