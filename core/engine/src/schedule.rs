@@ -44,6 +44,7 @@ pub enum ScheduleSource {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Unique; letters, digits, `.`, `_` and `-` (at most 128).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub name: String,
     /// The template's namespace.
     pub namespace: String,
