@@ -373,3 +373,71 @@ fn the_cli_creates_lists_pauses_resumes_and_deletes_schedules() {
     let (_, v) = http(addr, "GET", "/v1/schedules", None);
     assert_eq!(v["schedules"], json!([]));
 }
+
+/// After downtime, `skip` makes nothing for the missed ticks and `once`
+/// one task, for the latest of them; both go on from the next tick.
+#[test]
+fn missed_ticks_are_skipped_or_made_once() {
+    use std::sync::Arc;
+    use stepgraph_engine::schedule::{CatchUp, ScheduleSource, ScheduleSpec};
+    use stepgraph_engine::{MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig, Store};
+    common::block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let orchestrator = Orchestrator::new(
+            store.clone(),
+            Arc::new(MemoryQueue::new()),
+            Arc::new(common::fixture_templates()),
+            OrchestratorConfig::default(),
+        );
+        let now = Utc::now();
+        let an_hour_ago = now - chrono::Duration::hours(1);
+        for (name, catch_up) in [("skipper", CatchUp::Skip), ("once", CatchUp::Once)] {
+            let spec = ScheduleSpec {
+                name: name.into(),
+                namespace: "e2e".into(),
+                template: "linear".into(),
+                version: None,
+                cron: "*/10 * * * *".into(),
+                timezone: "UTC".into(),
+                context: json!({ "even_number": 2 }),
+                catch_up,
+            };
+            // Stored an hour ago, and nothing ran it since.
+            let s = spec
+                .into_schedule(ScheduleSource::Api, an_hour_ago)
+                .unwrap();
+            assert!(store.insert_schedule(&s).await.unwrap());
+        }
+        orchestrator.run_due(now).await.unwrap();
+        let schedules = store.schedules().await.unwrap();
+        let tasks = |key: String| {
+            let store = store.clone();
+            async move { store.find_by_idempotency_key(&key).await.unwrap() }
+        };
+        for s in &schedules {
+            let next = s.next_run_at.unwrap();
+            assert!(
+                next > now && next - now <= chrono::Duration::minutes(10),
+                "{s:?}"
+            );
+        }
+        let once = schedules.iter().find(|s| s.name == "once").unwrap();
+        let latest = once.latest_at_or_before(now).unwrap();
+        assert_eq!(once.last_run_at, Some(latest));
+        let made = tasks(stepgraph_engine::schedule::tick_key("once", latest)).await;
+        assert_eq!(
+            made, once.last_task_id,
+            "one task, for the latest missed tick"
+        );
+        let skipper = schedules.iter().find(|s| s.name == "skipper").unwrap();
+        assert_eq!((skipper.last_run_at, skipper.last_task_id), (None, None));
+        let all = store
+            .list_tasks(&stepgraph_engine::store::TaskFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+    });
+}
