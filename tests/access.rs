@@ -20,6 +20,8 @@ fn every_endpoint_needs_a_token_with_its_scope() {
         "/v1/stats",
         "/v1/templates",
         "/v1/workers",
+        "/v1/schedules",
+        "/v1/schedules/none",
     ]
     .map(|p| ("GET", p.to_string(), None, "read"));
     let create = json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 2 } });
@@ -43,6 +45,22 @@ fn every_endpoint_needs_a_token_with_its_scope() {
             "admin",
         ),
         ("POST", "/v1/tasks".to_string(), Some(create), "write"),
+        (
+            "POST",
+            "/v1/schedules".to_string(),
+            Some(json!({
+                "name": "nightly", "namespace": "e2e", "template": "linear",
+                "cron": "0 3 * * *", "context": { "even_number": 2 }
+            })),
+            "write",
+        ),
+        (
+            "POST",
+            "/v1/schedules/nightly/pause".to_string(),
+            Some(json!({})),
+            "write",
+        ),
+        ("DELETE", "/v1/schedules/nightly".to_string(), None, "write"),
         (
             "POST",
             format!("/v1/tasks/{failed}/cancel"),
