@@ -411,3 +411,30 @@ def test_a_python_worker_logs_its_steps_like_stepgraph_worker(database, tmp_path
         worker.wait(timeout=30)
         serve.kill()
         serve.wait()
+
+
+def test_a_python_worker_serves_the_metrics_of_what_it_ran(database, server, monkeypatch):
+    """STEPGRAPH_WORKER_METRICS_LISTEN: the worker's /metrics counts its
+    steps by template, handler and outcome, read by Prometheus's own parser."""
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STEPGRAPH_WORKER_METRICS_LISTEN", f"127.0.0.1:{port}")
+    client = stepgraph.Client(f"http://{server}")
+    with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square]):
+        created = client.create_task("e2e", "linear", {"even_number": 2})
+        assert client.wait(created["task_id"], timeout=30)["state"] == "complete"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    attempts = {
+        (s.labels["handler"], s.labels["outcome"]): s.value
+        for s in families["stepgraph_step_attempts"].samples
+        if s.labels.get("template") == "e2e/linear"
+    }
+    assert attempts == {("math.square", "completed"): 4.0}, text
+    ended = [s for s in families["stepgraph_tasks_ended"].samples if s.labels["template"] == "e2e/linear"]
+    assert [(s.labels["outcome"], s.value) for s in ended] == [("completed", 1.0)], text

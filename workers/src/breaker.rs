@@ -8,11 +8,11 @@
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// A breaker's state, as metrics and logs show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -49,6 +49,8 @@ pub struct Breakers {
     map: Mutex<HashMap<String, Breaker>>,
     threshold: u32,
     cool_down: Duration,
+    /// Transitions so far, by handler and the state entered (for /metrics).
+    transitions: Mutex<BTreeMap<(String, BreakerState), u64>>,
 }
 
 impl Breakers {
@@ -57,6 +59,34 @@ impl Breakers {
             map: Mutex::new(HashMap::new()),
             threshold: config.failure_threshold.max(1),
             cool_down: config.cool_down,
+            transitions: Mutex::default(),
+        }
+    }
+
+    fn entered(&self, handler: &str, state: BreakerState) {
+        *self
+            .transitions
+            .lock()
+            .entry((handler.to_string(), state))
+            .or_default() += 1;
+    }
+
+    /// `stepgraph_circuit_transitions_total{handler, to}` in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "stepgraph_circuit_transitions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Circuit-breaker transitions, by handler and the state entered.\n# TYPE {name} counter"
+        );
+        for ((handler, to), n) in self.transitions.lock().iter() {
+            let to = match to {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half_open",
+            };
+            let handler = handler.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{handler=\"{handler}\",to=\"{to}\"}} {n}");
         }
     }
 
@@ -77,7 +107,9 @@ impl Breakers {
             return Err(self.cool_down.min(Duration::from_secs(1)));
         }
         b.probing = true;
+        drop(breakers);
         tracing::info!(handler, "circuit half-open: letting one probe through");
+        self.entered(handler, BreakerState::HalfOpen);
         Ok(())
     }
 
@@ -88,7 +120,9 @@ impl Breakers {
         if success {
             if let Some(b) = breakers.remove(handler) {
                 if b.opened_at.is_some() {
+                    drop(breakers);
                     tracing::info!(handler, "circuit closed: the probe succeeded");
+                    self.entered(handler, BreakerState::Closed);
                 }
             }
             return;
@@ -98,11 +132,15 @@ impl Breakers {
             tracing::warn!(handler, "circuit open again: the probe failed");
             b.probing = false;
             b.opened_at = Some(Instant::now());
+            drop(breakers);
+            self.entered(handler, BreakerState::Open);
         } else {
             b.failures += 1;
             if b.failures >= self.threshold {
                 tracing::warn!(handler, failures = b.failures, "circuit open");
                 b.opened_at = Some(Instant::now());
+                drop(breakers);
+                self.entered(handler, BreakerState::Open);
             }
         }
     }

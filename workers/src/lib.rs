@@ -12,6 +12,7 @@ pub mod handler;
 pub mod host;
 pub mod hosted;
 pub mod logging;
+mod metrics_http;
 pub mod roundtrip;
 pub mod runtime;
 pub mod settings;

@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub language: String,
     /// How often it tells the registry it is alive.
     pub heartbeat: Duration,
+    /// Serve Prometheus `/metrics` here (what this worker's inline
+    /// orchestration counted); none: no metrics endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +70,7 @@ impl Default for WorkerConfig {
             max_deliveries: poison::DEFAULT_MAX_DELIVERIES,
             language: "rust".into(),
             heartbeat: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -152,6 +156,14 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let id = uuid::Uuid::now_v7();
         let beating = tokio::spawn(self.clone().heartbeat(id, shutdown.clone()));
+        if let (Some(addr), Some(orchestrator)) = (self.config.metrics_listen, &self.inline) {
+            tokio::spawn(crate::metrics_http::serve(
+                addr,
+                orchestrator.clone(),
+                self.handlers.breakers().clone(),
+                shutdown.clone(),
+            ));
+        }
         let loops: Vec<_> = self
             .config
             .namespaces

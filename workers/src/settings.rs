@@ -112,6 +112,9 @@ pub struct WorkerSection {
     /// How often a worker tells the registry it is alive (three missed
     /// heartbeats and `GET /v1/workers` shows it gone).
     pub heartbeat_ms: u64,
+    /// Serve Prometheus `/metrics` of this worker's orchestration at this
+    /// address (e.g. `127.0.0.1:9464`); none by default.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Settings {
@@ -163,6 +166,7 @@ impl Default for WorkerSection {
             breaker_failure_threshold: 5,
             breaker_cool_down_ms: 30_000,
             heartbeat_ms: 5_000,
+            metrics_listen: None,
         }
     }
 }
@@ -309,6 +313,16 @@ impl Settings {
             &mut c.worker.breaker_cool_down_ms,
         )?;
         env_num("WORKER_HEARTBEAT_MS", &mut c.worker.heartbeat_ms)?;
+        if let Some(v) = env("WORKER_METRICS_LISTEN") {
+            c.worker.metrics_listen = Some(v);
+        }
+        if let Some(addr) = &c.worker.metrics_listen {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                SettingsError::Invalid(format!(
+                    "worker.metrics_listen (STEPGRAPH_WORKER_METRICS_LISTEN) must be host:port, e.g. 127.0.0.1:9464, not {addr:?}"
+                ))
+            })?;
+        }
         c.transport()?;
         Ok(c)
     }
@@ -372,6 +386,11 @@ impl Settings {
             eager_dispatch: self.worker.eager_dispatch,
             max_deliveries: self.max_deliveries,
             heartbeat: Duration::from_millis(self.worker.heartbeat_ms.max(1)),
+            metrics_listen: self
+                .worker
+                .metrics_listen
+                .as_deref()
+                .and_then(|a| a.parse().ok()),
             ..Default::default()
         }
     }

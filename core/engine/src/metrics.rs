@@ -1,4 +1,13 @@
-//! Latency histograms the orchestrator keeps, rendered as Prometheus text.
+//! What the orchestrator counts and times, rendered as Prometheus text:
+//! step attempts by outcome, retries, steps and tasks that ended, per
+//! template and handler (counted from each commit's changes once it is
+//! made, so a commit lost to a conflict and made again counts once), and
+//! latency histograms. `serve` and every worker that orchestrates inline
+//! serve it at `/metrics`.
+
+use crate::model::{StepOutcome, WriteOp};
+use crate::state::{StepState, TaskState};
+use crate::txn::TaskTxn;
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -43,21 +52,126 @@ impl Histogram {
     }
 }
 
+/// One counted event of a commit: a step attempt's outcome (`completed`,
+/// `failed`, `timed_out`), a retry scheduled, a step that ended in error,
+/// or a task that ended (`completed`, `failed`, `cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Tally {
+    Attempt {
+        template: String,
+        handler: String,
+        outcome: &'static str,
+    },
+    Retry {
+        template: String,
+        handler: String,
+    },
+    StepError {
+        template: String,
+        handler: String,
+    },
+    Task {
+        template: String,
+        outcome: &'static str,
+    },
+}
+
+impl Tally {
+    /// What `txn`'s changes count.
+    pub(crate) fn of(txn: &TaskTxn) -> Vec<Tally> {
+        let task = txn.task();
+        let template = || format!("{}/{}", task.namespace, task.name);
+        let mut out = Vec::new();
+        for op in txn.ops() {
+            match op {
+                WriteOp::Step {
+                    transition,
+                    outcome,
+                    ..
+                } => {
+                    let handler = || {
+                        txn.step_index(transition.step_id)
+                            .map(|i| txn.step(i).handler.clone())
+                            .unwrap_or_default()
+                    };
+                    let failed = match outcome {
+                        Some(StepOutcome::Failure { error })
+                            if error.code.as_deref() == Some("timeout") =>
+                        {
+                            "timed_out"
+                        }
+                        _ => "failed",
+                    };
+                    let attempt = |outcome| Tally::Attempt {
+                        template: template(),
+                        handler: handler(),
+                        outcome,
+                    };
+                    match transition.to {
+                        StepState::Complete => out.push(attempt("completed")),
+                        StepState::WaitingForRetry => {
+                            out.push(attempt(failed));
+                            out.push(Tally::Retry {
+                                template: template(),
+                                handler: handler(),
+                            });
+                        }
+                        StepState::Error if outcome.is_some() => {
+                            out.push(attempt(failed));
+                            out.push(Tally::StepError {
+                                template: template(),
+                                handler: handler(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                WriteOp::Task { transition, .. } => {
+                    let outcome = match transition.to {
+                        TaskState::Complete => "completed",
+                        TaskState::Error => "failed",
+                        TaskState::Cancelled => "cancelled",
+                        _ => continue,
+                    };
+                    out.push(Tally::Task {
+                        template: template(),
+                        outcome,
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    /// Handler execution time as the worker measured it, by handler.
-    steps: Mutex<BTreeMap<String, Histogram>>,
+    /// Handler execution time as the worker measured it, by template and handler.
+    steps: Mutex<BTreeMap<(String, String), Histogram>>,
     /// Creation to completion, by template.
     tasks: Mutex<BTreeMap<String, Histogram>>,
+    /// Counted events (see [`Tally`]) and how many of each.
+    counts: Mutex<BTreeMap<Tally, u64>>,
 }
 
 impl Metrics {
-    pub fn observe_step(&self, handler: &str, took: Duration) {
+    pub fn observe_step(&self, template: &str, handler: &str, took: Duration) {
         self.steps
             .lock()
-            .entry(handler.to_string())
+            .entry((template.to_string(), handler.to_string()))
             .or_default()
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn count(&self, tallies: Vec<Tally>) {
+        if tallies.is_empty() {
+            return;
+        }
+        let mut counts = self.counts.lock();
+        for t in tallies {
+            *counts.entry(t).or_default() += 1;
+        }
     }
 
     pub fn observe_task(&self, template: &str, took: Duration) {
@@ -70,15 +184,20 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_counts(&mut out);
         let _ = writeln!(
             out,
             "# HELP stepgraph_step_duration_seconds Handler execution time per step attempt.\n# TYPE stepgraph_step_duration_seconds histogram"
         );
-        for (handler, h) in self.steps.lock().iter() {
+        for ((template, handler), h) in self.steps.lock().iter() {
             h.render(
                 &mut out,
                 "stepgraph_step_duration_seconds",
-                &format!("handler=\"{handler}\","),
+                &format!(
+                    "template=\"{}\",handler=\"{}\",",
+                    escape(template),
+                    escape(handler)
+                ),
             );
         }
         let _ = writeln!(
@@ -89,9 +208,75 @@ impl Metrics {
             h.render(
                 &mut out,
                 "stepgraph_task_duration_seconds",
-                &format!("template=\"{template}\","),
+                &format!("template=\"{}\",", escape(template)),
             );
         }
         out
     }
+
+    fn render_counts(&self, out: &mut String) {
+        let counts = self.counts.lock();
+        for (name, help) in FAMILIES {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (t, n) in counts.iter().filter(|(t, _)| t.family() == name) {
+                let _ = writeln!(out, "{name}{{{}}} {n}", t.labels());
+            }
+        }
+    }
+}
+
+/// The counter families, in the order they are shown.
+const FAMILIES: [(&str, &str); 4] = [
+    (
+        "stepgraph_step_attempts_total",
+        "Step attempts by outcome: completed, failed, timed_out.",
+    ),
+    (
+        "stepgraph_step_retries_total",
+        "Failed attempts scheduled to run again.",
+    ),
+    (
+        "stepgraph_step_errors_total",
+        "Steps that ended in error (no attempts left, or a permanent error).",
+    ),
+    (
+        "stepgraph_tasks_ended_total",
+        "Tasks that ended, by outcome: completed, failed, cancelled.",
+    ),
+];
+
+impl Tally {
+    fn family(&self) -> &'static str {
+        match self {
+            Tally::Attempt { .. } => FAMILIES[0].0,
+            Tally::Retry { .. } => FAMILIES[1].0,
+            Tally::StepError { .. } => FAMILIES[2].0,
+            Tally::Task { .. } => FAMILIES[3].0,
+        }
+    }
+
+    fn labels(&self) -> String {
+        let pair =
+            |t: &str, h: &str| format!("template=\"{}\",handler=\"{}\"", escape(t), escape(h));
+        match self {
+            Tally::Attempt {
+                template,
+                handler,
+                outcome,
+            } => format!("{},outcome=\"{outcome}\"", pair(template, handler)),
+            Tally::Retry { template, handler } | Tally::StepError { template, handler } => {
+                pair(template, handler)
+            }
+            Tally::Task { template, outcome } => {
+                format!("template=\"{}\",outcome=\"{outcome}\"", escape(template))
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -21,6 +21,7 @@ pub fn registry() -> HandlerRegistry {
         .register("csv.aggregate", csv::Aggregate)
         .register("util.sleep", util::Sleep)
         .register("util.require_file", util::RequireFile)
+        .register("util.fail_first_attempts", util::FailFirstAttempts)
         .register("util.echo_dependencies", util::EchoDependencies);
     r
 }
@@ -68,6 +69,29 @@ pub mod util {
                 )));
             }
             Ok(StepOutput::Success(json!({ "found": path })))
+        }
+    }
+
+    /// Fails its first `failures` attempts (config or context; default 1)
+    /// with a retryable error, then succeeds: a flaky dependency.
+    pub struct FailFirstAttempts;
+
+    #[async_trait]
+    impl StepHandler for FailFirstAttempts {
+        async fn call(&self, ctx: &StepContext) -> HandlerResult {
+            let failures = ctx
+                .config
+                .get("failures")
+                .or_else(|| ctx.input.get("failures"))
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            if u64::from(ctx.attempt) <= failures {
+                return Err(crate::HandlerError::retryable(format!(
+                    "attempt {} of the first {failures} fails",
+                    ctx.attempt
+                )));
+            }
+            Ok(StepOutput::Success(json!({ "attempt": ctx.attempt })))
         }
     }
 

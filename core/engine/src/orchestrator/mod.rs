@@ -265,10 +265,12 @@ impl Orchestrator {
     ) -> Result<Vec<Claimed>, OrchestratorError> {
         let graph = (!taken.is_empty()).then(|| txn.graph().clone());
         let notable = log::Notable::of(&txn);
+        let tallies = crate::metrics::Tally::of(&txn);
         let mut committed = txn.commit(self.store.as_ref(), outbox).await?;
         for n in &notable {
             n.log();
         }
+        self.metrics.count(tallies);
         std::mem::take(&mut committed.rest)
             .deliver(self.queue.as_ref())
             .await?;

@@ -170,7 +170,11 @@ impl Orchestrator {
         });
         let claimed = self.finish(txn, outbox, taken).await?;
         if let Some((handler, took)) = observed {
-            self.metrics.observe_step(&handler, took);
+            self.metrics.observe_step(
+                &format!("{}/{}", template.namespace, template.name),
+                &handler,
+                took,
+            );
         }
         if let Some(took) = finished {
             self.metrics.observe_task(&template.key(), took);
