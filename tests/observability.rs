@@ -102,6 +102,22 @@ steps:
     assert_eq!(http(&metrics, "GET", "/other", None).0, 404);
     accepted_by_the_prometheus_parser(&text);
 
+    // A message the worker cannot read is dead-lettered, and counted.
+    t.db.query("SELECT sg_send(ARRAY['worker.e2e'], ARRAY[convert_to('not json', 'UTF8')], ARRAY[0::bigint])::text");
+    let dead = r#"stepgraph_dead_letters_total{queue="worker.e2e"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = http(&metrics, "GET", "/metrics", None);
+        if samples(page.as_str().unwrap()).get(dead) == Some(&1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dead} never 1: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Every metric the Grafana dashboard charts is one serve or a worker exports.
     let (_, served) = http(serve.addr(), "GET", "/metrics", None);
     let exported = format!("{text}{}", served.as_str().unwrap());

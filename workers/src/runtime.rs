@@ -309,6 +309,7 @@ impl Worker {
                 self.queue
                     .dead_letter(queue, delivery.receipt, &reason)
                     .await?;
+                stepgraph_engine::metrics::dead_lettered(queue);
                 return Ok(());
             }
         };
@@ -323,6 +324,7 @@ impl Worker {
                 self.queue
                     .dead_letter(queue, delivery.receipt, &reason)
                     .await?;
+                stepgraph_engine::metrics::dead_lettered(queue);
                 return Ok(());
             }
             Err(e) => return Err(e.into()),

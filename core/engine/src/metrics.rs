@@ -145,6 +145,16 @@ impl Tally {
     }
 }
 
+/// Messages moved to the dead letters by this process, by queue: counted
+/// where any consumer moves one (worker or orchestrator alike), shown by
+/// every [`Metrics::render`] of the process.
+static DEAD_LETTERS: Mutex<BTreeMap<String, u64>> = parking_lot::const_mutex(BTreeMap::new());
+
+/// A message of `queue` was moved to the dead letters.
+pub fn dead_lettered(queue: &str) {
+    *DEAD_LETTERS.lock().entry(queue.to_string()).or_default() += 1;
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Handler execution time as the worker measured it, by template and handler.
@@ -215,6 +225,14 @@ impl Metrics {
     }
 
     fn render_counts(&self, out: &mut String) {
+        let name = "stepgraph_dead_letters_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages moved to the dead letters by this process.\n# TYPE {name} counter"
+        );
+        for (queue, n) in DEAD_LETTERS.lock().iter() {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {n}", escape(queue));
+        }
         let counts = self.counts.lock();
         for (name, help) in FAMILIES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -55,10 +55,14 @@ impl Orchestrator {
     /// A poison message: out of the way, with why.
     async fn dead_letter(&self, receipt: u64, reason: &str) {
         tracing::error!(%reason, "orchestration message moved to the dead letters");
-        let _ = self
+        if self
             .queue
             .dead_letter(ORCHESTRATION_QUEUE, receipt, reason)
-            .await;
+            .await
+            .is_ok()
+        {
+            crate::metrics::dead_lettered(ORCHESTRATION_QUEUE);
+        }
     }
 
     async fn process(&self, delivery: Delivery) {

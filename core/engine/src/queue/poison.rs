@@ -83,7 +83,10 @@ pub async fn failed(
         }
     }
     tracing::error!(queue = name, %reason, "message moved to the dead letters");
-    if let Err(e) = queue.dead_letter(name, delivery.receipt, &reason).await {
-        tracing::warn!(queue = name, error = %e, "dead-lettering failed; the message comes back");
+    match queue.dead_letter(name, delivery.receipt, &reason).await {
+        Ok(()) => crate::metrics::dead_lettered(name),
+        Err(e) => {
+            tracing::warn!(queue = name, error = %e, "dead-lettering failed; the message comes back")
+        }
     }
 }
