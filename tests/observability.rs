@@ -95,6 +95,12 @@ steps:
             .any(|k| k.starts_with("stepgraph_step_errors_total")),
         "{text}"
     );
+    // The first attempt came through the worker's queue (serve created the task).
+    let waited = format!("stepgraph_step_queue_wait_seconds_count{{{labels}}}");
+    assert!(
+        s.get(&waited).is_some_and(|n| *n >= 1.0),
+        "{waited} in:\n{text}"
+    );
     assert!(
         text.contains("# TYPE stepgraph_step_retries_total counter"),
         "{text}"

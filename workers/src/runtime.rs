@@ -332,6 +332,13 @@ impl Worker {
         let receipt = Some((queue.to_string(), delivery.receipt));
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
+                if let (Some(ready), Some(inline)) = (msg.ready_at, &self.inline) {
+                    let waited = (chrono::Utc::now() - ready).to_std().unwrap_or_default();
+                    let template = format!("{}/{}", work.namespace, work.task_name);
+                    inline
+                        .metrics()
+                        .observe_queue_wait(&template, &msg.handler, waited);
+                }
                 if self.inline.is_some() {
                     return self.run_inline(receipt, &msg, *work, snapshot, slot).await;
                 }

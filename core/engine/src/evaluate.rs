@@ -385,6 +385,7 @@ pub fn evaluate(
                     attempt: s.attempts,
                     step_name: s.name.clone(),
                     handler: s.handler.clone(),
+                    ready_at: Some(txn.now),
                 });
             }
             if !stays_running {

@@ -161,6 +161,8 @@ pub struct Metrics {
     steps: Mutex<BTreeMap<(String, String), Histogram>>,
     /// Creation to completion, by template.
     tasks: Mutex<BTreeMap<String, Histogram>>,
+    /// Ready to started, for steps that came through a queue, by template and handler.
+    queue_waits: Mutex<BTreeMap<(String, String), Histogram>>,
     /// Counted events (see [`Tally`]) and how many of each.
     counts: Mutex<BTreeMap<Tally, u64>>,
 }
@@ -168,6 +170,15 @@ pub struct Metrics {
 impl Metrics {
     pub fn observe_step(&self, template: &str, handler: &str, took: Duration) {
         self.steps
+            .lock()
+            .entry((template.to_string(), handler.to_string()))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// A step that came through a queue waited `took` there before it started.
+    pub fn observe_queue_wait(&self, template: &str, handler: &str, took: Duration) {
+        self.queue_waits
             .lock()
             .entry((template.to_string(), handler.to_string()))
             .or_default()
@@ -203,6 +214,21 @@ impl Metrics {
             h.render(
                 &mut out,
                 "stepgraph_step_duration_seconds",
+                &format!(
+                    "template=\"{}\",handler=\"{}\",",
+                    escape(template),
+                    escape(handler)
+                ),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP stepgraph_step_queue_wait_seconds From ready to started, for steps delivered through a queue.\n# TYPE stepgraph_step_queue_wait_seconds histogram"
+        );
+        for ((template, handler), h) in self.queue_waits.lock().iter() {
+            h.render(
+                &mut out,
+                "stepgraph_step_queue_wait_seconds",
                 &format!(
                     "template=\"{}\",handler=\"{}\",",
                     escape(template),

@@ -346,6 +346,9 @@ pub struct StepMessage {
     pub attempt: u32,
     pub step_name: String,
     pub handler: String,
+    /// When the step became ready (its queue wait starts then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<DateTime<Utc>>,
 }
 
 /// Worker -> orchestration, and the orchestrator's own timers.
