@@ -87,6 +87,9 @@ pub struct OrchestratorSection {
     /// leases ran out (their worker died) and, over RabbitMQ, of steps
     /// stranded this long (a crash between a commit and its send).
     pub resend_stranded_after_ms: u64,
+    /// The scheduler looks this often for delayed tasks and schedule ticks
+    /// that other processes stored (its own it knows of at once).
+    pub schedule_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +152,7 @@ impl Default for OrchestratorSection {
             concurrency: 64,
             visibility_timeout_ms: 30_000,
             resend_stranded_after_ms: 60_000,
+            schedule_poll_ms: 1_000,
         }
     }
 }
@@ -294,6 +298,10 @@ impl Settings {
             "ORCHESTRATOR_RESEND_STRANDED_AFTER_MS",
             &mut c.orchestrator.resend_stranded_after_ms,
         )?;
+        env_num(
+            "ORCHESTRATOR_SCHEDULE_POLL_MS",
+            &mut c.orchestrator.schedule_poll_ms,
+        )?;
         env_num("WORKER_CONCURRENCY", &mut c.worker.concurrency)?;
         env_num(
             "WORKER_VISIBILITY_TIMEOUT_MS",
@@ -365,6 +373,7 @@ impl Settings {
                 self.orchestrator.resend_stranded_after_ms,
             )),
             max_deliveries: self.max_deliveries,
+            schedule_poll: Duration::from_millis(self.orchestrator.schedule_poll_ms.max(10)),
             ..Default::default()
         }
     }
