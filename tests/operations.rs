@@ -278,10 +278,10 @@ fn bad_list_queries_and_unknown_create_fields_are_400s_naming_them() {
     let (status, v) = post(
         addr,
         "/v1/tasks",
-        json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 2 }, "run_at": "2030-01-01T00:00:00Z" }),
+        json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 2 }, "eta": "2030-01-01T00:00:00Z" }),
     );
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("run_at"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("eta"), "{v}");
     assert_eq!(list(addr, ""), Vec::<String>::new(), "nothing was created");
     // A time window.
     let id = create(addr, "linear", json!({ "even_number": 2 }));
