@@ -30,16 +30,29 @@ fn metrics_count_what_ran() {
         Some(0.0)
     );
     assert_eq!(m(r#"stepgraph_queue_depth{queue="worker.e2e"}"#), Some(0.0));
+    let step = r#"template="e2e/linear",handler="math.square""#;
     assert_eq!(
-        m(r#"stepgraph_step_duration_seconds_count{handler="math.square"}"#),
+        m(&format!("stepgraph_step_duration_seconds_count{{{step}}}")),
         Some(12.0)
     );
     assert_eq!(
-        m(r#"stepgraph_step_duration_seconds_bucket{handler="math.square",le="+Inf"}"#),
+        m(&format!(
+            "stepgraph_step_duration_seconds_bucket{{{step},le=\"+Inf\"}}"
+        )),
         Some(12.0)
     );
     assert_eq!(
-        m(r#"stepgraph_task_duration_seconds_count{template="e2e/linear@1.0.0"}"#),
+        m(&format!(
+            "stepgraph_step_attempts_total{{{step},outcome=\"completed\"}}"
+        )),
+        Some(12.0)
+    );
+    assert_eq!(
+        m(r#"stepgraph_task_duration_seconds_count{template="e2e/linear"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        m(r#"stepgraph_tasks_ended_total{template="e2e/linear",outcome="completed"}"#),
         Some(3.0)
     );
     assert_eq!(m("stepgraph_http_waiting_requests"), Some(0.0));

@@ -177,7 +177,8 @@ impl Orchestrator {
             );
         }
         if let Some(took) = finished {
-            self.metrics.observe_task(&template.key(), took);
+            self.metrics
+                .observe_task(&format!("{}/{}", template.namespace, template.name), took);
         }
         Ok(Orchestrated {
             current: true,
