@@ -456,7 +456,10 @@ steps:
       await assert.rejects(engine.run("t", "nope", {}), is(TemplateNotFoundError, "UnknownTemplate", /no template t\/nope/));
       await assert.rejects(engine.run("t", "s", { n: "one" }), is(InvalidContextError, "InvalidContext", /input_schema/));
       await assert.rejects(engine.run("t", "s", { n: 1 }, { timeoutMs: 50 }), is(TaskTimeoutError, "Timeout", /did not finish/));
-      await assert.rejects(engine.run("t", "s", { n: 1 }, { runAt: "tomorrow" }), /run_at/);
+      await assert.rejects(
+        engine.run("t", "s", { n: 1 }, { runAt: "tomorrow" }),
+        is(InvalidContextError, "InvalidContext", /run_at must be an RFC 3339 time/),
+      );
       // Delayed: it waits `scheduled`, then runs.
       const done = await engine.run("t", "s", { n: 1 }, { delayMs: 300 });
       assert.equal(done.state, "complete");

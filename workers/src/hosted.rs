@@ -148,9 +148,10 @@ pub enum Call {
         context: Value,
         #[serde(default = "default_run_timeout_ms")]
         timeout_ms: u64,
-        /// Start at this time (RFC 3339) rather than at once.
+        /// Start at this time (RFC 3339) rather than at once (read by
+        /// [`task_request`], whose error names it).
         #[serde(default)]
-        run_at: Option<chrono::DateTime<chrono::Utc>>,
+        run_at: Option<String>,
         /// Start this many milliseconds from now.
         #[serde(default)]
         delay_ms: Option<u64>,
@@ -358,11 +359,11 @@ impl HostedEngine {
             let Some(engine) = self.engine.lock().clone() else {
                 return reply(Err(HostedError::NoEngine));
             };
-            let request = TaskRequest {
-                run_at,
-                delay_ms,
-                ..TaskRequest::new(&namespace, &name, context)
-            };
+            let request =
+                match task_request(&namespace, &name, context, run_at.as_deref(), delay_ms) {
+                    Ok(r) => r,
+                    Err(e) => return reply(Err(e)),
+                };
             self.runtime.spawn(async move {
                 let timeout = Duration::from_millis(timeout_ms);
                 let report = submit_and_wait(&engine, request, timeout)
