@@ -255,7 +255,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_servin
         attempt: 1,
         step_name: "ghost".into(),
         handler: "math.square".into(),
-        ready_at: None,
+        ready_at_us: None,
     };
     let poison = vec![
         Outgoing {

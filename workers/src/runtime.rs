@@ -332,8 +332,9 @@ impl Worker {
         let receipt = Some((queue.to_string(), delivery.receipt));
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
-                if let (Some(ready), Some(inline)) = (msg.ready_at, &self.inline) {
-                    let waited = (chrono::Utc::now() - ready).to_std().unwrap_or_default();
+                if let (Some(ready), Some(inline)) = (msg.ready_at_us, &self.inline) {
+                    let waited_us = chrono::Utc::now().timestamp_micros() - ready;
+                    let waited = Duration::from_micros(waited_us.max(0) as u64);
                     let template = format!("{}/{}", work.namespace, work.task_name);
                     inline
                         .metrics()

@@ -385,7 +385,7 @@ pub fn evaluate(
                     attempt: s.attempts,
                     step_name: s.name.clone(),
                     handler: s.handler.clone(),
-                    ready_at: Some(txn.now),
+                    ready_at_us: Some(txn.now.timestamp_micros()),
                 });
             }
             if !stays_running {

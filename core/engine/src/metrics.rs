@@ -80,7 +80,11 @@ impl Tally {
     /// What `txn`'s changes count.
     pub(crate) fn of(txn: &TaskTxn) -> Vec<Tally> {
         let task = txn.task();
-        let template = || format!("{}/{}", task.namespace, task.name);
+        let name = std::cell::OnceCell::new();
+        let template = || {
+            name.get_or_init(|| format!("{}/{}", task.namespace, task.name))
+                .clone()
+        };
         let mut out = Vec::new();
         for op in txn.ops() {
             match op {

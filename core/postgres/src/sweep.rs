@@ -88,7 +88,7 @@ impl PgStore {
                             attempt: attempt.max(0) as u32,
                             step_name,
                             handler,
-                            ready_at: None,
+                            ready_at_us: None,
                         },
                         for_orchestration: state == "enqueued_for_orchestration",
                         namespace,
