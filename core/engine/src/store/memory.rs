@@ -2,8 +2,8 @@
 //! per-task async mutex is the orchestrator's exclusive task lock.
 
 use super::{
-    Committed, Recent, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
-    TemplateStats, WorkerInfo, WorkerRecord, WorkerState,
+    Committed, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
+    WorkerInfo, WorkerRecord,
 };
 use crate::model::*;
 use crate::queue::Outbox;
@@ -24,22 +24,22 @@ pub struct MemoryStore {
 }
 
 #[derive(Default)]
-struct Inner {
-    tasks: HashMap<TaskId, TaskEntry>,
-    workers: HashMap<uuid::Uuid, Registered>,
+pub(super) struct Inner {
+    pub(super) tasks: HashMap<TaskId, TaskEntry>,
+    pub(super) workers: HashMap<uuid::Uuid, Registered>,
     step_index: HashMap<StepId, (TaskId, usize)>,
     idempotency: HashMap<String, TaskId>,
     schedules: super::memory_schedules::Schedules,
 }
 
 /// A registered worker: what it said, its last heartbeat, when it stopped.
-type Registered = (WorkerInfo, DateTime<Utc>, Option<DateTime<Utc>>);
+pub(super) type Registered = (WorkerInfo, DateTime<Utc>, Option<DateTime<Utc>>);
 
-struct TaskEntry {
-    task: Task,
-    steps: Vec<Step>,
+pub(super) struct TaskEntry {
+    pub(super) task: Task,
+    pub(super) steps: Vec<Step>,
     edges: Vec<Edge>,
-    transitions: Transitions,
+    pub(super) transitions: Transitions,
     lock: Arc<tokio::sync::Mutex<()>>,
     state_tx: watch::Sender<TaskState>,
 }
@@ -94,21 +94,6 @@ impl MemoryStore {
             }),
         }
     }
-}
-
-fn matches(e: &TaskEntry, f: &TaskFilter) -> bool {
-    let t = &e.task;
-    let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-    (f.states.is_empty() || f.states.contains(&t.state))
-        && same(&f.namespace, &t.namespace)
-        && same(&f.name, &t.name)
-        && same(&f.version, &t.version)
-        && f.created_after.is_none_or(|a| t.created_at >= a)
-        && f.created_before.is_none_or(|b| t.created_at < b)
-        && (f.idempotency_key.is_none() || f.idempotency_key == t.idempotency_key)
-        && f.has_failed_step
-            .is_none_or(|want| want == e.steps.iter().any(|s| s.state == StepState::Error))
-        && f.older_than.is_none_or(|id| t.id < id)
 }
 
 fn conflict(msg: String) -> StoreError {
@@ -437,34 +422,11 @@ impl Store for MemoryStore {
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        let inner = self.inner.lock();
-        let mut tasks: std::collections::BTreeMap<String, i64> = Default::default();
-        let mut steps: std::collections::BTreeMap<String, i64> = Default::default();
-        for e in inner.tasks.values() {
-            *tasks.entry(e.task.state.to_string()).or_default() += 1;
-            for s in &e.steps {
-                *steps.entry(s.state.to_string()).or_default() += 1;
-            }
-        }
-        Ok(StateCounts {
-            tasks: tasks.into_iter().collect(),
-            steps: steps.into_iter().collect(),
-        })
+        Ok(self.inner.lock().counts())
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, StoreError> {
-        let inner = self.inner.lock();
-        let mut found: Vec<&TaskEntry> = inner
-            .tasks
-            .values()
-            .filter(|e| matches(e, filter))
-            .collect();
-        found.sort_by_key(|e| std::cmp::Reverse(e.task.id));
-        Ok(found
-            .into_iter()
-            .take(filter.limit)
-            .map(|e| TaskSummary::from(&e.task))
-            .collect())
+        Ok(self.inner.lock().list(filter))
     }
 
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
@@ -488,49 +450,15 @@ impl Store for MemoryStore {
     }
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
-        let now = Utc::now();
-        let mut all: Vec<WorkerRecord> = self
-            .inner
-            .lock()
-            .workers
-            .values()
-            .filter(|(_, beat, _)| *beat >= since)
-            .map(|(info, beat, stopped)| WorkerRecord::new(info.clone(), *beat, *stopped, now))
-            .collect();
-        all.sort_by_key(|w| {
-            (
-                w.state != WorkerState::Live,
-                std::cmp::Reverse(w.info.started_at),
-            )
-        });
-        Ok(all)
+        Ok(self.inner.lock().workers_since(since))
     }
 
     async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError> {
-        let inner = self.inner.lock();
-        let mut due: Vec<(DateTime<Utc>, TaskId)> = inner
-            .tasks
-            .values()
-            .filter(|e| e.task.state == TaskState::Scheduled)
-            .filter_map(|e| Some((e.task.run_at?, e.task.id)))
-            .filter(|(at, _)| *at <= now)
-            .collect();
-        due.sort();
-        Ok(due
-            .into_iter()
-            .take(limit.max(0) as usize)
-            .map(|(_, id)| id)
-            .collect())
+        Ok(self.inner.lock().due(now, limit))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let inner = self.inner.lock();
-        Ok(inner
-            .tasks
-            .values()
-            .filter(|e| e.task.state == TaskState::Scheduled)
-            .filter_map(|e| e.task.run_at)
-            .min())
+        Ok(self.inner.lock().next_due())
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
@@ -554,42 +482,6 @@ impl Store for MemoryStore {
     }
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
-        let inner = self.inner.lock();
-        let mut by_template: std::collections::BTreeMap<(String, String), TemplateStats> =
-            Default::default();
-        let mut recent = Recent {
-            since: Some(since),
-            ..Recent::default()
-        };
-        for e in inner.tasks.values() {
-            let key = (e.task.namespace.clone(), e.task.name.clone());
-            let t = by_template.entry(key).or_insert_with(|| TemplateStats {
-                namespace: e.task.namespace.clone(),
-                name: e.task.name.clone(),
-                ..TemplateStats::default()
-            });
-            *t.tasks.entry(e.task.state.to_string()).or_default() += 1;
-            for s in &e.steps {
-                *t.steps.entry(s.state.to_string()).or_default() += 1;
-            }
-            let recently = |at: &DateTime<Utc>| *at >= since;
-            recent.failed_tasks += e
-                .transitions
-                .task
-                .iter()
-                .filter(|t| t.to == TaskState::Error && recently(&t.at))
-                .count() as i64;
-            for t in e.transitions.steps.iter().filter(|t| recently(&t.at)) {
-                match t.to {
-                    StepState::Error => recent.failed_steps += 1,
-                    StepState::WaitingForRetry => recent.retries += 1,
-                    _ => {}
-                }
-            }
-        }
-        Ok(Stats {
-            templates: by_template.into_values().collect(),
-            recent,
-        })
+        Ok(self.inner.lock().stats(since))
     }
 }

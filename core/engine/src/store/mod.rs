@@ -5,6 +5,7 @@
 mod list;
 mod memory;
 mod memory_schedules;
+mod memory_views;
 mod workers;
 
 pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};

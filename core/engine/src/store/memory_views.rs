@@ -1,0 +1,134 @@
+//! What the in-memory store answers an operator (see `memory`): counts by
+//! state, found tasks, stats, workers, and the delayed tasks that are due.
+
+use super::memory::{Inner, TaskEntry};
+use super::{
+    Recent, StateCounts, Stats, TaskFilter, TaskSummary, TemplateStats, WorkerRecord, WorkerState,
+};
+use crate::model::TaskId;
+use crate::state::{StepState, TaskState};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+fn matches(e: &TaskEntry, f: &TaskFilter) -> bool {
+    let t = &e.task;
+    let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    (f.states.is_empty() || f.states.contains(&t.state))
+        && same(&f.namespace, &t.namespace)
+        && same(&f.name, &t.name)
+        && same(&f.version, &t.version)
+        && f.created_after.is_none_or(|a| t.created_at >= a)
+        && f.created_before.is_none_or(|b| t.created_at < b)
+        && (f.idempotency_key.is_none() || f.idempotency_key == t.idempotency_key)
+        && f.has_failed_step
+            .is_none_or(|want| want == e.steps.iter().any(|s| s.state == StepState::Error))
+        && f.older_than.is_none_or(|id| t.id < id)
+}
+
+impl Inner {
+    pub(super) fn counts(&self) -> StateCounts {
+        let mut tasks: BTreeMap<String, i64> = Default::default();
+        let mut steps: BTreeMap<String, i64> = Default::default();
+        for e in self.tasks.values() {
+            *tasks.entry(e.task.state.to_string()).or_default() += 1;
+            for s in &e.steps {
+                *steps.entry(s.state.to_string()).or_default() += 1;
+            }
+        }
+        StateCounts {
+            tasks: tasks.into_iter().collect(),
+            steps: steps.into_iter().collect(),
+        }
+    }
+
+    pub(super) fn list(&self, filter: &TaskFilter) -> Vec<TaskSummary> {
+        let mut found: Vec<&TaskEntry> =
+            self.tasks.values().filter(|e| matches(e, filter)).collect();
+        found.sort_by_key(|e| std::cmp::Reverse(e.task.id));
+        found
+            .into_iter()
+            .take(filter.limit)
+            .map(|e| TaskSummary::from(&e.task))
+            .collect()
+    }
+
+    pub(super) fn workers_since(&self, since: DateTime<Utc>) -> Vec<WorkerRecord> {
+        let now = Utc::now();
+        let mut all: Vec<WorkerRecord> = self
+            .workers
+            .values()
+            .filter(|(_, beat, _)| *beat >= since)
+            .map(|(info, beat, stopped)| WorkerRecord::new(info.clone(), *beat, *stopped, now))
+            .collect();
+        all.sort_by_key(|w| {
+            (
+                w.state != WorkerState::Live,
+                std::cmp::Reverse(w.info.started_at),
+            )
+        });
+        all
+    }
+
+    /// Scheduled tasks whose time has come, earliest first (a scan: an
+    /// embedded engine holds few tasks).
+    pub(super) fn due(&self, now: DateTime<Utc>, limit: i64) -> Vec<TaskId> {
+        let mut due: Vec<(DateTime<Utc>, TaskId)> = self
+            .tasks
+            .values()
+            .filter(|e| e.task.state == TaskState::Scheduled)
+            .filter_map(|e| Some((e.task.run_at?, e.task.id)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort();
+        due.into_iter()
+            .take(limit.max(0) as usize)
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.tasks
+            .values()
+            .filter(|e| e.task.state == TaskState::Scheduled)
+            .filter_map(|e| e.task.run_at)
+            .min()
+    }
+
+    pub(super) fn stats(&self, since: DateTime<Utc>) -> Stats {
+        let mut by_template: BTreeMap<(String, String), TemplateStats> = Default::default();
+        let mut recent = Recent {
+            since: Some(since),
+            ..Recent::default()
+        };
+        for e in self.tasks.values() {
+            let key = (e.task.namespace.clone(), e.task.name.clone());
+            let t = by_template.entry(key).or_insert_with(|| TemplateStats {
+                namespace: e.task.namespace.clone(),
+                name: e.task.name.clone(),
+                ..TemplateStats::default()
+            });
+            *t.tasks.entry(e.task.state.to_string()).or_default() += 1;
+            for s in &e.steps {
+                *t.steps.entry(s.state.to_string()).or_default() += 1;
+            }
+            let recently = |at: &DateTime<Utc>| *at >= since;
+            recent.failed_tasks += e
+                .transitions
+                .task
+                .iter()
+                .filter(|t| t.to == TaskState::Error && recently(&t.at))
+                .count() as i64;
+            for t in e.transitions.steps.iter().filter(|t| recently(&t.at)) {
+                match t.to {
+                    StepState::Error => recent.failed_steps += 1,
+                    StepState::WaitingForRetry => recent.retries += 1,
+                    _ => {}
+                }
+            }
+        }
+        Stats {
+            templates: by_template.into_values().collect(),
+            recent,
+        }
+    }
+}
