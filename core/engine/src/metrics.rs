@@ -210,47 +210,34 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.render_counts(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP stepgraph_step_duration_seconds Handler execution time per step attempt.\n# TYPE stepgraph_step_duration_seconds histogram"
+        let by_step = |(template, handler): &(String, String)| {
+            format!(
+                "template=\"{}\",handler=\"{}\",",
+                escape(template),
+                escape(handler)
+            )
+        };
+        histograms(
+            &mut out,
+            "stepgraph_step_duration_seconds",
+            "Handler execution time per step attempt.",
+            &self.steps.lock(),
+            by_step,
         );
-        for ((template, handler), h) in self.steps.lock().iter() {
-            h.render(
-                &mut out,
-                "stepgraph_step_duration_seconds",
-                &format!(
-                    "template=\"{}\",handler=\"{}\",",
-                    escape(template),
-                    escape(handler)
-                ),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP stepgraph_step_queue_wait_seconds From ready to started, for steps delivered through a queue.\n# TYPE stepgraph_step_queue_wait_seconds histogram"
+        histograms(
+            &mut out,
+            "stepgraph_step_queue_wait_seconds",
+            "From ready to started, for steps delivered through a queue.",
+            &self.queue_waits.lock(),
+            by_step,
         );
-        for ((template, handler), h) in self.queue_waits.lock().iter() {
-            h.render(
-                &mut out,
-                "stepgraph_step_queue_wait_seconds",
-                &format!(
-                    "template=\"{}\",handler=\"{}\",",
-                    escape(template),
-                    escape(handler)
-                ),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP stepgraph_task_duration_seconds Task creation to completion.\n# TYPE stepgraph_task_duration_seconds histogram"
+        histograms(
+            &mut out,
+            "stepgraph_task_duration_seconds",
+            "Task creation to completion.",
+            &self.tasks.lock(),
+            |template: &String| format!("template=\"{}\",", escape(template)),
         );
-        for (template, h) in self.tasks.lock().iter() {
-            h.render(
-                &mut out,
-                "stepgraph_task_duration_seconds",
-                &format!("template=\"{}\",", escape(template)),
-            );
-        }
         out
     }
 
@@ -319,6 +306,20 @@ impl Tally {
                 format!("template=\"{}\",outcome=\"{outcome}\"", escape(template))
             }
         }
+    }
+}
+
+/// One histogram family: its help, its type, and a series per key.
+fn histograms<K>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &BTreeMap<K, Histogram>,
+    labels: impl Fn(&K) -> String,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (key, h) in series {
+        h.render(out, name, &labels(key));
     }
 }
 
