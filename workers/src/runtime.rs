@@ -19,6 +19,7 @@ use stepgraph_engine::{
 };
 use tokio::sync::{Notify, Semaphore};
 
+mod observe;
 mod registry;
 
 /// How soon a message whose processing failed on a backend error comes back.
@@ -156,14 +157,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let id = uuid::Uuid::now_v7();
         let beating = tokio::spawn(self.clone().heartbeat(id, shutdown.clone()));
-        if let (Some(addr), Some(orchestrator)) = (self.config.metrics_listen, &self.inline) {
-            tokio::spawn(crate::metrics_http::serve(
-                addr,
-                orchestrator.clone(),
-                self.handlers.breakers().clone(),
-                shutdown.clone(),
-            ));
-        }
+        self.serve_metrics(&shutdown);
         let loops: Vec<_> = self
             .config
             .namespaces
@@ -332,14 +326,7 @@ impl Worker {
         let receipt = Some((queue.to_string(), delivery.receipt));
         let rest = match started {
             StartOutcome::Started(work, snapshot) => {
-                if let (Some(ready), Some(inline)) = (msg.ready_at_us, &self.inline) {
-                    let waited_us = chrono::Utc::now().timestamp_micros() - ready;
-                    let waited = Duration::from_micros(waited_us.max(0) as u64);
-                    let template = format!("{}/{}", work.namespace, work.task_name);
-                    inline
-                        .metrics()
-                        .observe_queue_wait(&template, &msg.handler, waited);
-                }
+                self.observe_queue_wait(&msg, &work);
                 if self.inline.is_some() {
                     return self.run_inline(receipt, &msg, *work, snapshot, slot).await;
                 }
