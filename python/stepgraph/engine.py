@@ -124,12 +124,22 @@ class _HandlerPool:
             self._loop.close()
 
 
-def handlers_by_name(handlers: Iterable[StepHandler]) -> dict:
-    by_name = {}
+def handlers_by_name(handlers: Iterable[Any]) -> dict:
+    """The handlers by name: instances, or StepHandler subclasses (made with
+    no arguments, as in Ruby and TypeScript). A nameless handler, one without
+    ``call``, or a name given twice is a ValueError here, not a failed step later."""
+    by_name: dict = {}
     for h in handlers:
-        if not getattr(h, "name", ""):
+        if isinstance(h, type) and issubclass(h, StepHandler):
+            h = h()
+        name = getattr(h, "name", "")
+        if not name:
             raise ValueError(f"handler {h!r} has no name")
-        by_name[h.name] = h
+        if not callable(getattr(h, "call", None)):
+            raise ValueError(f"handler {name!r} ({h!r}) has no call(ctx) method")
+        if name in by_name:
+            raise ValueError(f"two handlers are named {name!r}: {by_name[name]!r} and {h!r}")
+        by_name[name] = h
     return by_name
 
 

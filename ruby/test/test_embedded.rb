@@ -334,6 +334,9 @@ class EmbeddedTest < Minitest::Test
 
   def test_bad_input_is_a_clear_error
     assert_raises(ArgumentError) { Stepgraph.handler("x") }
+    twice = [Stepgraph.handler("math.square") { |_ctx| 1 }, Stepgraph.handler("math.square") { |_ctx| 2 }]
+    error = assert_raises(ArgumentError) { Stepgraph.handlers_by_name(twice) }
+    assert_match(/two handlers are named "math.square"/, error.message)
     error = assert_raises(Stepgraph::Error) do
       Stepgraph::Engine.embedded(templates_dir: "/no/such/dir", handlers: [])
     end

@@ -126,13 +126,17 @@ module Stepgraph
     BlockHandler.new(name, &block)
   end
 
-  # Turns handlers (instances or StepHandler subclasses) into a Hash by name.
+  # Turns handlers (instances or StepHandler subclasses) into a Hash by name;
+  # a nameless one, one without call, or a name given twice is an ArgumentError.
   def self.handlers_by_name(handlers)
     Array(handlers).each_with_object({}) do |h, by_name|
       h = h.new if h.is_a?(Class) && h <= StepHandler
       name = h.respond_to?(:handler_name) ? h.handler_name.to_s : ""
       raise ArgumentError, "handler #{h.inspect} has no name" if name.empty?
       raise ArgumentError, "handler #{h.inspect} has no call(ctx) method" unless h.respond_to?(:call)
+      if by_name.key?(name)
+        raise ArgumentError, "two handlers are named #{name.inspect}: #{by_name[name].inspect} and #{h.inspect}"
+      end
 
       by_name[name] = h
     end
