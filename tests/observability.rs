@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{http, wait, TestEnv};
+use common::cluster::{create, http, wait, TestEnv};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,19 +53,8 @@ steps:
     let serve = t.serve(&[]);
     let metrics = format!("127.0.0.1:{}", free_port());
     let _worker = t.worker(&[("STEPGRAPH_WORKER_METRICS_LISTEN", &metrics)]);
-    let body = json!({ "namespace": "e2e", "name": "flaky", "context": {} });
-    let (status, v) = http(
-        serve.addr(),
-        "POST",
-        "/v1/tasks",
-        Some(body.to_string().as_bytes()),
-    );
-    assert_eq!(status, 201, "{v}");
-    let done = wait(
-        serve.addr(),
-        v["task_id"].as_str().unwrap(),
-        Duration::from_secs(30),
-    );
+    let id = create(serve.addr(), "flaky", json!({}));
+    let done = wait(serve.addr(), &id, Duration::from_secs(30));
     assert_eq!(done["state"], "complete", "{done}");
 
     let (status, page) = http(&metrics, "GET", "/metrics", None);
@@ -210,18 +199,8 @@ steps:
         ("STEPGRAPH_WORKER_BREAKER_FAILURE_THRESHOLD", "1"),
         ("STEPGRAPH_WORKER_BREAKER_COOL_DOWN_MS", "200"),
     ]);
-    let body = json!({ "namespace": "e2e", "name": "tripping", "context": {} });
-    let (_, v) = http(
-        serve.addr(),
-        "POST",
-        "/v1/tasks",
-        Some(body.to_string().as_bytes()),
-    );
-    let done = wait(
-        serve.addr(),
-        v["task_id"].as_str().unwrap(),
-        Duration::from_secs(30),
-    );
+    let id = create(serve.addr(), "tripping", json!({}));
+    let done = wait(serve.addr(), &id, Duration::from_secs(30));
     assert_eq!(done["state"], "complete", "{done}");
     let (_, page) = http(&metrics, "GET", "/metrics", None);
     let text = page.as_str().unwrap().to_string();

@@ -65,7 +65,8 @@ pub struct ScheduleSpec {
     pub catch_up: CatchUp,
 }
 
-fn utc() -> String {
+/// The time zone a schedule is read in when it names none.
+pub(crate) fn utc() -> String {
     "UTC".into()
 }
 

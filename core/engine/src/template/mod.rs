@@ -162,16 +162,12 @@ pub struct TemplateSchedule {
     #[serde(default)]
     pub name: Option<String>,
     pub cron: String,
-    #[serde(default = "utc")]
+    #[serde(default = "crate::schedule::utc")]
     pub timezone: String,
     #[serde(default)]
     pub context: Value,
     #[serde(default)]
     pub catch_up: crate::schedule::CatchUp,
-}
-
-fn utc() -> String {
-    "UTC".into()
 }
 
 #[derive(Clone, Serialize, Deserialize)]
