@@ -237,6 +237,15 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    let service = match cli.command {
+        Command::Serve { .. } => "stepgraph-serve",
+        Command::Worker { .. } => "stepgraph-worker",
+        _ => "stepgraph",
+    };
+    if let Err(e) = stepgraph_worker::telemetry::init_from_env(service) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     // Servers and workers: the file, the environment and their flags, read once.
     let settings = match cli.command.server_settings() {
         Some(Ok(c)) => Some(c),
@@ -344,6 +353,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Spans still buffered go out before the process ends.
+    stepgraph_engine::trace::flush();
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

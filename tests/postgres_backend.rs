@@ -235,6 +235,7 @@ fn a_step_message_claim_reads_the_step_start_with_it() {
             step_name: "nowhere".into(),
             handler: "none".into(),
             ready_at_us: None,
+            traceparent: None,
         };
         let poison = [b"not json".to_vec(), serde_json::to_vec(&unknown).unwrap()];
         let outgoing = poison

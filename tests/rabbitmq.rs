@@ -256,6 +256,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_worker_keeps_servin
         step_name: "ghost".into(),
         handler: "math.square".into(),
         ready_at_us: None,
+        traceparent: None,
     };
     let poison = vec![
         Outgoing {

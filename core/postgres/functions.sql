@@ -234,13 +234,14 @@ BEGIN
         SELECT DISTINCT t.namespace FROM jsonb_to_recordset(p_change -> 'new_tasks') AS t (namespace text)
         ON CONFLICT DO NOTHING;
         INSERT INTO sg_tasks (id, namespace, name, version, context, state, idempotency_key, priority,
-                              result, error, created_at, updated_at, completed_at, run_at)
+                              result, error, created_at, updated_at, completed_at, run_at, trace)
         SELECT t.id, t.namespace, t.name, t.version, coalesce(t.context, 'null'), t.state, t.idempotency_key,
-               t.priority, t.result, t.error, t.created_at, t.updated_at, t.completed_at, t.run_at
+               t.priority, t.result, t.error, t.created_at, t.updated_at, t.completed_at, t.run_at,
+               nullif(t.trace, 'null')
           FROM jsonb_to_recordset(p_change -> 'new_tasks') AS t (
                id uuid, namespace text, name text, version text, context jsonb, state text, idempotency_key text,
                priority integer, result jsonb, error jsonb, created_at timestamptz, updated_at timestamptz,
-               completed_at timestamptz, run_at timestamptz);
+               completed_at timestamptz, run_at timestamptz, trace jsonb);
     END IF;
 
     -- Each task's optimistic lock and its own compare-and-swap: one row update per task.

@@ -53,11 +53,14 @@ class Client:
         priority: Optional[int] = None,
         run_at: Optional[datetime.datetime] = None,
         delay: Optional[float] = None,
+        traceparent: Optional[str] = None,
     ) -> dict:
         """Creates a task; returns ``{"task_id": ..., "created": bool, ...}``
         (``created`` is false when the idempotency key names an existing task).
         With ``run_at`` (an aware ``datetime``, or an RFC 3339 string) or
-        ``delay`` (seconds) the task is stored ``scheduled`` and starts then."""
+        ``delay`` (seconds) the task is stored ``scheduled`` and starts then.
+        ``traceparent`` (W3C trace context, e.g. from OpenTelemetry's
+        ``propagate.inject``) makes the task's spans part of the caller's trace."""
         body: dict = {"namespace": namespace, "name": name, "context": context}
         if run_at is not None:
             if isinstance(run_at, datetime.datetime):
@@ -73,6 +76,8 @@ class Client:
             body["idempotency_key"] = idempotency_key
         if priority is not None:
             body["priority"] = priority
+        if traceparent is not None:
+            body["traceparent"] = traceparent
         return self._request("POST", "/v1/tasks", body)
 
     def get_task(self, task_id: str) -> dict:

@@ -62,6 +62,7 @@ class Context:
         "batch_size",
         "cursor",
         "timeout",
+        "traceparent",
     )
 
     task_id: str
@@ -84,6 +85,11 @@ class Context:
     cursor: Optional[Mapping[str, int]]
     #: Seconds the handler has before the host times the step out.
     timeout: Optional[float]
+    #: W3C trace context of the step's handler span when the task is traced
+    #: (``STEPGRAPH_OTLP_ENDPOINT``, or a ``traceparent`` at creation), else
+    #: None: extract it with OpenTelemetry's propagator and the spans the
+    #: handler starts under it join the step's trace.
+    traceparent: Optional[str]
 
     def __init__(self, event: Mapping[str, Any]):
         self.task_id = event["task_id"]
@@ -100,6 +106,12 @@ class Context:
         self.batch_size = event.get("batch_size")
         self.cursor = event.get("cursor")
         self.timeout = event["timeout_ms"] / 1000.0
+        self.traceparent = event.get("traceparent")
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """The trace's id (32 hex digits) when the task is traced, else None."""
+        return self.traceparent[3:35] if self.traceparent else None
 
     def dependency(self, step_name: str) -> Any:
         """The result of the dependency ``step_name``; KeyError names the known ones."""

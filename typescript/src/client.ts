@@ -26,6 +26,8 @@ export interface CreateTaskOptions {
   runAt?: Date | string;
   /** Start this many milliseconds from now. */
   delayMs?: number;
+  /** W3C trace context of the caller's span: the task's spans join its trace. */
+  traceparent?: string;
 }
 
 /** Which tasks `listTasks` finds; every field that is set must match. */
@@ -73,6 +75,7 @@ export class Client {
       body.run_at = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
     }
     if (options.delayMs !== undefined) body.delay_ms = options.delayMs;
+    if (options.traceparent !== undefined) body.traceparent = options.traceparent;
     return this.#request("POST", "/v1/tasks", body);
   }
 

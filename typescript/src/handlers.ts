@@ -81,6 +81,7 @@ export interface StepEvent {
   batch_size: number | null;
   cursor: { batch_no: number; start: number; end: number } | null;
   timeout_ms: number;
+  traceparent?: string | null;
 }
 
 /** What a handler sees of its step. */
@@ -105,6 +106,12 @@ export class Context {
   readonly cursor: BatchCursor | null;
   /** Milliseconds the handler has before the engine times the step out. */
   readonly timeoutMs: number;
+  /**
+   * W3C trace context of the step's handler span when the task is traced
+   * (STEPGRAPH_OTLP_ENDPOINT, or a traceparent at creation), else null:
+   * spans the handler starts under it join the step's trace.
+   */
+  readonly traceparent: string | null;
 
   constructor(event: StepEvent) {
     this.taskId = event.task_id;
@@ -123,6 +130,12 @@ export class Context {
       ? { batchNo: event.cursor.batch_no, start: event.cursor.start, end: event.cursor.end }
       : null;
     this.timeoutMs = event.timeout_ms;
+    this.traceparent = event.traceparent ?? null;
+  }
+
+  /** The trace's id (32 hex digits) when the task is traced, else null. */
+  get traceId(): string | null {
+    return this.traceparent ? this.traceparent.slice(3, 35) : null;
   }
 
   /** The result of dependency `stepName`; throws naming the known ones. */

@@ -492,6 +492,57 @@ steps:
       await assert.rejects(engine.roundtrip("broken", 3), /round trip broke/);
     });
   });
+
+  // Tracing is per process (STEPGRAPH_OTLP_ENDPOINT): each engine runs in a child.
+  const traced = async (endpoint) => {
+    const templates = writeTemplate(`
+namespace: ts
+name: traced
+version: "1"
+steps:
+  - name: first
+    handler: { callable: ts.traced }
+  - name: second
+    dependencies: [first]
+    handler: { callable: ts.traced }
+`);
+    const script = path.join(templates, "child.mjs");
+    writeFileSync(
+      script,
+      `import { Engine, defineHandler } from ${JSON.stringify(path.join(ROOT, "typescript", "dist", "index.js"))};
+const seen = [];
+const h = defineHandler("ts.traced", (ctx) => { seen.push([ctx.stepName, ctx.traceparent, ctx.traceId]); return 1; });
+const engine = await Engine.embedded({ templatesDir: ${JSON.stringify(templates)}, handlers: [h], backend: ${JSON.stringify(backend)} });
+const r = await engine.run("ts", "traced", {});
+await engine.close();
+console.log(JSON.stringify({ state: r.state, seen }));
+`,
+    );
+    const env = { ...process.env };
+    delete env.STEPGRAPH_OTLP_ENDPOINT;
+    if (endpoint) env.STEPGRAPH_OTLP_ENDPOINT = endpoint;
+    const out = execFileSync(process.execPath, [script], { env, encoding: "utf8" });
+    const report = JSON.parse(out.trim().split("\n").pop());
+    assert.equal(report.state, "complete");
+    return report.seen;
+  };
+
+  test(`[${backend}] a traced handler gets its step's trace context, an untraced one none`, async () => {
+    // Nothing listens there: spans that cannot be delivered do not concern the handlers.
+    const seen = await traced("http://127.0.0.1:9");
+    assert.deepEqual(seen.map(([step]) => step), ["first", "second"]);
+    const traceId = seen[0][2];
+    assert.match(traceId, /^[0-9a-f]{32}$/);
+    for (const [, traceparent, id] of seen) {
+      assert.match(traceparent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+      assert.equal(id, traceId);
+    }
+    assert.notEqual(seen[0][1], seen[1][1], "each step's handler runs in its own span");
+    assert.deepEqual(await traced(undefined), [
+      ["first", null, null],
+      ["second", null, null],
+    ]);
+  });
 }
 
 // ---- PostgreSQL: a real `stepgraph serve`, a database per test ----

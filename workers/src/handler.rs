@@ -36,11 +36,19 @@ pub struct StepContext {
     pub cursor: Option<BatchCursor>,
     /// The step's `timeout_seconds`, when the template sets one.
     pub timeout: Option<Duration>,
+    /// The W3C trace context of this attempt's handler span, when the task
+    /// is traced: spans the handler makes with it as parent join the step.
+    pub traceparent: Option<String>,
 }
 
 impl StepContext {
     pub fn dependency(&self, step_name: &str) -> Option<&Value> {
         self.dependency_results.get(step_name)
+    }
+
+    /// The trace's id (32 hex digits), when the task is traced.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(|tp| tp.get(3..35))
     }
 }
 
@@ -61,6 +69,7 @@ impl From<StepWork> for StepContext {
             batch_size: w.batch_size,
             cursor: w.cursor.and_then(|c| serde_json::from_value(c).ok()),
             timeout: w.timeout_seconds.map(Duration::from_secs_f64),
+            traceparent: w.traceparent,
         }
     }
 }

@@ -231,6 +231,7 @@ impl HostedEngine {
         tuning: Tuning,
     ) -> Result<HostedEngine, HostedError> {
         crate::logging::init(false).map_err(HostedError::Config)?;
+        crate::telemetry::init_from_env("stepgraph-embedded").map_err(HostedError::Config)?;
         let (templates, host, registry, runtime) =
             prepare(templates_dir, handlers, builtin, tuning)?;
         let breakers = registry.breakers().clone();
@@ -268,6 +269,8 @@ impl HostedEngine {
         let settings = options.settings()?;
         // A worker's events go where `stepgraph worker`'s do (stderr, at info).
         crate::logging::init(true).map_err(HostedError::Config)?;
+        crate::telemetry::init_from_env(&format!("stepgraph-worker-{}", options.language))
+            .map_err(HostedError::Config)?;
         let (templates, host, registry, runtime) =
             prepare(templates_dir, handlers, builtin, tuning)?;
         let breakers = registry.breakers().clone();
@@ -422,6 +425,7 @@ impl HostedEngine {
         self.host
             .wait_idle(deadline.saturating_duration_since(std::time::Instant::now()));
         self.host.shutdown();
+        stepgraph_engine::trace::flush();
     }
 }
 

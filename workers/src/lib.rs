@@ -16,6 +16,7 @@ mod metrics_http;
 pub mod roundtrip;
 pub mod runtime;
 pub mod settings;
+pub mod telemetry;
 pub mod transport;
 
 pub use backend::{connect, connect_worker, ConnectError};

@@ -29,6 +29,7 @@ pub fn sample_context(handler: &str) -> StepContext {
         batch_size: None,
         cursor: None,
         timeout: Some(Duration::from_secs(30)),
+        traceparent: None,
     }
 }
 

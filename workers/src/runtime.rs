@@ -2,25 +2,27 @@
 //! free handler slots), runs each attempt with its timeout, catches panics,
 //! makes the outcome durable, then notifies the orchestration and acks.
 
-use crate::handler::{HandlerRegistry, HandlerResult, StepContext};
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
+use crate::handler::HandlerRegistry;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use stepgraph_engine::queue::poison::{self, ProcessError};
 use stepgraph_engine::queue::{
     encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
 };
 use stepgraph_engine::store::Snapshot;
 use stepgraph_engine::{
-    Claimed, Eager, OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepError,
-    StepMessage, StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
+    Claimed, Eager, OrchestrationMessage, Orchestrator, Queue, Shutdown, StartOutcome, StepMessage,
+    StepOutcome, StepWork, Store, StoreError, SubmitOutcome,
 };
 use tokio::sync::{Notify, Semaphore};
 
+mod execute;
 mod observe;
 mod registry;
+mod spans;
+
+pub use execute::execute;
 
 /// How soon a message whose processing failed on a backend error comes back.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -330,10 +332,19 @@ impl Worker {
                 if self.inline.is_some() {
                     return self.run_inline(receipt, &msg, *work, snapshot, slot).await;
                 }
-                let began = std::time::Instant::now();
-                let outcome = self.execute(*work).await;
+                let mut work = *work;
+                let mut span = spans::StepSpan::begin(&msg, &mut work);
+                let (began, started_at) = (std::time::Instant::now(), SystemTime::now());
+                let outcome = self.execute(work).await;
+                if let Some(s) = &mut span {
+                    s.ran(started_at, &outcome);
+                }
                 let notify = Self::result_outbox(receipt, &msg, began.elapsed())?;
-                self.submit_notifying(&msg, outcome, notify).await?
+                let rest = self.submit_notifying(&msg, outcome, notify).await?;
+                if let Some(s) = span {
+                    s.end(false);
+                }
+                rest
             }
             // Durable already; the notification may have been lost.
             StartOutcome::AlreadySubmitted => Self::result_outbox(receipt, &msg, Duration::ZERO)?,
@@ -363,9 +374,14 @@ impl Worker {
             .inline
             .as_ref()
             .expect("run_inline needs inline orchestration");
-        let began = std::time::Instant::now();
+        let mut work = work;
+        let mut span = spans::StepSpan::begin(msg, &mut work);
+        let (began, wall) = (std::time::Instant::now(), SystemTime::now());
         let started_at = chrono::Utc::now();
         let outcome = self.run_marking(msg, work).await;
+        if let Some(s) = &mut span {
+            s.ran(wall, &outcome);
+        }
         let done = orchestrator
             .complete_inline(
                 msg.task_id,
@@ -381,6 +397,9 @@ impl Worker {
             .await;
         match done {
             Ok(done) => {
+                if let Some(s) = span {
+                    s.end(true);
+                }
                 self.start_claimed(done.claimed);
                 return Ok(());
             }
@@ -394,6 +413,9 @@ impl Worker {
             .await?;
         let notify = Self::result_outbox(receipt, msg, began.elapsed())?;
         let rest = self.submit_notifying(msg, outcome, notify).await?;
+        if let Some(s) = span {
+            s.end(false);
+        }
         rest.deliver(self.queue.as_ref()).await?;
         Ok(())
     }
@@ -458,81 +480,5 @@ impl Worker {
     /// Runs one attempt; every way it can go wrong becomes a failure outcome.
     pub async fn execute(&self, work: StepWork) -> StepOutcome {
         execute(&self.handlers, work, self.config.default_step_timeout).await
-    }
-}
-
-pub async fn execute(
-    handlers: &HandlerRegistry,
-    work: StepWork,
-    default_timeout: Duration,
-) -> StepOutcome {
-    let failure = |error: StepError| StepOutcome::Failure { error };
-    let Some(handler) = handlers.get(&work.handler) else {
-        return failure(
-            StepError::permanent(format!(
-                "no handler registered for `{}` (step `{}`)",
-                work.handler, work.step_name
-            ))
-            .with_code("handler_not_found"),
-        );
-    };
-    let breakers = handlers.breakers();
-    if let Err(remaining) = breakers.allow(&work.handler) {
-        // Rounded up to the next millisecond, so the retry never comes a
-        // hair before the cool-down ends (and burns an attempt).
-        let remaining = Duration::from_millis(remaining.as_millis() as u64 + 1);
-        let mut error = StepError::retryable(format!(
-            "circuit open for handler `{}` after repeated failures; retrying in {remaining:?}",
-            work.handler
-        ))
-        .with_code("circuit_open");
-        error.retry_after_ms = Some(remaining.as_millis() as u64);
-        return failure(error);
-    }
-    let timeout = work
-        .timeout_seconds
-        .map(Duration::from_secs_f64)
-        .unwrap_or(default_timeout);
-    let ctx = StepContext::from(work);
-    let run = AssertUnwindSafe(handler.call(&ctx)).catch_unwind();
-    let outcome = run_within(timeout, run, &ctx).await;
-    // Timeouts and panics count against the handler like raised errors.
-    breakers.record(
-        &ctx.handler,
-        !matches!(outcome, StepOutcome::Failure { .. }),
-    );
-    outcome
-}
-
-async fn run_within(
-    timeout: Duration,
-    run: impl std::future::Future<Output = std::thread::Result<HandlerResult>>,
-    ctx: &StepContext,
-) -> StepOutcome {
-    let failure = |error: StepError| StepOutcome::Failure { error };
-    match tokio::time::timeout(timeout, run).await {
-        Err(_) => failure(
-            StepError::retryable(format!(
-                "step `{}` timed out after {:?}",
-                ctx.step_name, timeout
-            ))
-            .with_code("timeout"),
-        ),
-        Ok(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            failure(
-                StepError::retryable(format!(
-                    "handler `{}` panicked in step `{}`: {what}",
-                    ctx.handler, ctx.step_name
-                ))
-                .with_code("panic"),
-            )
-        }
-        Ok(Ok(Ok(output))) => output.into(),
-        Ok(Ok(Err(e))) => failure(e.into()),
     }
 }

@@ -368,6 +368,12 @@ pub fn evaluate(
         txn.task_to(TaskState::EvaluatingResults, json!({}))?;
     }
     let mut messages = Vec::new();
+    let traceparent = txn
+        .task()
+        .trace
+        .as_ref()
+        .and_then(|t| t.parent())
+        .map(|p| p.to_string());
     match target {
         TaskState::EnqueuingSteps => {
             if !stays_running {
@@ -386,6 +392,7 @@ pub fn evaluate(
                     step_name: s.name.clone(),
                     handler: s.handler.clone(),
                     ready_at_us: Some(txn.now.timestamp_micros()),
+                    traceparent: traceparent.clone(),
                 });
             }
             if !stays_running {

@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod template;
+pub mod trace;
 pub mod txn;
 
 pub use model::*;

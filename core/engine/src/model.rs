@@ -37,6 +37,10 @@ pub struct Task {
     /// When a delayed task starts: its first steps become ready then.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
+    /// The task's trace: set when it was created with a `traceparent` or
+    /// where spans are recorded.
+    #[serde(default)]
+    pub trace: Option<crate::trace::TaskTrace>,
 }
 
 impl Task {
@@ -58,6 +62,7 @@ impl Task {
             updated_at: now,
             completed_at: None,
             run_at: None,
+            trace: None,
         }
     }
 }
@@ -311,6 +316,7 @@ pub fn step_work(task: &Task, steps: &[Step], edges: &[Edge], idx: usize) -> Ste
         timeout_seconds: s.timeout_seconds,
         batch_size: s.batch_size,
         cursor: s.cursor.clone(),
+        traceparent: None,
     }
 }
 
@@ -351,6 +357,10 @@ pub struct StepMessage {
     /// than a formatted time, on every message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_at_us: Option<i64>,
+    /// The task span's W3C context, when the task is traced: the step's
+    /// attempt spans are its children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Worker -> orchestration, and the orchestrator's own timers.
@@ -396,6 +406,10 @@ pub struct StepWork {
     pub timeout_seconds: Option<f64>,
     pub batch_size: Option<u64>,
     pub cursor: Option<Value>,
+    /// The attempt's span context for the handler (set by the worker that
+    /// runs it when the task is traced; stores leave it empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug)]

@@ -42,6 +42,9 @@ impl Drop for Waiting {
     path = "/v1/tasks",
     tag = "tasks",
     request_body = TaskRequest,
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller's span: the task's trace continues it (the body's `traceparent` wins; an invalid header is ignored, as W3C Trace Context asks)"),
+    ),
     responses(
         (status = 201, description = "Created", body = TaskCreated),
         (status = 200, description = "The idempotency key names this existing task", body = TaskCreated),
@@ -53,6 +56,7 @@ impl Drop for Waiting {
 )]
 pub(crate) async fn create_task(
     State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
@@ -64,7 +68,10 @@ pub(crate) async fn create_task(
             ),
         )
     })?;
-    let req: TaskRequest = json_body(&body)?;
+    let mut req: TaskRequest = json_body(&body)?;
+    if req.traceparent.is_none() {
+        req.traceparent = caller_trace(&headers);
+    }
     let created = s.orchestrator.create_task(req).await?;
     let status = if created.created {
         StatusCode::CREATED
@@ -72,6 +79,19 @@ pub(crate) async fn create_task(
         StatusCode::OK
     };
     Ok((status, Json(created)).into_response())
+}
+
+/// The `traceparent` header, when it is a valid one: a malformed header is
+/// dropped (W3C Trace Context asks receivers to start a new trace then).
+fn caller_trace(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    match stepgraph_engine::trace::TraceParent::parse(value) {
+        Ok(_) => Some(value.trim().to_string()),
+        Err(e) => {
+            tracing::debug!(error = %e, "traceparent header ignored");
+            None
+        }
+    }
 }
 
 /// A step as the API shows it.

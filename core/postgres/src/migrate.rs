@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../migrations/0011_find_tasks.sql")),
     (12, include_str!("../migrations/0012_workers.sql")),
     (13, include_str!("../migrations/0013_scheduling.sql")),
+    (14, include_str!("../migrations/0014_trace.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

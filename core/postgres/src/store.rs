@@ -296,6 +296,7 @@ impl Store for PgStore {
                         timeout_seconds: w.timeout_seconds,
                         batch_size: w.batch_size,
                         cursor: w.cursor,
+                        traceparent: None,
                     }),
                     None,
                 ))

@@ -6,7 +6,9 @@
 use crate::errors::{backend_error, retrying};
 use crate::PgStore;
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use std::time::Duration;
+use stepgraph_engine::trace::TaskTrace;
 use stepgraph_engine::{StepId, StepMessage, StoreError, Stranded, StrandedStep, TaskId};
 
 impl PgStore {
@@ -26,6 +28,7 @@ impl PgStore {
             String,
             String,
             Option<DateTime<Utc>>,
+            Option<Json<TaskTrace>>,
         );
         let ms = older_than.as_millis() as f64;
         // Leases first: a step they return is leased again, so the second
@@ -41,7 +44,7 @@ impl PgStore {
                FROM lapsed, sg_tasks t
               WHERE s.id = lapsed.id AND t.id = s.task_id
              RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
-                       s.claimed_until",
+                       s.claimed_until, t.trace",
         )
         .bind(ms)
         .bind(limit)
@@ -50,7 +53,7 @@ impl PgStore {
         if !self.queue_in_db {
             let lost: Vec<Row> = retrying!(self, pool => sqlx::query_as::<_, Row>(
                 "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
-                        NULL::timestamptz
+                        NULL::timestamptz, t.trace
                    FROM sg_steps s
                    JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
                    JOIN sg_tasks t ON t.id = s.task_id
@@ -80,6 +83,7 @@ impl PgStore {
                     task_name,
                     version,
                     lease,
+                    trace,
                 )| {
                     StrandedStep {
                         message: StepMessage {
@@ -89,6 +93,7 @@ impl PgStore {
                             step_name,
                             handler,
                             ready_at_us: None,
+                            traceparent: trace.and_then(|t| t.0.parent()).map(|p| p.to_string()),
                         },
                         for_orchestration: state == "enqueued_for_orchestration",
                         namespace,

@@ -34,13 +34,14 @@ module Stepgraph
 
     # Creates a task; returns {"task_id" => ..., "created" => bool}.
     # With +run_at+ (a Time, or an RFC 3339 string) or +delay+ (seconds) the
-    # task is stored "scheduled" and starts then.
+    # task is stored "scheduled" and starts then. +traceparent+ (W3C trace
+    # context) makes the task's spans part of the caller's trace.
     def create_task(namespace, name, context, version: nil, idempotency_key: nil, priority: nil,
-                    run_at: nil, delay: nil)
+                    run_at: nil, delay: nil, traceparent: nil)
       run_at = run_at.getutc.iso8601(3) if run_at.respond_to?(:getutc)
       body = { namespace: namespace, name: name, context: context, version: version,
                idempotency_key: idempotency_key, priority: priority, run_at: run_at,
-               delay_ms: delay && (delay * 1000).round }.compact
+               delay_ms: delay && (delay * 1000).round, traceparent: traceparent }.compact
       request(:post, "/v1/tasks", body)
     end
 

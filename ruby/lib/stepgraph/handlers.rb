@@ -44,7 +44,11 @@ module Stepgraph
   # What a handler sees of its step.
   class Context
     attr_reader :task_id, :step_id, :step_name, :handler, :namespace, :task_name, :attempt, :max_attempts,
-                :input, :config, :dependency_results, :batch_size, :cursor, :timeout
+                :input, :config, :dependency_results, :batch_size, :cursor, :timeout,
+                # W3C trace context of the step's handler span when the task is traced
+                # (STEPGRAPH_OTLP_ENDPOINT, or a traceparent at creation), else nil:
+                # spans the handler starts under it join the step's trace.
+                :traceparent
 
     def initialize(event)
       @task_id = event["task_id"]
@@ -61,6 +65,12 @@ module Stepgraph
       @batch_size = event["batch_size"]
       @cursor = event["cursor"]
       @timeout = event["timeout_ms"] / 1000.0
+      @traceparent = event["traceparent"]
+    end
+
+    # The trace's id (32 hex digits) when the task is traced, else nil.
+    def trace_id
+      traceparent && traceparent[3, 32]
     end
 
     # The result of the dependency +step_name+; KeyError names the known ones.

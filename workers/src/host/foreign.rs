@@ -71,6 +71,7 @@ impl StepHandler for ForeignHandler {
             batch_size: ctx.batch_size,
             cursor: ctx.cursor.clone(),
             timeout_ms: timeout.as_millis() as u64,
+            traceparent: ctx.traceparent.clone(),
         };
         {
             // Under the lock `drain` takes: an event is either handed back by

@@ -25,6 +25,9 @@ pub struct StepEvent {
     pub cursor: Option<BatchCursor>,
     /// How long the language side has before the host times the event out.
     pub timeout_ms: u64,
+    /// The W3C trace context of the step's handler span when the task is
+    /// traced (spans the handler makes join it); else null.
+    pub traceparent: Option<String>,
 }
 
 /// What the language side reports for an event: success with a JSON result,

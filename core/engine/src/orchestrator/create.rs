@@ -44,6 +44,8 @@ impl Orchestrator {
         let start_at = req
             .start_at(chrono::Utc::now())
             .map_err(OrchestratorError::InvalidRequest)?;
+        let trace = crate::trace::TaskTrace::for_new_task(req.traceparent.as_deref())
+            .map_err(OrchestratorError::InvalidRequest)?;
         if let Some(key) = &req.idempotency_key {
             if let Some(task_id) = self.store.find_by_idempotency_key(key).await? {
                 return Ok((self.same_request(task_id, key, &req).await?, Vec::new()));
@@ -54,6 +56,7 @@ impl Orchestrator {
         let task = Task {
             idempotency_key: req.idempotency_key,
             priority: req.priority,
+            trace,
             ..Task::pending(
                 &template.namespace,
                 &template.name,

@@ -11,6 +11,7 @@ mod log;
 mod repair;
 mod results;
 mod schedule;
+mod spans;
 mod sweep;
 
 pub use schedule::LATE_TOLERANCE;
@@ -94,6 +95,18 @@ pub struct TaskRequest {
     /// Start this many milliseconds from now (instead of `run_at`).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// The W3C trace context of the caller's span: the task's span (and
+    /// its steps') join that trace under it. Over HTTP the `traceparent`
+    /// header gives it too.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )
+    )]
+    pub traceparent: Option<String>,
 }
 
 impl TaskRequest {
@@ -107,6 +120,7 @@ impl TaskRequest {
             priority: 0,
             run_at: None,
             delay_ms: None,
+            traceparent: None,
         }
     }
 
@@ -266,9 +280,13 @@ impl Orchestrator {
         let graph = (!taken.is_empty()).then(|| txn.graph().clone());
         let notable = log::Notable::of(&txn);
         let tallies = crate::metrics::Tally::of(&txn);
+        let span = spans::task_ended(&txn);
         let mut committed = txn.commit(self.store.as_ref(), outbox).await?;
         for n in &notable {
             n.log();
+        }
+        if let Some(span) = span {
+            crate::trace::export(span);
         }
         self.metrics.count(tallies);
         std::mem::take(&mut committed.rest)
