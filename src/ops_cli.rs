@@ -275,9 +275,16 @@ fn show(t: &Value) {
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|st| {
+            let state = match st["waiting_for_handler"].as_str() {
+                Some(h) => format!(
+                    "{} (waiting for a worker with handler {h})",
+                    s(&st["state"])
+                ),
+                None => s(&st["state"]),
+            };
             vec![
                 s(&st["name"]),
-                s(&st["state"]),
+                state,
                 format!("{}/{}", s(&st["attempts"]), s(&st["max_attempts"])),
                 short(&st["error"], 70),
             ]

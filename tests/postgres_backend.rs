@@ -47,6 +47,13 @@ impl InProcess {
         );
         let eager = Eager {
             queues: vec![worker_queue("e2e")],
+            handlers: Arc::new(
+                stepgraph_worker::examples::registry()
+                    .names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
             slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
             visibility: Duration::from_secs(60),
             handoff: Default::default(),

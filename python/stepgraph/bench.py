@@ -69,7 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # way (same binding, same concurrency).
         with Engine.embedded(args.templates, [], concurrency=CONCURRENCY, builtin_handlers=True) as native:
             rust = _p50_us(native, name, args.runs, args.warmup)
-        with Engine.embedded(args.templates, [Square(), multiply_and_square], concurrency=CONCURRENCY) as python:
+        # The Python handlers take precedence over the built-in ones of the same names.
+        with Engine.embedded(
+            args.templates, [Square(), multiply_and_square], concurrency=CONCURRENCY, builtin_handlers=True
+        ) as python:
             py = _p50_us(python, name, args.runs, args.warmup)
         results.append((label, steps, rust, py, seed))
 

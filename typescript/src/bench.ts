@@ -82,7 +82,8 @@ async function main(): Promise<void> {
       // The Rust column: the example Rust handlers in an engine made the
       // same way (same binding, same concurrency).
       const rust = await p50({ ...base, backend, handlers: [], builtinHandlers: true }, name, runs, warmup);
-      const ts = await p50({ ...base, backend, handlers: [Square, multiplyAndSquare] }, name, runs, warmup);
+      // The TypeScript handlers take precedence over the built-in ones of the same names.
+      const ts = await p50({ ...base, backend, handlers: [Square, multiplyAndSquare], builtinHandlers: true }, name, runs, warmup);
       const binding = `${runtime} ${backend === "napi" ? "napi" : "C ABI"}`;
       console.log(
         `| ${label.padEnd(11)} | ${binding.padEnd(14)} | ${String(steps).padStart(5)} | ${fmt(rust).padStart(8)} | ${fmt(ts).padStart(14)} | ${fmt((ts - rust) / steps).padStart(13)} | ${(ts / rust).toFixed(2).padStart(6)}x | ${String(seed).padStart(26)} ms |`,

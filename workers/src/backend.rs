@@ -52,6 +52,14 @@ pub async fn connect_worker(
     if config.namespaces.is_empty() {
         config.namespaces = templates.namespaces();
     }
+    // Another worker may serve them: a warning, not an error.
+    let missing = handlers.missing_for(&templates, Some(&config.namespaces));
+    if !missing.is_empty() {
+        tracing::warn!(
+            handlers = %missing.join("; "),
+            "no handler is registered here for these template steps of this worker's queues; another worker must serve them"
+        );
+    }
     let mut worker = Worker::new(store.clone(), queue.clone(), Arc::new(handlers), config);
     if settings.worker.inline_orchestration {
         let orchestrator =

@@ -236,6 +236,35 @@ impl HandlerRegistry {
         self.handlers.get(name).cloned()
     }
 
+    /// The handlers `templates`' steps name that this registry lacks, each
+    /// with where it is used (`e2e/linear@1 step s`); only the steps routed to
+    /// `queues` (a worker's namespaces and queues) when given.
+    pub fn missing_for(
+        &self,
+        templates: &stepgraph_engine::TemplateRegistry,
+        queues: Option<&[String]>,
+    ) -> Vec<String> {
+        let mut missing: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        let all = templates.all();
+        for t in &all {
+            for step in &t.steps {
+                let handler = step.handler.callable.as_str();
+                let routed = queues.is_none_or(|q| q.iter().any(|q| q == t.queue_of(handler)));
+                if routed && !self.handlers.contains_key(handler) {
+                    missing.entry(handler).or_default().push(format!(
+                        "{} step {}",
+                        t.key(),
+                        step.name
+                    ));
+                }
+            }
+        }
+        missing
+            .into_iter()
+            .map(|(handler, uses)| format!("`{handler}` ({})", uses.join(", ")))
+            .collect()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
         names.sort();

@@ -234,6 +234,18 @@ impl HostedEngine {
         crate::telemetry::init_from_env("stepgraph-embedded").map_err(HostedError::Config)?;
         let (templates, host, registry, runtime) =
             prepare(templates_dir, handlers, builtin, tuning)?;
+        // Nothing else runs this engine's steps: a step nobody serves would
+        // only fail when it runs.
+        let missing = registry.missing_for(&templates, None);
+        if !missing.is_empty() {
+            return Err(HostedError::Config(format!(
+                "no handler is registered for {} of the templates in {}: register {}, or load only the templates this engine runs{}",
+                if missing.len() == 1 { "a step" } else { "steps" },
+                templates_dir.display(),
+                missing.join("; "),
+                if builtin { "" } else { " (the fixtures' example Rust handlers come with the builtin handlers option)" },
+            )));
+        }
         let breakers = registry.breakers().clone();
         // Without foreign handlers nothing asks for work: the Rust ones run freely.
         let config = EngineConfig {

@@ -26,6 +26,8 @@ pub use execute::execute;
 
 /// How soon a message whose processing failed on a backend error comes back.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// How soon a step for a handler this worker lacks is visible again.
+const NOT_MINE_DELAY: Duration = Duration::from_millis(250);
 /// Attempts at making one outcome durable (about half a minute in all).
 const SUBMIT_TRIES: u32 = 20;
 
@@ -57,6 +59,11 @@ pub struct WorkerConfig {
     /// Serve Prometheus `/metrics` here (what this worker's inline
     /// orchestration counted); none: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Other workers consume these queues (a deployment): a step whose
+    /// handler this worker lacks goes back for them untouched. Off (an
+    /// engine whose one worker is in-process), such a step fails at once
+    /// (`handler_not_found`): nobody else could run it.
+    pub shared_queues: bool,
 }
 
 impl Default for WorkerConfig {
@@ -74,6 +81,7 @@ impl Default for WorkerConfig {
             language: "rust".into(),
             heartbeat: Duration::from_secs(5),
             metrics_listen: None,
+            shared_queues: false,
         }
     }
 }
@@ -106,6 +114,7 @@ impl Worker {
             inline: None,
             eager: Eager {
                 queues: config.namespaces.iter().map(|n| worker_queue(n)).collect(),
+                handlers: Arc::new(handlers.names().into_iter().map(String::from).collect()),
                 slots: slots.clone(),
                 visibility: config.visibility_timeout,
                 handoff: Slot::default(),
@@ -309,6 +318,16 @@ impl Worker {
                 return Ok(());
             }
         };
+        if self.config.shared_queues && self.handlers.get(&msg.handler).is_none() {
+            // Another worker of this queue serves it: the step goes back
+            // untouched (no attempt used, nothing failed), a little later,
+            // so that this worker does not take it again at once.
+            tracing::debug!(step = %msg.step_name, handler = %msg.handler, "no such handler here; message released");
+            self.queue
+                .release(queue, delivery.receipt, NOT_MINE_DELAY)
+                .await?;
+            return Ok(());
+        }
         // With inline orchestration the InProgress mark is written lazily
         // (see `run_marking`): a short step then costs one durable commit.
         let mark = self.inline.is_none();

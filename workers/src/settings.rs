@@ -90,6 +90,9 @@ pub struct OrchestratorSection {
     /// The scheduler looks this often for delayed tasks and schedule ticks
     /// that other processes stored (its own it knows of at once).
     pub schedule_poll_ms: u64,
+    /// A step enqueued this long whose handler no live worker serves fails
+    /// (`handler_unavailable`); 0: it waits however long.
+    pub handler_wait_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +156,7 @@ impl Default for OrchestratorSection {
             visibility_timeout_ms: 30_000,
             resend_stranded_after_ms: 60_000,
             schedule_poll_ms: 1_000,
+            handler_wait_timeout_ms: 0,
         }
     }
 }
@@ -302,6 +306,10 @@ impl Settings {
             "ORCHESTRATOR_SCHEDULE_POLL_MS",
             &mut c.orchestrator.schedule_poll_ms,
         )?;
+        env_num(
+            "ORCHESTRATOR_HANDLER_WAIT_TIMEOUT_MS",
+            &mut c.orchestrator.handler_wait_timeout_ms,
+        )?;
         env_num("WORKER_CONCURRENCY", &mut c.worker.concurrency)?;
         env_num(
             "WORKER_VISIBILITY_TIMEOUT_MS",
@@ -374,6 +382,8 @@ impl Settings {
             )),
             max_deliveries: self.max_deliveries,
             schedule_poll: Duration::from_millis(self.orchestrator.schedule_poll_ms.max(10)),
+            handler_wait_timeout: (self.orchestrator.handler_wait_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.orchestrator.handler_wait_timeout_ms)),
             ..Default::default()
         }
     }
@@ -400,6 +410,7 @@ impl Settings {
                 .metrics_listen
                 .as_deref()
                 .and_then(|a| a.parse().ok()),
+            shared_queues: true,
             ..Default::default()
         }
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::store::WorkerState;
 use stepgraph_engine::{
     Step, StepError, StepState, Task, TaskCreated, TaskGraph, TaskRequest, TaskState, Transitions,
 };
@@ -107,6 +108,9 @@ pub(crate) struct StepView {
     error: Option<StepError>,
     /// A batch worker's slice of the work.
     cursor: Option<Value>,
+    /// The step's handler, when the step is enqueued and no live worker
+    /// serves that handler: it waits for one.
+    waiting_for_handler: Option<String>,
 }
 
 impl From<&Step> for StepView {
@@ -119,6 +123,7 @@ impl From<&Step> for StepView {
             result: s.result_value(),
             error: s.error().cloned(),
             cursor: s.cursor.clone(),
+            waiting_for_handler: None,
         }
     }
 }
@@ -133,12 +138,34 @@ pub(crate) struct TaskView {
 }
 
 impl TaskView {
-    fn new((graph, transitions): (TaskGraph, Transitions)) -> TaskView {
-        TaskView {
-            steps: graph.steps.iter().map(StepView::from).collect(),
+    /// The view of a task; an enqueued step whose handler no live worker
+    /// serves is marked as waiting for it (the registry is read only then).
+    async fn new(
+        s: &ApiState,
+        (graph, transitions): (TaskGraph, Transitions),
+    ) -> Result<TaskView, ApiError> {
+        let mut steps: Vec<StepView> = graph.steps.iter().map(StepView::from).collect();
+        if steps.iter().any(|v| v.state == StepState::Enqueued) {
+            let since = chrono::Utc::now() - chrono::Duration::days(1);
+            let served: std::collections::HashSet<String> = s
+                .store
+                .workers(since)
+                .await?
+                .into_iter()
+                .filter(|w| w.state == WorkerState::Live)
+                .flat_map(|w| w.info.handlers)
+                .collect();
+            for (view, step) in steps.iter_mut().zip(&graph.steps) {
+                if view.state == StepState::Enqueued && !served.contains(&step.handler) {
+                    view.waiting_for_handler = Some(step.handler.clone());
+                }
+            }
+        }
+        Ok(TaskView {
+            steps,
             task: graph.task,
             transitions,
-        }
+        })
     }
 }
 
@@ -157,7 +184,7 @@ pub(crate) async fn get_task(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let view = s.store.graph_and_transitions(task_id(&id)?).await?;
-    Ok(Json(TaskView::new(view)))
+    Ok(Json(TaskView::new(&s, view).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -199,7 +226,7 @@ pub(crate) async fn wait_task(
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
     let _waiting = Waiting::new(&s.waiting);
     let view = s.store.wait_terminal_view(id, timeout).await?;
-    Ok(Json(TaskView::new(view)))
+    Ok(Json(TaskView::new(&s, view).await?))
 }
 
 /// A task's state after a change asked through the API.

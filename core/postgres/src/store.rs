@@ -453,6 +453,14 @@ impl Store for PgStore {
         .map_err(backend_error)
     }
 
+    async fn enqueued_for(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<StepMessage>, StoreError> {
+        self.find_enqueued_for(older_than, limit).await
+    }
+
     async fn stranded(&self, older_than: Duration, limit: i64) -> Result<Stranded, StoreError> {
         self.find_stranded(older_than, limit).await
     }

@@ -145,3 +145,42 @@ impl PgStore {
         Ok(())
     }
 }
+
+impl PgStore {
+    /// Steps Enqueued for longer than `older_than` (see `Store::enqueued_for`).
+    pub(crate) async fn find_enqueued_for(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<StepMessage>, StoreError> {
+        let ms = older_than.as_millis() as f64;
+        let rows: Vec<(StepId, TaskId, String, String, i32)> =
+            retrying!(self, pool => sqlx::query_as(
+            "SELECT s.id, s.task_id, s.name, s.handler, s.attempts
+               FROM sg_steps s
+               JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
+              WHERE s.state = 'enqueued'
+                AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
+              ORDER BY tr.created_at
+              LIMIT $2",
+        )
+        .bind(ms)
+        .bind(limit)
+        .fetch_all(pool))
+            .map_err(backend_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(step_id, task_id, step_name, handler, attempt)| StepMessage {
+                    task_id,
+                    step_id,
+                    attempt: attempt.max(0) as u32,
+                    step_name,
+                    handler,
+                    ready_at_us: None,
+                    traceparent: None,
+                },
+            )
+            .collect())
+    }
+}

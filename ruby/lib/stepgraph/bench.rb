@@ -66,8 +66,9 @@ module Stepgraph
                                concurrency: CONCURRENCY) do |e|
           p50_us(e, name, options[:runs], options[:warmup])
         end
+        # The Ruby handlers take precedence over the built-in ones of the same names.
         ruby = Engine.embedded(templates_dir: options[:templates], handlers: [Square, MULTIPLY_AND_SQUARE],
-                               concurrency: CONCURRENCY) do |e|
+                               builtin_handlers: true, concurrency: CONCURRENCY) do |e|
           p50_us(e, name, options[:runs], options[:warmup])
         end
         [label, steps, rust, ruby, seed]

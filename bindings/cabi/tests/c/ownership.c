@@ -69,7 +69,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   char options[4096];
-  snprintf(options, sizeof options, "{\"templates_dir\": \"%s\", \"handlers\": [\"noop\"]}", argv[1]);
+  snprintf(options, sizeof options, "{\"templates_dir\": \"%s\", \"handlers\": [\"noop\"], \"builtin_handlers\": true}", argv[1]);
   int32_t status = sg_engine_new((const uint8_t *)options, strlen(options), &engine);
   if (status != SG_STATUS_OK) die("sg_engine_new", status);
 

@@ -29,6 +29,11 @@ impl Orchestrator {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { this.sweep(after, shutdown).await })
         });
+        let unserved = self.config.handler_wait_timeout.map(|after| {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.handler_wait(after, shutdown).await })
+        });
         let size = self.config.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(size));
         let this = self.clone();
@@ -46,8 +51,8 @@ impl Orchestrator {
         )
         .await;
         let _ = slots.acquire_many(size as u32).await;
-        if let Some(sweeper) = sweeper {
-            let _ = sweeper.await;
+        for task in sweeper.into_iter().chain(unserved) {
+            let _ = task.await;
         }
         let _ = scheduler.await;
     }

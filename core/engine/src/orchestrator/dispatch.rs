@@ -47,9 +47,7 @@ pub(super) fn dispatch_eager(
     for m in messages {
         let queue = worker_queue(template.queue_of(&m.handler));
         let encoded = encode_all(std::slice::from_ref(&m), Duration::ZERO)?;
-        let permit = eager
-            .queues
-            .contains(&queue)
+        let permit = (eager.queues.contains(&queue) && eager.handlers.contains(&m.handler))
             .then(|| eager.handoff.take().or_else(|| eager.slots.try_take()))
             .flatten();
         match permit {
@@ -114,6 +112,9 @@ pub(super) fn claimed_steps(
 #[derive(Clone)]
 pub struct Eager {
     pub queues: Vec<String>,
+    /// The handlers the worker has: a step of another handler on its queues
+    /// is left to a worker that has it.
+    pub handlers: std::sync::Arc<std::collections::HashSet<String>>,
     pub slots: Slots,
     pub visibility: Duration,
     /// The slot of the step whose commit this is: the first step it makes

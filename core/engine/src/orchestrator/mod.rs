@@ -13,6 +13,7 @@ mod results;
 mod schedule;
 mod spans;
 mod sweep;
+mod unserved;
 
 pub use schedule::LATE_TOLERANCE;
 
@@ -198,6 +199,9 @@ pub struct OrchestratorConfig {
     /// The scheduler looks for delayed tasks and schedules other processes
     /// stored at least this often (it sleeps until the next one it knows of).
     pub schedule_poll: Duration,
+    /// A step Enqueued this long whose handler no live worker serves fails
+    /// (`handler_unavailable`); none: it waits for one however long.
+    pub handler_wait_timeout: Option<Duration>,
 }
 
 impl Default for OrchestratorConfig {
@@ -210,6 +214,7 @@ impl Default for OrchestratorConfig {
             resend_stranded_after: Some(Duration::from_secs(60)),
             max_deliveries: crate::queue::poison::DEFAULT_MAX_DELIVERIES,
             schedule_poll: Duration::from_secs(1),
+            handler_wait_timeout: None,
         }
     }
 }

@@ -453,6 +453,14 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().workers_since(since))
     }
 
+    async fn enqueued_for(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<StepMessage>, StoreError> {
+        Ok(self.inner.lock().enqueued_for(older_than, limit))
+    }
+
     async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError> {
         Ok(self.inner.lock().due(now, limit))
     }

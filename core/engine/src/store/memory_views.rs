@@ -5,7 +5,7 @@ use super::memory::{Inner, TaskEntry};
 use super::{
     Recent, StateCounts, Stats, TaskFilter, TaskSummary, TemplateStats, WorkerRecord, WorkerState,
 };
-use crate::model::TaskId;
+use crate::model::{StepMessage, TaskId};
 use crate::state::{StepState, TaskState};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -83,6 +83,47 @@ impl Inner {
         due.into_iter()
             .take(limit.max(0) as usize)
             .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// Steps Enqueued since longer than `older_than`, oldest first (a scan).
+    pub(super) fn enqueued_for(
+        &self,
+        older_than: std::time::Duration,
+        limit: i64,
+    ) -> Vec<StepMessage> {
+        let before = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+        let mut found: Vec<(DateTime<Utc>, StepMessage)> = Vec::new();
+        for e in self.tasks.values() {
+            for s in e.steps.iter().filter(|s| s.state == StepState::Enqueued) {
+                let since = e
+                    .transitions
+                    .steps
+                    .iter()
+                    .filter(|t| t.step_id == s.id)
+                    .map(|t| t.at)
+                    .max();
+                if let Some(at) = since.filter(|at| *at < before) {
+                    found.push((
+                        at,
+                        StepMessage {
+                            task_id: s.task_id,
+                            step_id: s.id,
+                            attempt: s.attempts,
+                            step_name: s.name.clone(),
+                            handler: s.handler.clone(),
+                            ready_at_us: None,
+                            traceparent: None,
+                        },
+                    ));
+                }
+            }
+        }
+        found.sort_by_key(|(at, _)| *at);
+        found
+            .into_iter()
+            .take(limit.max(0) as usize)
+            .map(|(_, m)| m)
             .collect()
     }
 

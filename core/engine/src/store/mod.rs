@@ -174,6 +174,15 @@ pub trait Store: Send + Sync + 'static {
     /// The workers seen since `since`, newest first, live ones first.
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError>;
 
+    /// Steps Enqueued for longer than `older_than` (since their last
+    /// transition), oldest first, at most `limit`, as their messages: what
+    /// the handler-wait timeout looks at.
+    async fn enqueued_for(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<StepMessage>, StoreError>;
+
     /// What may have lost its message. Steps whose lease ran out while
     /// Enqueued or InProgress (the worker they were leased to died); they
     /// are leased for `older_than` more, so that one sweep at a time sends
