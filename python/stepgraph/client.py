@@ -14,17 +14,17 @@ import urllib.parse
 import urllib.request
 from typing import Any, Optional
 
-from ._native import StepgraphError
+from ._native import StepgraphError, TaskTimeoutError
 
 TERMINAL = frozenset({"complete", "error", "cancelled", "resolved_manually"})
 
 
 class ApiError(StepgraphError):
-    """The server refused a request: ``status`` is the HTTP status, the
-    message is the server's explanation."""
+    """The server refused a request: ``status`` is the HTTP status,
+    ``message`` (and the exception's text) the server's explanation."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(message)
         self.status = status
         self.message = message
 
@@ -85,8 +85,10 @@ class Client:
         return self._request("GET", f"/v1/tasks/{_quote(task_id)}")
 
     def wait(self, task_id: str, timeout: float = 60.0) -> dict:
-        """Waits until the task ends and returns it; raises ``TimeoutError``
-        (with the task's state) if it has not ended after ``timeout`` seconds."""
+        """Waits until the task ends and returns it; raises
+        :class:`TaskTimeoutError` (a :class:`StepgraphError` and a built-in
+        ``TimeoutError``, naming the task's state) if it has not ended after
+        ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())
@@ -97,7 +99,7 @@ class Client:
             if task["state"] in TERMINAL:
                 return task
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"task {task_id} did not end within {timeout}s (state {task['state']})")
+                raise TaskTimeoutError(f"task {task_id} did not end within {timeout}s (state {task['state']})")
 
     def run(self, namespace: str, name: str, context: Any, timeout: float = 60.0, **kwargs: Any) -> dict:
         """Creates a task and waits for it."""

@@ -14,6 +14,10 @@ from typing import Any, Iterable, Optional
 from ._native import NativeEngine, StepgraphError
 from .handlers import Context, StepHandler, finish_async, not_json, start_handler
 
+#: Handlers running at once in an engine or worker of this process (an
+#: ``async def`` handler's coroutines overlap up to ``async_concurrency``).
+DEFAULT_CONCURRENCY = 8
+
 
 def _step_view(step: dict) -> dict:
     """A step as users see it: its latest outcome split into result and error."""
@@ -35,9 +39,28 @@ def _step_view(step: dict) -> dict:
     }
 
 
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    return _cut(json.dumps(value, default=str))
+
+
+def _error_text(error: Any) -> str:
+    """A task's error in a few words: ``"step: message"`` where it has them."""
+    if isinstance(error, dict):
+        inner = error["error"] if isinstance(error.get("error"), dict) else error
+        if inner.get("message") is not None:
+            step = error.get("step")
+            return json.dumps(_cut(f"{step}: {inner['message']}" if step else str(inner["message"])))
+    return _short(error)
+
+
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished task: its state, result (or error), and its steps by name."""
+    """A finished task: its state, result (or error), and its steps by name.
+    Its repr is one line; ``steps`` and ``report`` hold the full view."""
 
     task_id: str
     state: str
@@ -45,6 +68,14 @@ class TaskResult:
     error: Any
     steps: dict
     report: dict
+
+    def __repr__(self) -> str:
+        task = self.report.get("task", {})
+        template = f"{task.get('namespace')}/{task.get('name')}@{task.get('version')}"
+        outcome = f"error={_error_text(self.error)}" if self.error is not None else f"result={_short(self.result)}"
+        return f"<TaskResult {self.task_id} {template} {self.state} {outcome}>"
+
+    __str__ = __repr__
 
 
 class _HandlerPool:
@@ -156,7 +187,7 @@ class Engine:
         cls,
         templates_dir: str,
         handlers: Iterable[StepHandler],
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         async_concurrency: int = 64,
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional, Union
@@ -129,10 +130,23 @@ class Context:
         return f"Context(step_name={self.step_name!r}, task_id={self.task_id!r}, attempt={self.attempt})"
 
 
+def default_name(class_name: str) -> str:
+    """A handler class's default name: its name in snake_case
+    (``SquareNumber`` -> ``square_number``), as in Ruby and TypeScript."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", class_name)
+    return re.sub(r"([a-z\d])([A-Z])", r"\1_\2", name).lower()
+
+
 class StepHandler(abc.ABC):
-    """Subclass, set ``name`` (the template's ``handler.callable``), implement ``call``."""
+    """Subclass, implement ``call``; ``name`` is the template's
+    ``handler.callable`` (default: the class name in snake_case)."""
 
     name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):
+            cls.name = default_name(cls.__name__)
 
     @abc.abstractmethod
     def call(self, ctx: Context) -> Any:
@@ -149,8 +163,11 @@ class _FunctionHandler(StepHandler):
         return self._fn(ctx)
 
 
-def handler(name: str) -> Callable[[Callable[[Context], Any]], StepHandler]:
-    """Makes a function a handler: ``@stepgraph.handler("square")``."""
+def handler(name: Union[str, Callable[[Context], Any]]) -> Any:
+    """Makes a function a handler: ``@stepgraph.handler("square")``, or
+    ``@stepgraph.handler`` to name it after the function."""
+    if callable(name):
+        return _FunctionHandler(name.__name__, name)
 
     def wrap(fn: Callable[[Context], Any]) -> StepHandler:
         return _FunctionHandler(name, fn)

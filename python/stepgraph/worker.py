@@ -8,7 +8,7 @@ import threading
 from typing import Iterable, Optional, Sequence
 
 from ._native import NativeEngine
-from .engine import _HandlerPool, handlers_by_name
+from .engine import DEFAULT_CONCURRENCY, _HandlerPool, handlers_by_name
 from .handlers import StepHandler
 
 
@@ -28,7 +28,7 @@ class Worker:
         templates_dir: str,
         handlers: Iterable[StepHandler],
         namespaces: Optional[Sequence[str]] = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         async_concurrency: int = 64,
         completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,

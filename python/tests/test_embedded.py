@@ -266,8 +266,8 @@ def test_consecutive_timeouts_open_the_breaker():
         time.sleep(1.0)
         return 1
 
-    retries = ROOT / "tests" / "fixtures" / "retries"
-    with stepgraph.Engine.embedded(retries, [hang], breaker_failure_threshold=2, breaker_cool_down=60) as e:
+    hangs = ROOT / "tests" / "fixtures" / "hangs"
+    with stepgraph.Engine.embedded(hangs, [hang], breaker_failure_threshold=2, breaker_cool_down=60) as e:
         result = e.run("t", "hangs", {})
     assert result.state == "error"
     assert calls == [1, 2]
@@ -305,7 +305,9 @@ def test_completions_at_capacity_one_wait_and_lose_nothing():
     never drops, so every step succeeds at its first attempt. Rounds of 12
     trees run until some completion did wait (up to 20)."""
     handlers = [Square(), multiply_and_square, routing, analyze]
-    with stepgraph.Engine.embedded(TEMPLATES, handlers, concurrency=8, completion_capacity=1) as e:
+    with stepgraph.Engine.embedded(
+        TEMPLATES, handlers, concurrency=8, completion_capacity=1, builtin_handlers=True
+    ) as e:
         results = []
         for _ in range(20):
             threads = [
@@ -427,7 +429,7 @@ def test_close_lets_running_handlers_finish(tmp_path):
     assert outcome == ["complete"]
 
 
-def test_roundtrip_measures_a_python_handler():
+def test_roundtrip_measures_a_python_handler(tmp_path):
     seen = []
 
     @stepgraph.handler("noop")
@@ -435,7 +437,8 @@ def test_roundtrip_measures_a_python_handler():
         seen.append((ctx.step_name, ctx.dependency("linear_step_1"), ctx.input["even_number"]))
         return None
 
-    with stepgraph.Engine.embedded(TEMPLATES, [noop]) as e:
+    # A round trip needs no template: none are loaded.
+    with stepgraph.Engine.embedded(tmp_path, [noop]) as e:
         mean = e.roundtrip("noop", 200)
     # Every one of the 200 steps reached the handler, carrying the sample step.
     assert seen == [("linear_step_2", 36, 6)] * 200
@@ -445,7 +448,7 @@ def test_roundtrip_measures_a_python_handler():
     def broken(ctx):
         raise ValueError("round trip broke")
 
-    with stepgraph.Engine.embedded(TEMPLATES, [broken]) as e:
+    with stepgraph.Engine.embedded(tmp_path, [broken]) as e:
         with pytest.raises(stepgraph.StepgraphError, match="round trip broke"):
             e.roundtrip("broken", 3)
 
@@ -505,8 +508,11 @@ steps:
             e.run("t", "nope", {})
         with pytest.raises(stepgraph.InvalidContextError, match="input_schema"):
             e.run("t", "s", {"n": "not a number"})
-        with pytest.raises(stepgraph.TaskTimeoutError, match="did not finish"):
+        # Also Python's own TimeoutError, as the Client's wait is.
+        with pytest.raises(TimeoutError, match="did not finish") as timed_out:
             e.run("t", "s", {"n": 1}, timeout=0.05)
+        assert isinstance(timed_out.value, stepgraph.TaskTimeoutError)
+        assert isinstance(timed_out.value, stepgraph.StepgraphError)
         with pytest.raises(stepgraph.InvalidContextError, match="run_at must be an RFC 3339 time"):
             e.run("t", "s", {"n": 1}, run_at="tomorrow")
         with pytest.raises(stepgraph.InvalidContextError, match="run_at or delay_ms"):

@@ -194,8 +194,8 @@ class EmbeddedTest < Minitest::Test
       sleep 1.0
       1
     end
-    retries = File.join(ROOT, "tests", "fixtures", "retries")
-    Stepgraph::Engine.embedded(templates_dir: retries, handlers: [hang], breaker_failure_threshold: 2,
+    hangs = File.join(ROOT, "tests", "fixtures", "hangs")
+    Stepgraph::Engine.embedded(templates_dir: hangs, handlers: [hang], breaker_failure_threshold: 2,
                                breaker_cool_down: 60) do |e|
       result = e.run("t", "hangs", {})
       assert_equal "error", result.state
@@ -336,7 +336,8 @@ class EmbeddedTest < Minitest::Test
     assert_raises(ArgumentError) { Stepgraph.handler("x") }
     twice = [Stepgraph.handler("math.square") { |_ctx| 1 }, Stepgraph.handler("math.square") { |_ctx| 2 }]
     error = assert_raises(ArgumentError) { Stepgraph.handlers_by_name(twice) }
-    assert_match(/two handlers are named "math.square"/, error.message)
+    assert_match(/two handlers are named "math.square": #<Stepgraph::BlockHandler.* and #<Stepgraph::BlockHandler/,
+                 error.message)
     error = assert_raises(Stepgraph::Error) do
       Stepgraph::Engine.embedded(templates_dir: "/no/such/dir", handlers: [])
     end
@@ -346,6 +347,39 @@ class EmbeddedTest < Minitest::Test
       assert_match(/no_such/, error.message)
       error = assert_raises(Stepgraph::Error) { e.run("e2e", "linear", { "even_number" => "six" }) }
       assert_match(/even_number|schema/, error.message)
+    end
+  end
+
+  class SquareNumber < Stepgraph::StepHandler
+    def call(_ctx) = 1
+  end
+
+  class HTTPFetcher < Stepgraph::StepHandler
+    def call(_ctx) = 1
+  end
+
+  # Named, checked and printed as in Python and TypeScript.
+  def test_handlers_are_named_and_checked_as_in_every_language_and_a_result_prints_on_one_line
+    assert_equal %w[square_number http_fetcher], [SquareNumber.new.handler_name, HTTPFetcher.new.handler_name]
+    assert_equal 8, Stepgraph::DEFAULT_CONCURRENCY
+    # A template step nobody serves: the engine does not start, naming each.
+    error = assert_raises(Stepgraph::ConfigurationError) do
+      Stepgraph::Engine.embedded(templates_dir: TEMPLATES, handlers: ALL_HANDLERS)
+    end
+    assert_match(%r{`approval\.auto_approve` \(e2e/conditional_approval@}, error.message)
+    refute_match(/math\.square/, error.message)
+    engine do |e|
+      done = e.run("e2e", "linear", { "even_number" => 6 })
+      line = done.inspect
+      assert_match(/\A#<Stepgraph::TaskResult #{done.task_id} e2e\/linear@\S+ complete result=2821109907456>\z/, line)
+      assert_equal line, done.to_s
+      assert_equal %w[step_1 step_2 step_3 step_4], done.steps.keys.sort
+    end
+    refuses = Stepgraph.handler("math.square") { |_ctx| raise Stepgraph::PermanentError, "no squares today #{'x' * 300}" }
+    engine([refuses]) do |e|
+      failed = e.run("e2e", "linear", { "even_number" => 6 })
+      assert_match(/ error error="step_1: no squares today x+\.\.\.">\z/, failed.inspect)
+      assert_operator failed.inspect.length, :<, 200
     end
   end
 

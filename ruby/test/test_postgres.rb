@@ -104,12 +104,16 @@ class PostgresTest < Minitest::Test
       w.stop
     end
     pending = @client.create_task("e2e", "linear", { "even_number" => 6 })
-    assert_raises(Timeout::Error) { @client.wait(pending["task_id"], timeout: 0.2) }
+    timed_out = assert_raises(Stepgraph::TaskTimeoutError) { @client.wait(pending["task_id"], timeout: 0.2) }
+    assert_kind_of Stepgraph::Error, timed_out
+    assert_match(/did not end within/, timed_out.message)
     assert_equal "cancelled", @client.cancel(pending["task_id"])["state"]
     error = assert_raises(Stepgraph::ApiError) { @client.create_task("e2e", "no_such_template", {}) }
     assert_equal 422, error.status
     error = assert_raises(Stepgraph::ApiError) { @client.get_task("0190f3a2-0000-7000-8000-000000000000") }
     assert_equal 404, error.status
+    # The status apart; the message is the server's, as in Python and TypeScript.
+    assert_match(/\Atask \S+ not found\z/, error.message)
     assert_raises(Stepgraph::Error) { Stepgraph::Client.new("http://127.0.0.1:1").health }
   end
 

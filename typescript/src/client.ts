@@ -5,15 +5,15 @@
 
 import { TERMINAL } from "./engine.js";
 import { parseJson, stringifyJson } from "./json.js";
-import { StepgraphError } from "./native.js";
+import { StepgraphError, TaskTimeoutError } from "./native.js";
 
-/** The server refused a request: `status` is the HTTP status, the message the server's. */
+/** The server refused a request: `status` is the HTTP status, `message` the server's explanation. */
 export class ApiError extends StepgraphError {
   override name = "ApiError";
   readonly status: number;
 
   constructor(status: number, message: string) {
-    super("Api", `HTTP ${status}: ${message}`);
+    super("Api", message);
     this.status = status;
   }
 }
@@ -84,7 +84,7 @@ export class Client {
     return this.#request("GET", `/v1/tasks/${encodeURIComponent(taskId)}`);
   }
 
-  /** Waits until the task ends and returns it; rejects with a timeout error naming its state. */
+  /** Waits until the task ends and returns it; rejects with a {@link TaskTimeoutError} naming its state. */
   async wait(taskId: string, timeoutMs = 60_000): Promise<any> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -97,7 +97,7 @@ export class Client {
       );
       if (TERMINAL.has(task.state)) return task;
       if (Date.now() >= deadline) {
-        throw new StepgraphError("Timeout", `task ${taskId} did not end within ${timeoutMs} ms (state ${task.state})`);
+        throw new TaskTimeoutError("Timeout", `task ${taskId} did not end within ${timeoutMs} ms (state ${task.state})`);
       }
     }
   }

@@ -19,6 +19,9 @@ export interface StepView {
   error: any;
 }
 
+/** Handlers running at once in an engine or worker of this process. */
+export const DEFAULT_CONCURRENCY = 8;
+
 /** A finished task: its state, result (or error), and its steps by name. */
 export interface TaskResult {
   taskId: string;
@@ -28,6 +31,47 @@ export interface TaskResult {
   steps: Record<string, StepView>;
   /** The engine's whole report: task, steps, edges, transitions. */
   report: any;
+}
+
+const cut = (text: string, width = 60): string => (text.length <= width ? text : `${text.slice(0, width - 3)}...`);
+
+/** A task's error in a few words: `"step: message"` where it has them. */
+const errorText = (error: any): string => {
+  const inner = error && typeof error.error === "object" && error.error !== null ? error.error : error;
+  if (inner && typeof inner === "object" && inner.message != null) {
+    return JSON.stringify(cut(error.step ? `${error.step}: ${inner.message}` : String(inner.message)));
+  }
+  return short(error);
+};
+
+const short = (value: unknown): string => {
+  try {
+    return cut(stringifyJson(value));
+  } catch {
+    return cut(String(value));
+  }
+};
+
+/** Printed (`String(r)`, `console.log(r)`, `util.inspect(r)`) in one line; the fields hold the full view. */
+class FinishedTask implements TaskResult {
+  constructor(
+    readonly taskId: string,
+    readonly state: string,
+    readonly result: any,
+    readonly error: any,
+    readonly steps: Record<string, StepView>,
+    readonly report: any,
+  ) {}
+
+  toString(): string {
+    const t = this.report?.task ?? {};
+    const outcome = this.error == null ? `result=${short(this.result)}` : `error=${errorText(this.error)}`;
+    return `TaskResult ${this.taskId} ${t.namespace}/${t.name}@${t.version} ${this.state} ${outcome}`;
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return `<${this.toString()}>`;
+  }
 }
 
 function stepView(step: any): StepView {
@@ -55,7 +99,7 @@ export function taskResult(report: any): TaskResult {
   const steps: Record<string, StepView> = {};
   for (const s of report.steps) steps[s.name] = stepView(s);
   const task = report.task;
-  return { taskId: task.id, state: task.state, result: task.result, error: task.error, steps, report };
+  return new FinishedTask(task.id, task.state, task.result, task.error, steps, report);
 }
 
 /** What the Rust host holds and has done ({@link Engine.hostStats}). */
@@ -72,7 +116,7 @@ export interface EngineOptions {
   /** The directory of task templates (YAML). */
   templatesDir: string;
   handlers: Iterable<HandlerLike>;
-  /** Handlers running at once (async ones overlap on the event loop). Default 8. */
+  /** Handlers running at once (async ones overlap on the event loop). Default {@link DEFAULT_CONCURRENCY} (8). */
   concurrency?: number;
   /** Completions buffered in the engine before reporting one waits. Default 1024. */
   completionCapacity?: number;
@@ -116,7 +160,7 @@ export class Engine {
     const handlers = handlersByName(options.handlers);
     const open = await opener(options.backend);
     const native = open(JSON.stringify(hostOptions(options, [...handlers.keys()])));
-    return new Engine(native, new HandlerPool(native, handlers, options.concurrency ?? 8));
+    return new Engine(native, new HandlerPool(native, handlers, options.concurrency ?? DEFAULT_CONCURRENCY));
   }
 
   /** Which binding carries this engine. */

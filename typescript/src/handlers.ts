@@ -148,9 +148,17 @@ export class Context {
   }
 }
 
+/** A handler class's default name: its name in snake_case (`SquareNumber` -> `square_number`), as in Python and Ruby. */
+export function defaultHandlerName(className: string): string {
+  return className
+    .replace(/([A-Z]+)([A-Z][a-z])/g, "$1_$2")
+    .replace(/([a-z\d])([A-Z])/g, "$1_$2")
+    .toLowerCase();
+}
+
 /**
- * Subclass, set `static handlerName` (the template's `handler.callable`),
- * implement `call` (sync or async). Return a JSON value (BigInts allowed),
+ * Subclass, implement `call` (sync or async); `static handlerName` is the
+ * template's `handler.callable` (default: the class name in snake_case). Return a JSON value (BigInts allowed),
  * a {@link Decision} or a {@link Batch}; throw {@link PermanentError} or
  * {@link RetryableError}; any other error fails the attempt as retryable.
  */
@@ -159,7 +167,8 @@ export abstract class StepHandler {
 
   /** The template's `handler.callable` this handler serves. */
   get handlerName(): string {
-    return (this.constructor as typeof StepHandler).handlerName;
+    const cls = this.constructor as typeof StepHandler;
+    return cls.handlerName || defaultHandlerName(cls.name);
   }
 
   abstract call(ctx: Context): unknown;
@@ -196,6 +205,9 @@ export function defineHandler(name: string, fn: HandlerFn): StepHandler {
 /** A handler class (instantiated with no arguments) or instance. */
 export type HandlerLike = StepHandler | (new () => StepHandler);
 
+const describe = (h: StepHandler): string =>
+  h instanceof FunctionHandler ? `defineHandler('${h.handlerName}')` : `an instance of ${h.constructor.name}`;
+
 /** The handlers by name; throws on a nameless one or a name given twice. */
 export function handlersByName(handlers: Iterable<HandlerLike>): Map<string, StepHandler> {
   const byName = new Map<string, StepHandler>();
@@ -206,7 +218,10 @@ export function handlersByName(handlers: Iterable<HandlerLike>): Map<string, Ste
     }
     const name = handler.handlerName;
     if (!name) throw new TypeError(`handler ${handler.constructor.name} has no handlerName`);
-    if (byName.has(name)) throw new TypeError(`two handlers are named '${name}'`);
+    const taken = byName.get(name);
+    if (taken) {
+      throw new TypeError(`two handlers are named '${name}': ${describe(taken)} and ${describe(handler)}`);
+    }
     byName.set(name, handler);
   }
   return byName;

@@ -14,7 +14,7 @@ export {
   type HandlerLike,
   type StepEvent,
 } from "./handlers.js";
-export { Engine, type EngineOptions, type HostStats, type StepView, type TaskResult } from "./engine.js";
+export { DEFAULT_CONCURRENCY, Engine, type EngineOptions, type HostStats, type StepView, type TaskResult } from "./engine.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export { ApiError, Client, type CreateTaskOptions } from "./client.js";
 export {

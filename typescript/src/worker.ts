@@ -3,7 +3,7 @@
 // `stepgraph serve`; steps over PostgreSQL's queue or RabbitMQ).
 
 import { handlersByName, type HandlerLike } from "./handlers.js";
-import { hostOptions } from "./engine.js";
+import { DEFAULT_CONCURRENCY, hostOptions } from "./engine.js";
 import { opener, type BackendName } from "./native.js";
 import { HandlerPool, type PoolStats } from "./pool.js";
 
@@ -19,7 +19,7 @@ export interface WorkerOptions {
   /** The namespaces served; default every template's. */
   namespaces?: string[];
   handlers: Iterable<HandlerLike>;
-  /** Handlers running at once. Default 8. */
+  /** Handlers running at once. Default {@link DEFAULT_CONCURRENCY} (8). */
   concurrency?: number;
   /** The templates (the worker orchestrates its own steps' results). Default $STEPGRAPH_TEMPLATES_DIR or ./templates. */
   templatesDir?: string;
@@ -60,10 +60,10 @@ export class Worker {
         database_url: o.databaseUrl,
         queue: o.queue,
         namespaces: o.namespaces ?? [],
-        concurrency: Math.max(1, o.concurrency ?? 8),
+        concurrency: Math.max(1, o.concurrency ?? DEFAULT_CONCURRENCY),
       }),
     );
-    this.#pool = new HandlerPool(native, handlers, o.concurrency ?? 8);
+    this.#pool = new HandlerPool(native, handlers, o.concurrency ?? DEFAULT_CONCURRENCY);
     this.#pool.start();
     return this;
   }

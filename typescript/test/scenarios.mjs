@@ -8,11 +8,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
+import { inspect } from "node:util";
 import {
   BackendUnavailableError,
   Client,
   ConfigurationError,
   ConflictError,
+  DEFAULT_CONCURRENCY,
   Engine,
   EventNotPendingError,
   ForkedProcessError,
@@ -299,7 +301,7 @@ steps:
       return 1;
     });
     const options = {
-      templatesDir: path.join(ROOT, "tests", "fixtures", "retries"),
+      templatesDir: path.join(ROOT, "tests", "fixtures", "hangs"),
       handlers: [hang],
       backend,
       breakerFailureThreshold: 2,
@@ -413,12 +415,51 @@ steps:
     );
     await assert.rejects(
       Engine.embedded({ templatesDir: TEMPLATES, handlers: [defineHandler("a", () => 1), defineHandler("a", () => 2)], backend }),
-      /two handlers are named 'a'/,
+      /two handlers are named 'a': defineHandler\('a'\) and defineHandler\('a'\)/,
     );
     await assert.rejects(
       Engine.embedded({ templatesDir: TEMPLATES, handlers: [{ call() {} }], backend }),
       /is not a StepHandler/,
     );
+  });
+
+  test(`[${backend}] handlers are named and checked as in Python and Ruby; a result prints on one line`, async () => {
+    class SquareNumber extends StepHandler {
+      call() {
+        return 1;
+      }
+    }
+    class HTTPFetcher extends StepHandler {
+      call() {
+        return 1;
+      }
+    }
+    assert.deepEqual([new SquareNumber().handlerName, new HTTPFetcher().handlerName], ["square_number", "http_fetcher"]);
+    assert.equal(DEFAULT_CONCURRENCY, 8);
+    // A template step nobody serves: the engine does not start, naming each.
+    await assert.rejects(
+      Engine.embedded({ templatesDir: TEMPLATES, handlers: seedHandlers(), backend }),
+      (e) =>
+        e instanceof ConfigurationError &&
+        /`approval\.auto_approve` \(e2e\/conditional_approval@/.test(e.message) &&
+        !/math\.square/.test(e.message),
+    );
+    const refuses = defineHandler("math.square", () => {
+      throw new PermanentError(`no squares today ${"x".repeat(300)}`);
+    });
+    await seed(async (engine) => {
+      const done = await engine.run("e2e", "linear", { even_number: 6 });
+      const line = String(done);
+      assert.ok(line.startsWith(`TaskResult ${done.taskId} e2e/linear@`) && line.endsWith(" complete result=2821109907456"), line);
+      assert.equal(inspect(done), `<${line}>`);
+      assert.deepEqual(Object.keys(done.steps).sort(), ["step_1", "step_2", "step_3", "step_4"]);
+    });
+    await withEngine({ templatesDir: TEMPLATES, handlers: [refuses], backend, builtinHandlers: true }, async (engine) => {
+      const failed = await engine.run("e2e", "linear", { even_number: 6 });
+      const line = String(failed);
+      assert.ok(/ error error="step_1: no squares today x+\.\.\."$/.test(line) && line.length < 200, line);
+      assert.ok(!inspect(failed).includes("\n"));
+    });
   });
 
   test(`[${backend}] each kind of error is its own class, with its code`, async () => {
@@ -484,7 +525,7 @@ steps:
     const broken = defineHandler("broken", () => {
       throw new Error("round trip broke");
     });
-    await withEngine({ templatesDir: TEMPLATES, handlers: [noop, broken], backend }, async (engine) => {
+    await withEngine({ templatesDir: TEMPLATES, handlers: [noop, broken], backend, builtinHandlers: true }, async (engine) => {
       const us = await engine.roundtrip("noop", 200);
       assert.ok(us > 0 && Number.isFinite(us), String(us));
       // Every one of the 200 steps reached the handler, carrying the sample step.
@@ -661,9 +702,16 @@ export function postgresScenarios(test, backend) {
         );
       });
       const pending = await client.createTask("e2e", "linear", { even_number: 6 });
-      await assert.rejects(client.wait(pending.task_id, 200), /did not end within 200 ms/);
+      await assert.rejects(
+        client.wait(pending.task_id, 200),
+        (e) => e instanceof TaskTimeoutError && e instanceof StepgraphError && /did not end within 200 ms/.test(e.message),
+      );
       assert.equal((await client.cancel(pending.task_id)).state, "cancelled");
-      await assert.rejects(client.getTask("0190f3a2-0000-7000-8000-000000000000"), (e) => e.status === 404);
+      // The status apart; the message is the server's, as in Python and Ruby.
+      await assert.rejects(
+        client.getTask("0190f3a2-0000-7000-8000-000000000000"),
+        (e) => e.status === 404 && /^task \S+ not found$/.test(e.message),
+      );
       await assert.rejects(client.createTask("e2e", "no_such_template", {}), (e) => e.status === 422 && /no_such_template/.test(e.message));
       await assert.rejects(client.createTask("e2e", "linear", { even_number: "six" }), (e) => e.status === 422);
       await assert.rejects(client.getTask("not-a-uuid"), (e) => e.status === 400);

@@ -4,6 +4,8 @@
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyDict, PyTuple, PyType};
 use stepgraph_worker::{ErrorKind, HostError, HostedError};
 
 create_exception!(
@@ -32,10 +34,48 @@ create_exception!(
 );
 create_exception!(
     _native,
-    TaskTimeoutError,
+    StepgraphTimeout,
     StepgraphError,
     "The task did not end in the time given."
 );
+
+/// `TaskTimeoutError`: a [`StepgraphError`] that is also Python's own
+/// `TimeoutError`, so `except TimeoutError` catches it too. A class with two
+/// bases cannot be declared with `create_exception!`; it is made once, with
+/// `type()`, at import.
+static TASK_TIMEOUT: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+
+fn task_timeout_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    TASK_TIMEOUT
+        .get_or_try_init(py, || {
+            let builtins = py.import("builtins")?;
+            let bases = PyTuple::new(
+                py,
+                [
+                    py.get_type::<StepgraphTimeout>().into_any(),
+                    builtins.getattr("TimeoutError")?,
+                ],
+            )?;
+            let attrs = PyDict::new(py);
+            attrs.set_item("__module__", "stepgraph")?;
+            attrs.set_item(
+                "__doc__",
+                "The task did not end in the time given (also a built-in TimeoutError).",
+            )?;
+            let class = builtins
+                .getattr("type")?
+                .call1(("TaskTimeoutError", bases, attrs))?;
+            Ok(class.downcast_into::<PyType>()?.unbind())
+        })
+        .map(|c| c.bind(py))
+}
+
+fn timeout_error(message: String) -> PyErr {
+    Python::with_gil(|py| match task_timeout_class(py) {
+        Ok(class) => PyErr::from_type(class.clone(), message),
+        Err(e) => e,
+    })
+}
 create_exception!(
     _native,
     ConflictError,
@@ -72,7 +112,7 @@ fn raise(kind: ErrorKind, message: String) -> PyErr {
         ErrorKind::Config => ConfigurationError::new_err(message),
         ErrorKind::UnknownTemplate => TemplateNotFoundError::new_err(message),
         ErrorKind::InvalidContext => InvalidContextError::new_err(message),
-        ErrorKind::Timeout => TaskTimeoutError::new_err(message),
+        ErrorKind::Timeout => timeout_error(message),
         ErrorKind::Conflict => ConflictError::new_err(message),
         ErrorKind::Unavailable => BackendUnavailableError::new_err(message),
         ErrorKind::Forked => ForkedProcessError::new_err(message),
@@ -105,7 +145,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<TemplateNotFoundError>(),
     )?;
     m.add("InvalidContextError", py.get_type::<InvalidContextError>())?;
-    m.add("TaskTimeoutError", py.get_type::<TaskTimeoutError>())?;
+    m.add("TaskTimeoutError", task_timeout_class(py)?)?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;
     m.add(
         "BackendUnavailableError",

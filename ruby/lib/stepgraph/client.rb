@@ -6,13 +6,13 @@ require "net/http"
 require "uri"
 
 module Stepgraph
-  # The server refused a request: +status+ is the HTTP status, the message
+  # The server refused a request: +status+ is the HTTP status, +message+
   # the server's explanation.
   class ApiError < Error
     attr_reader :status
 
     def initialize(status, message)
-      super("HTTP #{status}: #{message}")
+      super(message)
       @status = status
     end
   end
@@ -49,7 +49,8 @@ module Stepgraph
       request(:get, "/v1/tasks/#{escape(task_id)}")
     end
 
-    # Waits (long-polling) until the task ends; Timeout::Error if it has not after +timeout+ seconds.
+    # Waits (long-polling) until the task ends; Stepgraph::TaskTimeoutError
+    # (naming the task's state) if it has not after +timeout+ seconds.
     def wait(task_id, timeout: 60)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
       loop do
@@ -58,7 +59,7 @@ module Stepgraph
         task = request(:get, "/v1/tasks/#{escape(task_id)}/wait?timeout_ms=#{wait_ms}", nil, wait_ms / 1000.0)
         return task if TERMINAL.include?(task["state"])
         if Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
-          raise Timeout::Error, "task #{task_id} did not end within #{timeout}s (state #{task['state']})"
+          raise TaskTimeoutError, "task #{task_id} did not end within #{timeout}s (state #{task['state']})"
         end
       end
     end

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "json"
 require "time"
 
 module Stepgraph
@@ -63,18 +64,50 @@ module Stepgraph
     end
   end
 
+  # Handlers running at once in an engine or worker of this process.
+  DEFAULT_CONCURRENCY = 8
+
   # A finished task: its state, result (or error), and its steps by name.
+  # Its inspect is one line; +steps+ and +report+ hold the full view.
   TaskResult = Struct.new(:task_id, :state, :result, :error, :steps, :report, keyword_init: true) do
     def complete?
       state == "complete"
     end
+
+    def inspect
+      task = report.fetch("task", {})
+      template = "#{task['namespace']}/#{task['name']}@#{task['version']}"
+      outcome = error.nil? ? "result=#{Stepgraph.short(result)}" : "error=#{Stepgraph.error_text(error)}"
+      "#<Stepgraph::TaskResult #{task_id} #{template} #{state} #{outcome}>"
+    end
+    alias_method :to_s, :inspect
+  end
+
+  def self.cut(text, width = 60)
+    text.length <= width ? text : "#{text[0, width - 3]}..."
+  end
+
+  # +value+ as JSON, cut to 60 characters.
+  def self.short(value)
+    cut(JSON.generate(value))
+  rescue JSON::GeneratorError
+    cut(value.inspect)
+  end
+
+  # A task's error in a few words: "step: message" where it has them.
+  def self.error_text(error)
+    inner = error.is_a?(Hash) && error["error"].is_a?(Hash) ? error["error"] : error
+    return short(error) unless inner.is_a?(Hash) && !inner["message"].nil?
+
+    step = error["step"]
+    JSON.generate(cut(step ? "#{step}: #{inner['message']}" : inner["message"].to_s))
   end
 
   # Runs tasks in this process, with Ruby handlers; needs no services.
   class Engine
     # +builtin_handlers+: the example Rust handlers of the fixture workflows
     # run beside the Ruby ones (which take precedence); off, only +handlers+ run.
-    def self.embedded(templates_dir:, handlers:, concurrency: 4, completion_capacity: 1024,
+    def self.embedded(templates_dir:, handlers:, concurrency: DEFAULT_CONCURRENCY, completion_capacity: 1024,
                       breaker_failure_threshold: 5, breaker_cool_down: 30.0, builtin_handlers: false)
       by_name = Stepgraph.handlers_by_name(handlers)
       native = Native::Engine.embedded(templates_dir.to_s, by_name.keys, completion_capacity,

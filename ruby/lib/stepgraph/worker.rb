@@ -12,7 +12,7 @@ module Stepgraph
   # example Rust handlers of the fixtures run here too.
   class Worker
     def initialize(database_url:, handlers:, templates_dir: ENV.fetch("STEPGRAPH_TEMPLATES_DIR", "templates"),
-                   queue: nil, namespaces: [], concurrency: 4,
+                   queue: nil, namespaces: [], concurrency: DEFAULT_CONCURRENCY,
                    completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0,
                    builtin_handlers: false)
       @handlers = Stepgraph.handlers_by_name(handlers)
