@@ -68,7 +68,7 @@ def test_an_engine_does_not_start_with_template_steps_nobody_serves():
         stepgraph.Engine.embedded(TEMPLATES, [Square, multiply_and_square])
     message = str(e.value)
     # Each missing handler by name, with where it is used.
-    assert "`approval.auto_approve` (e2e/conditional_approval@" in message, message
+    assert "`approval.finalize` (e2e/conditional_approval@1.0.0 step finalize_approval)" in message, message
     assert "`csv.analyze` (e2e/csv_batch@" in message, message
     assert "math.square" not in message, message
 

@@ -366,7 +366,7 @@ class EmbeddedTest < Minitest::Test
     error = assert_raises(Stepgraph::ConfigurationError) do
       Stepgraph::Engine.embedded(templates_dir: TEMPLATES, handlers: ALL_HANDLERS)
     end
-    assert_match(%r{`approval\.auto_approve` \(e2e/conditional_approval@}, error.message)
+    assert_match(%r{`approval\.finalize` \(e2e/conditional_approval@1\.0\.0 step finalize_approval\)}, error.message)
     refute_match(/math\.square/, error.message)
     engine do |e|
       done = e.run("e2e", "linear", { "even_number" => 6 })

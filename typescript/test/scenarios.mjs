@@ -441,7 +441,7 @@ steps:
       Engine.embedded({ templatesDir: TEMPLATES, handlers: seedHandlers(), backend }),
       (e) =>
         e instanceof ConfigurationError &&
-        /`approval\.auto_approve` \(e2e\/conditional_approval@/.test(e.message) &&
+        /`approval\.finalize` \(e2e\/conditional_approval@1\.0\.0 step finalize_approval\)/.test(e.message) &&
         !/math\.square/.test(e.message),
     );
     const refuses = defineHandler("math.square", () => {
