@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::store::WorkerState;
+use stepgraph_engine::store::live_handlers;
 use stepgraph_engine::{
     Step, StepError, StepState, Task, TaskCreated, TaskGraph, TaskRequest, TaskState, Transitions,
 };
@@ -146,15 +146,7 @@ impl TaskView {
     ) -> Result<TaskView, ApiError> {
         let mut steps: Vec<StepView> = graph.steps.iter().map(StepView::from).collect();
         if steps.iter().any(|v| v.state == StepState::Enqueued) {
-            let since = chrono::Utc::now() - chrono::Duration::days(1);
-            let served: std::collections::HashSet<String> = s
-                .store
-                .workers(since)
-                .await?
-                .into_iter()
-                .filter(|w| w.state == WorkerState::Live)
-                .flat_map(|w| w.info.handlers)
-                .collect();
+            let served = live_handlers(s.store.as_ref()).await?;
             for (view, step) in steps.iter_mut().zip(&graph.steps) {
                 if view.state == StepState::Enqueued && !served.contains(&step.handler) {
                     view.waiting_for_handler = Some(step.handler.clone());

@@ -8,8 +8,7 @@ use super::{Orchestrator, OrchestratorError};
 use crate::model::*;
 use crate::queue::{encode_all, Outbox, ORCHESTRATION_QUEUE};
 use crate::shutdown::Shutdown;
-use crate::store::WorkerState;
-use std::collections::HashSet;
+use crate::store::live_handlers;
 use std::time::Duration;
 
 impl Orchestrator {
@@ -20,15 +19,7 @@ impl Orchestrator {
         if waiting.is_empty() {
             return Ok(0);
         }
-        let since = chrono::Utc::now() - chrono::Duration::days(1);
-        let served: HashSet<String> = self
-            .store
-            .workers(since)
-            .await?
-            .into_iter()
-            .filter(|w| w.state == WorkerState::Live)
-            .flat_map(|w| w.info.handlers)
-            .collect();
+        let served = live_handlers(self.store.as_ref()).await?;
         let mut failed = 0;
         for m in waiting.iter().filter(|m| !served.contains(&m.handler)) {
             // A worker that took it meanwhile wins the start.

@@ -9,7 +9,7 @@ mod memory_views;
 mod workers;
 
 pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};
-pub use workers::{WorkerInfo, WorkerRecord, WorkerState, MISSED_HEARTBEATS};
+pub use workers::{live_handlers, WorkerInfo, WorkerRecord, WorkerState, MISSED_HEARTBEATS};
 
 pub use memory::MemoryStore;
 

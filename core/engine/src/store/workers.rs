@@ -73,3 +73,18 @@ impl WorkerRecord {
         }
     }
 }
+
+/// The handlers the live workers of `store`'s registry serve (what a step
+/// waiting for its handler is checked against).
+pub async fn live_handlers(
+    store: &dyn super::Store,
+) -> Result<std::collections::HashSet<String>, super::StoreError> {
+    let since = Utc::now() - chrono::Duration::days(1);
+    Ok(store
+        .workers(since)
+        .await?
+        .into_iter()
+        .filter(|w| w.state == WorkerState::Live)
+        .flat_map(|w| w.info.handlers)
+        .collect())
+}
