@@ -5,7 +5,7 @@
 
 import { encoder, failure, open, type Library } from "./bun-abi.js";
 import { parseJson } from "./json.js";
-import { nativeFile, StepgraphError, stepgraphError, type NativeEngine } from "./native.js";
+import { cAbiFile, StepgraphError, stepgraphError, type NativeEngine } from "./native.js";
 
 let lib: Library | undefined;
 let file: string | undefined;
@@ -25,7 +25,7 @@ function waiter(handle: bigint, kind: "events" | "replies"): Worker {
 }
 
 export function openBunFfi(options: string): NativeEngine {
-  file ??= nativeFile("libstepgraph.so");
+  file ??= cAbiFile();
   lib ??= open(file);
   const out = new BigUint64Array(1);
   const bytes = encoder.encode(options);

@@ -115,6 +115,16 @@ export function nativeFile(name: string): string {
 }
 
 /**
+ * The library with the C ABI: `libstepgraph.so` where it is built (a
+ * checkout), else the Node-API module, which exports the same `sg_*`
+ * functions (the npm package ships that one library for both runtimes).
+ */
+export function cAbiFile(): string {
+  const lib = path.join(nativeDir(), "libstepgraph.so");
+  return existsSync(lib) ? lib : nativeFile("stepgraph.node");
+}
+
+/**
  * The binding to use: `backend` if given, else $STEPGRAPH_BACKEND, else
  * bun:ffi under Bun and napi elsewhere.
  */

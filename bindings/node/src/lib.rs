@@ -6,6 +6,10 @@
 //! shutdown) resolve theirs from the engine's threads. The event loop never
 //! waits; `HostedEngine` and the host do the rest.
 
+// The C ABI's `sg_*` functions, exported from this module too (bun:ffi
+// opens it where no libstepgraph.so is shipped).
+pub use stepgraph_cabi::*;
+
 use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Error, JsObject, Status, Task};
 use napi_derive::napi;

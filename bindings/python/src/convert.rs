@@ -70,13 +70,13 @@ fn from_python_at(obj: &Bound<'_, PyAny>, path: &mut String) -> PyResult<Value> 
         });
     }
     if let Ok(s) = obj.downcast::<PyString>() {
-        return Ok(Value::String(s.to_str()?.to_owned()));
+        return Ok(Value::String(s.to_cow()?.into_owned()));
     }
     if let Ok(dict) = obj.downcast::<PyDict>() {
         let mut map = Map::with_capacity(dict.len());
         for (k, v) in dict.iter() {
             let key = match k.downcast::<PyString>() {
-                Ok(s) => s.to_str()?.to_owned(),
+                Ok(s) => s.to_cow()?.into_owned(),
                 Err(_) if k.is_instance_of::<PyInt>() => k.str()?.to_string(),
                 Err(_) => {
                     return Err(PyValueError::new_err(format!(
