@@ -196,7 +196,7 @@ fn four_languages_workers_on_one_namespace_each_run_their_own_steps_on_the_postg
 #[test]
 fn four_languages_workers_on_one_namespace_each_run_their_own_steps_over_rabbitmq() {
     let rabbit = Rabbit::new();
-    polyglot_tasks(&rabbit.env(), 100);
+    polyglot_tasks(&rabbit.env(), 50);
 }
 
 #[test]

@@ -34,6 +34,10 @@ use stepgraph_engine::queue::{Delivery, Outgoing, Queue, QueueError};
 use tokio::sync::mpsc;
 
 /// Delay buckets (ms): a delay is rounded up to the next one.
+/// A release delayed at most this long is waited out while the message is
+/// held, not sent through a delay queue (see `release`).
+const HELD_RELEASE: Duration = Duration::from_secs(1);
+
 const DELAY_BUCKETS_MS: &[u64] = &[
     5, 10, 25, 50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
     3_600_000,
@@ -261,14 +265,24 @@ impl Queue for RabbitQueue {
             }
             return Ok(());
         }
-        // Back after `delay`: a copy through the delay queue that carries
-        // the count of its deliveries, then the ack.
+        // Back after `delay`: a copy that carries the count of its
+        // deliveries, then the ack. A short delay is waited out here, the
+        // message held, and the copy goes to the back of the queue: RabbitMQ's
+        // delay queues (TTL, then dead-lettering) were seen to keep expired
+        // messages for tens of seconds on an idle broker, which a release
+        // meant to take a moment cannot afford. Longer ones go through them.
         let held = consumer
             .in_hand
             .lock()
             .get(&tag)
             .cloned()
             .unwrap_or_default();
+        let delay = if delay <= HELD_RELEASE {
+            tokio::time::sleep(delay).await;
+            Duration::ZERO
+        } else {
+            delay
+        };
         let copy = Publish {
             deliveries: held.delivery_count,
             ..Publish::new(held.payload, delay)
