@@ -3,7 +3,9 @@
 
 import { test } from "bun:test";
 // @ts-ignore - plain JavaScript shared with the Node suite
-import { embeddedScenarios, postgresScenarios } from "./scenarios.mjs";
+import { embeddedScenarios } from "./scenarios.mjs";
+// @ts-ignore - plain JavaScript shared with the Node suite
+import { postgresScenarios } from "./deployment.mjs";
 // @ts-ignore - plain JavaScript shared with the Node suite
 import { operationsScenarios } from "./operations.mjs";
 

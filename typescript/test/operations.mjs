@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { ApiError, Client, PermanentError, defineHandler } from "../dist/index.js";
 import { ROOT } from "./fixtures.mjs";
-import { withDeployment, withWorker } from "./scenarios.mjs";
+import { withDeployment, withWorker } from "./deployment.mjs";
 
 const EXTRA = path.join(ROOT, "tests", "fixtures", "extra");
 const TOKENS = { reader: "r-secret", ops: "o-secret" };
