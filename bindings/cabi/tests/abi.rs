@@ -102,6 +102,8 @@ fn a_task_through_the_c_abi_and_every_buffer_freed_once() {
     let handle = engine(json!({
         "templates_dir": templates(),
         "handlers": ["math.square"],
+        // The fixtures' other steps: an engine serves every template it loads.
+        "builtin_handlers": true,
     }));
     let served = Arc::new(AtomicBool::new(false));
     let server = serve(handle, served.clone());
