@@ -215,8 +215,16 @@ steps:
     );
     // Without a timeout it waits, shown as waiting for its handler.
     let patient = t.serve(&[]);
-    let _worker = t.worker(&[]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _worker = t.logged(&["worker"], &[("STEPGRAPH_LOG", "warn")], log.path());
     live_workers(patient.addr(), 1);
+    // At start the worker warned of the step it has no handler for, by name.
+    let warned = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        warned.contains("another worker must serve them")
+            && warned.contains("`nobody.serves` (e2e/orphan@1 step lonely)"),
+        "{warned}"
+    );
     let id = create(patient.addr(), "orphan", json!({}));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
