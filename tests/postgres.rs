@@ -262,27 +262,33 @@ fn a_killed_orchestrator_leaves_its_work_to_the_other() {
     ]);
     let claimed = "SELECT count(*) FROM sg_queue WHERE queue = 'orchestration' \
                    AND delivery_count >= 1 AND visible_at > now()";
+    let mut a = t.serve(&quick);
     let mut ids = Vec::new();
     let mut held = 0;
-    // Killed at the moment it is seen holding a claim; it may have let go
-    // in between, so up to a few orchestrators are tried.
-    for _ in 0..5 {
-        let mut a = t.serve(&quick);
+    // A claim lasts milliseconds: the orchestrator is frozen the moment
+    // one is seen, and killed if it still holds one; if it let go in
+    // between, it is thawed and caught again with more work.
+    for _ in 0..20 {
         ids.extend((0..30).map(|_| create(a.addr(), "sleepy", json!({ "sleep_ms": 200 }))));
         let seen = t.db.when(
             &format!("SELECT ({claimed}) > 0"),
             Duration::from_secs(30),
-            || a.kill9(),
+            || a.signal("STOP"),
         );
         assert!(seen, "the orchestrator never claimed a result");
         held = t.db.query(&format!("SELECT ({claimed})::text"))[0]
             .parse()
             .unwrap();
         if held > 0 {
+            a.kill9();
             break;
         }
+        a.signal("CONT");
     }
-    assert!(held > 0, "no orchestrator died holding a claimed result");
+    assert!(
+        held > 0,
+        "no orchestrator was caught holding a claimed result"
+    );
     let b = t.serve(&quick);
     for id in ids {
         let v = wait(b.addr(), &id, LONG);

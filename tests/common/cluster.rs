@@ -342,9 +342,17 @@ impl Process {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.signal("TERM");
         self.child.wait().unwrap()
+    }
+
+    /// Sends `sig` (a name such as `STOP` or `CONT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+        assert!(sent.unwrap().success(), "kill -{sig} {pid}");
     }
 }
 
