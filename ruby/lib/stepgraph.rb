@@ -9,6 +9,7 @@
 module Stepgraph; end
 
 require_relative "stepgraph/version"
+require_relative "stepgraph/errors"
 require_relative "stepgraph/stepgraph_native"
 require_relative "stepgraph/handlers"
 require_relative "stepgraph/engine"

@@ -408,6 +408,9 @@ class EmbeddedTest < Minitest::Test
         assert_raises(Stepgraph::InvalidContextError) { e.run("t", "s", { "n" => "one" }) }
         error = assert_raises(Stepgraph::TaskTimeoutError) { e.run("t", "s", { "n" => 1 }, timeout: 0.05) }
         assert_match(/did not finish/, error.message)
+        # Ruby's own timeout type too, and still a Stepgraph::Error.
+        assert_raises(Timeout::Error) { e.run("t", "s", { "n" => 2 }, timeout: 0.05) }
+        assert_kind_of Stepgraph::Error, error
         error = assert_raises(Stepgraph::InvalidContextError) { e.run("t", "s", { "n" => 1 }, run_at: "tomorrow") }
         assert_match(/run_at must be an RFC 3339 time/, error.message)
         # Delayed: it waits "scheduled", then runs.

@@ -106,6 +106,7 @@ class PostgresTest < Minitest::Test
     pending = @client.create_task("e2e", "linear", { "even_number" => 6 })
     timed_out = assert_raises(Stepgraph::TaskTimeoutError) { @client.wait(pending["task_id"], timeout: 0.2) }
     assert_kind_of Stepgraph::Error, timed_out
+    assert_kind_of Timeout::Error, timed_out
     assert_match(/did not end within/, timed_out.message)
     assert_equal "cancelled", @client.cancel(pending["task_id"])["state"]
     error = assert_raises(Stepgraph::ApiError) { @client.create_task("e2e", "no_such_template", {}) }

@@ -1,6 +1,7 @@
-//! Every engine error becomes one Ruby exception class per kind, all
-//! subclasses of `Stepgraph::Error`; this is the only place that decides
-//! which (the classes are defined by [`define`], at load).
+//! Every engine error becomes one Ruby exception class per kind, each a
+//! `Stepgraph::Error` (the classes are defined in Ruby, by
+//! `lib/stepgraph/errors.rb`, loaded before this extension); this is the
+//! only place that decides which.
 
 use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
 use stepgraph_worker::{ErrorKind, HostError, HostedError};
@@ -30,7 +31,7 @@ fn raise(ruby: &Ruby, kind: ErrorKind, message: String) -> Error {
     let name = CLASSES
         .iter()
         .find(|(k, _)| *k == kind)
-        .map_or("Error", |(_, name)| name);
+        .map_or("StepgraphError", |(_, name)| name);
     Error::new(class(ruby, name), message)
 }
 
@@ -42,16 +43,7 @@ pub(crate) fn host_error(ruby: &Ruby, e: HostError) -> Error {
     raise(ruby, e.kind(), e.to_string())
 }
 
-/// A failure with no kind of its own: `Stepgraph::Error`.
+/// A failure with no kind of its own: `Stepgraph::StepgraphError`.
 pub(crate) fn internal(ruby: &Ruby, e: impl std::fmt::Display) -> Error {
-    Error::new(class(ruby, "Error"), e.to_string())
-}
-
-/// Defines `Stepgraph::Error` and a subclass of it per kind.
-pub(crate) fn define(ruby: &Ruby, module: RModule) -> Result<(), Error> {
-    let base = module.define_error("Error", ruby.exception_standard_error())?;
-    for (_, name) in CLASSES {
-        module.define_error(*name, base)?;
-    }
-    Ok(())
+    Error::new(class(ruby, "StepgraphError"), e.to_string())
 }

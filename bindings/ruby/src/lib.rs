@@ -237,7 +237,6 @@ impl NativeEngine {
 #[magnus::init(name = "stepgraph_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("Stepgraph")?;
-    errors::define(ruby, module)?;
     let native = module.define_module("Native")?;
     let class = native.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("embedded", function!(NativeEngine::embedded, 6))?;

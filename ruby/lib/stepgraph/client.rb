@@ -8,7 +8,7 @@ require "uri"
 module Stepgraph
   # The server refused a request: +status+ is the HTTP status, +message+
   # the server's explanation.
-  class ApiError < Error
+  class ApiError < StepgraphError
     attr_reader :status
 
     def initialize(status, message)
@@ -141,7 +141,7 @@ module Stepgraph
     rescue JSON::ParserError
       raise ApiError.new(response.code.to_i, response.body.to_s)
     rescue SystemCallError, IOError, Net::OpenTimeout, SocketError => e
-      raise Error, "cannot reach the stepgraph server at #{@uri}: #{e.message}"
+      raise BackendUnavailableError, "cannot reach the stepgraph server at #{@uri}: #{e.message}"
     end
   end
 end
