@@ -17,7 +17,7 @@
 mod common;
 
 use common::cluster::{try_http, Process, TestEnv};
-use common::rabbit::{messages, Rabbit};
+use common::rabbit::Rabbit;
 use common::SIX_16;
 use parking_lot::RwLock;
 use serde_json::json;
@@ -287,12 +287,20 @@ fn assert_invariants(mut c: Cluster, complete: usize, failed: &[String]) {
         }
         Some(r) => {
             let deadline = Instant::now() + Duration::from_secs(60);
-            for q in ["worker.e2e", "orchestration"] {
-                let name = format!("{}{q}", r.prefix);
-                while messages(&name, "messages") > 0 {
-                    assert!(Instant::now() < deadline, "messages left in {name}");
-                    std::thread::sleep(Duration::from_millis(100));
+            let queues = r.queues();
+            assert!(
+                queues
+                    .iter()
+                    .any(|(q, _)| q.ends_with("worker.e2e/math.square")),
+                "the handler's queue: {queues:?}"
+            );
+            loop {
+                let left: Vec<_> = r.queues().into_iter().filter(|(_, n)| *n > 0).collect();
+                if left.is_empty() {
+                    break;
                 }
+                assert!(Instant::now() < deadline, "messages left: {left:?}");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -439,7 +447,7 @@ fn a_poison_task_amid_a_thousand_ordinary_ones() {
             .query("SELECT concat_ws(' | ', queue, delivery_count, reason) FROM sg_dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(
-        dead[0].starts_with("worker.e2e | 5 | failed on each of 5 deliveries"),
+        dead[0].starts_with("worker.e2e/math.square | 5 | failed on each of 5 deliveries"),
         "{dead:?}"
     );
     // Its steps ended, saying why, and the API names what it cannot read.

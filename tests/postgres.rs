@@ -138,7 +138,7 @@ fn a_step_taken_by_eager_dispatch_is_redelivered_when_its_worker_dies() {
         "the running step is leased"
     );
     assert_eq!(
-        t.db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+        t.db.query("SELECT count(*)::text FROM sg_queue WHERE queue LIKE 'worker.e2e/%'"),
         ["0"]
     );
     doomed.kill9();
@@ -239,7 +239,7 @@ fn without_eager_dispatch_every_step_travels_through_the_queue() {
         "not leased"
     );
     assert_eq!(
-        t.db.query("SELECT delivery_count::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+        t.db.query("SELECT delivery_count::text FROM sg_queue WHERE queue LIKE 'worker.e2e/%'"),
         ["1"],
         "its message, claimed once"
     );

@@ -12,7 +12,7 @@ use common::{block_on, SIX_16};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::queue::{worker_queue, Outgoing, Slots};
+use stepgraph_engine::queue::{handler_queue, Outgoing, Slots};
 use stepgraph_engine::{
     Eager, Orchestrator, OrchestratorConfig, Queue, StartOutcome, StepMessage, Store, StoreError,
     TaskRequest,
@@ -46,12 +46,11 @@ impl InProcess {
             OrchestratorConfig::default(),
         );
         let eager = Eager {
-            queues: vec![worker_queue("e2e")],
-            handlers: Arc::new(
+            queues: Arc::new(
                 stepgraph_worker::examples::registry()
                     .names()
                     .into_iter()
-                    .map(String::from)
+                    .map(|h| handler_queue("e2e", h))
                     .collect(),
             ),
             slots: Slots::Concurrency(Arc::new(Semaphore::new(1))),
@@ -93,7 +92,8 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
             first.snapshot.is_some(),
             "the graph to commit the outcome against"
         );
-        let receive = || queue.receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO);
+        let square = handler_queue("e2e", "math.square");
+        let receive = || queue.receive(&square, 10, Duration::from_secs(60), Duration::ZERO);
         // Leased, not sent: no other consumer gets it.
         assert!(receive().await.unwrap().is_empty());
         assert_eq!(
@@ -111,12 +111,7 @@ fn eager_dispatch_claims_first_steps_only_while_slots_are_free() {
             .unwrap();
         assert!(none.is_empty());
         // Up to the NOTIFY's arrival: the queue was seen drained above.
-        let sent = queue.receive(
-            "worker.e2e",
-            10,
-            Duration::from_secs(60),
-            Duration::from_secs(5),
-        );
+        let sent = queue.receive(&square, 10, Duration::from_secs(60), Duration::from_secs(5));
         assert_eq!(sent.await.unwrap().len(), 1);
     });
 }
@@ -171,7 +166,7 @@ fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
             ["59"]
         );
         assert_eq!(
-            db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e'"),
+            db.query("SELECT count(*)::text FROM sg_queue WHERE queue = 'worker.e2e/math.square'"),
             ["59"],
             "each task's first step sent once"
         );
@@ -233,7 +228,7 @@ fn a_step_message_claim_reads_the_step_start_with_it() {
             ..
         } = InProcess::start(&db).await;
         let request = || TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
-        let q = worker_queue("e2e");
+        let q = handler_queue("e2e", "math.square");
         let created = orchestrator.create_task(request()).await.unwrap();
         let unknown = StepMessage {
             task_id: created.task_id,
@@ -330,7 +325,12 @@ fn the_sweep_sends_a_lapsed_lease_once_and_ends_only_the_lease_it_took() {
         lapse();
         assert_eq!(orchestrator.resend_stranded(sweep_after).await.unwrap(), 1);
         let sent = queue
-            .receive("worker.e2e", 10, Duration::from_secs(60), Duration::ZERO)
+            .receive(
+                &handler_queue("e2e", "math.square"),
+                10,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
             .await
             .unwrap();
         assert_eq!(sent.len(), 1);

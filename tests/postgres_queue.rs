@@ -124,3 +124,70 @@ fn a_send_from_another_backend_wakes_a_sleeping_receiver_by_notify() {
         }
     });
 }
+
+/// A worker's claim takes from every queue it names (its handlers'), in
+/// one statement, oldest first over them, each delivery naming its queue;
+/// a send to any of them wakes it, and it never takes from another queue.
+#[test]
+fn one_claim_takes_from_several_queues_and_a_send_to_any_wakes_it() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (a, b) = (pg.queue(), pg.queue());
+        let one = |payload: &[u8]| {
+            vec![Outgoing {
+                payload: payload.to_vec(),
+                delay: Duration::ZERO,
+            }]
+        };
+        let mine = ["worker.n/x".to_string(), "worker.n/y".to_string()];
+        b.send("worker.n/y", one(b"y1")).await.unwrap();
+        b.send("worker.n/x", one(b"x1")).await.unwrap();
+        b.send("worker.n/z", one(b"z1")).await.unwrap();
+        b.send("worker.n/x", one(b"x2")).await.unwrap();
+
+        let visibility = Duration::from_secs(60);
+        let before = pg.statements();
+        let got = a
+            .receive_any(&mine, 10, visibility, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(pg.statements(), before + 1, "one statement");
+        let seen: Vec<(&str, &[u8])> = got
+            .iter()
+            .map(|d| (d.queue.as_str(), d.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("worker.n/y", &b"y1"[..]),
+                ("worker.n/x", b"x1"),
+                ("worker.n/x", b"x2")
+            ]
+        );
+        for d in &got {
+            a.ack(&d.queue, &[d.receipt]).await.unwrap();
+        }
+        assert_eq!(a.depth("worker.n/z").await.unwrap(), 1, "not its queue");
+
+        // Asleep on both, woken by a send to the second.
+        let waiting = a.receive_any(&mine, 10, visibility, Duration::from_secs(10));
+        let sending = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            b.send("worker.n/y", one(b"y2")).await.unwrap();
+        };
+        let start = std::time::Instant::now();
+        let (got, ()) = tokio::join!(waiting, sending);
+        let got = got.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].queue.as_str(), got[0].payload.as_slice()),
+            ("worker.n/y", &b"y2"[..])
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "woken by the NOTIFY, not a poll"
+        );
+    });
+}

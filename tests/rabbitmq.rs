@@ -165,7 +165,7 @@ fn steps_whose_messages_were_lost_are_sent_again() {
         .collect();
     // No worker yet: the first steps' messages wait in RabbitMQ. Lose them,
     // as a crash between a commit and its send would.
-    let queue = format!("{}worker.e2e", r.prefix);
+    let queue = format!("{}worker.e2e/math.square", r.prefix);
     await_ready(&queue, 20);
     // Every message a worker could take is gone (a copy the orchestrator
     // re-sent before the purge went with them): only re-sending finishes these.
@@ -193,7 +193,9 @@ fn a_step_leased_by_eager_dispatch_is_sent_again_when_its_worker_dies() {
     // The commit that completes `nap` leases `after` to the worker that
     // ran it: nothing goes to RabbitMQ for it.
     t.await_running(&id, "after");
-    assert_eq!(messages(&format!("{}worker.e2e", r.prefix), "messages"), 0);
+    for (q, n) in r.queues() {
+        assert_eq!(n, 0, "{q}");
+    }
     doomed.kill9();
     let _rescuer = t.worker(&env);
     let v = wait(serve.addr(), &id, LONG);
@@ -376,7 +378,12 @@ async fn a_step_failing_on_every_delivery_is_dead_lettered_and_its_task_fails() 
         "UPDATE sg_tasks SET context = '{deep}'::jsonb WHERE id = '{poison}' RETURNING id::text"
     ));
     let _worker = t.worker(&env);
-    let dead = dead_letters(&r.url, &format!("{}worker.e2e.dead", r.prefix), 1).await;
+    let dead = dead_letters(
+        &r.url,
+        &format!("{}worker.e2e/math.square.dead", r.prefix),
+        1,
+    )
+    .await;
     assert!(
         dead[0]
             .1
@@ -521,8 +528,8 @@ fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
         assert!(
             queues
                 .lines()
-                .any(|q| q.trim() == format!("{}worker.e2e", rabbit.prefix)),
-            "the RabbitMQ run declared its queue"
+                .any(|q| q.trim() == format!("{}worker.e2e/math.square", rabbit.prefix)),
+            "the RabbitMQ run declared its handler's queue"
         );
     }
 }

@@ -46,12 +46,19 @@ impl Drop for Foreign {
     }
 }
 
-fn foreign(program: &str, args: &[&str], env: &[(&str, &str)]) -> Foreign {
+/// What a worker logs when a step for a handler it lacks reaches it (it
+/// hands the step back): with a queue per handler, never.
+const HANDED_BACK: &str = "no such handler here";
+/// Warnings, and the worker's hand-backs (a debug line).
+const LOG: &str = "warn,stepgraph_worker::runtime=debug";
+
+fn foreign(program: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Foreign {
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env("STEPGRAPH_LOG", "warn")
+        .env("STEPGRAPH_LOG", LOG)
         .env("STEPGRAPH_MAX_CONNECTIONS", "5")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -61,8 +68,14 @@ fn foreign(program: &str, args: &[&str], env: &[(&str, &str)]) -> Foreign {
     )
 }
 
-/// The Python, Ruby and TypeScript workers, each with its one handler.
-fn language_workers(url: &str, templates: &Path, env: &[(&str, &str)]) -> Vec<Foreign> {
+/// The Python, Ruby and TypeScript workers, each with its one handler,
+/// each logging to its file in `logs`.
+fn language_workers(
+    url: &str,
+    templates: &Path,
+    env: &[(&str, &str)],
+    logs: &Path,
+) -> Vec<Foreign> {
     let templates = templates.to_str().unwrap();
     let ts = format!("{ROOT}/typescript/dist/index.js");
     let node_script = format!(
@@ -82,6 +95,7 @@ stepgraph.Worker(sys.argv[1], sys.argv[2], [double], namespaces=["routed"]).run(
                 templates,
             ],
             env,
+            &logs.join("python.log"),
         ),
         foreign(
             "ruby",
@@ -94,11 +108,13 @@ Stepgraph::Worker.new(database_url: ARGV[0], templates_dir: ARGV[1], handlers: [
                 templates,
             ],
             env,
+            &logs.join("ruby.log"),
         ),
         foreign(
             "node",
             &["--input-type=module", "-e", &node_script, url, templates],
             env,
+            &logs.join("node.log"),
         ),
     ]
 }
@@ -128,13 +144,20 @@ fn polyglot_tasks(env: &[(&str, &str)], tasks: usize) {
     let templates = tempfile::tempdir().unwrap();
     std::fs::write(templates.path().join("four.yaml"), POLYGLOT).unwrap();
     let serve = Process::serve(&t.db, templates.path(), env);
-    let _rust = Process::spawn(
+    let logs = tempfile::tempdir().unwrap();
+    let rust_env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("STEPGRAPH_LOG", LOG)])
+        .collect();
+    let mut rust = Process::spawn_to(
         &["worker", "--namespace", "routed"],
         Some(&t.db),
         templates.path(),
-        env,
+        &rust_env,
+        Stdio::from(std::fs::File::create(logs.path().join("rust.log")).unwrap()),
     );
-    let _foreign = language_workers(&t.db.url, templates.path(), env);
+    let mut foreign = language_workers(&t.db.url, templates.path(), env, logs.path());
     live_workers(serve.addr(), 4);
 
     let ids: Vec<String> = (0..tasks)
@@ -185,6 +208,17 @@ fn polyglot_tasks(env: &[(&str, &str)], tasks: usize) {
             .filter(|tr| tr["to"] == "error" || tr["to"] == "waiting_for_retry")
             .count();
         assert_eq!(failed, 0, "{done}");
+    }
+    // No worker was handed a step it could not run.
+    rust.kill9();
+    foreign.clear();
+    for lang in ["rust", "python", "ruby", "node"] {
+        let log = std::fs::read_to_string(logs.path().join(format!("{lang}.log"))).unwrap();
+        let handed_back = log.lines().filter(|l| l.contains(HANDED_BACK)).count();
+        assert_eq!(
+            handed_back, 0,
+            "the {lang} worker was handed steps it lacks the handler of:\n{log}"
+        );
     }
 }
 

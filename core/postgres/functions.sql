@@ -183,6 +183,38 @@ BEGIN
     END IF;
 END $$;
 
+-- sg_receive over several queues at once (a worker's: one per handler it
+-- has). Each queue's ready index is walked on its own, oldest first, as
+-- above, and the oldest p_max of what they offer are claimed; the rows
+-- looked at and not taken are locked only for this statement. The next
+-- visible message is each queue's first, found by its index.
+CREATE OR REPLACE FUNCTION sg_receive_any(p_queues text[], p_max integer, p_visibility_ms bigint)
+RETURNS TABLE (id bigint, queue text, payload bytea, delivery_count integer, next_visible timestamptz)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+DECLARE
+    v_claimed integer;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+    UPDATE sg_queue m
+       SET visible_at = clock_timestamp() + make_interval(secs => p_visibility_ms / 1000.0),
+           delivery_count = m.delivery_count + 1
+      FROM (SELECT r.id FROM unnest(p_queues) AS n(name)
+              CROSS JOIN LATERAL (SELECT q.id, q.visible_at FROM sg_queue q
+                                   WHERE q.queue = n.name AND q.visible_at <= now()
+                                   ORDER BY q.visible_at, q.id LIMIT p_max FOR UPDATE SKIP LOCKED) r
+             ORDER BY r.visible_at, r.id LIMIT p_max) c
+     WHERE m.id = c.id
+    RETURNING m.id, m.queue, m.payload, m.delivery_count, NULL::timestamptz;
+    GET DIAGNOSTICS v_claimed = ROW_COUNT;
+    IF v_claimed < p_max THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::bytea, NULL::integer, min(f.at)
+                       FROM unnest(p_queues) AS n(name)
+                       CROSS JOIN LATERAL (SELECT min(q.visible_at) AS at FROM sg_queue q
+                                            WHERE q.queue = n.name) f;
+    END IF;
+END $$;
+
 -- A task's graph and its audit trail in one read, each trail in order.
 CREATE OR REPLACE FUNCTION sg_view(p_task uuid) RETURNS json
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
@@ -397,6 +429,18 @@ BEGIN
     SELECT r.id, r.payload, r.delivery_count, r.next_visible,
            CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
       FROM sg_receive(p_queue, p_max, p_visibility_ms) r;
+END $$;
+
+-- sg_receive_any, with each claimed step's start read in the same statement.
+CREATE OR REPLACE FUNCTION sg_receive_any_started(p_queues text[], p_max integer, p_visibility_ms bigint)
+RETURNS TABLE (id bigint, queue text, payload bytea, delivery_count integer, next_visible timestamptz,
+               started json)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN QUERY
+    SELECT r.id, r.queue, r.payload, r.delivery_count, r.next_visible,
+           CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
+      FROM sg_receive_any(p_queues, p_max, p_visibility_ms) r;
 END $$;
 
 -- A claimed message that cannot be processed, moved to the dead letters

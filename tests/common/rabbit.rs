@@ -48,6 +48,28 @@ impl Rabbit {
         r
     }
 
+    /// This test's queues (in its virtual host), but the delay and dead
+    /// letter queues, each with the messages it holds.
+    pub fn queues(&self) -> Vec<(String, u64)> {
+        let vhost = self.vhost.as_deref().unwrap_or("/");
+        rabbitmqctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "-p",
+            vhost,
+            "name",
+            "messages",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(q, _)| {
+            q.starts_with(&self.prefix) && !q.contains(".delay.") && !q.ends_with(".dead")
+        })
+        .map(|(q, n)| (q.to_string(), n.trim().parse().unwrap_or(0)))
+        .collect()
+    }
+
     /// Closes, server side, every connection to this test's virtual host,
     /// once there are at least `expected` (processes that are still starting
     /// or reconnecting are waited for, up to a minute).

@@ -89,13 +89,33 @@ impl Engine {
             // One worker serves everything here, queue-routed handlers too.
             config.worker.namespaces = templates.queues();
         }
+        // Alone here, the worker also takes the steps of handlers nobody
+        // registered, to fail them at once (naming the handler).
+        let lacking: Vec<String> = if config.worker.shared_queues {
+            Vec::new()
+        } else {
+            let namespaces = &config.worker.namespaces;
+            templates
+                .all()
+                .iter()
+                .flat_map(|t| {
+                    t.handler_queues()
+                        .into_iter()
+                        .filter(|(_, h)| handlers.get(h).is_none())
+                        .filter(|(_, h)| namespaces.iter().any(|n| n == t.queue_of(h)))
+                        .map(|(q, _)| q)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),
             queue.clone(),
             Arc::new(templates),
             config.orchestrator,
         ));
-        let mut worker = Worker::new(store.clone(), queue, Arc::new(handlers), config.worker);
+        let mut worker = Worker::new(store.clone(), queue, Arc::new(handlers), config.worker)
+            .also_consuming(lacking);
         if config.inline_orchestration {
             worker = worker.with_inline_orchestration(orchestrator.clone());
         }

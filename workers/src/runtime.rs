@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use stepgraph_engine::queue::poison::{self, ProcessError};
 use stepgraph_engine::queue::{
-    encode_all, worker_queue, Credits, Delivery, Outbox, Slot, Slots, ORCHESTRATION_QUEUE,
+    encode_all, handler_queue, worker_queue, Credits, Delivery, Outbox, Slot, Slots,
+    ORCHESTRATION_QUEUE,
 };
 use stepgraph_engine::store::Snapshot;
 use stepgraph_engine::{
@@ -59,10 +60,11 @@ pub struct WorkerConfig {
     /// Serve Prometheus `/metrics` here (what this worker's inline
     /// orchestration counted); none: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Other workers consume these queues (a deployment): a step whose
-    /// handler this worker lacks goes back for them untouched. Off (an
-    /// engine whose one worker is in-process), such a step fails at once
-    /// (`handler_not_found`): nobody else could run it.
+    /// Other workers serve these namespaces (a deployment): a step whose
+    /// handler this worker lacks, should one reach it (from a namespace's
+    /// queue of before the queues per handler), goes back for them
+    /// untouched. Off (an engine whose one worker is in-process), such a
+    /// step fails at once (`handler_not_found`): nobody else could run it.
     pub shared_queues: bool,
 }
 
@@ -93,6 +95,9 @@ pub struct Worker {
     /// free slots and is not stopping.
     eager: Eager,
     stopping: AtomicBool,
+    /// What it claims from: its handlers' queues in its namespaces, and
+    /// the namespaces' own queues (see [`worker_queue`]).
+    queues: Vec<String>,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handlers: Arc<HandlerRegistry>,
@@ -110,16 +115,27 @@ impl Worker {
         config: WorkerConfig,
     ) -> Worker {
         let slots = Slots::Concurrency(Arc::new(Semaphore::new(config.concurrency.max(1))));
+        let own: Vec<String> = config
+            .namespaces
+            .iter()
+            .flat_map(|ns| handlers.names().into_iter().map(|h| handler_queue(ns, h)))
+            .collect();
+        let queues = config
+            .namespaces
+            .iter()
+            .map(|ns| worker_queue(ns))
+            .chain(own.iter().cloned())
+            .collect();
         Worker {
             inline: None,
             eager: Eager {
-                queues: config.namespaces.iter().map(|n| worker_queue(n)).collect(),
-                handlers: Arc::new(handlers.names().into_iter().map(String::from).collect()),
+                queues: Arc::new(own.into_iter().collect()),
                 slots: slots.clone(),
                 visibility: config.visibility_timeout,
                 handoff: Slot::default(),
             },
             stopping: AtomicBool::new(false),
+            queues,
             store,
             queue,
             handlers,
@@ -151,6 +167,19 @@ impl Worker {
         self
     }
 
+    /// Also claims from `queues`: an engine whose one worker is in-process
+    /// gives it the queues of the handlers its templates name and it lacks,
+    /// so that their steps fail at once (`handler_not_found`) rather than
+    /// wait for a worker that will never come.
+    pub fn also_consuming(mut self, queues: impl IntoIterator<Item = String>) -> Worker {
+        for q in queues {
+            if !self.queues.contains(&q) {
+                self.queues.push(q);
+            }
+        }
+        self
+    }
+
     /// Whose handlers these are (`python`, `ruby`, `typescript`; `rust`
     /// by default), as the registry shows it.
     pub fn in_language(mut self, language: &str) -> Worker {
@@ -169,15 +198,7 @@ impl Worker {
         let id = uuid::Uuid::now_v7();
         let beating = tokio::spawn(self.clone().heartbeat(id, shutdown.clone()));
         self.serve_metrics(&shutdown);
-        let loops: Vec<_> = self
-            .config
-            .namespaces
-            .iter()
-            .map(|ns| tokio::spawn(self.clone().consume(worker_queue(ns), shutdown.clone())))
-            .collect();
-        for l in loops {
-            let _ = l.await;
-        }
+        self.clone().consume(shutdown.clone()).await;
         self.stopping.store(true, Ordering::SeqCst);
         let drained = async {
             loop {
@@ -200,22 +221,21 @@ impl Worker {
         }
     }
 
-    async fn consume(self: Arc<Self>, queue: String, shutdown: Shutdown) {
+    async fn consume(self: Arc<Self>, shutdown: Shutdown) {
         let this = self.clone();
-        let name = queue.clone();
         stepgraph_engine::queue::consume(
             self.queue.clone(),
-            &queue,
+            &self.queues,
             self.slots.clone(),
             self.config.visibility_timeout,
             self.config.receive_wait,
             shutdown,
             move |d, slot| {
-                let (this, queue) = (this.clone(), name.clone());
+                let this = this.clone();
                 this.running.0.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if let Err(e) = this.process(&queue, &d, slot).await {
-                        this.failed(&queue, &d, e).await;
+                    if let Err(e) = this.process(&d, slot).await {
+                        this.failed(&d, e).await;
                     }
                     this.done_one();
                 }
@@ -226,12 +246,12 @@ impl Worker {
 
     /// The message of a step whose processing failed comes back shortly,
     /// unless it has failed so on every delivery: a poison message.
-    async fn failed(&self, queue: &str, delivery: &Delivery, e: ProcessError) {
+    async fn failed(&self, delivery: &Delivery, e: ProcessError) {
         let msg = delivery.decode::<StepMessage>().ok();
         poison::failed(
             self.store.as_ref(),
             self.queue.as_ref(),
-            queue,
+            &delivery.queue,
             delivery,
             msg.as_ref()
                 .map(|m| (m.task_id, Some(m.step_name.as_str()))),
@@ -301,10 +321,10 @@ impl Worker {
 
     async fn process(
         self: &Arc<Self>,
-        queue: &str,
         delivery: &Delivery,
         slot: Slot,
     ) -> Result<(), ProcessError> {
+        let queue = delivery.queue.as_str();
         let ack = Outbox::default().acking(Some((queue.to_string(), delivery.receipt)));
         let msg: StepMessage = match delivery.decode() {
             Ok(m) => m,

@@ -177,14 +177,12 @@ pub(crate) async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiEr
         let _ = writeln!(out, "stepgraph_steps{{state=\"{state}\"}} {n}");
     }
     let _ = writeln!(out, "# HELP stepgraph_queue_depth Messages waiting or claimed.\n# TYPE stepgraph_queue_depth gauge");
+    // The namespaces' own queues (steps sent before the queues per
+    // handler) and each handler's.
+    let templates = s.orchestrator.templates();
     let mut queues = vec![ORCHESTRATION_QUEUE.to_string()];
-    queues.extend(
-        s.orchestrator
-            .templates()
-            .queues()
-            .iter()
-            .map(|n| worker_queue(n)),
-    );
+    queues.extend(templates.queues().iter().map(|n| worker_queue(n)));
+    queues.extend(templates.handler_queues());
     for q in queues {
         let depth = s
             .queue

@@ -65,45 +65,47 @@ impl PgQueue {
         }
     }
 
-    /// Claims up to `max` messages; with fewer, when the next one becomes
-    /// visible (None: there is no other). A worker queue's claim reads the
-    /// steps' starts too, and keeps them for the store.
+    /// Claims up to `max` messages from `queues`; with fewer, when the next
+    /// one becomes visible (None: there is no other). A claim from worker
+    /// queues reads the steps' starts too, and keeps them for the store.
     async fn claim(
         &self,
-        queue: &str,
+        queues: &[String],
         max: usize,
         visibility: Duration,
     ) -> Result<(Vec<Delivery>, Option<DateTime<Utc>>), QueueError> {
         // `started` comes as text and is decoded row by row: a row that
         // cannot be decoded (a poison message) fails its own processing
         // later, not the claim of every message claimed with it.
-        let sql = if is_worker_queue(queue) {
-            "SELECT id, payload, delivery_count, next_visible, started::text FROM sg_receive_started($1, $2, $3)"
+        let sql = if queues.iter().any(|q| is_worker_queue(q)) {
+            "SELECT id, queue, payload, delivery_count, next_visible, started::text FROM sg_receive_any_started($1, $2, $3)"
         } else {
-            "SELECT id, payload, delivery_count, next_visible, NULL::text FROM sg_receive($1, $2, $3)"
+            "SELECT id, queue, payload, delivery_count, next_visible, NULL::text FROM sg_receive_any($1, $2, $3)"
         };
         #[allow(clippy::type_complexity)]
         let rows: Vec<(
             Option<i64>,
+            Option<String>,
             Option<Vec<u8>>,
             Option<i32>,
             Option<DateTime<Utc>>,
             Option<String>,
         )> = retrying!(self, pool => sqlx::query_as(sql)
-        .bind(queue)
+        .bind(queues)
         .bind(max as i32)
         .bind(visibility.as_millis() as i64)
         .fetch_all(pool))
         .map_err(err)?;
         let mut next = None;
         let mut out = Vec::new();
-        for (id, payload, count, next_visible, started) in rows {
-            match (id, payload) {
-                (Some(id), Some(payload)) => {
+        for (id, queue, payload, count, next_visible, started) in rows {
+            match (id, queue, payload) {
+                (Some(id), Some(queue), Some(payload)) => {
                     if let Some(started) = started {
                         self.keep_start(&payload, &started);
                     }
                     out.push(Delivery {
+                        queue,
                         receipt: id as u64,
                         payload,
                         delivery_count: count.unwrap_or(1) as u32,
@@ -152,26 +154,32 @@ impl Queue for PgQueue {
         Ok(())
     }
 
-    async fn receive(
+    async fn receive_any(
         &self,
-        queue: &str,
+        queues: &[String],
         max: usize,
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let deadline = Instant::now() + wait;
-        let wake = self.notifier.queue(queue);
+        let wakes: Vec<_> = queues.iter().map(|q| self.notifier.queue(q)).collect();
+        let key = queues.join("\n");
         loop {
-            let notified = wake.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let generation = wake.generation();
-            let known = self.drained.lock().get(queue).copied();
+            let mut notified: Vec<_> = wakes
+                .iter()
+                .map(|w| Box::pin(w.notify.notified()))
+                .collect();
+            for n in &mut notified {
+                n.as_mut().enable();
+            }
+            // Any queue's wake-up changes the sum.
+            let generation = wakes.iter().map(|w| w.generation()).sum();
+            let known = self.drained.lock().get(&key).copied();
             let next = match known {
                 Some(d) if d.still(generation, self.notifier.polls.queue) => d.next,
                 _ => {
                     let at = Instant::now();
-                    let (got, next) = self.claim(queue, max, visibility).await?;
+                    let (got, next) = self.claim(queues, max, visibility).await?;
                     let mut drained = self.drained.lock();
                     if got.len() < max {
                         let d = Drained {
@@ -179,9 +187,9 @@ impl Queue for PgQueue {
                             next,
                             at,
                         };
-                        drained.insert(queue.to_string(), d);
+                        drained.insert(key.clone(), d);
                     } else {
-                        drained.remove(queue);
+                        drained.remove(&key);
                     }
                     drop(drained);
                     if !got.is_empty() {
@@ -203,8 +211,12 @@ impl Queue for PgQueue {
                     .max(Duration::from_millis(1));
                 wake_at = wake_at.min(Instant::now() + due);
             }
+            if notified.is_empty() {
+                tokio::time::sleep_until(wake_at).await;
+                continue;
+            }
             tokio::select! {
-                _ = &mut notified => {}
+                _ = futures::future::select_all(notified) => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }

@@ -1,7 +1,8 @@
 //! The connection, its channels and what is declared on them: opened on
 //! first use and again after a drop (with backoff), named for operators;
 //! queues and delay queues declared once per connection; publishing with
-//! confirms, retried on a fresh connection; one push consumer per queue.
+//! confirms, retried on a fresh connection; one push consumer per set of
+//! queues a receiver takes from.
 
 use crate::{
     backend, delay_bucket, split_receipt, Consumer, Link, Publish, RabbitConfig, RabbitQueue,
@@ -285,68 +286,89 @@ impl RabbitQueue {
         Ok(declared.message_count() as u64)
     }
 
-    /// The consumer of `queue`, (re)created on the current connection.
+    /// The consumer of `queues` (one channel, a basic.consume per queue,
+    /// their deliveries merged), (re)created on the current connection.
     pub(crate) async fn consumer(
         &self,
-        queue: &str,
+        queues: &[String],
         prefetch: u16,
     ) -> Result<Arc<Consumer>, QueueError> {
         let link = self.link().await?;
-        if let Some(c) = self.consumers.lock().get(queue) {
+        let key = queues.join("\n");
+        if let Some(c) = self.consumers.lock().get(&key) {
             if c.generation == link.generation && c.channel.status().connected() {
                 return Ok(c.clone());
             }
         }
-        let name = self.declare_main(&link, queue).await?;
         let channel = link
             .connection
             .create_channel()
             .await
             .map_err(|e| backend("channel", e))?;
+        // Global: the prefetch bounds the channel's unacknowledged
+        // deliveries over all its queues, not each queue's.
+        let global = BasicQosOptions { global: true };
         channel
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .basic_qos(prefetch.max(1), global)
             .await
             .map_err(|e| backend("basic.qos", e))?;
-        let mut stream = channel
-            .basic_consume(
-                ShortString::from(name.clone()),
-                ShortString::from(format!(
-                    "stepgraph-{}-{}",
-                    std::process::id(),
-                    link.generation
-                )),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| backend(&format!("basic.consume on {name}"), e))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(delivery) = stream.next().await {
-                match delivery {
-                    Ok(d) => {
-                        if tx.send(d).is_err() {
+        for (index, queue) in queues.iter().enumerate() {
+            let name = self.declare_main(&link, queue).await?;
+            let mut stream = channel
+                .basic_consume(
+                    ShortString::from(name.clone()),
+                    ShortString::from(format!(
+                        "stepgraph-{}-{}-{index}",
+                        std::process::id(),
+                        link.generation
+                    )),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| backend(&format!("basic.consume on {name}"), e))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(delivery) = stream.next().await {
+                    match delivery {
+                        Ok(d) => {
+                            if tx.send((index, d)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %name, error = %e, "RabbitMQ consumer stopped");
                             return;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(queue = %name, error = %e, "RabbitMQ consumer stopped");
-                        return;
-                    }
                 }
-            }
-        });
+            });
+        }
         let consumer = Arc::new(Consumer {
+            queues: queues.to_vec(),
             channel,
             generation: link.generation,
             deliveries: tokio::sync::Mutex::new(rx),
             prefetch: Mutex::new(prefetch.max(1)),
             in_hand: Mutex::new(HashMap::new()),
         });
-        self.consumers
-            .lock()
-            .insert(queue.to_string(), consumer.clone());
+        let mut consumers = self.consumers.lock();
+        // By the set (to find it again) and by each queue (to ack there).
+        consumers.insert(key, consumer.clone());
+        for q in queues {
+            consumers.insert(q.clone(), consumer.clone());
+        }
         Ok(consumer)
+    }
+
+    /// Forgets a consumer that stopped: a new one is made next time.
+    pub(crate) fn forget_consumer(&self, queues: &[String]) {
+        let mut consumers = self.consumers.lock();
+        consumers.remove(&queues.join("\n"));
+        for q in queues {
+            consumers.remove(q);
+        }
     }
 
     /// The consumer that issued `receipt`, if it is still the live one.

@@ -71,11 +71,13 @@ struct Link {
     generation: u64,
 }
 
-/// One queue's consumer: its channel and the deliveries pushed to it.
+/// The consumer of a set of queues: its channel and the deliveries pushed
+/// to it, each with the index of its queue in `queues`.
 struct Consumer {
+    queues: Vec<String>,
     channel: Channel,
     generation: u64,
-    deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<lapin::message::Delivery>>,
+    deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<(usize, lapin::message::Delivery)>>,
     prefetch: Mutex<u16>,
     /// Claimed and not yet acknowledged: tag -> the message (for delayed releases and dead letters).
     in_hand: Mutex<HashMap<u64, InHand>>,
@@ -170,15 +172,19 @@ impl Queue for RabbitQueue {
         self.publish(queue, &messages).await
     }
 
-    async fn receive(
+    async fn receive_any(
         &self,
-        queue: &str,
+        queues: &[String],
         max: usize,
         _visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
+        if queues.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
         let prefetch = max.clamp(1, u16::MAX as usize) as u16;
-        let consumer = self.consumer(queue, prefetch).await?;
+        let consumer = self.consumer(queues, prefetch).await?;
         {
             // The prefetch follows the free handler slots upwards.
             let mut current = consumer.prefetch.lock();
@@ -186,9 +192,8 @@ impl Queue for RabbitQueue {
                 *current = prefetch;
                 let channel = consumer.channel.clone();
                 tokio::spawn(async move {
-                    let _ = channel
-                        .basic_qos(prefetch, BasicQosOptions::default())
-                        .await;
+                    let global = BasicQosOptions { global: true };
+                    let _ = channel.basic_qos(prefetch, global).await;
                 });
             }
         }
@@ -197,10 +202,10 @@ impl Queue for RabbitQueue {
             Ok(Some(d)) => d,
             Ok(None) => {
                 // The consumer stopped (connection or channel lost): a new one next time.
-                self.consumers.lock().remove(queue);
+                self.forget_consumer(queues);
                 return Err(backend(
                     "consumer",
-                    format!("the consumer of {queue} stopped"),
+                    format!("the consumer of {} stopped", queues.join(", ")),
                 ));
             }
             Err(_) => return Ok(Vec::new()),
@@ -215,7 +220,7 @@ impl Queue for RabbitQueue {
         let mut in_hand = consumer.in_hand.lock();
         Ok(out
             .into_iter()
-            .map(|d| {
+            .map(|(index, d)| {
                 let delivery_count = earlier_deliveries(&d) + 1 + u32::from(d.redelivered);
                 let kept = InHand {
                     payload: d.data.clone(),
@@ -223,6 +228,7 @@ impl Queue for RabbitQueue {
                 };
                 in_hand.insert(d.delivery_tag, kept);
                 Delivery {
+                    queue: consumer.queues[index].clone(),
                     receipt: receipt(consumer.generation, d.delivery_tag),
                     payload: d.data,
                     delivery_count,

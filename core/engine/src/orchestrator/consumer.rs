@@ -39,7 +39,7 @@ impl Orchestrator {
         let this = self.clone();
         queue::consume(
             self.queue.clone(),
-            ORCHESTRATION_QUEUE,
+            &[ORCHESTRATION_QUEUE.to_string()],
             queue::Slots::Concurrency(slots.clone()),
             self.config.visibility_timeout,
             self.config.receive_wait,

@@ -3,14 +3,15 @@
 //! leased to it in the same commit (eager dispatch).
 
 use crate::model::*;
-use crate::queue::{encode_all, worker_queue, Claim, Outbox, QueueError, Slot, Slots};
+use crate::queue::{encode_all, handler_queue, Claim, Outbox, QueueError, Slot, Slots};
 use crate::store::{Snapshot, TaskLock};
 use crate::template::TaskTemplate;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// The step messages for the workers, as an outbox: each to its handler's
-/// queue (the task's namespace unless the template names another).
+/// queue in the task's namespace (or the one the template names), which
+/// only workers that have the handler consume.
 pub(super) fn dispatch(
     template: &TaskTemplate,
     messages: &[StepMessage],
@@ -18,7 +19,7 @@ pub(super) fn dispatch(
     let mut outbox = Outbox::default();
     for m in messages {
         outbox.send(
-            &worker_queue(template.queue_of(&m.handler)),
+            &handler_queue(template.queue_of(&m.handler), &m.handler),
             encode_all(std::slice::from_ref(m), Duration::ZERO)?,
         );
     }
@@ -45,9 +46,11 @@ pub(super) fn dispatch_eager(
     };
     let mut taken = Vec::new();
     for m in messages {
-        let queue = worker_queue(template.queue_of(&m.handler));
+        let queue = handler_queue(template.queue_of(&m.handler), &m.handler);
         let encoded = encode_all(std::slice::from_ref(&m), Duration::ZERO)?;
-        let permit = (eager.queues.contains(&queue) && eager.handlers.contains(&m.handler))
+        let permit = eager
+            .queues
+            .contains(&queue)
             .then(|| eager.handoff.take().or_else(|| eager.slots.try_take()))
             .flatten();
         match permit {
@@ -111,10 +114,8 @@ pub(super) fn claimed_steps(
 /// visibility timeout.
 #[derive(Clone)]
 pub struct Eager {
-    pub queues: Vec<String>,
-    /// The handlers the worker has: a step of another handler on its queues
-    /// is left to a worker that has it.
-    pub handlers: std::sync::Arc<std::collections::HashSet<String>>,
+    /// The handler queues the worker consumes (see [`handler_queue`]).
+    pub queues: std::sync::Arc<std::collections::HashSet<String>>,
     pub slots: Slots,
     pub visibility: Duration,
     /// The slot of the step whose commit this is: the first step it makes

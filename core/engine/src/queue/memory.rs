@@ -16,6 +16,7 @@ use tokio::time::Instant;
 pub struct MemoryQueue {
     queues: Mutex<HashMap<String, Arc<Channel>>>,
     next_id: AtomicU64,
+    rotation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -114,24 +115,38 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
-    async fn receive(
+    async fn receive_any(
         &self,
-        queue: &str,
+        queues: &[String],
         max: usize,
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let channel = self.channel(queue);
+        let channels: Vec<(&String, Arc<Channel>)> =
+            queues.iter().map(|q| (q, self.channel(q))).collect();
+        if channels.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
         let deadline = Instant::now() + wait;
         loop {
-            let notified = channel.arrived.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let next_visible = {
-                let now = Instant::now();
+            let mut arrivals: Vec<_> = channels
+                .iter()
+                .map(|(_, c)| Box::pin(c.arrived.notified()))
+                .collect();
+            for a in &mut arrivals {
+                a.as_mut().enable();
+            }
+            let now = Instant::now();
+            let mut out = Vec::new();
+            let mut next_visible: Option<Instant> = None;
+            // Each receive starts at another queue, so that one busy
+            // handler's steps do not keep the others waiting.
+            let first = self.rotation.fetch_add(1, Ordering::Relaxed) as usize;
+            for i in 0..channels.len() {
+                let (name, channel) = &channels[(first + i) % channels.len()];
                 let mut st = channel.state.lock();
                 st.promote(now);
-                let mut out = Vec::new();
                 while out.len() < max {
                     let Some(id) = st.ready.pop_front() else {
                         break;
@@ -140,22 +155,25 @@ impl Queue for MemoryQueue {
                     let m = st.messages.get_mut(&id).expect("ready message exists");
                     m.deliveries += 1;
                     out.push(Delivery {
+                        queue: name.to_string(),
                         receipt: id,
                         payload: m.payload.clone(),
                         delivery_count: m.deliveries,
                     });
                 }
-                if !out.is_empty() {
-                    return Ok(out);
+                if let Some(at) = st.next_visible() {
+                    next_visible = Some(next_visible.map_or(at, |n| n.min(at)));
                 }
-                st.next_visible()
-            };
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
             if Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
             let wake_at = next_visible.map_or(deadline, |v| v.min(deadline));
             tokio::select! {
-                _ = &mut notified => {}
+                _ = futures::future::select_all(arrivals) => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
@@ -270,6 +288,40 @@ mod tests {
             .unwrap();
         assert_eq!(got[0].payload, b"later");
         assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn receive_any_takes_from_each_queue_and_wakes_on_a_send_to_any() {
+        let q = Arc::new(MemoryQueue::new());
+        let mine = ["x".to_string(), "y".to_string()];
+        q.send("x", vec![msg("x1")]).await.unwrap();
+        q.send("y", vec![msg("y1")]).await.unwrap();
+        q.send("z", vec![msg("z1")]).await.unwrap();
+        let mut got = q
+            .receive_any(&mine, 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        got.sort_by(|a, b| a.queue.cmp(&b.queue));
+        let seen: Vec<_> = got
+            .iter()
+            .map(|d| (d.queue.as_str(), &d.payload[..]))
+            .collect();
+        assert_eq!(seen, [("x", &b"x1"[..]), ("y", b"y1")]);
+        assert_eq!(q.depth("z").await.unwrap(), 1, "not its queue");
+
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move {
+            q2.receive_any(&mine, 1, Duration::from_secs(1), Duration::from_secs(10))
+                .await
+                .unwrap()
+        });
+        tokio::task::yield_now().await;
+        q.send("y", vec![msg("y2")]).await.unwrap();
+        let got = waiter.await.unwrap();
+        assert_eq!(
+            (got[0].queue.as_str(), &got[0].payload[..]),
+            ("y", &b"y2"[..])
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The queue the orchestrators consume: step results and timers.
 pub const ORCHESTRATION_QUEUE: &str = "orchestration";
 
-/// The queue the workers of one namespace consume.
+/// The queue of one namespace's steps for `handler`: a worker consumes the
+/// queues of the handlers it has, so it claims only steps it can run.
+pub fn handler_queue(namespace: &str, handler: &str) -> String {
+    format!("{WORKER_QUEUE_PREFIX}{namespace}/{handler}")
+}
+
+/// The queue one namespace's steps went to before they had a queue per
+/// handler; workers still consume it, so that steps sent there before an
+/// upgrade are run.
 pub fn worker_queue(namespace: &str) -> String {
     format!("{WORKER_QUEUE_PREFIX}{namespace}")
 }
@@ -49,6 +57,8 @@ pub struct Outgoing {
 
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The queue it came from, to acknowledge or release it there.
+    pub queue: String,
     pub receipt: u64,
     pub payload: Vec<u8>,
     /// 1 on first delivery; more after visibility timeouts or releases.
@@ -65,15 +75,30 @@ impl Delivery {
 pub trait Queue: Send + Sync + 'static {
     async fn send(&self, queue: &str, messages: Vec<Outgoing>) -> Result<(), QueueError>;
 
-    /// Claims up to `max` messages, each invisible to others for `visibility`.
-    /// Waits up to `wait` for the first one; returns empty when none came.
+    /// Claims up to `max` messages from any of `queues`, each invisible to
+    /// others for `visibility` (a delivery names its queue). Waits up to
+    /// `wait` for the first one; returns empty when none came. A worker
+    /// takes its steps from one queue per handler it has, so it never
+    /// claims a step it cannot run.
+    async fn receive_any(
+        &self,
+        queues: &[String],
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// [`Queue::receive_any`] from one queue.
     async fn receive(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError>;
+    ) -> Result<Vec<Delivery>, QueueError> {
+        self.receive_any(&[queue.to_string()], max, visibility, wait)
+            .await
+    }
 
     /// Deletes claimed messages.
     async fn ack(&self, queue: &str, receipts: &[u64]) -> Result<(), QueueError>;
@@ -267,7 +292,7 @@ impl std::fmt::Debug for Credits {
     }
 }
 
-/// Consumes queue `name` until shutdown. Claims no more messages than `slots`
+/// Consumes `queues` until shutdown. Claims no more messages than `slots`
 /// has free permits (credits), so nothing waits in a local buffer, and runs
 /// `process` on its own task for each, holding one permit. A message whose
 /// permit another consumer of the same slots took meanwhile goes back at once.
@@ -276,7 +301,7 @@ impl std::fmt::Debug for Credits {
 /// knows how many are still wanted.
 pub async fn consume<F, Fut>(
     queue: Arc<dyn Queue>,
-    name: &str,
+    queues: &[String],
     slots: Slots,
     visibility: Duration,
     wait: Duration,
@@ -295,12 +320,12 @@ pub async fn consume<F, Fut>(
         let credits = 1 + semaphore.available_permits();
         let received = tokio::select! {
             _ = shutdown.wait() => return,
-            r = queue.receive(name, credits, visibility, wait) => r,
+            r = queue.receive_any(queues, credits, visibility, wait) => r,
         };
         let deliveries = match received {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(queue = name, error = %e, "receive failed; retrying");
+                tracing::warn!(queues = ?queues, error = %e, "receive failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -308,7 +333,7 @@ pub async fn consume<F, Fut>(
         let mut first = Some(first);
         for d in deliveries {
             let Some(permit) = first.take().or_else(|| slots.try_take()) else {
-                let _ = queue.release(name, d.receipt, Duration::ZERO).await;
+                let _ = queue.release(&d.queue, d.receipt, Duration::ZERO).await;
                 continue;
             };
             slots.spawn_holding(permit, |slot| process(d, slot));

@@ -251,6 +251,22 @@ impl TaskTemplate {
         queues
     }
 
+    /// The queue of each handler its steps name (see
+    /// [`crate::queue::handler_queue`]), with the handler.
+    pub fn handler_queues(&self) -> Vec<(String, &str)> {
+        let mut queues: Vec<(String, &str)> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let h = s.handler.callable.as_str();
+                (crate::queue::handler_queue(self.queue_of(h), h), h)
+            })
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
     /// Checks a task context against `input_schema`; the error lists every violation.
     pub fn validate_context(&self, context: &Value) -> Result<(), String> {
         let Some(validator) = &self.compiled else {

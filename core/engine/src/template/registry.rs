@@ -144,6 +144,18 @@ impl TemplateRegistry {
         queues
     }
 
+    /// Every handler queue of every template.
+    pub fn handler_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .all()
+            .iter()
+            .flat_map(|t| t.handler_queues().into_iter().map(|(q, _)| q))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
     pub fn namespaces(&self) -> Vec<String> {
         let mut ns: Vec<String> = self.templates.keys().map(|(n, _)| n.clone()).collect();
         ns.sort();
