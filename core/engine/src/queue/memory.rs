@@ -15,6 +15,9 @@ use tokio::time::Instant;
 #[derive(Default)]
 pub struct MemoryQueue {
     queues: Mutex<HashMap<String, Arc<Channel>>>,
+    /// A wake-up per set of queues received from together (a worker's), so
+    /// that waiting on many queues costs one waiter, not one per queue.
+    groups: Mutex<HashMap<Vec<String>, Arc<Notify>>>,
     next_id: AtomicU64,
     rotation: AtomicU64,
 }
@@ -23,6 +26,17 @@ pub struct MemoryQueue {
 struct Channel {
     state: Mutex<ChannelState>,
     arrived: Notify,
+    /// The wake-ups of the sets of queues this one is in.
+    groups: Mutex<Vec<Arc<Notify>>>,
+}
+
+impl Channel {
+    fn wake(&self) {
+        self.arrived.notify_waiters();
+        for g in self.groups.lock().iter() {
+            g.notify_waiters();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -72,6 +86,21 @@ impl MemoryQueue {
         Self::default()
     }
 
+    /// The wake-up of `queues` as a set, made (and given to each of
+    /// their channels) on first use.
+    fn group(&self, queues: &[String], channels: &[(&String, Arc<Channel>)]) -> Arc<Notify> {
+        let mut groups = self.groups.lock();
+        if let Some(g) = groups.get(queues) {
+            return g.clone();
+        }
+        let g = Arc::new(Notify::new());
+        for (_, c) in channels {
+            c.groups.lock().push(g.clone());
+        }
+        groups.insert(queues.to_vec(), g.clone());
+        g
+    }
+
     fn channel(&self, name: &str) -> Arc<Channel> {
         let mut queues = self.queues.lock();
         if let Some(c) = queues.get(name) {
@@ -111,7 +140,7 @@ impl Queue for MemoryQueue {
             }
         }
         // Waiters also re-arm their timers on a delayed message.
-        channel.arrived.notify_waiters();
+        channel.wake();
         Ok(())
     }
 
@@ -124,19 +153,22 @@ impl Queue for MemoryQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         let channels: Vec<(&String, Arc<Channel>)> =
             queues.iter().map(|q| (q, self.channel(q))).collect();
-        if channels.is_empty() {
-            tokio::time::sleep(wait).await;
-            return Ok(Vec::new());
-        }
+        let wake = match channels.as_slice() {
+            [] => {
+                tokio::time::sleep(wait).await;
+                return Ok(Vec::new());
+            }
+            [_] => None,
+            _ => Some(self.group(queues, &channels)),
+        };
         let deadline = Instant::now() + wait;
         loop {
-            let mut arrivals: Vec<_> = channels
-                .iter()
-                .map(|(_, c)| Box::pin(c.arrived.notified()))
-                .collect();
-            for a in &mut arrivals {
-                a.as_mut().enable();
-            }
+            let arrived = match &wake {
+                Some(group) => group.notified(),
+                None => channels[0].1.arrived.notified(),
+            };
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             let now = Instant::now();
             let mut out = Vec::new();
             let mut next_visible: Option<Instant> = None;
@@ -173,7 +205,7 @@ impl Queue for MemoryQueue {
             }
             let wake_at = next_visible.map_or(deadline, |v| v.min(deadline));
             tokio::select! {
-                _ = futures::future::select_all(arrivals) => {}
+                _ = &mut arrived => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
@@ -204,7 +236,7 @@ impl Queue for MemoryQueue {
                 st.hide(receipt, Instant::now() + delay);
             }
         }
-        channel.arrived.notify_waiters();
+        channel.wake();
         Ok(())
     }
 
