@@ -160,34 +160,11 @@ END $$;
 -- message becomes visible (a delayed one, or one claimed and not yet
 -- acknowledged): the receiver need not claim again before then unless a
 -- NOTIFY says something was sent.
-CREATE OR REPLACE FUNCTION sg_receive(p_queue text, p_max integer, p_visibility_ms bigint)
-RETURNS TABLE (id bigint, payload bytea, delivery_count integer, next_visible timestamptz)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
-DECLARE
-    v_claimed integer;
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-    RETURN QUERY
-    UPDATE sg_queue m
-       SET visible_at = clock_timestamp() + make_interval(secs => p_visibility_ms / 1000.0),
-           delivery_count = m.delivery_count + 1
-      FROM (SELECT q.id FROM sg_queue q
-             WHERE q.queue = p_queue AND q.visible_at <= now()
-             ORDER BY q.visible_at, q.id LIMIT p_max FOR UPDATE SKIP LOCKED) c
-     WHERE m.id = c.id
-    RETURNING m.id, m.payload, m.delivery_count, NULL::timestamptz;
-    GET DIAGNOSTICS v_claimed = ROW_COUNT;
-    IF v_claimed < p_max THEN
-        RETURN QUERY SELECT NULL::bigint, NULL::bytea, NULL::integer, min(q.visible_at)
-                       FROM sg_queue q WHERE q.queue = p_queue;
-    END IF;
-END $$;
-
--- sg_receive over several queues at once (a worker's: one per handler it
--- has). Each queue's ready index is walked on its own, oldest first, as
--- above, and the oldest p_max of what they offer are claimed; the rows
--- looked at and not taken are locked only for this statement. The next
--- visible message is each queue's first, found by its index.
+-- Claims from several queues at once (a worker's: one per handler it has).
+-- Each queue's ready index is walked on its own, oldest first, and the
+-- oldest p_max of what they offer are claimed; the rows looked at and not
+-- taken are locked only for this statement. The next visible message is
+-- each queue's first, found by its index.
 CREATE OR REPLACE FUNCTION sg_receive_any(p_queues text[], p_max integer, p_visibility_ms bigint)
 RETURNS TABLE (id bigint, queue text, payload bytea, delivery_count integer, next_visible timestamptz)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
@@ -214,6 +191,15 @@ BEGIN
                                             WHERE q.queue = n.name) f;
     END IF;
 END $$;
+
+-- sg_receive_any of one queue, as the version before it claimed (kept for
+-- its processes during an upgrade).
+CREATE OR REPLACE FUNCTION sg_receive(p_queue text, p_max integer, p_visibility_ms bigint)
+RETURNS TABLE (id bigint, payload bytea, delivery_count integer, next_visible timestamptz)
+LANGUAGE sql AS $$
+    SELECT r.id, r.payload, r.delivery_count, r.next_visible
+      FROM sg_receive_any(ARRAY[p_queue], p_max, p_visibility_ms) r;
+$$;
 
 -- A task's graph and its audit trail in one read, each trail in order.
 CREATE OR REPLACE FUNCTION sg_view(p_task uuid) RETURNS json
@@ -420,17 +406,6 @@ EXCEPTION WHEN OTHERS THEN
     RETURN NULL;
 END $$;
 
--- sg_receive, with each claimed step's start read in the same statement.
-CREATE OR REPLACE FUNCTION sg_receive_started(p_queue text, p_max integer, p_visibility_ms bigint)
-RETURNS TABLE (id bigint, payload bytea, delivery_count integer, next_visible timestamptz, started json)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-    RETURN QUERY
-    SELECT r.id, r.payload, r.delivery_count, r.next_visible,
-           CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
-      FROM sg_receive(p_queue, p_max, p_visibility_ms) r;
-END $$;
-
 -- sg_receive_any, with each claimed step's start read in the same statement.
 CREATE OR REPLACE FUNCTION sg_receive_any_started(p_queues text[], p_max integer, p_visibility_ms bigint)
 RETURNS TABLE (id bigint, queue text, payload bytea, delivery_count integer, next_visible timestamptz,
@@ -442,6 +417,15 @@ BEGIN
            CASE WHEN r.id IS NOT NULL THEN sg_try_start(r.payload) END
       FROM sg_receive_any(p_queues, p_max, p_visibility_ms) r;
 END $$;
+
+-- sg_receive, with each claimed step's start read in the same statement
+-- (kept, like sg_receive, for the version before sg_receive_any).
+CREATE OR REPLACE FUNCTION sg_receive_started(p_queue text, p_max integer, p_visibility_ms bigint)
+RETURNS TABLE (id bigint, payload bytea, delivery_count integer, next_visible timestamptz, started json)
+LANGUAGE sql AS $$
+    SELECT r.id, r.payload, r.delivery_count, r.next_visible, r.started
+      FROM sg_receive_any_started(ARRAY[p_queue], p_max, p_visibility_ms) r;
+$$;
 
 -- A claimed message that cannot be processed, moved to the dead letters
 -- with the reason (in one statement, so it is in exactly one of the two).
