@@ -20,6 +20,8 @@ pub struct Scenario {
     pub expected: Value,
 }
 
+mod floor;
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -253,7 +255,7 @@ pub async fn run(o: Options<'_>) -> Result<()> {
         engine.shutdown().await;
         let _ = std::fs::remove_file(&csv_path);
         let mode = "embedded mode (in-memory store and queue";
-        print_table(mode, &o, &measured?, None);
+        print_table(mode, &o, &measured?, None, None);
         return Ok(());
     };
     let through = if o.eager_dispatch {
@@ -263,6 +265,7 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     } else {
         "every step through RabbitMQ"
     };
+    let floor = floor::durable_commit(url, FLOOR_RUNS).await?;
     // RabbitMQ's figures come with the PostgreSQL queue's beside them,
     // measured first the same way on the same database.
     let beside = match o.transport {
@@ -277,7 +280,7 @@ pub async fn run(o: Options<'_>) -> Result<()> {
         Transport::Postgres => format!("PostgreSQL state and queue, every transition durable (orchestrator and worker in this process, {through}"),
         Transport::RabbitMq(_) => format!("PostgreSQL state, RabbitMQ queues (persistent, confirmed), every transition durable, beside the PostgreSQL queue (orchestrator and worker in this process, {through}"),
     };
-    print_table(&mode, &o, &measured?, beside.as_ref());
+    print_table(&mode, &o, &measured?, beside.as_ref(), Some(floor));
     Ok(())
 }
 
@@ -359,9 +362,18 @@ async fn measure<'s>(
     Ok(Measured { rows, throughput })
 }
 
-/// The latency table (with `beside`: its P50s in a column of their own),
-/// then steps/s.
-fn print_table(mode: &str, o: &Options<'_>, m: &Measured, beside: Option<&Measured>) {
+/// Durable commits timed for the floor.
+const FLOOR_RUNS: usize = 300;
+
+/// The latency table (with `beside`: its P50s in a column of their own;
+/// with the durable-commit `floor`: each P50 against it), then steps/s.
+fn print_table(
+    mode: &str,
+    o: &Options<'_>,
+    m: &Measured,
+    beside: Option<&Measured>,
+    floor: Option<Duration>,
+) {
     println!(
         "stepgraph bench: {mode}, Rust handlers, {} tokio runtime), {} runs per scenario after {} warm-up runs",
         o.runtime, o.iterations, o.warmup
@@ -379,6 +391,10 @@ fn print_table(mode: &str, o: &Options<'_>, m: &Measured, beside: Option<&Measur
     if beside.is_some() {
         header.push_str(" PostgreSQL queue P50 |");
         rule.push_str("---------------------:|");
+    }
+    if floor.is_some() {
+        header.push_str(" vs floor |");
+        rule.push_str("---------:|");
     }
     // The reference system's published P50s: constants, not measured here.
     header.push_str(" Reference P50 (published) | vs reference |");
@@ -410,6 +426,10 @@ fn print_table(mode: &str, o: &Options<'_>, m: &Measured, beside: Option<&Measur
                 fmt_latency(percentile(&b.rows[i].1, 0.50))
             ));
         }
+        if let Some(floor) = floor {
+            let least = floor.as_secs_f64() * (s.steps + 1) as f64;
+            line.push_str(&format!(" {:>7.1}x |", p50.as_secs_f64() / least));
+        }
         let ratio = s.seed_p50_ms / (p50.as_secs_f64() * 1000.0);
         line.push_str(&format!(
             " {:>25} | {:>11.0}x |",
@@ -420,6 +440,13 @@ fn print_table(mode: &str, o: &Options<'_>, m: &Measured, beside: Option<&Measur
             line.push_str(&format!(" {t:>18.1} |"));
         }
         println!("{line}");
+    }
+    if let Some(floor) = floor {
+        println!(
+            "\nvs floor: P50 / (floor x (steps + 1)), a task needing one durable commit to be created and one per step; \
+             the floor is a single-row INSERT committed durably on one connection, measured at the start: {} (median of {FLOOR_RUNS}).",
+            fmt_latency(floor)
+        );
     }
     if let Some(note) = statements_note {
         println!("\n{note}.");

@@ -503,6 +503,17 @@ fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
             let row = stdout.lines().find(|l| l.starts_with("| Linear")).unwrap();
             let per_step: f64 = cells(row)[col].parse().unwrap();
             assert!(per_step > 0.5, "{per_step} statements per step");
+            // Each P50 against the durable-commit floor measured at the start.
+            let col = header
+                .iter()
+                .position(|c| c == "vs floor")
+                .unwrap_or_else(|| panic!("no floor column: {stdout}"));
+            let vs_floor: f64 = cells(row)[col].trim_end_matches('x').parse().unwrap();
+            assert!(vs_floor > 0.0, "{vs_floor}");
+            assert!(
+                stdout.contains("the floor is a single-row INSERT committed durably"),
+                "{stdout}"
+            );
         }
         // 3 measured + 1 warm-up linear tasks per transport; in-process also
         // 20 for throughput, in the cluster a single and a pair per run.
