@@ -538,3 +538,42 @@ fn a_stale_change_fails_only_itself_in_a_batch_that_is_retried_one_by_one() {
         );
     });
 }
+
+/// Results orchestrated through the queue with no retry of a
+/// compare-and-swap conflict: the parallel leaves of many trees finishing
+/// at once make their orchestrations collide, and each that loses gives
+/// up (contention). Its message must come back and be orchestrated again,
+/// not be acknowledged: with the PostgreSQL queue nothing else would send
+/// it, and the task would wait forever.
+#[test]
+fn a_result_that_loses_to_contention_is_orchestrated_again() {
+    let db = TestDb::create();
+    block_on(async {
+        let pg = PgBackend::connect(&db.url, 16).await.unwrap();
+        pg.migrate().await.unwrap();
+        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
+        let mut config = EngineConfig {
+            inline_orchestration: false,
+            ..EngineConfig::default()
+        };
+        config.orchestrator.conflict_retries = 0;
+        config.worker.concurrency = 32;
+        let engine = Engine::with_backends(
+            store,
+            queue,
+            common::fixture_templates(),
+            examples::registry(),
+            config,
+        );
+        let ids =
+            futures::future::join_all((0..40).map(|_| {
+                engine.submit(TaskRequest::new("e2e", "tree", json!({ "even_number": 2 })))
+            }))
+            .await;
+        for id in ids {
+            let task = engine.wait_task(id.unwrap().task_id, LONG).await.unwrap();
+            assert_eq!(task.state.to_string(), "complete", "{task:?}");
+        }
+        engine.shutdown().await;
+    });
+}

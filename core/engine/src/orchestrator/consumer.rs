@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// How soon a result that gave way to concurrent changes of its task is
+/// orchestrated again.
+const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
+
 impl Orchestrator {
     /// Consumes the orchestration queue until shutdown, then lets the
     /// results being processed finish. With `resend_stranded_after`, also
@@ -85,6 +89,21 @@ impl Orchestrator {
             )) => {
                 let reason = format!("message for an unknown task or step: {message:?}");
                 return self.dead_letter(delivery.receipt, &reason).await;
+            }
+            Err(OrchestratorError::Contention { task_id }) => {
+                // Not the message's fault: others kept changing its task.
+                // It comes back shortly to be orchestrated again; acked,
+                // nothing would send it again (the PostgreSQL queue's
+                // messages are never lost, so the sweep does not look).
+                tracing::warn!(%task_id, "orchestration gave way to concurrent changes of the task; its message comes back");
+                if let Err(e) = self
+                    .queue
+                    .release(ORCHESTRATION_QUEUE, delivery.receipt, CONTENTION_BACKOFF)
+                    .await
+                {
+                    tracing::warn!(error = %e, "release failed; the message comes back after its visibility timeout");
+                }
+                return;
             }
             Err(OrchestratorError::Store(e)) => Some(ProcessError::Store(e)),
             Err(OrchestratorError::Queue(e)) => Some(ProcessError::Queue(e)),
