@@ -514,6 +514,18 @@ fn the_rabbitmq_bench_prints_the_postgresql_queue_beside_it() {
                 stdout.contains("the floor is a single-row INSERT committed durably"),
                 "{stdout}"
             );
+            // CPU per step, PostgreSQL's (on this machine) and the bench's own.
+            for name in ["PG CPU/step", "bench CPU/step"] {
+                let col = header
+                    .iter()
+                    .position(|c| c == name)
+                    .unwrap_or_else(|| panic!("no {name} column: {stdout}"));
+                let cell = &cells(row)[col];
+                assert!(
+                    cell.ends_with(" µs") || cell.ends_with(" ms"),
+                    "{name}: {cell}"
+                );
+            }
         }
         // 3 measured + 1 warm-up linear tasks per transport; in-process also
         // 20 for throughput, in the cluster a single and a pair per run.
