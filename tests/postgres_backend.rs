@@ -24,6 +24,21 @@ use tokio::sync::Semaphore;
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// An engine with the fixture templates and the example handlers on the
+/// test database (migrated), over `connections` connections.
+async fn fixture_engine(db: &TestDb, connections: u32, config: EngineConfig) -> Engine {
+    let pg = PgBackend::connect(&db.url, connections).await.unwrap();
+    pg.migrate().await.unwrap();
+    let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
+    Engine::with_backends(
+        store,
+        queue,
+        common::fixture_templates(),
+        examples::registry(),
+        config,
+    )
+}
+
 /// An orchestrator in this process on a test database, and an eager
 /// dispatch of one slot for the e2e namespace.
 struct InProcess {
@@ -185,18 +200,9 @@ fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
 fn a_finished_step_passes_its_slot_on_so_chains_stay_eager_with_every_slot_busy() {
     let db = TestDb::create();
     block_on(async {
-        let pg = PgBackend::connect(&db.url, 4).await.unwrap();
-        pg.migrate().await.unwrap();
-        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
         let mut config = EngineConfig::default();
         config.worker.concurrency = 1;
-        let engine = Engine::with_backends(
-            store,
-            queue,
-            common::fixture_templates(),
-            examples::registry(),
-            config,
-        );
+        let engine = fixture_engine(&db, 4, config).await;
         let runs = (0..5).map(|_| async {
             let request = TaskRequest::new("e2e", "linear", json!({ "even_number": 6 }));
             let id = engine.submit(request).await.unwrap().task_id;
@@ -549,22 +555,13 @@ fn a_stale_change_fails_only_itself_in_a_batch_that_is_retried_one_by_one() {
 fn a_result_that_loses_to_contention_is_orchestrated_again() {
     let db = TestDb::create();
     block_on(async {
-        let pg = PgBackend::connect(&db.url, 16).await.unwrap();
-        pg.migrate().await.unwrap();
-        let (store, queue) = Transport::Postgres.backends(&pg).await.unwrap();
         let mut config = EngineConfig {
             inline_orchestration: false,
             ..EngineConfig::default()
         };
         config.orchestrator.conflict_retries = 0;
         config.worker.concurrency = 32;
-        let engine = Engine::with_backends(
-            store,
-            queue,
-            common::fixture_templates(),
-            examples::registry(),
-            config,
-        );
+        let engine = fixture_engine(&db, 16, config).await;
         let ids =
             futures::future::join_all((0..40).map(|_| {
                 engine.submit(TaskRequest::new("e2e", "tree", json!({ "even_number": 2 })))
