@@ -325,7 +325,9 @@ pub async fn consume<F, Fut>(
         let deliveries = match received {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(queues = ?queues, error = %e, "receive failed; retrying");
+                // A worker's queues are many (one per handler): the first names them.
+                let first = queues.first().map(String::as_str).unwrap_or_default();
+                tracing::warn!(queue = first, queues = queues.len(), error = %e, "receive failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
