@@ -314,36 +314,17 @@ impl RabbitQueue {
             .map_err(|e| backend("basic.qos", e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         for (index, queue) in queues.iter().enumerate() {
-            let name = self.declare_main(&link, queue).await?;
-            let mut stream = channel
-                .basic_consume(
-                    ShortString::from(name.clone()),
-                    ShortString::from(format!(
-                        "stepgraph-{}-{}-{index}",
-                        std::process::id(),
-                        link.generation
-                    )),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+            if let Err(e) = self
+                .consume_into(&link, &channel, index, queue, tx.clone())
                 .await
-                .map_err(|e| backend(&format!("basic.consume on {name}"), e))?;
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(delivery) = stream.next().await {
-                    match delivery {
-                        Ok(d) => {
-                            if tx.send((index, d)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(queue = %name, error = %e, "RabbitMQ consumer stopped");
-                            return;
-                        }
-                    }
-                }
-            });
+            {
+                // The consumers made already would hold deliveries nobody
+                // reads: closing the channel gives them back to their queues.
+                let _ = channel
+                    .close(200, "stepgraph: consumer not made".into())
+                    .await;
+                return Err(e);
+            }
         }
         let consumer = Arc::new(Consumer {
             queues: queues.to_vec(),
@@ -360,6 +341,48 @@ impl RabbitQueue {
             consumers.insert(q.clone(), consumer.clone());
         }
         Ok(consumer)
+    }
+
+    /// A basic.consume of `queue` on `channel`, whose deliveries go to `tx`
+    /// marked with `index`.
+    async fn consume_into(
+        &self,
+        link: &Link,
+        channel: &Channel,
+        index: usize,
+        queue: &str,
+        tx: mpsc::UnboundedSender<(usize, lapin::message::Delivery)>,
+    ) -> Result<(), QueueError> {
+        let name = self.declare_main(link, queue).await?;
+        let mut stream = channel
+            .basic_consume(
+                ShortString::from(name.clone()),
+                ShortString::from(format!(
+                    "stepgraph-{}-{}-{index}",
+                    std::process::id(),
+                    link.generation
+                )),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| backend(&format!("basic.consume on {name}"), e))?;
+        tokio::spawn(async move {
+            while let Some(delivery) = stream.next().await {
+                match delivery {
+                    Ok(d) => {
+                        if tx.send((index, d)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %name, error = %e, "RabbitMQ consumer stopped");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Forgets a consumer that stopped: a new one is made next time.
