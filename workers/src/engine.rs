@@ -91,22 +91,10 @@ impl Engine {
         }
         // Alone here, the worker also takes the steps of handlers nobody
         // registered, to fail them at once (naming the handler).
-        let lacking: Vec<String> = if config.worker.shared_queues {
+        let lacking = if config.worker.shared_queues {
             Vec::new()
         } else {
-            let namespaces = &config.worker.namespaces;
-            templates
-                .all()
-                .iter()
-                .flat_map(|t| {
-                    t.handler_queues()
-                        .into_iter()
-                        .filter(|(_, h)| handlers.get(h).is_none())
-                        .filter(|(_, h)| namespaces.iter().any(|n| n == t.queue_of(h)))
-                        .map(|(q, _)| q)
-                        .collect::<Vec<_>>()
-                })
-                .collect()
+            handlers.missing_queues(&templates, Some(&config.worker.namespaces))
         };
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),

@@ -244,25 +244,58 @@ impl HandlerRegistry {
         templates: &stepgraph_engine::TemplateRegistry,
         queues: Option<&[String]>,
     ) -> Vec<String> {
-        let mut missing: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        let all = templates.all();
-        for t in &all {
-            for step in &t.steps {
-                let handler = step.handler.callable.as_str();
-                let routed = queues.is_none_or(|q| q.iter().any(|q| q == t.queue_of(handler)));
-                if routed && !self.handlers.contains_key(handler) {
-                    missing.entry(handler).or_default().push(format!(
-                        "{} step {}",
-                        t.key(),
-                        step.name
-                    ));
-                }
-            }
-        }
+        let mut missing: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        self.each_missing(templates, queues, |t, step, _| {
+            missing
+                .entry(step.handler.callable.clone())
+                .or_default()
+                .push(format!("{} step {}", t.key(), step.name));
+        });
         missing
             .into_iter()
             .map(|(handler, uses)| format!("`{handler}` ({})", uses.join(", ")))
             .collect()
+    }
+
+    /// The handler queues (see [`stepgraph_engine::queue::handler_queue`])
+    /// of the handlers [`HandlerRegistry::missing_for`] names.
+    pub fn missing_queues(
+        &self,
+        templates: &stepgraph_engine::TemplateRegistry,
+        queues: Option<&[String]>,
+    ) -> Vec<String> {
+        let mut missing = std::collections::BTreeSet::new();
+        self.each_missing(templates, queues, |_, step, queue| {
+            missing.insert(stepgraph_engine::queue::handler_queue(
+                queue,
+                &step.handler.callable,
+            ));
+        });
+        missing.into_iter().collect()
+    }
+
+    /// Calls `f` with each template step (and the queue it is routed to)
+    /// whose handler this registry lacks, among those routed to `queues`.
+    fn each_missing(
+        &self,
+        templates: &stepgraph_engine::TemplateRegistry,
+        queues: Option<&[String]>,
+        mut f: impl FnMut(
+            &stepgraph_engine::TaskTemplate,
+            &stepgraph_engine::template::StepTemplate,
+            &str,
+        ),
+    ) {
+        for t in &templates.all() {
+            for step in &t.steps {
+                let handler = step.handler.callable.as_str();
+                let queue = t.queue_of(handler);
+                let routed = queues.is_none_or(|q| q.iter().any(|q| q == queue));
+                if routed && !self.handlers.contains_key(handler) {
+                    f(t, step, queue);
+                }
+            }
+        }
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -252,14 +252,14 @@ impl TaskTemplate {
     }
 
     /// The queue of each handler its steps name (see
-    /// [`crate::queue::handler_queue`]), with the handler.
-    pub fn handler_queues(&self) -> Vec<(String, &str)> {
-        let mut queues: Vec<(String, &str)> = self
+    /// [`crate::queue::handler_queue`]).
+    pub fn handler_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
             .steps
             .iter()
             .map(|s| {
                 let h = s.handler.callable.as_str();
-                (crate::queue::handler_queue(self.queue_of(h), h), h)
+                crate::queue::handler_queue(self.queue_of(h), h)
             })
             .collect();
         queues.sort();

@@ -146,11 +146,7 @@ impl TemplateRegistry {
 
     /// Every handler queue of every template.
     pub fn handler_queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = self
-            .all()
-            .iter()
-            .flat_map(|t| t.handler_queues().into_iter().map(|(q, _)| q))
-            .collect();
+        let mut queues: Vec<String> = self.all().iter().flat_map(|t| t.handler_queues()).collect();
         queues.sort();
         queues.dedup();
         queues
