@@ -101,7 +101,9 @@ pub async fn serve(config: &Settings) -> Result<()> {
         header_timeout: Duration::from_millis(config.http_header_timeout_ms.max(1)),
         max_connections: config.http_max_connections,
     };
-    api::serve(listener, state, shutdown, limits).await?;
+    let state = state.with_shutdown(shutdown.clone());
+    let app = api::router(state);
+    api::serve(listener, app, shutdown, limits).await?;
     if let Some(engine) = engine {
         engine.shutdown().await;
     }

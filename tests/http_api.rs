@@ -56,6 +56,15 @@ fn metrics_count_what_ran() {
         Some(3.0)
     );
     assert_eq!(m("stepgraph_http_waiting_requests"), Some(0.0));
+    // The in-memory store's minute counts, as the dashboard's overview reads them.
+    let (_, stats) = http(addr, "GET", "/v1/stats", None);
+    let minutes = stats["recent"]["per_minute"].as_array().unwrap();
+    let completed: i64 = minutes
+        .iter()
+        .map(|m| m["completed_steps"].as_i64().unwrap())
+        .sum();
+    assert_eq!(completed, 12, "{stats}");
+    assert_eq!(stats["recent"]["failing_templates"], json!([]), "{stats}");
 }
 
 /// Distributed: the state gauges come from the database, whoever ran the steps.

@@ -219,3 +219,43 @@ steps:
     assert_eq!(s.get(&series("closed")), Some(&1.0), "{text}");
     accepted_by_the_prometheus_parser(&text);
 }
+
+#[test]
+fn a_workers_open_circuit_breaker_is_listed_with_it() {
+    let t = TestEnv::new();
+    t.add_template(
+        "tripping.yaml",
+        r#"
+namespace: e2e
+name: tripping
+version: "1"
+steps:
+  - name: shaky
+    handler: { callable: util.fail_first_attempts, config: { failures: 1 } }
+    retry: { max_attempts: 5, backoff: exponential, backoff_base_ms: 10 }
+"#,
+    );
+    let serve = t.serve(&[]);
+    let _worker = t.worker(&[
+        ("STEPGRAPH_WORKER_HEARTBEAT_MS", "100"),
+        ("STEPGRAPH_WORKER_BREAKER_FAILURE_THRESHOLD", "1"),
+        ("STEPGRAPH_WORKER_BREAKER_COOL_DOWN_MS", "60000"),
+    ]);
+    create(serve.addr(), "tripping", json!({}));
+    // Opened by the first failure, it stays open for the minute's cool-down;
+    // the worker's next heartbeat tells the registry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = http(serve.addr(), "GET", "/v1/workers", None);
+        assert_eq!(status, 200, "{v}");
+        let circuits = &v["workers"][0]["open_circuits"];
+        if circuits == &json!([{ "handler": "util.fail_first_attempts", "state": "open" }]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no open circuit listed: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

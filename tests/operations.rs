@@ -64,6 +64,25 @@ fn a_failed_task_is_found_retried_once_fixed_and_completes() {
         stats["recent"]["failed_steps"].as_i64().unwrap() >= 1,
         "{stats}"
     );
+    // The last hour a minute at a time, and the template failing most.
+    let minutes = stats["recent"]["per_minute"].as_array().unwrap();
+    let sum = |field: &str| {
+        minutes
+            .iter()
+            .map(|m| m[field].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(
+        sum("completed_steps"),
+        12,
+        "3 linear tasks of 4 steps: {stats}"
+    );
+    assert_eq!(sum("failed_attempts"), 1, "{stats}");
+    assert_eq!(
+        stats["recent"]["failing_templates"],
+        json!([{ "namespace": "e2e", "name": "repairable", "failed_attempts": 1, "failed_tasks": 1 }]),
+        "{stats}"
+    );
     let repairable = stats["templates"]
         .as_array()
         .unwrap()

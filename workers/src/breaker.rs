@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+use stepgraph_engine::store::Circuit;
 
 /// A breaker's state, as metrics and logs show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -143,6 +144,35 @@ impl Breakers {
                 self.entered(handler, BreakerState::Open);
             }
         }
+    }
+
+    /// The breakers that are not closed, for the worker's heartbeat (the
+    /// dashboard shows them), by handler.
+    pub fn not_closed(&self) -> Vec<Circuit> {
+        let handlers: Vec<String> = {
+            let map = self.map.lock();
+            let mut open: Vec<String> = map
+                .iter()
+                .filter(|(_, b)| b.opened_at.is_some())
+                .map(|(h, _)| h.clone())
+                .collect();
+            open.sort();
+            open
+        };
+        handlers
+            .into_iter()
+            .filter_map(|handler| {
+                let state = match self.state(&handler) {
+                    BreakerState::Closed => return None,
+                    BreakerState::Open => "open",
+                    BreakerState::HalfOpen => "half_open",
+                };
+                Some(Circuit {
+                    handler,
+                    state: state.into(),
+                })
+            })
+            .collect()
     }
 
     pub fn state(&self, handler: &str) -> BreakerState {

@@ -216,7 +216,7 @@ impl Worker {
             tracing::warn!("shutdown grace period over; unfinished steps will be redelivered");
         }
         let _ = beating.await;
-        if let Err(e) = self.store.heartbeat(id, true).await {
+        if let Err(e) = self.store.heartbeat(id, true, &[]).await {
             tracing::warn!(error = %e, "telling the registry this worker stopped failed");
         }
     }

@@ -8,6 +8,12 @@
 //! `write` (also create and cancel), `admin` (also retry and resolve).
 //! Without tokens the API is open; `serve` allows that only on a loopback
 //! address unless told `insecure`.
+//!
+//! The dashboard logs in once and keeps the token in an HttpOnly,
+//! SameSite=Strict cookie ([`SESSION_COOKIE`]); a request that carries
+//! only the cookie and changes something must also send the CSRF value
+//! derived from that token ([`csrf_for`]) in [`CSRF_HEADER`], which a page
+//! of another site can neither read nor compute.
 
 use crate::error::ApiError;
 use axum::extract::{Request, State};
@@ -108,10 +114,41 @@ impl Token {
     }
 }
 
-/// Who made a request (the token's name), for the audit rows of repairs.
+/// The cookie the dashboard keeps its token in.
+pub const SESSION_COOKIE: &str = "stepgraph_session";
+/// The header a cookie-authenticated change carries the CSRF value in.
+pub const CSRF_HEADER: &str = "x-stepgraph-csrf";
+
+/// The CSRF value of a session: derived from its token, so the server keeps
+/// nothing per session and every `serve` of a cluster agrees.
+pub fn csrf_for(token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"stepgraph csrf\0");
+    h.update(token.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The session cookie's token in a `Cookie` header, if there is one.
+pub fn session_token(cookie_header: Option<&str>) -> Option<String> {
+    cookie_header?
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, v)| {
+            form_urlencoded::parse(format!("v={v}").as_bytes())
+                .map(|(_, v)| v.into_owned())
+                .next()
+                .unwrap_or_default()
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// Who made a request (the token's name), for the audit rows of repairs,
+/// and what it may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
+    pub scope: Scope,
 }
 
 /// The API's tokens; none means open.
@@ -150,9 +187,7 @@ impl Auth {
     /// The caller, if the request's token may do what `need` names.
     pub fn check(&self, authorization: Option<&str>, need: Scope) -> Result<Caller, ApiError> {
         if self.is_open() {
-            return Ok(Caller {
-                name: "anonymous".into(),
-            });
+            return Ok(Caller::anonymous());
         }
         let unauthorized = |why: &str| ApiError(StatusCode::UNAUTHORIZED, why.to_string());
         let presented = authorization
@@ -160,9 +195,18 @@ impl Auth {
             .strip_prefix("Bearer ")
             .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?
             .trim();
+        self.check_token(presented, need)
+    }
+
+    /// The caller a token (from the header or the session cookie) is, if it
+    /// may do what `need` names.
+    pub fn check_token(&self, presented: &str, need: Scope) -> Result<Caller, ApiError> {
+        if self.is_open() {
+            return Ok(Caller::anonymous());
+        }
         let token = self
             .find(presented)
-            .ok_or_else(|| unauthorized("unknown token"))?;
+            .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
         if token.scope < need {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -174,7 +218,18 @@ impl Auth {
         }
         Ok(Caller {
             name: token.name.clone(),
+            scope: token.scope,
         })
+    }
+}
+
+impl Caller {
+    /// Whoever calls an open API: may do anything.
+    fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            scope: Scope::Admin,
+        }
     }
 }
 
@@ -203,11 +258,27 @@ pub(crate) async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(need) = needs(&auth, request.method(), request.uri().path()) {
-        let header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let caller = auth.check(header, need)?;
+        let headers = request.headers();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let authorization = text(header::AUTHORIZATION.as_str());
+        let caller = match session_token(text(header::COOKIE.as_str())) {
+            Some(token) if authorization.is_none() && !auth.is_open() => {
+                let caller = auth.check_token(&token, need)?;
+                let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+                let csrf = text(CSRF_HEADER).unwrap_or_default();
+                if !safe && !bool::from(csrf.as_bytes().ct_eq(csrf_for(&token).as_bytes())) {
+                    return Err(ApiError(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "a change made with the dashboard's session cookie must carry its \
+                             {CSRF_HEADER} header (the page's own requests do)"
+                        ),
+                    ));
+                }
+                caller
+            }
+            _ => auth.check(authorization, need)?,
+        };
         request.extensions_mut().insert(caller);
     }
     Ok(next.run(request).await)
@@ -251,6 +322,17 @@ mod tests {
             a.check(Some("secret-a"), Scope::Read).unwrap_err().0,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let t = session_token(Some("a=1; stepgraph_session=sg_ab%2Bc; b=2"));
+        assert_eq!(t.as_deref(), Some("sg_ab+c"));
+        assert_eq!(session_token(Some("a=1")), None);
+        assert_eq!(session_token(Some("stepgraph_session=")), None);
+        assert_eq!(session_token(None), None);
+        assert_ne!(csrf_for("a"), csrf_for("b"));
+        assert_eq!(csrf_for("a").len(), 64);
     }
 
     #[test]

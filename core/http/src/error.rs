@@ -1,9 +1,11 @@
 //! Every answer that is not a success: a status and `{"error": message}`,
 //! the status chosen by what went wrong (a client's mistake is a 4xx).
 
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stepgraph_engine::{OrchestratorError, StoreError, TaskId};
 use utoipa::ToSchema;
@@ -88,4 +90,12 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T,
     })?;
     de.end().map_err(|e| malformed(e.to_string()))?;
     Ok(value)
+}
+
+/// A body that may be left out: empty, or JSON `null`, is its default.
+pub(crate) fn optional_body<T: DeserializeOwned + Default>(raw: &Bytes) -> Result<T, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    json_body::<Option<T>>(raw).map(Option::unwrap_or_default)
 }

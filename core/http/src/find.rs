@@ -26,7 +26,7 @@ fn time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
 /// The filter a query string asks for; every parameter it does not know,
 /// or cannot read, is a 400 naming it. `state` may repeat or list states
 /// separated by commas.
-pub(crate) fn filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
+pub fn filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
         .map_err(|e| bad(format!("malformed query string: {e}")))?;
     let mut f = TaskFilter {
@@ -107,8 +107,8 @@ pub(crate) struct ListQuery {
 }
 
 /// A page of tasks, newest first.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct TaskPage {
+#[derive(Serialize, ToSchema, PartialEq)]
+pub struct TaskPage {
     tasks: Vec<TaskSummary>,
     /// Asks for the page after this one; null when this page was not full.
     next_cursor: Option<Uuid>,
@@ -129,12 +129,16 @@ pub(crate) async fn list_tasks(
     State(s): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<TaskPage>, ApiError> {
-    let f = filter(query.as_deref())?;
-    let tasks = s.store.list_tasks(&f).await?;
+    Ok(Json(page(&s, &filter(query.as_deref())?).await?))
+}
+
+/// The page of tasks `f` asks for.
+pub async fn page(s: &ApiState, f: &TaskFilter) -> Result<TaskPage, ApiError> {
+    let tasks = s.store.list_tasks(f).await?;
     let next_cursor = (tasks.len() == f.limit)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(Json(TaskPage { tasks, next_cursor }))
+    Ok(TaskPage { tasks, next_cursor })
 }
 
 /// Tasks and steps by template and state; failures and retries in the last hour.

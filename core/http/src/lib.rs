@@ -26,10 +26,15 @@ mod server;
 mod status;
 mod tasks;
 
-pub use auth::{hash as token_hash, new_token, Auth, Caller, Scope, Token};
+pub use auth::{
+    csrf_for, hash as token_hash, new_token, session_token, Auth, Caller, Scope, Token,
+    CSRF_HEADER, SESSION_COOKIE,
+};
 pub use error::ApiError;
+pub use find::{filter as task_filter, page as task_page, TaskPage};
 pub use openapi::{document as openapi_document, document_json as openapi_json};
 pub use server::Limits;
+pub use tasks::{view as task_view, TaskView};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -46,6 +51,9 @@ pub struct ApiState {
     pub(crate) waiting: Arc<AtomicUsize>,
     /// Who may do what (none: open).
     pub(crate) auth: Arc<Auth>,
+    /// Ends the streams that would otherwise hold a connection open past
+    /// the server's shutdown (the dashboard's live updates).
+    pub(crate) shutdown: Option<Shutdown>,
 }
 
 impl ApiState {
@@ -60,6 +68,25 @@ impl ApiState {
             queue,
             waiting: Arc::default(),
             auth: Arc::default(),
+            shutdown: None,
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Streams end when `shutdown` fires.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Resolves when the server shuts down (never, without a shutdown).
+    pub async fn shut_down(&self) {
+        match self.shutdown.clone() {
+            Some(mut s) => s.wait().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -111,12 +138,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until shutdown, within `limits`; requests in flight finish first.
+/// Serves `app` (the API's [`router`], and what else is merged with it)
+/// until shutdown, within `limits`; requests in flight finish first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: ApiState,
+    app: Router,
     shutdown: Shutdown,
     limits: Limits,
 ) -> std::io::Result<()> {
-    server::run(listener, router(state), shutdown, limits).await
+    server::run(listener, app, shutdown, limits).await
 }

@@ -3,14 +3,13 @@
 //! record who asked (the token's name; `anonymous` on an open API) and why
 //! (the body's `reason`).
 
-use crate::error::{json_body, task_id, ApiError, ErrorBody};
+use crate::error::{json_body, optional_body, task_id, ApiError, ErrorBody};
 use crate::tasks::StateChange;
 use crate::{ApiState, Caller};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Extension;
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use stepgraph_engine::repair::{Repair, Requested};
@@ -32,14 +31,6 @@ pub(crate) struct ResolveBody {
     result: Value,
     #[serde(default)]
     reason: Option<String>,
-}
-
-/// A body that may be left out: empty, or JSON `null`, is its default.
-fn optional_body<T: DeserializeOwned + Default>(raw: &Bytes) -> Result<T, ApiError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    json_body::<Option<T>>(raw).map(Option::unwrap_or_default)
 }
 
 async fn run(

@@ -1,18 +1,20 @@
 //! The task endpoints: create, read, wait for, cancel.
 
-use crate::error::{json_body, task_id, ApiError, ErrorBody};
-use crate::{ApiState, BODY_LIMIT, MAX_WAIT};
+use crate::error::{json_body, optional_body, task_id, ApiError, ErrorBody};
+use crate::{ApiState, Caller, BODY_LIMIT, MAX_WAIT};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::store::live_handlers;
+use stepgraph_engine::template::StepType;
 use stepgraph_engine::{
     Step, StepError, StepState, Task, TaskCreated, TaskGraph, TaskRequest, TaskState, Transitions,
 };
@@ -100,6 +102,15 @@ fn caller_trace(headers: &axum::http::HeaderMap) -> Option<String> {
 pub(crate) struct StepView {
     name: String,
     state: StepState,
+    /// The template step it was made from (a batch worker's differs from its name).
+    template_step: String,
+    #[serde(rename = "type")]
+    step_type: StepType,
+    handler: String,
+    /// The handler's configuration from the template.
+    config: Value,
+    /// The steps whose results it is given, by name.
+    dependencies: Vec<String>,
     attempts: u32,
     max_attempts: u32,
     /// What its dependents see (null until it has one).
@@ -111,26 +122,37 @@ pub(crate) struct StepView {
     /// The step's handler, when the step is enqueued and no live worker
     /// serves that handler: it waits for one.
     waiting_for_handler: Option<String>,
+    created_at: DateTime<Utc>,
 }
 
-impl From<&Step> for StepView {
-    fn from(s: &Step) -> Self {
+impl StepView {
+    fn new(s: &Step, graph: &TaskGraph) -> Self {
         StepView {
             name: s.name.clone(),
             state: s.state,
+            template_step: s.template_step.clone(),
+            step_type: s.step_type,
+            handler: s.handler.clone(),
+            config: s.config.clone(),
+            dependencies: graph
+                .parents_of(s.id)
+                .filter_map(|id| graph.step(id))
+                .map(|p| p.name.clone())
+                .collect(),
             attempts: s.attempts,
             max_attempts: s.max_attempts,
             result: s.result_value(),
             error: s.error().cloned(),
             cursor: s.cursor.clone(),
             waiting_for_handler: None,
+            created_at: s.created_at,
         }
     }
 }
 
 /// A task with its steps and its audit trail.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct TaskView {
+pub struct TaskView {
     #[serde(flatten)]
     task: Task,
     steps: Vec<StepView>,
@@ -144,7 +166,11 @@ impl TaskView {
         s: &ApiState,
         (graph, transitions): (TaskGraph, Transitions),
     ) -> Result<TaskView, ApiError> {
-        let mut steps: Vec<StepView> = graph.steps.iter().map(StepView::from).collect();
+        let mut steps: Vec<StepView> = graph
+            .steps
+            .iter()
+            .map(|st| StepView::new(st, &graph))
+            .collect();
         if steps.iter().any(|v| v.state == StepState::Enqueued) {
             let served = live_handlers(s.store.as_ref()).await?;
             for (view, step) in steps.iter_mut().zip(&graph.steps) {
@@ -175,8 +201,13 @@ pub(crate) async fn get_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let view = s.store.graph_and_transitions(task_id(&id)?).await?;
-    Ok(Json(TaskView::new(&s, view).await?))
+    Ok(Json(view(&s, task_id(&id)?).await?))
+}
+
+/// The task as `GET /v1/tasks/{id}` shows it.
+pub async fn view(s: &ApiState, id: Uuid) -> Result<TaskView, ApiError> {
+    let graph = s.store.graph_and_transitions(id).await?;
+    TaskView::new(s, graph).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -228,26 +259,41 @@ pub(crate) struct StateChange {
     pub state: TaskState,
 }
 
+/// The body of a cancel (may be empty): why, recorded in the audit trail.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
 /// Cancels the task and its live steps.
 #[utoipa::path(
     post,
     path = "/v1/tasks/{id}/cancel",
     tag = "tasks",
     params(("id" = Uuid, Path, description = "The task's id")),
+    request_body(content = Option<CancelBody>, description = "Optional"),
     responses(
         (status = 200, description = "Cancelled (or already ended: its state)", body = StateChange),
+        (status = 400, description = "A malformed body or an unknown field (named)", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "A concurrent change won; retry", body = ErrorBody),
     ),
 )]
 pub(crate) async fn cancel_task(
     State(s): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
+    raw: Bytes,
 ) -> Result<Json<StateChange>, ApiError> {
     let task_id = task_id(&id)?;
-    let state = s
-        .orchestrator
-        .cancel(task_id, "cancelled through the API")
-        .await?;
+    let body: CancelBody = optional_body(&raw)?;
+    let by = caller.map_or_else(|| "anonymous".into(), |Extension(c)| c.name);
+    let reason = match body.reason.filter(|r| !r.trim().is_empty()) {
+        Some(why) => format!("cancelled through the API by {by}: {why}"),
+        None => format!("cancelled through the API by {by}"),
+    };
+    let state = s.orchestrator.cancel(task_id, &reason).await?;
     Ok(Json(StateChange { task_id, state }))
 }

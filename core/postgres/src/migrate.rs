@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../migrations/0012_workers.sql")),
     (13, include_str!("../migrations/0013_scheduling.sql")),
     (14, include_str!("../migrations/0014_trace.sql")),
+    (15, include_str!("../migrations/0015_dashboard.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

@@ -16,8 +16,8 @@ use std::time::Duration;
 use stepgraph_engine::queue::Outbox;
 use stepgraph_engine::schedule::Schedule;
 use stepgraph_engine::store::{
-    Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter, TaskLock,
-    TaskSummary, WorkerInfo, WorkerRecord,
+    Circuit, Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter,
+    TaskLock, TaskSummary, WorkerInfo, WorkerRecord,
 };
 use stepgraph_engine::*;
 use tokio::time::Instant;
@@ -481,8 +481,13 @@ impl Store for PgStore {
         self.put_worker(worker).await
     }
 
-    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError> {
-        self.beat(worker, stopped).await
+    async fn heartbeat(
+        &self,
+        worker: uuid::Uuid,
+        stopped: bool,
+        circuits: &[Circuit],
+    ) -> Result<(), StoreError> {
+        self.beat(worker, stopped, circuits).await
     }
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {

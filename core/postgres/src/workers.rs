@@ -5,7 +5,8 @@
 use crate::errors::{backend_error, retrying};
 use crate::store::PgStore;
 use chrono::{DateTime, Utc};
-use stepgraph_engine::store::{WorkerInfo, WorkerRecord};
+use sqlx::types::Json;
+use stepgraph_engine::store::{Circuit, WorkerInfo, WorkerRecord};
 use stepgraph_engine::StoreError;
 use uuid::Uuid;
 
@@ -22,6 +23,7 @@ type Row = (
     DateTime<Utc>,
     Option<DateTime<Utc>>,
     DateTime<Utc>,
+    Json<Vec<Circuit>>,
 );
 
 impl PgStore {
@@ -47,12 +49,19 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn beat(&self, id: Uuid, stopped: bool) -> Result<(), StoreError> {
+    pub(crate) async fn beat(
+        &self,
+        id: Uuid,
+        stopped: bool,
+        circuits: &[Circuit],
+    ) -> Result<(), StoreError> {
         retrying!(self, pool => sqlx::query(
-            "UPDATE sg_workers SET heartbeat_at = now(), stopped_at = CASE WHEN $2 THEN now() END WHERE id = $1",
+            "UPDATE sg_workers SET heartbeat_at = now(), stopped_at = CASE WHEN $2 THEN now() END, circuits = $3
+              WHERE id = $1",
         )
         .bind(id)
         .bind(stopped)
+        .bind(Json(circuits))
         .execute(pool))
         .map_err(backend_error)?;
         Ok(())
@@ -64,7 +73,7 @@ impl PgStore {
     ) -> Result<Vec<WorkerRecord>, StoreError> {
         let rows: Vec<Row> = retrying!(self, pool => sqlx::query_as(
             "SELECT id, host, pid, language, namespaces, handlers, concurrency, heartbeat_ms, started_at,
-                    heartbeat_at, stopped_at, now()
+                    heartbeat_at, stopped_at, now(), circuits
                FROM sg_workers WHERE heartbeat_at >= $1 ORDER BY started_at DESC",
         )
         .bind(since)
@@ -84,7 +93,7 @@ impl PgStore {
                     heartbeat_ms: r.7 as u64,
                     started_at: r.8,
                 };
-                WorkerRecord::new(info, r.9, r.10, r.11)
+                WorkerRecord::new(info, r.9, r.10, r.11, r.12 .0)
             })
             .collect();
         // Live ones first, each group newest first (the sort is stable).

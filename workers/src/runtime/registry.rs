@@ -46,7 +46,10 @@ impl Worker {
         loop {
             let told = match registered {
                 false => self.store.register_worker(&info).await,
-                true => self.store.heartbeat(id, false).await,
+                true => {
+                    let circuits = self.handlers.breakers().not_closed();
+                    self.store.heartbeat(id, false, &circuits).await
+                }
             };
             match told {
                 Ok(()) => registered = true,

@@ -103,4 +103,47 @@ pub struct Recent {
     pub failed_steps: i64,
     /// Attempts that failed and were scheduled again.
     pub retries: i64,
+    /// Step attempts ended, a minute at a time, oldest first; minutes
+    /// with none are left out.
+    pub per_minute: Vec<MinuteCounts>,
+    /// The templates with the most failures, most first (at most
+    /// [`FAILING_TEMPLATES`]).
+    pub failing_templates: Vec<FailingTemplate>,
+}
+
+/// How many templates `Recent::failing_templates` names.
+pub const FAILING_TEMPLATES: usize = 10;
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinuteCounts {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    /// Steps that completed.
+    pub completed_steps: i64,
+    /// Attempts that failed (retried or not).
+    pub failed_attempts: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailingTemplate {
+    pub namespace: String,
+    pub name: String,
+    /// Attempts of its steps that failed (retried or not).
+    pub failed_attempts: i64,
+    /// Its tasks that ended in error.
+    pub failed_tasks: i64,
+}
+
+impl FailingTemplate {
+    /// Most failures first; ties by name.
+    pub fn rank(list: &mut Vec<FailingTemplate>) {
+        list.sort_by(|a, b| {
+            (b.failed_attempts + b.failed_tasks)
+                .cmp(&(a.failed_attempts + a.failed_tasks))
+                .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+        });
+        list.truncate(FAILING_TEMPLATES);
+    }
 }

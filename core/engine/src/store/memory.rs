@@ -2,7 +2,7 @@
 //! per-task async mutex is the orchestrator's exclusive task lock.
 
 use super::{
-    Committed, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
+    Circuit, Committed, StateCounts, Stats, Store, StoreError, TaskFilter, TaskLock, TaskSummary,
     WorkerInfo, WorkerRecord,
 };
 use crate::model::*;
@@ -33,7 +33,13 @@ pub(super) struct Inner {
 }
 
 /// A registered worker: what it said, its last heartbeat, when it stopped.
-pub(super) type Registered = (WorkerInfo, DateTime<Utc>, Option<DateTime<Utc>>);
+/// A worker, its last heartbeat, when it stopped, and its breakers not closed.
+pub(super) type Registered = (
+    WorkerInfo,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Vec<Circuit>,
+);
 
 pub(super) struct TaskEntry {
     pub(super) task: Task,
@@ -434,17 +440,23 @@ impl Store for MemoryStore {
         self.inner
             .lock()
             .workers
-            .insert(worker.id, (worker.clone(), now, None));
+            .insert(worker.id, (worker.clone(), now, None, Vec::new()));
         Ok(())
     }
 
-    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        worker: uuid::Uuid,
+        stopped: bool,
+        circuits: &[Circuit],
+    ) -> Result<(), StoreError> {
         let now = Utc::now();
         if let Some(w) = self.inner.lock().workers.get_mut(&worker) {
             w.1 = now;
             if stopped {
                 w.2 = Some(now);
             }
+            w.3 = circuits.to_vec();
         }
         Ok(())
     }

@@ -3,11 +3,12 @@
 
 use super::memory::{Inner, TaskEntry};
 use super::{
-    Recent, StateCounts, Stats, TaskFilter, TaskSummary, TemplateStats, WorkerRecord, WorkerState,
+    FailingTemplate, MinuteCounts, Recent, StateCounts, Stats, TaskFilter, TaskSummary,
+    TemplateStats, WorkerRecord, WorkerState,
 };
 use crate::model::{StepMessage, TaskId};
 use crate::state::{StepState, TaskState};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use std::collections::BTreeMap;
 
 fn matches(e: &TaskEntry, f: &TaskFilter) -> bool {
@@ -57,8 +58,10 @@ impl Inner {
         let mut all: Vec<WorkerRecord> = self
             .workers
             .values()
-            .filter(|(_, beat, _)| *beat >= since)
-            .map(|(info, beat, stopped)| WorkerRecord::new(info.clone(), *beat, *stopped, now))
+            .filter(|(_, beat, _, _)| *beat >= since)
+            .map(|(info, beat, stopped, circuits)| {
+                WorkerRecord::new(info.clone(), *beat, *stopped, now, circuits.clone())
+            })
             .collect();
         all.sort_by_key(|w| {
             (
@@ -141,19 +144,25 @@ impl Inner {
             since: Some(since),
             ..Recent::default()
         };
+        let mut minutes: BTreeMap<DateTime<Utc>, MinuteCounts> = BTreeMap::new();
+        let mut failing: BTreeMap<(String, String), FailingTemplate> = BTreeMap::new();
         for e in self.tasks.values() {
             let key = (e.task.namespace.clone(), e.task.name.clone());
-            let t = by_template.entry(key).or_insert_with(|| TemplateStats {
-                namespace: e.task.namespace.clone(),
-                name: e.task.name.clone(),
-                ..TemplateStats::default()
-            });
+            let mut failed_attempts = 0;
+            let mut failed_tasks = 0;
+            let t = by_template
+                .entry(key.clone())
+                .or_insert_with(|| TemplateStats {
+                    namespace: e.task.namespace.clone(),
+                    name: e.task.name.clone(),
+                    ..TemplateStats::default()
+                });
             *t.tasks.entry(e.task.state.to_string()).or_default() += 1;
             for s in &e.steps {
                 *t.steps.entry(s.state.to_string()).or_default() += 1;
             }
             let recently = |at: &DateTime<Utc>| *at >= since;
-            recent.failed_tasks += e
+            failed_tasks += e
                 .transitions
                 .task
                 .iter()
@@ -163,10 +172,39 @@ impl Inner {
                 match t.to {
                     StepState::Error => recent.failed_steps += 1,
                     StepState::WaitingForRetry => recent.retries += 1,
-                    _ => {}
+                    StepState::Complete => {}
+                    _ => continue,
+                }
+                let minute =
+                    t.at.duration_trunc(chrono::TimeDelta::minutes(1))
+                        .unwrap_or(t.at);
+                let m = minutes.entry(minute).or_insert(MinuteCounts {
+                    minute,
+                    completed_steps: 0,
+                    failed_attempts: 0,
+                });
+                if t.to == StepState::Complete {
+                    m.completed_steps += 1;
+                } else {
+                    m.failed_attempts += 1;
+                    failed_attempts += 1;
                 }
             }
+            recent.failed_tasks += failed_tasks;
+            if failed_attempts + failed_tasks > 0 {
+                let f = failing.entry(key).or_insert_with(|| FailingTemplate {
+                    namespace: e.task.namespace.clone(),
+                    name: e.task.name.clone(),
+                    failed_attempts: 0,
+                    failed_tasks: 0,
+                });
+                f.failed_attempts += failed_attempts;
+                f.failed_tasks += failed_tasks;
+            }
         }
+        recent.per_minute = minutes.into_values().collect();
+        recent.failing_templates = failing.into_values().collect();
+        FailingTemplate::rank(&mut recent.failing_templates);
         Stats {
             templates: by_template.into_values().collect(),
             recent,

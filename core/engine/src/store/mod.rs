@@ -8,8 +8,13 @@ mod memory_schedules;
 mod memory_views;
 mod workers;
 
-pub use list::{Recent, Stats, TaskFilter, TaskSummary, TemplateStats, DEFAULT_PAGE, MAX_PAGE};
-pub use workers::{live_handlers, WorkerInfo, WorkerRecord, WorkerState, MISSED_HEARTBEATS};
+pub use list::{
+    FailingTemplate, MinuteCounts, Recent, Stats, TaskFilter, TaskSummary, TemplateStats,
+    DEFAULT_PAGE, FAILING_TEMPLATES, MAX_PAGE,
+};
+pub use workers::{
+    live_handlers, Circuit, WorkerInfo, WorkerRecord, WorkerState, MISSED_HEARTBEATS,
+};
 
 pub use memory::MemoryStore;
 
@@ -169,7 +174,12 @@ pub trait Store: Send + Sync + 'static {
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError>;
 
     /// The worker is alive now; with `stopped`, it stopped cleanly.
-    async fn heartbeat(&self, worker: uuid::Uuid, stopped: bool) -> Result<(), StoreError>;
+    async fn heartbeat(
+        &self,
+        worker: uuid::Uuid,
+        stopped: bool,
+        circuits: &[Circuit],
+    ) -> Result<(), StoreError>;
 
     /// The workers seen since `since`, newest first, live ones first.
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError>;

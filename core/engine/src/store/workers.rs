@@ -33,6 +33,17 @@ pub struct WorkerRecord {
     /// When it stopped cleanly (null: running, or died).
     pub stopped_at: Option<DateTime<Utc>>,
     pub state: WorkerState,
+    /// Its circuit breakers that are not closed, as its last heartbeat told.
+    pub open_circuits: Vec<Circuit>,
+}
+
+/// A worker's circuit breaker that is not closed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Circuit {
+    pub handler: String,
+    /// `open` (its steps are refused) or `half_open` (a probe may run).
+    pub state: String,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -55,6 +66,7 @@ impl WorkerRecord {
         heartbeat_at: DateTime<Utc>,
         stopped_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
+        open_circuits: Vec<Circuit>,
     ) -> Self {
         let late =
             chrono::Duration::milliseconds((info.heartbeat_ms * MISSED_HEARTBEATS as u64) as i64);
@@ -70,6 +82,7 @@ impl WorkerRecord {
             heartbeat_at,
             stopped_at,
             state,
+            open_circuits,
         }
     }
 }
