@@ -72,7 +72,12 @@ pub enum TasksCommand {
         reason: Option<String>,
     },
     /// Cancels a task: its steps not started never run.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// Why: recorded in the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 pub(crate) fn client(api: &ApiArgs) -> Result<ApiClient> {
@@ -235,9 +240,10 @@ pub async fn tasks(api: &ApiArgs, command: TasksCommand) -> Result<bool> {
                 .await?;
             report(api, &done);
         }
-        TasksCommand::Cancel { id } => {
+        TasksCommand::Cancel { id, reason } => {
+            let body = json!({ "reason": reason });
             let done = c
-                .call("POST", &format!("/v1/tasks/{id}/cancel"), Some(&json!({})))
+                .call("POST", &format!("/v1/tasks/{id}/cancel"), Some(&body))
                 .await?;
             report(api, &done);
         }

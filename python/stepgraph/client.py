@@ -106,9 +106,10 @@ class Client:
         created = self.create_task(namespace, name, context, **kwargs)
         return self.wait(created["task_id"], timeout)
 
-    def cancel(self, task_id: str) -> dict:
-        """Cancels the task (its running steps finish, nothing new starts)."""
-        return self._request("POST", f"/v1/tasks/{_quote(task_id)}/cancel")
+    def cancel(self, task_id: str, reason: Optional[str] = None) -> dict:
+        """Cancels the task (its running steps finish, nothing new starts);
+        ``reason`` is kept in its audit trail."""
+        return self._request("POST", f"/v1/tasks/{_quote(task_id)}/cancel", {"reason": reason} if reason is not None else {})
 
     def list_tasks(
         self,

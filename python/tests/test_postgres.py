@@ -353,6 +353,10 @@ def test_client_finds_retries_and_resolves_tasks_and_lists_the_python_worker(dat
             with pytest.raises(stepgraph.ApiError) as e:
                 ops.retry(first["id"], step="check")
             assert e.value.status == 409
+            later = ops.create_task("e2e", "repairable", {"required_file": str(flag)}, delay=600)["task_id"]
+            assert ops.cancel(later, reason="not needed")["state"] == "cancelled"
+            cancelled = [t for t in ops.get_task(later)["transitions"]["task"] if t["to"] == "cancelled"]
+            assert cancelled[0]["metadata"] == {"action": "cancelled", "by": "ops", "reason": "not needed"}
 
             workers = reader.workers()
             python = [w for w in workers if w["language"] == "python"]

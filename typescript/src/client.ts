@@ -109,8 +109,9 @@ export class Client {
   }
 
   /** Cancels the task (its running steps finish, nothing new starts). */
-  cancel(taskId: string): Promise<any> {
-    return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}/cancel`);
+  cancel(taskId: string, options: { reason?: string } = {}): Promise<any> {
+    const body = options.reason === undefined ? {} : { reason: options.reason };
+    return this.#request("POST", `/v1/tasks/${encodeURIComponent(taskId)}/cancel`, body);
   }
 
   /** Finds tasks, newest first: `{tasks, next_cursor}` (next_cursor null on the last page). */

@@ -191,7 +191,13 @@ impl Engine {
     pub async fn cancel(&self, task_id: TaskId) -> Result<TaskState, EngineError> {
         Ok(self
             .orchestrator
-            .cancel(task_id, "cancelled by request")
+            .cancel(
+                task_id,
+                &stepgraph_engine::repair::Requested {
+                    by: "engine".into(),
+                    reason: "cancelled by request".into(),
+                },
+            )
             .await?)
     }
 

@@ -452,8 +452,9 @@ pub fn task_result(graph: &TaskGraph) -> Value {
     }
 }
 
-/// Cancels the task and every step that has not started.
-pub fn cancel(txn: &mut TaskTxn, reason: &str) -> Result<(), IllegalTransition> {
+/// Cancels the task and every step that has not started; `metadata` is
+/// each audit row's (who asked and why).
+pub fn cancel(txn: &mut TaskTxn, metadata: &Value) -> Result<(), IllegalTransition> {
     if txn.task().state.is_terminal() {
         return Ok(());
     }
@@ -466,9 +467,9 @@ pub fn cancel(txn: &mut TaskTxn, reason: &str) -> Result<(), IllegalTransition> 
         })
         .collect();
     for i in pending {
-        txn.step_to(i, StepState::Cancelled, json!({ "reason": reason }), |_| {})?;
+        txn.step_to(i, StepState::Cancelled, metadata.clone(), |_| {})?;
     }
-    txn.task_to(TaskState::Cancelled, json!({ "reason": reason }))?;
+    txn.task_to(TaskState::Cancelled, metadata.clone())?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stepgraph_engine::repair::Requested;
 use stepgraph_engine::store::live_handlers;
 use stepgraph_engine::template::StepType;
 use stepgraph_engine::{
@@ -289,11 +290,10 @@ pub(crate) async fn cancel_task(
 ) -> Result<Json<StateChange>, ApiError> {
     let task_id = task_id(&id)?;
     let body: CancelBody = optional_body(&raw)?;
-    let by = caller.map_or_else(|| "anonymous".into(), |Extension(c)| c.name);
-    let reason = match body.reason.filter(|r| !r.trim().is_empty()) {
-        Some(why) => format!("cancelled through the API by {by}: {why}"),
-        None => format!("cancelled through the API by {by}"),
+    let requested = Requested {
+        by: caller.map_or_else(|| "anonymous".into(), |Extension(c)| c.name),
+        reason: body.reason.unwrap_or_default(),
     };
-    let state = s.orchestrator.cancel(task_id, &reason).await?;
+    let state = s.orchestrator.cancel(task_id, &requested).await?;
     Ok(Json(StateChange { task_id, state }))
 }

@@ -68,8 +68,8 @@ module Stepgraph
       wait(create_task(namespace, name, context, **options).fetch("task_id"), timeout: timeout)
     end
 
-    def cancel(task_id)
-      request(:post, "/v1/tasks/#{escape(task_id)}/cancel")
+    def cancel(task_id, reason: nil)
+      request(:post, "/v1/tasks/#{escape(task_id)}/cancel", { reason: reason }.compact)
     end
 
     # Finds tasks, newest first: {"tasks" => [...], "next_cursor" => ...}.

@@ -186,12 +186,15 @@ impl Orchestrator {
         })
     }
 
-    /// Cancels a task: steps not yet started never run. Returns its new state.
+    /// Cancels a task: steps not yet started never run. Its audit rows say
+    /// who asked and why, as a repair's do. Returns its new state.
     pub async fn cancel(
         &self,
         task_id: TaskId,
-        reason: &str,
+        requested: &crate::repair::Requested,
     ) -> Result<TaskState, OrchestratorError> {
+        let metadata =
+            json!({ "action": "cancelled", "by": requested.by, "reason": requested.reason });
         for _ in 0..=self.config.conflict_retries {
             let mut txn = TaskTxn::open(self.store.as_ref(), task_id).await?;
             // Cancelling twice is no error; cancelling what finished is.
@@ -206,7 +209,7 @@ impl Orchestrator {
                 }
                 _ => {}
             }
-            evaluate::cancel(&mut txn, reason)?;
+            evaluate::cancel(&mut txn, &metadata)?;
             let state = txn.task().state;
             match self.finish(txn, Outbox::default(), Vec::new()).await {
                 Err(OrchestratorError::Store(StoreError::Conflict(_))) => continue,
