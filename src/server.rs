@@ -102,7 +102,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
         max_connections: config.http_max_connections,
     };
     let state = state.with_shutdown(shutdown.clone());
-    let app = api::router(state);
+    let app = api::router(state.clone()).merge(stepgraph_dashboard::router(state));
     api::serve(listener, app, shutdown, limits).await?;
     if let Some(engine) = engine {
         engine.shutdown().await;
