@@ -66,7 +66,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
                 store.clone(),
                 queue.clone(),
                 Arc::new(templates),
-                config.orchestrator(),
+                config.serving_orchestrator(),
             ));
             // The templates' schedules are listed from the first request on.
             orchestrator.sync_template_schedules().await?;
@@ -84,7 +84,7 @@ pub async fn serve(config: &Settings) -> Result<()> {
                 templates,
                 examples::registry().with_breakers(config.breakers()),
                 EngineConfig {
-                    orchestrator: config.orchestrator(),
+                    orchestrator: config.serving_orchestrator(),
                     worker: config.worker(),
                     ..Default::default()
                 },

@@ -177,6 +177,36 @@ fn batch_and_convergence_structure_is_checked() {
 }
 
 #[test]
+fn a_retention_is_a_time_or_forever_and_nonsense_names_its_line() {
+    use stepgraph_engine::retention::{Keep, Retention};
+    let steps = "steps:\n  - name: a\n    handler: { callable: x }\n";
+    let yaml = format!(
+        "namespace: t\nname: kept\nversion: \"1\"\nretention: 2h\nfailed_retention: forever\n{steps}"
+    );
+    let t = TaskTemplate::from_yaml(&yaml, "kept.yaml").unwrap();
+    assert_eq!(
+        t.own_retention(),
+        (
+            Some(Keep::For(std::time::Duration::from_secs(7200))),
+            Some(Keep::Forever)
+        )
+    );
+    let mut reg = TemplateRegistry::new();
+    reg.register(t).unwrap();
+    let expiry = reg.expiry(Retention::default(), false);
+    let own = expiry.of("t", "kept", "1");
+    assert_eq!(own.failed, Keep::Forever);
+    assert_eq!(expiry.of("t", "other", "1"), Retention::default());
+
+    let e = errors(&format!(
+        "namespace: t\nname: bad\nversion: \"1\"\nretention: soon\n{steps}"
+    ));
+    let msg = e.to_string();
+    assert!(msg.starts_with("bad.yaml:4: retention: "), "{msg}");
+    assert!(msg.contains("\"soon\"") && msg.contains("forever"), "{msg}");
+}
+
+#[test]
 fn unknown_step_type_and_bad_yaml_name_the_line() {
     let e = errors(&template(
         "  - name: a\n    type: sometimes\n    handler: { callable: x }\n",

@@ -213,6 +213,11 @@ impl TestEnv {
         Process::worker(&self.db, self.templates.path(), env)
     }
 
+    /// This test's templates directory.
+    pub fn templates(&self) -> &std::path::Path {
+        self.templates.path()
+    }
+
     /// Adds a template (as `file`) to this test's templates.
     pub fn add_template(&self, file: &str, yaml: &str) {
         std::fs::write(self.templates.path().join(file), yaml).unwrap();

@@ -8,6 +8,8 @@ use crate::transport::Transport;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use stepgraph_engine::retention::{Keep, Retention};
+use stepgraph_engine::RetentionConfig;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
@@ -66,6 +68,38 @@ pub struct Settings {
     pub max_deliveries: u32,
     pub orchestrator: OrchestratorSection,
     pub worker: WorkerSection,
+    /// `serve`: what is kept of ended tasks (see `stepgraph_engine::retention`).
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: how long `serve` keeps ended tasks before it removes them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Tasks that ended but in Error, unless their template says
+    /// otherwise: a time (`"30d"`) or `"forever"` (`STEPGRAPH_RETENTION`).
+    pub ended: Keep,
+    /// Tasks that ended in Error (`STEPGRAPH_FAILED_RETENTION`).
+    pub failed: Keep,
+    /// Copy each task to `sg_archived_tasks` before removing it.
+    pub archive: bool,
+    /// How often `serve` looks for expired tasks.
+    pub every_ms: u64,
+    /// Tasks removed per transaction.
+    pub batch: i64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = RetentionConfig::default();
+        RetentionSection {
+            ended: d.default.ended,
+            failed: d.default.failed,
+            archive: d.archive,
+            every_ms: d.every.as_millis() as u64,
+            batch: d.batch,
+        }
+    }
 }
 
 /// One API token as configured: its name, scope (read, write, admin) and
@@ -145,6 +179,7 @@ impl Default for Settings {
             max_deliveries: stepgraph_engine::queue::poison::DEFAULT_MAX_DELIVERIES,
             orchestrator: OrchestratorSection::default(),
             worker: WorkerSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -190,6 +225,15 @@ fn env_num<T: std::str::FromStr>(name: &str, into: &mut T) -> Result<()> {
         *into = v.parse().map_err(|_| {
             SettingsError::Invalid(format!("STEPGRAPH_{name} is not a number: {v:?}"))
         })?;
+    }
+    Ok(())
+}
+
+fn env_keep(name: &str, into: &mut Keep) -> Result<()> {
+    if let Some(v) = env(name) {
+        *into = v
+            .parse()
+            .map_err(|e| SettingsError::Invalid(format!("STEPGRAPH_{name}: {e}")))?;
     }
     Ok(())
 }
@@ -329,6 +373,17 @@ impl Settings {
             &mut c.worker.breaker_cool_down_ms,
         )?;
         env_num("WORKER_HEARTBEAT_MS", &mut c.worker.heartbeat_ms)?;
+        env_keep("RETENTION", &mut c.retention.ended)?;
+        env_keep("FAILED_RETENTION", &mut c.retention.failed)?;
+        env_bool("RETENTION_ARCHIVE", &mut c.retention.archive)?;
+        env_num("RETENTION_EVERY_MS", &mut c.retention.every_ms)?;
+        env_num("RETENTION_BATCH", &mut c.retention.batch)?;
+        if c.retention.batch < 1 || c.retention.every_ms < 1 {
+            return Err(SettingsError::Invalid(format!(
+                "retention.batch and retention.every_ms (STEPGRAPH_RETENTION_BATCH, STEPGRAPH_RETENTION_EVERY_MS) must be at least 1, not {} and {}",
+                c.retention.batch, c.retention.every_ms
+            )));
+        }
         if let Some(v) = env("WORKER_METRICS_LISTEN") {
             c.worker.metrics_listen = Some(v);
         }
@@ -385,6 +440,24 @@ impl Settings {
             handler_wait_timeout: (self.orchestrator.handler_wait_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.orchestrator.handler_wait_timeout_ms)),
             ..Default::default()
+        }
+    }
+
+    /// `serve`'s orchestrator: [`Self::orchestrator`] that also removes
+    /// expired tasks.
+    pub fn serving_orchestrator(&self) -> stepgraph_engine::OrchestratorConfig {
+        let r = &self.retention;
+        stepgraph_engine::OrchestratorConfig {
+            retention: Some(RetentionConfig {
+                default: Retention {
+                    ended: r.ended,
+                    failed: r.failed,
+                },
+                archive: r.archive,
+                every: Duration::from_millis(r.every_ms),
+                batch: r.batch,
+            }),
+            ..self.orchestrator()
         }
     }
 

@@ -12,6 +12,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod queue;
 pub mod repair;
+pub mod retention;
 pub mod schedule;
 pub mod shutdown;
 pub mod state;
@@ -22,8 +23,8 @@ pub mod txn;
 
 pub use model::*;
 pub use orchestrator::{
-    Claimed, Eager, Orchestrated, Orchestrator, OrchestratorConfig, OrchestratorError, TaskCreated,
-    TaskRequest,
+    Claimed, Eager, Orchestrated, Orchestrator, OrchestratorConfig, OrchestratorError,
+    RetentionConfig, TaskCreated, TaskRequest,
 };
 pub use queue::{MemoryQueue, Queue, QueueError};
 pub use shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};

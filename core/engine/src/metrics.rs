@@ -159,6 +159,14 @@ pub fn dead_lettered(queue: &str) {
     *DEAD_LETTERS.lock().entry(queue.to_string()).or_default() += 1;
 }
 
+/// Ended tasks removed by retention in this process.
+static EXPIRED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `n` ended tasks were removed by retention.
+pub fn expired(n: u64) {
+    EXPIRED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Handler execution time as the worker measured it, by template and handler.
@@ -250,6 +258,12 @@ impl Metrics {
         for (queue, n) in DEAD_LETTERS.lock().iter() {
             let _ = writeln!(out, "{name}{{queue=\"{}\"}} {n}", escape(queue));
         }
+        let name = "stepgraph_tasks_expired_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Ended tasks removed by retention in this process.\n# TYPE {name} counter\n{name} {}",
+            EXPIRED.load(std::sync::atomic::Ordering::Relaxed)
+        );
         let counts = self.counts.lock();
         for (name, help) in FAMILIES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

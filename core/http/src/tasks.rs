@@ -17,7 +17,8 @@ use stepgraph_engine::repair::Requested;
 use stepgraph_engine::store::live_handlers;
 use stepgraph_engine::template::StepType;
 use stepgraph_engine::{
-    Step, StepError, StepState, Task, TaskCreated, TaskGraph, TaskRequest, TaskState, Transitions,
+    OrchestratorError, Step, StepError, StepState, StoreError, Task, TaskCreated, TaskGraph,
+    TaskRequest, TaskState, Transitions,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -195,7 +196,7 @@ impl TaskView {
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
         (status = 200, description = "The task, its steps and its audit trail", body = TaskView),
-        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 404, description = "No such task, or removed by retention (the error says which)", body = ErrorBody),
     ),
 )]
 pub(crate) async fn get_task(
@@ -207,8 +208,23 @@ pub(crate) async fn get_task(
 
 /// The task as `GET /v1/tasks/{id}` shows it.
 pub async fn view(s: &ApiState, id: Uuid) -> Result<TaskView, ApiError> {
-    let graph = s.store.graph_and_transitions(id).await?;
+    let graph = match s.store.graph_and_transitions(id).await {
+        Ok(graph) => graph,
+        Err(e) => return Err(missing(s, e).await),
+    };
     TaskView::new(s, graph).await
+}
+
+/// A task that is not found is a 404 that says why when it can: removed
+/// by retention (archived, or older than retention keeps anything), or not
+/// found at all. Other errors as they are.
+pub(crate) async fn missing(s: &ApiState, e: StoreError) -> ApiError {
+    match e {
+        StoreError::TaskNotFound(id) => {
+            ApiError(StatusCode::NOT_FOUND, s.orchestrator.why_missing(id).await)
+        }
+        e => e.into(),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -228,7 +244,7 @@ pub(crate) struct WaitQuery {
     params(("id" = Uuid, Path, description = "The task's id"), WaitQuery),
     responses(
         (status = 200, description = "The task (ended, or as it was when the wait ran out)", body = TaskView),
-        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 404, description = "No such task, or removed by retention (the error says which)", body = ErrorBody),
     ),
 )]
 pub(crate) async fn wait_task(
@@ -249,7 +265,10 @@ pub(crate) async fn wait_task(
     let id = task_id(&id)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
     let _waiting = Waiting::new(&s.waiting);
-    let view = s.store.wait_terminal_view(id, timeout).await?;
+    let view = match s.store.wait_terminal_view(id, timeout).await {
+        Ok(view) => view,
+        Err(e) => return Err(missing(&s, e).await),
+    };
     Ok(Json(TaskView::new(&s, view).await?))
 }
 
@@ -278,7 +297,7 @@ pub(crate) struct CancelBody {
     responses(
         (status = 200, description = "Cancelled (or already ended: its state)", body = StateChange),
         (status = 400, description = "A malformed body or an unknown field (named)", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 404, description = "No such task, or removed by retention (the error says which)", body = ErrorBody),
         (status = 409, description = "A concurrent change won; retry", body = ErrorBody),
     ),
 )]
@@ -294,6 +313,10 @@ pub(crate) async fn cancel_task(
         by: caller.map_or_else(|| "anonymous".into(), |Extension(c)| c.name),
         reason: body.reason.unwrap_or_default(),
     };
-    let state = s.orchestrator.cancel(task_id, &requested).await?;
+    let state = match s.orchestrator.cancel(task_id, &requested).await {
+        Ok(state) => state,
+        Err(OrchestratorError::Store(e)) => return Err(missing(&s, e).await),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(StateChange { task_id, state }))
 }

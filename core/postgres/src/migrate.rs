@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("../migrations/0013_scheduling.sql")),
     (14, include_str!("../migrations/0014_trace.sql")),
     (15, include_str!("../migrations/0015_dashboard.sql")),
+    (16, include_str!("../migrations/0016_retention.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

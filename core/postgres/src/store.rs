@@ -14,6 +14,7 @@ use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::queue::Outbox;
+use stepgraph_engine::retention::Expiry;
 use stepgraph_engine::schedule::Schedule;
 use stepgraph_engine::store::{
     Circuit, Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter,
@@ -492,6 +493,14 @@ impl Store for PgStore {
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerRecord>, StoreError> {
         self.read_workers(since).await
+    }
+
+    async fn expire(&self, expiry: &Expiry, limit: i64) -> Result<u64, StoreError> {
+        self.remove_expired(expiry, limit).await
+    }
+
+    async fn archived(&self, task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.archived_at(task_id).await
     }
 
     async fn due_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskId>, StoreError> {

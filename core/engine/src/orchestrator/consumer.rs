@@ -21,7 +21,8 @@ impl Orchestrator {
     /// Consumes the orchestration queue until shutdown, then lets the
     /// results being processed finish. With `resend_stranded_after`, also
     /// re-sends what a crash between a commit and its send left stranded.
-    /// Runs the scheduler (delayed tasks, cron schedules) meanwhile.
+    /// Runs the scheduler (delayed tasks, cron schedules) and, with
+    /// `retention`, the removal of expired tasks meanwhile.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let scheduler = {
             let this = self.clone();
@@ -37,6 +38,11 @@ impl Orchestrator {
             let this = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move { this.handler_wait(after, shutdown).await })
+        });
+        let retention = self.config.retention.map(|r| {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.retain(r.every, shutdown).await })
         });
         let size = self.config.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(size));
@@ -55,7 +61,7 @@ impl Orchestrator {
         )
         .await;
         let _ = slots.acquire_many(size as u32).await;
-        for task in sweeper.into_iter().chain(unserved) {
+        for task in sweeper.into_iter().chain(unserved).chain(retention) {
             let _ = task.await;
         }
         let _ = scheduler.await;

@@ -10,6 +10,7 @@ mod dispatch;
 mod log;
 mod repair;
 mod results;
+mod retention;
 mod schedule;
 mod spans;
 mod sweep;
@@ -202,6 +203,33 @@ pub struct OrchestratorConfig {
     /// A step Enqueued this long whose handler no live worker serves fails
     /// (`handler_unavailable`); none: it waits for one however long.
     pub handler_wait_timeout: Option<Duration>,
+    /// What ended tasks are kept, and how often the rest is removed; none:
+    /// everything is kept.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// See [`OrchestratorConfig::retention`] and [`crate::retention`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetentionConfig {
+    /// For tasks of templates without a retention of their own.
+    pub default: crate::retention::Retention,
+    /// Copy each task (steps and audit trail included) to the archive before removing it.
+    pub archive: bool,
+    /// How often to look for expired tasks.
+    pub every: Duration,
+    /// Tasks removed per transaction: small enough that no lock is held for long.
+    pub batch: i64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            default: Default::default(),
+            archive: false,
+            every: Duration::from_secs(60),
+            batch: 500,
+        }
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -215,6 +243,7 @@ impl Default for OrchestratorConfig {
             max_deliveries: crate::queue::poison::DEFAULT_MAX_DELIVERIES,
             schedule_poll: Duration::from_secs(1),
             handler_wait_timeout: None,
+            retention: None,
         }
     }
 }

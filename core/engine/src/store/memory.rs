@@ -7,6 +7,7 @@ use super::{
 };
 use crate::model::*;
 use crate::queue::Outbox;
+use crate::retention::Expiry;
 use crate::schedule::Schedule;
 use crate::state::{StepState, TaskState};
 use async_trait::async_trait;
@@ -27,9 +28,11 @@ pub struct MemoryStore {
 pub(super) struct Inner {
     pub(super) tasks: HashMap<TaskId, TaskEntry>,
     pub(super) workers: HashMap<uuid::Uuid, Registered>,
-    step_index: HashMap<StepId, (TaskId, usize)>,
-    idempotency: HashMap<String, TaskId>,
+    pub(super) step_index: HashMap<StepId, (TaskId, usize)>,
+    pub(super) idempotency: HashMap<String, TaskId>,
     schedules: super::memory_schedules::Schedules,
+    /// Tasks removed by retention with `archive` set, and when.
+    pub(super) archived: HashMap<TaskId, DateTime<Utc>>,
 }
 
 /// A registered worker: what it said, its last heartbeat, when it stopped.
@@ -503,5 +506,13 @@ impl Store for MemoryStore {
 
     async fn stats(&self, since: DateTime<Utc>) -> Result<Stats, StoreError> {
         Ok(self.inner.lock().stats(since))
+    }
+
+    async fn expire(&self, expiry: &Expiry, limit: i64) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().expire(expiry, Utc::now(), limit))
+    }
+
+    async fn archived(&self, task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.inner.lock().archived.get(&task_id).copied())
     }
 }

@@ -4,6 +4,7 @@
 
 mod list;
 mod memory;
+mod memory_retention;
 mod memory_schedules;
 mod memory_views;
 mod workers;
@@ -20,6 +21,7 @@ pub use memory::MemoryStore;
 
 use crate::model::*;
 use crate::queue::Outbox;
+use crate::retention::Expiry;
 use crate::schedule::Schedule;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -248,6 +250,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a schedule; false when there was none.
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Removes (with `expiry.archive`, archives first) at most `limit` ended
+    /// tasks that have outlived their retention, oldest first, with their
+    /// steps, edges and audit trails; how many. Several processes may call
+    /// it at once: one removes, the others find nothing to do.
+    async fn expire(&self, expiry: &Expiry, limit: i64) -> Result<u64, StoreError>;
+
+    /// When the task was removed by retention, if it was archived then.
+    async fn archived(&self, _task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(None)
+    }
 
     /// Ends the leases that [`Self::stranded`] took, once the steps'
     /// messages are sent (the queue redelivers them from now on); a lease a

@@ -31,6 +31,9 @@ pub enum TemplateErrorKind {
     Io(String),
     #[error("schedules[{index}]: {message}")]
     Schedule { index: usize, message: String },
+    /// `key` is `retention` or `failed_retention`.
+    #[error("{key}: {message}")]
+    Retention { key: &'static str, message: String },
     #[error("invalid YAML: {0}")]
     Parse(String),
     #[error("`{0}` must not be empty")]

@@ -11,6 +11,7 @@ mod validate;
 pub use error::{TemplateError, TemplateErrorKind, TemplateErrors};
 pub use registry::TemplateRegistry;
 
+use crate::retention::Keep;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -184,6 +185,13 @@ pub struct TaskTemplate {
     /// Cron schedules that create this template's tasks (see `schedule`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<TemplateSchedule>,
+    /// How long its tasks are kept once they end (but in Error); the
+    /// process's default when absent. See [`crate::retention`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// How long its tasks that ended in Error are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_retention: Option<String>,
     #[serde(skip)]
     compiled: Option<Arc<jsonschema::Validator>>,
     #[serde(skip)]
@@ -205,6 +213,13 @@ impl fmt::Debug for TaskTemplate {
 }
 
 impl TaskTemplate {
+    /// Its own `retention` and `failed_retention` (checked when it was
+    /// validated), each None where it follows the default.
+    pub fn own_retention(&self) -> (Option<Keep>, Option<Keep>) {
+        let keep = |text: &Option<String>| text.as_deref().and_then(|t| t.parse().ok());
+        (keep(&self.retention), keep(&self.failed_retention))
+    }
+
     /// Steps in an order where every dependency comes before its dependents.
     pub fn steps_in_order(&self) -> impl Iterator<Item = &StepTemplate> {
         self.topo.iter().map(|&i| &self.steps[i])

@@ -51,6 +51,8 @@ impl TaskTemplate {
             input_schema: None,
             steps,
             schedules: Vec::new(),
+            retention: None,
+            failed_retention: None,
             compiled: None,
             index: HashMap::new(),
             topo: Vec::new(),
@@ -89,6 +91,12 @@ impl TaskTemplate {
                             (TemplateErrorKind::Schedule { index, .. }, Some(t)) => {
                                 schedule_line(t, *index)
                             }
+                            (TemplateErrorKind::Retention { key, .. }, Some(t)) => t
+                                .lines()
+                                .position(|l| {
+                                    l.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+                                })
+                                .map(|i| i + 1),
                             _ => step.as_deref().and_then(|s| {
                                 text.and_then(|t| {
                                     step_line(t, s, kind == TemplateErrorKind::DuplicateStep)

@@ -2,6 +2,7 @@
 //! version by default, numerically ordered).
 
 use super::{TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors};
+use crate::retention::{Expiry, Retention, TemplateRetention};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -150,6 +151,32 @@ impl TemplateRegistry {
         queues.sort();
         queues.dedup();
         queues
+    }
+
+    /// What expires: `default` for every task, but those of the template
+    /// versions that set a retention of their own.
+    pub fn expiry(&self, default: Retention, archive: bool) -> Expiry {
+        let templates = self
+            .all()
+            .iter()
+            .filter_map(|t| {
+                let (ended, failed) = t.own_retention();
+                (ended.is_some() || failed.is_some()).then(|| TemplateRetention {
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                    keep: Retention {
+                        ended: ended.unwrap_or(default.ended),
+                        failed: failed.unwrap_or(default.failed),
+                    },
+                })
+            })
+            .collect();
+        Expiry {
+            default,
+            templates,
+            archive,
+        }
     }
 
     pub fn namespaces(&self) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! are reported together; cycles are named step by step.
 
 use super::{Backoff, StepTemplate, StepType, TaskTemplate, TemplateErrorKind};
+use crate::retention::Keep;
 use std::collections::{HashMap, HashSet};
 
 pub(super) type Problem = (Option<String>, TemplateErrorKind);
@@ -30,6 +31,14 @@ pub(super) fn validate(t: &TaskTemplate) -> Vec<Problem> {
                     message: e.to_string(),
                 },
             ));
+        }
+    }
+    for (key, text) in [
+        ("retention", &t.retention),
+        ("failed_retention", &t.failed_retention),
+    ] {
+        if let Some(Err(message)) = text.as_deref().map(str::parse::<Keep>) {
+            out.push((None, K::Retention { key, message }));
         }
     }
     if t.steps.is_empty() {
@@ -247,6 +256,8 @@ mod tests {
             input_schema: None,
             steps,
             schedules: Vec::new(),
+            retention: None,
+            failed_retention: None,
             compiled: None,
             index: HashMap::new(),
             topo: Vec::new(),

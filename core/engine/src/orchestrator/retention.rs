@@ -1,0 +1,99 @@
+//! Retention: ended tasks that outlived what their template (or the
+//! default) keeps are removed, a batch per transaction with a pause between
+//! batches so that live work keeps the database. See [`crate::retention`].
+
+use super::{Orchestrator, OrchestratorError};
+use crate::model::TaskId;
+use crate::retention::{Expiry, Keep};
+use crate::shutdown::Shutdown;
+use std::time::Duration;
+
+const BATCH_PAUSE: Duration = Duration::from_millis(50);
+
+impl Orchestrator {
+    /// What expires, or None when retention is off.
+    pub fn expiry(&self) -> Option<Expiry> {
+        let c = self.config.retention?;
+        Some(self.templates.expiry(c.default, c.archive))
+    }
+
+    /// Removes every expired task, a batch at a time, until none is left
+    /// (or `shutdown`); how many. Another process doing it at the same time
+    /// makes this one find nothing.
+    pub async fn expire(&self, shutdown: Option<&Shutdown>) -> Result<u64, OrchestratorError> {
+        let (Some(config), Some(expiry)) = (self.config.retention, self.expiry()) else {
+            return Ok(0);
+        };
+        if expiry.keeps_everything() {
+            return Ok(0);
+        }
+        let batch = config.batch.max(1);
+        let mut total = 0;
+        loop {
+            let removed = self.store.expire(&expiry, batch).await?;
+            crate::metrics::expired(removed);
+            total += removed;
+            if removed < batch as u64 || shutdown.is_some_and(Shutdown::is_triggered) {
+                break;
+            }
+            tokio::time::sleep(BATCH_PAUSE).await;
+        }
+        if total > 0 {
+            tracing::info!(tasks = total, "removed ended tasks past their retention");
+        }
+        Ok(total)
+    }
+
+    /// Every `retention.every`, [`Self::expire`].
+    pub(super) async fn retain(&self, every: Duration, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.expire(Some(&shutdown)).await {
+                tracing::warn!(error = %e, "removing expired tasks failed; will try again");
+            }
+        }
+    }
+
+    /// Why a task is not found, for an answer that tells a task removed by
+    /// retention from one that never was: archived (and when), or created
+    /// before the shortest retention could have removed it (task ids are
+    /// UUIDv7s, which carry their creation time).
+    pub async fn why_missing(&self, task_id: TaskId) -> String {
+        if let Ok(Some(at)) = self.store.archived(task_id).await {
+            return format!(
+                "task {task_id} is gone: removed by retention at {}; its record is in the archive",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+        let shortest = self.expiry().and_then(|e| {
+            std::iter::once(e.default)
+                .chain(e.templates.iter().map(|t| t.keep))
+                .flat_map(|r| [r.ended, r.failed])
+                .filter_map(|k| match k {
+                    Keep::For(d) => Some(d),
+                    Keep::Forever => None,
+                })
+                .min()
+        });
+        let created = task_id.get_timestamp().map(|t| {
+            let (secs, nanos) = t.to_unix();
+            std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+        });
+        match (shortest, created) {
+            (Some(keep), Some(created)) if created.elapsed().is_ok_and(|age| age > keep) => {
+                format!(
+                    "task {task_id} is gone: it was created {} ago, and ended tasks are kept for {} \
+                     or longer, so retention has removed it (or it never existed)",
+                    humantime::format_duration(Duration::from_secs(
+                        created.elapsed().map_or(0, |a| a.as_secs())
+                    )),
+                    Keep::For(keep)
+                )
+            }
+            _ => format!("task {task_id} not found"),
+        }
+    }
+}
