@@ -22,6 +22,8 @@ pub struct Scenario {
 
 mod cpu;
 mod floor;
+mod history;
+pub mod soak;
 mod table;
 
 use table::{print_table, FLOOR_RUNS};
@@ -189,6 +191,9 @@ pub struct Options<'a> {
     /// Steps a commit makes ready run at once in this process (see
     /// `stepgraph_engine::Eager`); off: every step through the queue.
     pub eager_dispatch: bool,
+    /// With a database URL: first fill it (once) with this many ended
+    /// tasks' history (see `history`).
+    pub history: usize,
 }
 
 /// One engine's figures: per scenario its sorted latencies, DB statements
@@ -262,6 +267,16 @@ pub async fn run(o: Options<'_>) -> Result<()> {
     } else {
         "every step through RabbitMQ"
     };
+    if o.history > 0 {
+        let pg = PgBackend::connect(url, 2).await?;
+        pg.migrate().await?;
+        let held = history::fill(pg.pool(), o.history).await?;
+        let size: String =
+            sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))")
+                .fetch_one(pg.pool())
+                .await?;
+        println!("history: {held} tasks in the database ({size})");
+    }
     let floor = floor::durable_commit(url, FLOOR_RUNS).await?;
     // RabbitMQ's figures come with the PostgreSQL queue's beside them,
     // measured first the same way on the same database.

@@ -116,6 +116,19 @@ impl PgStore {
         Ok(removed as u64)
     }
 
+    /// VACUUM of the tables whose rows the engine deletes: their space is
+    /// reused from now on, autovacuum or not. It blocks no reader or writer
+    /// (SHARE UPDATE EXCLUSIVE), and SKIP_LOCKED passes over a table that
+    /// another VACUUM holds.
+    pub(crate) async fn vacuum(&self) -> Result<(), StoreError> {
+        retrying!(self, pool => sqlx::raw_sql(
+            "VACUUM (SKIP_LOCKED) sg_tasks, sg_steps, sg_edges, sg_task_transitions, sg_step_transitions, sg_queue"
+        )
+        .execute(pool))
+        .map_err(backend_error)?;
+        Ok(())
+    }
+
     pub(crate) async fn archived_at(
         &self,
         task_id: TaskId,

@@ -499,6 +499,10 @@ impl Store for PgStore {
         self.remove_expired(expiry, limit).await
     }
 
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        self.vacuum().await
+    }
+
     async fn archived(&self, task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.archived_at(task_id).await
     }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
+/// Space is reclaimed after a pass that removed something, at most this often.
+const RECLAIM_EVERY: Duration = Duration::from_secs(60);
+
 impl Orchestrator {
     /// What expires, or None when retention is off.
     pub fn expiry(&self) -> Option<Expiry> {
@@ -45,14 +48,30 @@ impl Orchestrator {
     }
 
     /// Every `retention.every`, [`Self::expire`].
+    /// Every `retention.every`, [`Self::expire`]; then, when it removed
+    /// something, [`crate::Store::reclaim`] (at most once a minute), so that
+    /// the space is reused and the database stays the same size whether or
+    /// not the server vacuums by itself.
     pub(super) async fn retain(&self, every: Duration, mut shutdown: Shutdown) {
+        let mut removed = 0;
+        let mut reclaimed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = self.expire(Some(&shutdown)).await {
-                tracing::warn!(error = %e, "removing expired tasks failed; will try again");
+            match self.expire(Some(&shutdown)).await {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing expired tasks failed; will try again")
+                }
+            }
+            if removed > 0 && reclaimed.elapsed() >= RECLAIM_EVERY {
+                reclaimed = tokio::time::Instant::now();
+                removed = 0;
+                if let Err(e) = self.store.reclaim().await {
+                    tracing::warn!(error = %e, "reclaiming the space of removed tasks failed");
+                }
             }
         }
     }

@@ -257,6 +257,12 @@ pub trait Store: Send + Sync + 'static {
     /// it at once: one removes, the others find nothing to do.
     async fn expire(&self, expiry: &Expiry, limit: i64) -> Result<u64, StoreError>;
 
+    /// Makes the space of removed rows (expired tasks, acknowledged
+    /// messages) reusable now rather than when the backend gets to it.
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// When the task was removed by retention, if it was archived then.
     async fn archived(&self, _task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(None)
