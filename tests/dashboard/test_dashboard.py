@@ -10,7 +10,10 @@ import hashlib
 import os
 import pathlib
 import re
+import secrets
 import subprocess
+import time
+import uuid
 
 import pytest
 import stepgraph
@@ -102,6 +105,13 @@ def login(page, base, who):
     page.click("button[type=submit]")
     expect(page).to_have_url(base + "/tasks")
     expect(page.locator("#who")).to_contain_text(f"{who} ({TOKENS[who][0]})")
+
+
+def uuid_v7(days_ago):
+    """A task id as the engine makes them (UUIDv7), of a time `days_ago` days back."""
+    ms = int((time.time() - days_ago * 86400) * 1000)
+    tail = secrets.token_hex(9)
+    return str(uuid.UUID(f"{ms:012x}7{tail[:3]}8{tail[3:18]}"))
 
 
 def shot(page, name):
@@ -257,6 +267,13 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         expect(page.locator(".dag .node")).to_have_count(2)
         expect(page.locator("pre.json")).to_contain_text("required_file")
         shot(page, "template")
+
+        # A task created 120 days ago is past every default retention:
+        # its page says it is gone and why, not that something failed.
+        ready(page, f"/tasks/{uuid_v7(days_ago=120)}")
+        expect(page.locator("[data-test=gone]")).to_contain_text("is gone")
+        expect(page.locator("[data-test=gone]")).to_contain_text("retention")
+        shot(page, "task-gone")
 
     assert not foreign, f"the dashboard fetched from elsewhere: {foreign}"
     assert not errors, errors

@@ -49,10 +49,35 @@ impl FromStr for Keep {
     }
 }
 
+/// A time as a setting is written: the largest whole unit (`30d`, `12h`,
+/// `90m`, `45s`), seconds' fractions left out.
+pub fn short(d: Duration) -> String {
+    let secs = d.as_secs();
+    match [(86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(unit, _)| secs >= *unit && secs % unit == 0)
+    {
+        Some((unit, name)) => format!("{}{name}", secs / unit),
+        None => format!("{secs}s"),
+    }
+}
+
+/// An age as a person reads it: in days from two days on, else hours,
+/// else minutes, else seconds.
+pub fn age(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{} hours", s / 3_600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
 impl fmt::Display for Keep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Keep::For(d) => write!(f, "{}", humantime::format_duration(*d)),
+            Keep::For(d) => f.write_str(&short(*d)),
             Keep::Forever => f.write_str("forever"),
         }
     }
@@ -122,11 +147,16 @@ impl Expiry {
             .map_or(self.default, |t| t.keep)
     }
 
-    /// Whether nothing ever expires.
-    pub fn keeps_everything(&self) -> bool {
+    /// The shortest time any ended task is kept; None when nothing ever expires.
+    pub fn shortest(&self) -> Option<Duration> {
         std::iter::once(&self.default)
             .chain(self.templates.iter().map(|t| &t.keep))
-            .all(|r| r.ended == Keep::Forever && r.failed == Keep::Forever)
+            .flat_map(|r| [r.ended, r.failed])
+            .filter_map(|k| match k {
+                Keep::For(d) => Some(d),
+                Keep::Forever => None,
+            })
+            .min()
     }
 }
 
@@ -145,7 +175,11 @@ mod tests {
             Ok(Keep::For(Duration::from_secs(5400)))
         );
         assert_eq!("Forever".parse::<Keep>(), Ok(Keep::Forever));
-        assert_eq!(Keep::For(Duration::from_secs(86_400)).to_string(), "1day");
+        assert_eq!(Keep::For(Duration::from_secs(86_400)).to_string(), "1d");
+        assert_eq!(Keep::For(Duration::from_secs(5400)).to_string(), "90m");
+        assert_eq!(Keep::For(Duration::from_millis(1500)).to_string(), "1s");
+        assert_eq!(age(Duration::from_secs(119 * 86_400 + 70_000)), "119 days");
+        assert_eq!(age(Duration::from_secs(100)), "100 seconds");
     }
 
     #[test]
@@ -173,6 +207,6 @@ mod tests {
         };
         assert_eq!(expiry.of("ns", "t", "1"), own);
         assert_eq!(expiry.of("ns", "t", "2"), Retention::default());
-        assert!(!expiry.keeps_everything());
+        assert_eq!(expiry.shortest(), Some(Duration::from_secs(60)));
     }
 }

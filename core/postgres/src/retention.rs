@@ -75,12 +75,7 @@ impl PgStore {
         expiry: &Expiry,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let shortest = std::iter::once(&expiry.default)
-            .chain(expiry.templates.iter().map(|t| &t.keep))
-            .flat_map(|r| [r.ended, r.failed])
-            .filter_map(Keep::seconds)
-            .reduce(f64::min);
-        let Some(shortest) = shortest else {
+        let Some(shortest) = expiry.shortest() else {
             return Ok(0);
         };
         let column = |f: fn(&stepgraph_engine::retention::TemplateRetention) -> String| {
@@ -108,7 +103,7 @@ impl PgStore {
             .bind(&failed)
             .bind(seconds(expiry.default.failed))
             .bind(seconds(expiry.default.ended))
-            .bind(shortest)
+            .bind(shortest.as_secs_f64())
             .bind(limit)
             .bind(expiry.archive)
             .fetch_one(pool))

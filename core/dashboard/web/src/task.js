@@ -251,6 +251,7 @@ export function taskPage(root, id, navigate, templates) {
 
   function gone(reason) {
     replace(root, h("h2", {}, "Task ", h("code", {}, id)), h("p", { class: "problem", "data-test": "gone" }, reason));
+    root.dataset.ready = "true";
   }
 
   // The first read and the stream's documents, whichever comes first, each

@@ -27,7 +27,7 @@ impl Orchestrator {
         let (Some(config), Some(expiry)) = (self.config.retention, self.expiry()) else {
             return Ok(0);
         };
-        if expiry.keeps_everything() {
+        if expiry.shortest().is_none() {
             return Ok(0);
         }
         let batch = config.batch.max(1);
@@ -87,31 +87,18 @@ impl Orchestrator {
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
         }
-        let shortest = self.expiry().and_then(|e| {
-            std::iter::once(e.default)
-                .chain(e.templates.iter().map(|t| t.keep))
-                .flat_map(|r| [r.ended, r.failed])
-                .filter_map(|k| match k {
-                    Keep::For(d) => Some(d),
-                    Keep::Forever => None,
-                })
-                .min()
-        });
+        let shortest = self.expiry().and_then(|e| e.shortest());
         let created = task_id.get_timestamp().map(|t| {
             let (secs, nanos) = t.to_unix();
             std::time::UNIX_EPOCH + Duration::new(secs, nanos)
         });
-        match (shortest, created) {
-            (Some(keep), Some(created)) if created.elapsed().is_ok_and(|age| age > keep) => {
-                format!(
-                    "task {task_id} is gone: it was created {} ago, and ended tasks are kept for {} \
-                     or longer, so retention has removed it (or it never existed)",
-                    humantime::format_duration(Duration::from_secs(
-                        created.elapsed().map_or(0, |a| a.as_secs())
-                    )),
-                    Keep::For(keep)
-                )
-            }
+        match (shortest, created.and_then(|c| c.elapsed().ok())) {
+            (Some(keep), Some(age)) if age > keep => format!(
+                "task {task_id} is gone: it was created {} ago and ended tasks are kept for {} \
+                 or longer, so retention has removed it (if it ever existed)",
+                crate::retention::age(age),
+                Keep::For(keep)
+            ),
             _ => format!("task {task_id} not found"),
         }
     }
