@@ -78,22 +78,12 @@ impl PgStore {
         let Some(shortest) = expiry.shortest() else {
             return Ok(0);
         };
-        let column = |f: fn(&stepgraph_engine::retention::TemplateRetention) -> String| {
-            expiry.templates.iter().map(f).collect::<Vec<_>>()
-        };
-        let namespaces = column(|t| t.namespace.clone());
-        let names = column(|t| t.name.clone());
-        let versions = column(|t| t.version.clone());
-        let ended: Vec<f64> = expiry
-            .templates
-            .iter()
-            .map(|t| seconds(t.keep.ended))
-            .collect();
-        let failed: Vec<f64> = expiry
-            .templates
-            .iter()
-            .map(|t| seconds(t.keep.failed))
-            .collect();
+        let t = &expiry.templates;
+        let namespaces: Vec<&str> = t.iter().map(|r| r.namespace.as_str()).collect();
+        let names: Vec<&str> = t.iter().map(|r| r.name.as_str()).collect();
+        let versions: Vec<&str> = t.iter().map(|r| r.version.as_str()).collect();
+        let ended: Vec<f64> = t.iter().map(|r| seconds(r.keep.ended)).collect();
+        let failed: Vec<f64> = t.iter().map(|r| seconds(r.keep.failed)).collect();
         let removed: i64 = retrying!(self, pool => sqlx::query_scalar(EXPIRE)
             .bind(RETENTION_LOCK)
             .bind(&namespaces)

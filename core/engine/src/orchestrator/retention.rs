@@ -47,7 +47,6 @@ impl Orchestrator {
         Ok(total)
     }
 
-    /// Every `retention.every`, [`Self::expire`].
     /// Every `retention.every`, [`Self::expire`]; then, when it removed
     /// something, [`crate::Store::reclaim`] (at most once a minute), so that
     /// the space is reused and the database stays the same size whether or
