@@ -174,7 +174,8 @@ def test_client_creates_waits_reads_and_cancels(database, server):
 def test_client_errors_carry_the_status_and_the_servers_message(server):
     client = stepgraph.Client(server)
     with pytest.raises(stepgraph.ApiError) as e:
-        client.get_task("0190f3a2-0000-7000-8000-000000000000")
+        # A UUIDv4 that was never a task (an old UUIDv7 would be "gone": retention).
+        client.get_task("4b7e0c1e-5f3a-4d2b-9c1e-000000000000")
     # The status apart; the message is the server's, as in Ruby and TypeScript.
     assert e.value.status == 404
     assert e.value.message == str(e.value) and e.value.message.endswith(" not found"), e.value.message
