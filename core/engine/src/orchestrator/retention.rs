@@ -1,6 +1,6 @@
 //! Retention: ended tasks that outlived what their template (or the
 //! default) keeps are removed, a batch per transaction with a pause between
-//! batches so that live work keeps the database. See [`crate::retention`].
+//! batches as long as the batch took, so that live work keeps the database. See [`crate::retention`].
 
 use super::{Orchestrator, OrchestratorError};
 use crate::model::TaskId;
@@ -33,13 +33,17 @@ impl Orchestrator {
         let batch = config.batch.max(1);
         let mut total = 0;
         loop {
+            let began = tokio::time::Instant::now();
             let removed = self.store.expire(&expiry, batch).await?;
             crate::metrics::expired(removed);
             total += removed;
             if removed < batch as u64 || shutdown.is_some_and(Shutdown::is_triggered) {
                 break;
             }
-            tokio::time::sleep(BATCH_PAUSE).await;
+            // As long again as the batch took: a backlog is cleared with at
+            // most about half of the time, and the busier the database (the
+            // slower a batch), the more it is left to live work.
+            tokio::time::sleep(began.elapsed().max(BATCH_PAUSE)).await;
         }
         if total > 0 {
             tracing::info!(tasks = total, "removed ended tasks past their retention");
