@@ -13,6 +13,7 @@ mod migrate;
 mod notify;
 mod queue;
 mod retention;
+mod rows;
 mod schedules;
 mod store;
 mod sweep;

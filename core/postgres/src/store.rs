@@ -6,10 +6,11 @@
 use crate::errors::{backend_error, retrying};
 use crate::group_commit::{Change, Flat, GroupCommit};
 use crate::notify::{ClaimedStarts, Notifier};
+use crate::rows::{committed, GraphRow, PgLock, WorkRow};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,8 @@ use stepgraph_engine::queue::Outbox;
 use stepgraph_engine::retention::Expiry;
 use stepgraph_engine::schedule::Schedule;
 use stepgraph_engine::store::{
-    Circuit, Committed, Snapshot, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter,
-    TaskLock, TaskSummary, WorkerInfo, WorkerRecord,
+    Circuit, Committed, StateCounts, Stats, Store, StoreError, Stranded, TaskFilter, TaskLock,
+    TaskSummary, WorkerInfo, WorkerRecord,
 };
 use stepgraph_engine::*;
 use tokio::time::Instant;
@@ -32,74 +33,6 @@ pub struct PgStore {
     pub(crate) queue_in_db: bool,
     commits: Arc<GroupCommit>,
     starts: Arc<ClaimedStarts>,
-}
-
-struct PgLock {
-    task_id: TaskId,
-    version: i64,
-}
-
-#[derive(Deserialize)]
-struct GraphRow {
-    lock_version: i64,
-    task: Task,
-    steps: Vec<Step>,
-    edges: Vec<Edge>,
-}
-
-/// A commit's outcome; with claims, the task's lock as of it.
-fn committed(task_id: TaskId, version: i64, rest: Outbox, claimed: bool) -> Committed {
-    let lock = claimed.then(|| TaskLock(Box::new(PgLock { task_id, version })));
-    Committed {
-        rest,
-        claimed,
-        lock,
-    }
-}
-
-impl GraphRow {
-    /// The graph with its lock: its version as read.
-    fn into_snapshot(self) -> Snapshot {
-        Snapshot {
-            lock: TaskLock(Box::new(PgLock {
-                task_id: self.task.id,
-                version: self.lock_version,
-            })),
-            graph: self.into_graph(),
-        }
-    }
-
-    fn into_graph(self) -> TaskGraph {
-        TaskGraph {
-            task: self.task,
-            steps: self.steps,
-            edges: self.edges,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Dependency {
-    name: String,
-    outcome: Option<StepOutcome>,
-}
-
-#[derive(Deserialize)]
-struct WorkRow {
-    task_id: TaskId,
-    step_id: StepId,
-    namespace: String,
-    task_name: String,
-    step_name: String,
-    handler: String,
-    config: Value,
-    context: Value,
-    attempt: u32,
-    max_attempts: u32,
-    timeout_seconds: Option<f64>,
-    batch_size: Option<u64>,
-    cursor: Option<Value>,
-    dependencies: Vec<Dependency>,
 }
 
 impl PgStore {
@@ -271,36 +204,7 @@ impl Store for PgStore {
                     ));
                 }
                 let w: WorkRow = serde_json::from_value(row["work"].clone()).map_err(bad)?;
-                let dependency_results: Map<String, Value> = w
-                    .dependencies
-                    .into_iter()
-                    .map(|d| {
-                        (
-                            d.name,
-                            d.outcome.and_then(|o| o.result_value()).unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                Ok(StartOutcome::Started(
-                    Box::new(StepWork {
-                        task_id: w.task_id,
-                        step_id: w.step_id,
-                        namespace: w.namespace,
-                        task_name: w.task_name,
-                        step_name: w.step_name,
-                        handler: w.handler,
-                        config: w.config,
-                        context: w.context,
-                        dependency_results,
-                        attempt: w.attempt,
-                        max_attempts: w.max_attempts,
-                        timeout_seconds: w.timeout_seconds,
-                        batch_size: w.batch_size,
-                        cursor: w.cursor,
-                        traceparent: None,
-                    }),
-                    None,
-                ))
+                Ok(StartOutcome::Started(Box::new(w.into_work()), None))
             }
             Some("already_submitted") => Ok(StartOutcome::AlreadySubmitted),
             Some("not_found") => Err(StoreError::StepNotFound(step_id)),
