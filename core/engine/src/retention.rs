@@ -5,7 +5,7 @@
 //! ended time. What has expired is removed, audit trail and all, or archived
 //! first, by [`crate::Store::expire`].
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -80,12 +80,6 @@ impl fmt::Display for Keep {
             Keep::For(d) => f.write_str(&short(*d)),
             Keep::Forever => f.write_str("forever"),
         }
-    }
-}
-
-impl Serialize for Keep {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 

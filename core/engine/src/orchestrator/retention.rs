@@ -24,9 +24,10 @@ impl Orchestrator {
     /// (or `shutdown`); how many. Another process doing it at the same time
     /// makes this one find nothing.
     pub async fn expire(&self, shutdown: Option<&Shutdown>) -> Result<u64, OrchestratorError> {
-        let (Some(config), Some(expiry)) = (self.config.retention, self.expiry()) else {
+        let Some(config) = self.config.retention else {
             return Ok(0);
         };
+        let expiry = self.templates.expiry(config.default, config.archive);
         if expiry.shortest().is_none() {
             return Ok(0);
         }
