@@ -261,15 +261,16 @@ fn assert_invariants(mut c: Cluster, complete: usize, failed: &[String]) {
             0,
             "{table}: a broken audit chain"
         );
-        // Exactly one most recent audit row per entity, and it is the entity's state.
+        // Each entity counts its audit rows, and the last of them is the
+        // entity's state.
         assert_eq!(
             c.count(&format!(
-                "SELECT count(*) FROM {entities} e WHERE (SELECT count(*) FROM {table} t
-                   WHERE t.{key} = e.id AND t.most_recent) <> 1
-                    OR NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = e.id AND t.most_recent AND t.to_state = e.state)"
+                "SELECT count(*) FROM {entities} e WHERE (SELECT count(*) FROM {table} t WHERE t.{key} = e.id) <> e.transitions
+                    OR NOT EXISTS (SELECT 1 FROM {table} t
+                                    WHERE t.{key} = e.id AND t.sort_key = e.transitions AND t.to_state = e.state)"
             )),
             0,
-            "{entities}: the most recent audit row is missing, doubled or another state"
+            "{entities}: the count of audit rows is wrong or the last one is another state"
         );
     }
     assert_eq!(
@@ -452,7 +453,8 @@ fn a_poison_task_amid_a_thousand_ordinary_ones() {
     );
     // Its steps ended, saying why, and the API names what it cannot read.
     let steps = c.t.db.query(&format!(
-        "SELECT DISTINCT state || ' ' || (SELECT metadata->>'reason' FROM sg_step_transitions t WHERE t.step_id = s.id AND t.most_recent)
+        "SELECT DISTINCT state || ' ' || (SELECT metadata->>'reason' FROM sg_step_transitions t
+                                      WHERE t.task_id = s.task_id AND t.step_id = s.id AND t.sort_key = s.transitions)
            FROM sg_steps s WHERE task_id = '{poison}'"
     ));
     assert_eq!(steps.len(), 1, "{steps:?}");

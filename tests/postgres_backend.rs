@@ -173,7 +173,7 @@ fn changes_made_at_once_share_commits_and_a_failing_one_fails_only_itself() {
         assert_eq!(
             db.query(
                 "SELECT count(*)::text FROM sg_task_transitions t JOIN sg_tasks k ON k.id = t.task_id
-                  WHERE t.most_recent AND t.to_state = k.state"
+                  WHERE t.sort_key = k.transitions AND t.to_state = k.state"
             ),
             ["59"],
             "each task's audit trail ends in its state"

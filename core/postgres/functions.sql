@@ -18,18 +18,17 @@ BEGIN
     RAISE EXCEPTION '%', msg USING ERRCODE = 'SG409';
 END $$;
 
--- Appends a step's audit row, the new one the most recent.
+-- Appends a step's audit row. Its sort_key is the step's transition count
+-- once the caller's UPDATE of the step has added this one to it: the audit
+-- tables are only appended to, never read, on the way.
 CREATE OR REPLACE FUNCTION sg_record_step_transition(
-    p_task uuid, p_step uuid, p_name text, p_from text, p_to text, p_attempt integer, p_at timestamptz, p_meta jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE v_sort integer;
-BEGIN
-    UPDATE sg_step_transitions SET most_recent = false
-     WHERE step_id = p_step AND most_recent RETURNING sort_key INTO v_sort;
+    p_task uuid, p_step uuid, p_name text, p_from text, p_to text, p_attempt integer, p_sort integer,
+    p_at timestamptz, p_meta jsonb)
+RETURNS void LANGUAGE sql AS $$
     INSERT INTO sg_step_transitions
-        (task_id, step_id, step_name, from_state, to_state, attempt, sort_key, most_recent, metadata, created_at)
-    VALUES (p_task, p_step, p_name, p_from, p_to, p_attempt, coalesce(v_sort, 0) + 1, true, p_meta, p_at);
-END $$;
+        (task_id, step_id, step_name, from_state, to_state, attempt, sort_key, metadata, created_at)
+    VALUES (p_task, p_step, p_name, p_from, p_to, p_attempt, p_sort, p_meta, p_at);
+$$;
 
 -- Sends messages (delays in ms) and wakes the consumers of their queues.
 CREATE OR REPLACE FUNCTION sg_send(p_queues text[], p_payloads bytea[], p_delays bigint[])
@@ -76,6 +75,7 @@ RETURNS jsonb LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     s sg_steps;
     v_status text;
+    v_sort integer;
 BEGIN
     SELECT * INTO s FROM sg_steps WHERE id = p_step FOR UPDATE;
     IF NOT FOUND THEN
@@ -84,9 +84,11 @@ BEGIN
     IF s.attempts <> p_attempt THEN
         v_status := 'refused';
     ELSIF s.state = 'in_progress' THEN
-        UPDATE sg_steps SET state = 'enqueued_for_orchestration', outcome = p_outcome WHERE id = p_step;
+        UPDATE sg_steps SET state = 'enqueued_for_orchestration', outcome = p_outcome,
+                            transitions = transitions + 1
+         WHERE id = p_step RETURNING transitions INTO v_sort;
         PERFORM sg_record_step_transition(s.task_id, p_step, s.name, 'in_progress', 'enqueued_for_orchestration',
-                                          s.attempts, clock_timestamp(),
+                                          s.attempts, v_sort, clock_timestamp(),
                                           jsonb_build_object('outcome', p_outcome ->> 'status'));
         v_status := 'accepted';
     ELSIF s.state IN ('enqueued_for_orchestration', 'complete', 'error', 'waiting_for_retry') THEN
@@ -111,6 +113,7 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     s sg_steps;
     tk sg_tasks;
+    v_sort integer;
 BEGIN
     IF p_mark THEN
         SELECT * INTO s FROM sg_steps WHERE id = p_step FOR UPDATE;
@@ -126,9 +129,10 @@ BEGIN
     END IF;
     IF s.state = 'enqueued' THEN
         IF p_mark THEN
-            UPDATE sg_steps SET state = 'in_progress' WHERE id = p_step;
+            UPDATE sg_steps SET state = 'in_progress', transitions = transitions + 1
+             WHERE id = p_step RETURNING transitions INTO v_sort;
             PERFORM sg_record_step_transition(s.task_id, p_step, s.name, 'enqueued', 'in_progress', s.attempts,
-                                              clock_timestamp(), '{}');
+                                              v_sort, clock_timestamp(), '{}');
         END IF;
     ELSIF s.state = 'enqueued_for_orchestration' THEN
         RETURN json_build_object('status', 'already_submitted');
@@ -202,8 +206,12 @@ LANGUAGE sql AS $$
 $$;
 
 -- A task's graph and its audit trail in one read, each trail in order.
+--
+-- Planned for each call: the audit tables are partitioned, and a plan made
+-- for the task at hand reads (and locks) only its partition, where a
+-- generic one would lock every partition each time.
 CREATE OR REPLACE FUNCTION sg_view(p_task uuid) RETURNS json
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     RETURN json_build_object(
         'graph', sg_graph(p_task),
@@ -252,14 +260,14 @@ BEGIN
         SELECT DISTINCT t.namespace FROM jsonb_to_recordset(p_change -> 'new_tasks') AS t (namespace text)
         ON CONFLICT DO NOTHING;
         INSERT INTO sg_tasks (id, namespace, name, version, context, state, idempotency_key, priority,
-                              result, error, created_at, updated_at, completed_at, run_at, trace)
+                              result, error, created_at, updated_at, completed_at, run_at, trace, transitions)
         SELECT t.id, t.namespace, t.name, t.version, coalesce(t.context, 'null'), t.state, t.idempotency_key,
                t.priority, t.result, t.error, t.created_at, t.updated_at, t.completed_at, t.run_at,
-               nullif(t.trace, 'null')
+               nullif(t.trace, 'null'), t.transitions
           FROM jsonb_to_recordset(p_change -> 'new_tasks') AS t (
                id uuid, namespace text, name text, version text, context jsonb, state text, idempotency_key text,
                priority integer, result jsonb, error jsonb, created_at timestamptz, updated_at timestamptz,
-               completed_at timestamptz, run_at timestamptz, trace jsonb);
+               completed_at timestamptz, run_at timestamptz, trace jsonb, transitions integer);
     END IF;
 
     -- Each task's optimistic lock and its own compare-and-swap: one row update per task.
@@ -273,6 +281,7 @@ BEGIN
            FOR UPDATE;
         UPDATE sg_tasks t
            SET lock_version = t.lock_version + CASE WHEN m.lock IS NULL THEN 0 ELSE 1 END,
+               transitions = t.transitions + m.n,
                state = coalesce(m."to", t.state),
                updated_at = coalesce(m.at, t.updated_at),
                result = coalesce(nullif(m.result, 'null'), t.result),
@@ -287,7 +296,7 @@ BEGIN
                                    THEN NULL
                                    ELSE t.completed_at END
           FROM jsonb_to_recordset(p_change -> 'tasks') AS m (
-               id uuid, lock bigint, "from" text, "to" text, at timestamptz, result jsonb, error jsonb)
+               id uuid, lock bigint, "from" text, "to" text, at timestamptz, result jsonb, error jsonb, n integer)
          WHERE t.id = m.id
            AND (m.lock IS NULL OR t.lock_version = m.lock)
            AND (m."from" IS NULL OR t.state = m."from");
@@ -302,15 +311,16 @@ BEGIN
     IF p_change ? 'new_steps' THEN
         INSERT INTO sg_steps (id, task_id, name, template_step, step_type, handler, config, state, attempts,
                               max_attempts, timeout_seconds, batch_size, backoff_until, cursor, outcome, created_at,
-                              claimed_until)
+                              claimed_until, transitions)
         SELECT s.id, s.task_id, s.name, s.template_step, s.step_type, s.handler, coalesce(s.config, 'null'),
                s.state, s.attempts, s.max_attempts, s.timeout_seconds, s.batch_size, s.backoff_until, s.cursor,
                s.outcome, s.created_at,
-               clock_timestamp() + make_interval(secs => l.ms / 1000.0)
+               clock_timestamp() + make_interval(secs => l.ms / 1000.0), s.transitions
           FROM jsonb_to_recordset(p_change -> 'new_steps') AS s (
                id uuid, task_id uuid, name text, template_step text, step_type text, handler text, config jsonb,
                state text, attempts integer, max_attempts integer, timeout_seconds double precision,
-               batch_size bigint, backoff_until timestamptz, cursor jsonb, outcome jsonb, created_at timestamptz)
+               batch_size bigint, backoff_until timestamptz, cursor jsonb, outcome jsonb, created_at timestamptz,
+               transitions integer)
           LEFT JOIN unnest(p_leases, p_lease_ms) AS l (id, ms) ON l.id = s.id;
     END IF;
 
@@ -324,10 +334,11 @@ BEGIN
         UPDATE sg_steps s
            SET state = m."to", attempts = m.attempts, backoff_until = m.backoff_until, outcome = m.outcome,
                max_attempts = coalesce(m.max_attempts, s.max_attempts),
+               transitions = s.transitions + m.n,
                claimed_until = coalesce(clock_timestamp() + make_interval(secs => l.ms / 1000.0), s.claimed_until)
           FROM jsonb_to_recordset(p_change -> 'steps') AS m (
                id uuid, task_id uuid, "from" text, "to" text, attempts integer, backoff_until timestamptz,
-               outcome jsonb, max_attempts integer)
+               outcome jsonb, max_attempts integer, n integer)
           LEFT JOIN unnest(p_leases, p_lease_ms) AS l (id, ms) ON l.id = m.id
          WHERE s.id = m.id AND s.task_id = m.task_id
            AND (m."from" IS NULL OR s.state = m."from");
@@ -339,35 +350,29 @@ BEGIN
         END IF;
     END IF;
 
-    -- The audit rows: each step's last one supersedes its most recent one (if any).
+    -- The audit rows, appended: the steps and tasks above now count them,
+    -- so the k-th of an entity's n rows here is its (count - n + k)-th.
     IF p_change ? 'step_transitions' THEN
-        WITH prev AS (
-            UPDATE sg_step_transitions p SET most_recent = false
-              FROM jsonb_to_recordset(p_change -> 'step_transitions') AS f (step_id uuid, seq integer)
-             WHERE f.seq = 1 AND p.step_id = f.step_id AND p.most_recent
-            RETURNING p.step_id, p.sort_key)
         INSERT INTO sg_step_transitions
-            (task_id, step_id, step_name, from_state, to_state, attempt, sort_key, most_recent, metadata, created_at)
-        SELECT t.task_id, t.step_id, t.step_name, t."from", t."to", t.attempt, coalesce(prev.sort_key, 0) + t.seq,
-               t.last, coalesce(t.metadata, 'null'), t.at
-          FROM jsonb_to_recordset(p_change -> 'step_transitions') AS t (
+            (task_id, step_id, step_name, from_state, to_state, attempt, sort_key, metadata, created_at)
+        SELECT t.task_id, t.step_id, t.step_name, t."from", t."to", t.attempt, s.transitions - t.n + t.seq,
+               coalesce(t.metadata, 'null'), t.at
+          FROM ROWS FROM (jsonb_to_recordset(p_change -> 'step_transitions') AS (
                task_id uuid, step_id uuid, step_name text, "from" text, "to" text, attempt integer,
-               at timestamptz, metadata jsonb, seq integer, last boolean)
-          LEFT JOIN prev ON prev.step_id = t.step_id;
+               at timestamptz, metadata jsonb, seq integer, n integer)) WITH ORDINALITY
+               AS t (task_id, step_id, step_name, "from", "to", attempt, at, metadata, seq, n, ord)
+          JOIN sg_steps s ON s.id = t.step_id
+         ORDER BY t.ord;
     END IF;
 
     IF p_change ? 'task_transitions' THEN
-        WITH prev AS (
-            UPDATE sg_task_transitions p SET most_recent = false
-              FROM jsonb_to_recordset(p_change -> 'task_transitions') AS f (task_id uuid, seq integer)
-             WHERE f.seq = 1 AND p.task_id = f.task_id AND p.most_recent
-            RETURNING p.task_id, p.sort_key)
-        INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, most_recent, metadata, created_at)
-        SELECT t.task_id, t."from", t."to", coalesce(prev.sort_key, 0) + t.seq, t.last,
-               coalesce(t.metadata, 'null'), t.at
-          FROM jsonb_to_recordset(p_change -> 'task_transitions') AS t (
-               task_id uuid, "from" text, "to" text, at timestamptz, metadata jsonb, seq integer, last boolean)
-          LEFT JOIN prev ON prev.task_id = t.task_id;
+        INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, metadata, created_at)
+        SELECT t.task_id, t."from", t."to", k.transitions - t.n + t.seq, coalesce(t.metadata, 'null'), t.at
+          FROM ROWS FROM (jsonb_to_recordset(p_change -> 'task_transitions') AS (
+               task_id uuid, "from" text, "to" text, at timestamptz, metadata jsonb, seq integer, n integer))
+               WITH ORDINALITY AS t (task_id, "from", "to", at, metadata, seq, n, ord)
+          JOIN sg_tasks k ON k.id = t.task_id
+         ORDER BY t.ord;
         PERFORM pg_notify('stepgraph_task', t.task_id::text)
            FROM jsonb_to_recordset(p_change -> 'task_transitions') AS t (task_id uuid, "to" text, last boolean)
           WHERE t.last AND t."to" IN ('complete', 'error', 'cancelled', 'resolved_manually');
@@ -450,29 +455,113 @@ DECLARE
     v_from text := p_from;
     v_to text;
     v_sort integer;
+    v_task_sort integer;
     s record;
 BEGIN
     UPDATE sg_tasks SET state = 'error', error = p_error, updated_at = v_now, completed_at = v_now,
-                        lock_version = lock_version + 1
-     WHERE id = p_task AND state = p_from;
+                        lock_version = lock_version + 1, transitions = transitions + cardinality(p_path)
+     WHERE id = p_task AND state = p_from
+    RETURNING transitions - cardinality(p_path) INTO v_task_sort;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     FOR s IN SELECT id, name, state, attempts FROM sg_steps
               WHERE task_id = p_task AND state NOT IN ('complete', 'cancelled', 'resolved_manually', 'error')
               ORDER BY id FOR UPDATE LOOP
-        UPDATE sg_steps SET state = 'cancelled' WHERE id = s.id;
-        PERFORM sg_record_step_transition(p_task, s.id, s.name, s.state, 'cancelled', s.attempts, v_now, p_meta);
+        UPDATE sg_steps SET state = 'cancelled', transitions = transitions + 1
+         WHERE id = s.id RETURNING transitions INTO v_sort;
+        PERFORM sg_record_step_transition(p_task, s.id, s.name, s.state, 'cancelled', s.attempts, v_sort, v_now,
+                                          p_meta);
     END LOOP;
-    UPDATE sg_task_transitions SET most_recent = false
-     WHERE task_id = p_task AND most_recent RETURNING sort_key INTO v_sort;
     FOREACH v_to IN ARRAY p_path LOOP
-        v_sort := coalesce(v_sort, 0) + 1;
-        INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, most_recent, metadata, created_at)
-        VALUES (p_task, v_from, v_to, v_sort, v_to = 'error',
-                CASE WHEN v_to = 'error' THEN p_meta ELSE '{}'::jsonb END, v_now);
+        v_task_sort := v_task_sort + 1;
+        INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, metadata, created_at)
+        VALUES (p_task, v_from, v_to, v_task_sort, CASE WHEN v_to = 'error' THEN p_meta ELSE '{}'::jsonb END, v_now);
         v_from := v_to;
     END LOOP;
     PERFORM pg_notify('stepgraph_task', p_task::text);
     RETURN true;
+END $$;
+
+-- History partitions. The audit tables are partitioned by RANGE (task_id);
+-- task ids are UUIDv7s, so a range is a window of creation time, and the
+-- smallest id made at a time is that time in milliseconds followed by
+-- zeros.
+CREATE OR REPLACE FUNCTION sg_uuid_at(p_at timestamptz) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$
+    SELECT (lpad(to_hex(floor(extract(epoch FROM p_at) * 1000)::bigint), 12, '0') || repeat('0', 20))::uuid;
+$$;
+
+-- Makes the next partition of an audit table, p_width wide, from where its
+-- last one ends (or from p_lead ahead of now, when that is later: the ids
+-- of a gap stay in the default partition), if it begins before p_until;
+-- whether it did. Rows the default partition took for the new range
+-- (nobody made it in time) move into it.
+--
+-- A range is attached only while its ids are still in the future: a commit
+-- routed to the default partition before the range was attached and
+-- inserting after it would fail on the default partition's constraint.
+-- ATTACH takes the parent in SHARE UPDATE EXCLUSIVE mode, which does not
+-- stop commits appending to other partitions, and the default partition in
+-- ACCESS EXCLUSIVE mode while it checks it holds no row of the range: given
+-- up after p_lock_timeout_ms (SQLSTATE 55P03; the next pass tries again).
+-- One partition per transaction, so that no two locks are taken in an order
+-- a commit could take the other way. One process at a time: another one
+-- running it makes this call return false.
+CREATE OR REPLACE FUNCTION sg_add_partition(
+    p_table text, p_width interval, p_lead interval, p_until timestamptz, p_lock bigint, p_lock_timeout_ms integer)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_lower timestamptz;
+    v_name text;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(p_lock) THEN
+        RETURN false;
+    END IF;
+    SELECT greatest(max(upper_at), now() + p_lead) INTO v_lower FROM sg_partitions WHERE parent = p_table;
+    IF v_lower >= p_until THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    v_name := p_table || '_p' || to_char(v_lower AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', v_name, p_table);
+    EXECUTE format('WITH m AS (DELETE FROM %I WHERE task_id >= $1 AND task_id < $2 RETURNING *)
+                    INSERT INTO %I SELECT * FROM m', p_table || '_default', v_name)
+      USING sg_uuid_at(v_lower), sg_uuid_at(v_lower + p_width);
+    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', p_table, v_name,
+                   sg_uuid_at(v_lower), sg_uuid_at(v_lower + p_width));
+    INSERT INTO sg_partitions (name, parent, lower_at, upper_at)
+    VALUES (v_name, p_table, v_lower, v_lower + p_width);
+    RETURN true;
+END $$;
+
+-- Drops one partition (and so every audit row in it) at once; the rows of
+-- tasks that are still there (kept longer: failed, or by their template)
+-- move to the default partition first, where retention deletes them with
+-- their task. DETACH and DROP take the parent in ACCESS EXCLUSIVE mode,
+-- which commits appending audit rows wait for: the lock is given up after
+-- p_lock_timeout_ms (the call fails with SQLSTATE 55P03, and the next pass
+-- tries again) and held only while the remaining tasks' rows are copied.
+-- The number of rows moved, or NULL when another process is at it.
+CREATE OR REPLACE FUNCTION sg_drop_partition(p_name text, p_lock bigint, p_lock_timeout_ms integer)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    p sg_partitions;
+    v_moved bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(p_lock) THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO p FROM sg_partitions WHERE name = p_name;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', p.parent, p.name);
+    EXECUTE format('INSERT INTO %I SELECT * FROM %I WHERE task_id IN
+                        (SELECT id FROM sg_tasks WHERE id >= $1 AND id < $2)', p.parent || '_default', p.name)
+      USING sg_uuid_at(p.lower_at), sg_uuid_at(p.upper_at);
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    EXECUTE format('DROP TABLE %I', p.name);
+    DELETE FROM sg_partitions WHERE name = p.name;
+    RETURN v_moved;
 END $$;

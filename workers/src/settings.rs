@@ -87,6 +87,10 @@ pub struct RetentionSection {
     pub every_ms: u64,
     /// Tasks removed per transaction.
     pub batch: i64,
+    /// The creation-time window of one partition of the audit trails
+    /// (`STEPGRAPH_RETENTION_PARTITION`, at least 1s); `serve` makes them
+    /// ahead and drops each once `ended` has passed since its end.
+    pub partition: Keep,
 }
 
 impl Default for RetentionSection {
@@ -98,6 +102,7 @@ impl Default for RetentionSection {
             archive: d.archive,
             every_ms: d.every.as_millis() as u64,
             batch: d.batch,
+            partition: Keep::For(d.partition),
         }
     }
 }
@@ -378,6 +383,13 @@ impl Settings {
         env_bool("RETENTION_ARCHIVE", &mut c.retention.archive)?;
         env_num("RETENTION_EVERY_MS", &mut c.retention.every_ms)?;
         env_num("RETENTION_BATCH", &mut c.retention.batch)?;
+        env_keep("RETENTION_PARTITION", &mut c.retention.partition)?;
+        if !matches!(c.retention.partition, Keep::For(d) if d >= Duration::from_secs(1)) {
+            return Err(SettingsError::Invalid(format!(
+                "retention.partition (STEPGRAPH_RETENTION_PARTITION) must be a time of at least 1s, like \"1d\", not {}",
+                c.retention.partition
+            )));
+        }
         if c.retention.batch < 1 || c.retention.every_ms < 1 {
             return Err(SettingsError::Invalid(format!(
                 "retention.batch and retention.every_ms (STEPGRAPH_RETENTION_BATCH, STEPGRAPH_RETENTION_EVERY_MS) must be at least 1, not {} and {}",
@@ -456,6 +468,10 @@ impl Settings {
                 archive: r.archive,
                 every: Duration::from_millis(r.every_ms),
                 batch: r.batch,
+                partition: match r.partition {
+                    Keep::For(d) => d,
+                    Keep::Forever => RetentionConfig::default().partition,
+                },
             }),
             ..self.orchestrator()
         }

@@ -167,6 +167,13 @@ pub fn expired(n: u64) {
     EXPIRED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+static PARTITIONS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a rotation of the history partitions did (the drops are counted).
+pub fn rotated(r: &crate::retention::Rotation) {
+    PARTITIONS_DROPPED.fetch_add(r.dropped, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Handler execution time as the worker measured it, by template and handler.
@@ -263,6 +270,12 @@ impl Metrics {
             out,
             "# HELP {name} Ended tasks removed by retention in this process.\n# TYPE {name} counter\n{name} {}",
             EXPIRED.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let name = "stepgraph_history_partitions_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} History partitions dropped by retention in this process.\n# TYPE {name} counter\n{name} {}",
+            PARTITIONS_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
         );
         let counts = self.counts.lock();
         for (name, help) in FAMILIES {

@@ -154,6 +154,17 @@ impl Expiry {
     }
 }
 
+/// What one [`crate::Store::rotate`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// History partitions made ahead.
+    pub created: u64,
+    /// History partitions dropped, with every audit row in them.
+    pub dropped: u64,
+    /// Audit rows of tasks still kept, moved out of dropped partitions.
+    pub moved: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,11 @@
 //! the state before its first to the state after its last, and the audit
 //! rows numbered per entity so the function needs no window queries. A row
 //! the same batch inserts is inserted as its moves leave it.
+//!
+//! Every step and task row counts its audit rows (`transitions`): each
+//! insert or move carries how many this batch adds, and the function gives
+//! the k-th of an entity's n rows the sort_key count - n + k, reading no
+//! audit table.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,9 +20,9 @@ use stepgraph_engine::*;
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Change<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    new_tasks: Vec<Cow<'a, Task>>,
+    new_tasks: Vec<Counted<Cow<'a, Task>>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    new_steps: Vec<Cow<'a, Step>>,
+    new_steps: Vec<Counted<Cow<'a, Step>>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     new_edges: Vec<TaskEdge<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -28,6 +33,15 @@ pub(crate) struct Change<'a> {
     tasks: Vec<TaskMove<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     task_transitions: Vec<Numbered<&'a TaskTransition>>,
+}
+
+/// An inserted row with its audit rows in this batch (0 when it also has a
+/// move, which counts them).
+#[derive(Debug, Serialize)]
+struct Counted<T> {
+    #[serde(flatten)]
+    row: T,
+    transitions: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,7 +65,8 @@ struct StepMove<'a> {
     /// Only when changed (an operator's retry): the column is left as it is otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_attempts: Option<u32>,
-    #[serde(skip)]
+    /// Its audit rows in this batch.
+    #[serde(rename = "n")]
     transitions: u32,
 }
 
@@ -66,6 +81,8 @@ struct TaskMove<'a> {
     at: Option<DateTime<Utc>>,
     result: Option<&'a Value>,
     error: Option<&'a Value>,
+    /// Its audit rows in this batch.
+    n: u32,
 }
 
 /// One task's write batch, applied if the task's lock version is still `lock`.
@@ -75,13 +92,14 @@ pub(crate) struct Batch<'a> {
     pub ops: &'a [WriteOp],
 }
 
-/// An audit row: the `seq`th of its entity in this batch, `last` the one
-/// that becomes `most_recent`.
+/// An audit row: the `seq`th of its entity's `n` in this batch, `last` the
+/// `n`th.
 #[derive(Debug, Serialize)]
 struct Numbered<T> {
     #[serde(flatten)]
     transition: T,
     seq: u32,
+    n: u32,
     last: bool,
 }
 
@@ -107,11 +125,17 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
         match op {
             WriteOp::InsertTask(t) => {
                 new_task = (t.id == task_id).then_some(c.new_tasks.len());
-                c.new_tasks.push(Cow::Borrowed(t));
+                c.new_tasks.push(Counted {
+                    row: Cow::Borrowed(t),
+                    transitions: 0,
+                });
             }
             WriteOp::InsertStep(s) => {
                 new_steps.insert(s.id, c.new_steps.len());
-                c.new_steps.push(Cow::Borrowed(s));
+                c.new_steps.push(Counted {
+                    row: Cow::Borrowed(s),
+                    transitions: 0,
+                });
             }
             WriteOp::InsertEdge(edge) => c.new_edges.push(TaskEdge { task_id, edge }),
             WriteOp::Step {
@@ -145,6 +169,7 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                 c.step_transitions.push(Numbered {
                     transition,
                     seq: m.transitions,
+                    n: 0,
                     last: false,
                 });
             }
@@ -161,35 +186,49 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
                     at: None,
                     result: None,
                     error: None,
+                    n: 0,
                 });
                 m.to = Some(transition.to);
                 m.at = Some(transition.at);
                 m.result = result.as_ref().or(m.result);
                 m.error = error.as_ref().or(m.error);
+                m.n += 1;
                 c.task_transitions.push(Numbered {
                     transition,
-                    seq: (c.task_transitions.len() - first_task_transition) as u32 + 1,
+                    seq: m.n,
+                    n: 0,
                     last: false,
                 });
             }
         }
     }
     for t in &mut c.step_transitions[first_transition..] {
-        t.last = t.seq == moves[moved[&t.transition.step_id]].transitions;
+        t.n = moves[moved[&t.transition.step_id]].transitions;
+        t.last = t.seq == t.n;
     }
-    if let Some(t) = c.task_transitions[first_task_transition..].last_mut() {
-        t.last = true;
+    let task_n = task.as_ref().map_or(0, |m| m.n);
+    for t in &mut c.task_transitions[first_task_transition..] {
+        t.n = task_n;
+        t.last = t.seq == t.n;
     }
     for m in moves {
         match new_steps.get(&m.id) {
-            Some(&i) => m.fold_into(c.new_steps[i].to_mut()),
+            Some(&i) => {
+                let new = &mut c.new_steps[i];
+                new.transitions = m.transitions;
+                m.fold_into(new.row.to_mut());
+            }
             None => c.steps.push(m),
         }
     }
     match (task, new_task) {
         // A task created by this batch is inserted as it ends up; nothing
         // to compare it with.
-        (Some(m), Some(i)) if lock.is_none() => m.fold_into(c.new_tasks[i].to_mut()),
+        (Some(m), Some(i)) if lock.is_none() => {
+            let new = &mut c.new_tasks[i];
+            new.transitions = m.n;
+            m.fold_into(new.row.to_mut());
+        }
         (Some(m), _) => c.tasks.push(m),
         (None, _) => c.tasks.extend(lock.map(|lock| TaskMove {
             id: task_id,
@@ -199,6 +238,7 @@ fn add<'a>(c: &mut Change<'a>, batch: Batch<'a>) {
             at: None,
             result: None,
             error: None,
+            n: 0,
         })),
     }
 }

@@ -11,6 +11,7 @@ mod find;
 mod group_commit;
 mod migrate;
 mod notify;
+mod partitions;
 mod queue;
 mod retention;
 mod rows;

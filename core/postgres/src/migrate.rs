@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (14, include_str!("../migrations/0014_trace.sql")),
     (15, include_str!("../migrations/0015_dashboard.sql")),
     (16, include_str!("../migrations/0016_retention.sql")),
+    (
+        17,
+        include_str!("../migrations/0017_partitioned_history.sql"),
+    ),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).

@@ -4,9 +4,13 @@
 //! the work and the others return at once; the rows it removes are taken
 //! with SKIP LOCKED, so it never waits for (or holds up) a live commit.
 //!
-//! The audit tables have no foreign keys (migration 0002), so their rows
-//! are deleted here by task; steps and edges go with the task row (ON
-//! DELETE CASCADE).
+//! Steps and edges go with the task row (ON DELETE CASCADE). The audit
+//! tables have no foreign keys (migration 0002) and are partitioned by
+//! task id (0017): when their partitions are dropped by age
+//! ([`crate::partitions`]), a removed task's audit rows go with its
+//! partition, and only those in the default partition (tasks that outlived
+//! theirs, or whose ids no partition covers) are deleted here; when nothing
+//! is dropped (tasks that end well are kept for ever), all are deleted here.
 
 use crate::errors::{backend_error, retrying};
 use crate::store::PgStore;
@@ -20,6 +24,7 @@ pub const RETENTION_LOCK: i64 = 0x5354_4550_5245_544e;
 /// Forever, in the statement's seconds.
 const FOREVER: f64 = -1.0;
 
+/// The statement, deleting audit rows from the tables named `{audit}`.
 const EXPIRE: &str = "
 WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS got),
 rules AS (
@@ -60,8 +65,8 @@ archived AS (
     FROM sg_tasks t
     WHERE $11 AND t.id IN (SELECT id FROM doomed)
 ),
-step_audit AS (DELETE FROM sg_step_transitions WHERE task_id IN (SELECT id FROM doomed)),
-task_audit AS (DELETE FROM sg_task_transitions WHERE task_id IN (SELECT id FROM doomed)),
+step_audit AS (DELETE FROM sg_step_transitions{audit} WHERE task_id IN (SELECT id FROM doomed)),
+task_audit AS (DELETE FROM sg_task_transitions{audit} WHERE task_id IN (SELECT id FROM doomed)),
 removed AS (DELETE FROM sg_tasks WHERE id IN (SELECT id FROM doomed) RETURNING 1)
 SELECT count(*) FROM removed";
 
@@ -84,7 +89,13 @@ impl PgStore {
         let versions: Vec<&str> = t.iter().map(|r| r.version.as_str()).collect();
         let ended: Vec<f64> = t.iter().map(|r| seconds(r.keep.ended)).collect();
         let failed: Vec<f64> = t.iter().map(|r| seconds(r.keep.failed)).collect();
-        let removed: i64 = retrying!(self, pool => sqlx::query_scalar(EXPIRE)
+        // Partitions are dropped by the same retention (`Orchestrator::rotate`).
+        let audit = match expiry.default.ended {
+            Keep::For(_) => "_default",
+            Keep::Forever => "",
+        };
+        let sql = EXPIRE.replace("{audit}", audit);
+        let removed: i64 = retrying!(self, pool => sqlx::query_scalar(&sql)
             .bind(RETENTION_LOCK)
             .bind(&namespaces)
             .bind(&names)

@@ -407,6 +407,14 @@ impl Store for PgStore {
         self.vacuum().await
     }
 
+    async fn rotate(
+        &self,
+        width: std::time::Duration,
+        keep: stepgraph_engine::retention::Keep,
+    ) -> Result<stepgraph_engine::retention::Rotation, StoreError> {
+        self.rotate_partitions(width, keep).await
+    }
+
     async fn archived(&self, task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.archived_at(task_id).await
     }

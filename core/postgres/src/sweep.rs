@@ -55,7 +55,7 @@ impl PgStore {
                 "SELECT s.id, s.task_id, s.name, s.handler, s.attempts, s.state, t.namespace, t.name, t.version,
                         NULL::timestamptz, t.trace
                    FROM sg_steps s
-                   JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
+                   JOIN sg_step_transitions tr ON tr.task_id = s.task_id AND tr.step_id = s.id AND tr.sort_key = s.transitions
                    JOIN sg_tasks t ON t.id = s.task_id
                   WHERE s.state IN ('enqueued', 'enqueued_for_orchestration')
                     AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
@@ -158,7 +158,7 @@ impl PgStore {
             retrying!(self, pool => sqlx::query_as(
             "SELECT s.id, s.task_id, s.name, s.handler, s.attempts
                FROM sg_steps s
-               JOIN sg_step_transitions tr ON tr.step_id = s.id AND tr.most_recent
+               JOIN sg_step_transitions tr ON tr.task_id = s.task_id AND tr.step_id = s.id AND tr.sort_key = s.transitions
               WHERE s.state = 'enqueued'
                 AND tr.created_at < now() - make_interval(secs => $1 / 1000.0)
               ORDER BY tr.created_at

@@ -219,6 +219,9 @@ pub struct RetentionConfig {
     pub every: Duration,
     /// Tasks removed per transaction: small enough that no lock is held for long.
     pub batch: i64,
+    /// The creation-time window of one history partition, where the store
+    /// partitions its audit trails ([`crate::Store::rotate`]).
+    pub partition: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -228,6 +231,7 @@ impl Default for RetentionConfig {
             archive: false,
             every: Duration::from_secs(60),
             batch: 500,
+            partition: Duration::from_secs(24 * 3600),
         }
     }
 }

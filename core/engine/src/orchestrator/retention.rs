@@ -4,7 +4,7 @@
 
 use super::{Orchestrator, OrchestratorError};
 use crate::model::TaskId;
-use crate::retention::{Expiry, Keep};
+use crate::retention::{Expiry, Keep, Rotation};
 use crate::shutdown::Shutdown;
 use std::time::Duration;
 
@@ -52,13 +52,38 @@ impl Orchestrator {
         Ok(total)
     }
 
-    /// Every `retention.every`, [`Self::expire`]; then, when it removed
-    /// something, [`crate::Store::reclaim`] (at most once a minute), so that
-    /// the space is reused and the database stays the same size whether or
-    /// not the server vacuums by itself.
+    /// Makes the history partitions ahead and drops those past the default
+    /// retention of tasks that ended well ([`crate::Store::rotate`]).
+    pub async fn rotate(&self) -> Result<Rotation, OrchestratorError> {
+        let Some(config) = self.config.retention else {
+            return Ok(Rotation::default());
+        };
+        let done = self
+            .store
+            .rotate(config.partition, config.default.ended)
+            .await?;
+        crate::metrics::rotated(&done);
+        if done != Rotation::default() {
+            tracing::info!(
+                created = done.created,
+                dropped = done.dropped,
+                moved = done.moved,
+                "history partitions made ahead and dropped past their retention"
+            );
+        }
+        Ok(done)
+    }
+
+    /// Every `retention.every`, [`Self::expire`] and [`Self::rotate`]
+    /// (which also runs at once, so that the partitions exist from the
+    /// start); then, when it removed something, [`crate::Store::reclaim`]
+    /// (at most once a minute), so that the space is reused and the
+    /// database stays the same size whether or not the server vacuums by
+    /// itself.
     pub(super) async fn retain(&self, every: Duration, mut shutdown: Shutdown) {
         let mut removed = 0;
         let mut reclaimed = tokio::time::Instant::now();
+        self.rotate_or_warn().await;
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -70,6 +95,7 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "removing expired tasks failed; will try again")
                 }
             }
+            self.rotate_or_warn().await;
             if removed > 0 && reclaimed.elapsed() >= RECLAIM_EVERY {
                 reclaimed = tokio::time::Instant::now();
                 removed = 0;
@@ -77,6 +103,12 @@ impl Orchestrator {
                     tracing::warn!(error = %e, "reclaiming the space of removed tasks failed");
                 }
             }
+        }
+    }
+
+    async fn rotate_or_warn(&self) {
+        if let Err(e) = self.rotate().await {
+            tracing::warn!(error = %e, "rotating the history partitions failed; will try again");
         }
     }
 

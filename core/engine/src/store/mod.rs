@@ -263,6 +263,20 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Where the store partitions its history by creation time (the audit
+    /// trails on PostgreSQL): makes the partitions `width` wide up to a few
+    /// widths ahead, and drops those whose tasks were all created more than
+    /// `keep` ago (with what they hold: a day of history goes at once rather
+    /// than row by row), keeping the rows of tasks still there. Several
+    /// processes may call it at once: one does the work.
+    async fn rotate(
+        &self,
+        _width: std::time::Duration,
+        _keep: crate::retention::Keep,
+    ) -> Result<crate::retention::Rotation, StoreError> {
+        Ok(Default::default())
+    }
+
     /// When the task was removed by retention, if it was archived then.
     async fn archived(&self, _task_id: TaskId) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(None)
