@@ -2,7 +2,9 @@
 //! processes (and embedded `serve`): ended tasks past their retention are
 //! removed with their steps, edges and audit trails, archived first when
 //! asked; failed tasks and a template's own retention are kept apart; one
-//! process at a time does it; what was removed answers 404 saying so.
+//! process at a time does it; what was removed answers 404 saying so. The
+//! audit trails' partitions (1s wide here) are made ahead and dropped,
+//! the rows of tasks still kept moved out of them first.
 
 mod common;
 
@@ -103,6 +105,7 @@ fn ended_tasks_past_retention_are_archived_and_removed_by_one_process() {
         ("STEPGRAPH_RETENTION_ARCHIVE", "true".to_string()),
         ("STEPGRAPH_RETENTION_EVERY_MS", "100".to_string()),
         ("STEPGRAPH_RETENTION_BATCH", "2".to_string()),
+        ("STEPGRAPH_RETENTION_PARTITION", "1s".to_string()),
     ];
     let env: Vec<(&str, &str)> = retention.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Two servers that would both remove; the lock lets one at a time.
@@ -111,6 +114,9 @@ fn ended_tasks_past_retention_are_archived_and_removed_by_one_process() {
     let _worker = t.worker(&[]);
     let addr = serve.addr();
     let lock = RetentionLock::take(&t.db.url);
+    // Partitions begin a width ahead of when they are made: tasks created
+    // from now on have theirs.
+    std::thread::sleep(Duration::from_millis(1500));
 
     let dir = tempfile::tempdir().unwrap();
     let failed = failing_task(addr, &dir.path().join("never"));
@@ -134,24 +140,59 @@ fn ended_tasks_past_retention_are_archived_and_removed_by_one_process() {
     };
     let kept_view = audit(&kept);
     let failed_view = audit(&failed);
+    let in_default = |id: &str| -> i64 {
+        t.db.query(&format!(
+            "SELECT ((SELECT count(*) FROM sg_step_transitions_default WHERE task_id = '{id}')
+                  + (SELECT count(*) FROM sg_task_transitions_default WHERE task_id = '{id}'))::text"
+        ))[0]
+            .parse()
+            .unwrap()
+    };
+    let audit_rows = |id: &str| -> i64 {
+        count(&t, "sg_step_transitions", &[id.to_string()])
+            + count(&t, "sg_task_transitions", &[id.to_string()])
+    };
+    let (kept_rows, failed_rows) = (audit_rows(&kept), audit_rows(&failed));
+    assert_eq!(
+        (in_default(&kept), in_default(&failed)),
+        (0, 0),
+        "made in a partition of their own"
+    );
 
     // Past their retention, but another process holds the lock: all stay.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(count(&t, "sg_tasks", &done), 3, "removed while locked");
     drop(lock);
 
+    // The tasks go, and their audit rows with them: by the task from the
+    // default partition, where the rows of tasks still there when their
+    // partition was dropped went, or with their partition.
     let started = Instant::now();
-    while count(&t, "sg_tasks", &done) > 0 {
-        assert!(started.elapsed() < LONG, "ended tasks were not removed");
+    while TABLES.iter().any(|tb| count(&t, tb, &done) > 0) {
+        assert!(
+            started.elapsed() < LONG,
+            "rows of removed tasks are left: {:?}",
+            TABLES.map(|tb| (tb, count(&t, tb, &done)))
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    for table in TABLES {
-        assert_eq!(
-            count(&t, table, &done),
-            0,
-            "{table} keeps rows of removed tasks"
-        );
+    // The partitions they were made in are gone; the rows of the tasks
+    // still kept moved to the default partition, every one.
+    while in_default(&kept) < kept_rows || in_default(&failed) < failed_rows {
+        assert!(started.elapsed() < LONG, "the partitions were not dropped");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        (audit_rows(&kept), audit_rows(&failed)),
+        (kept_rows, failed_rows)
+    );
+    let dropped = metric(addr, "stepgraph_history_partitions_dropped_total").unwrap_or(0.0)
+        + metric(other.addr(), "stepgraph_history_partitions_dropped_total").unwrap_or(0.0);
+    assert!(dropped >= 2.0, "{dropped} partitions dropped");
+    assert!(
+        t.db.query("SELECT count(*)::text FROM sg_partitions WHERE upper_at > now()")[0] != "0",
+        "no partitions made ahead"
+    );
 
     // Each archived once, whole: the same steps, edges and audit rows.
     for id in &done {
@@ -255,6 +296,16 @@ fn nonsense_retention_settings_are_refused_naming_them() {
             "STEPGRAPH_RETENTION_BATCH",
             "0",
             "STEPGRAPH_RETENTION_BATCH",
+        ),
+        (
+            "STEPGRAPH_RETENTION_PARTITION",
+            "forever",
+            "STEPGRAPH_RETENTION_PARTITION) must be a time of at least 1s",
+        ),
+        (
+            "STEPGRAPH_RETENTION_PARTITION",
+            "500ms",
+            "STEPGRAPH_RETENTION_PARTITION) must be a time of at least 1s",
         ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stepgraph"))
