@@ -21,7 +21,7 @@ mod sweep;
 mod workers;
 
 pub use backend::{redact, PgBackend, PgOptions};
-pub use migrate::migrate;
+pub use migrate::{migrate, migrate_tables_until};
 pub use notify::FallbackPolls;
 pub use queue::PgQueue;
 pub use retention::RETENTION_LOCK;
