@@ -565,3 +565,29 @@ BEGIN
     DELETE FROM sg_partitions WHERE name = p.name;
     RETURN v_moved;
 END $$;
+
+-- Day partitions for a history older than any partition (a bench fills one
+-- by SQL): from p_from's day up to where the first partition begins, or
+-- the start of today; how many. Only for ranges the default partition
+-- holds no row of (the bench calls it before it fills).
+CREATE OR REPLACE FUNCTION sg_add_past_partitions(p_table text, p_from timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_day timestamptz := date_trunc('day', p_from, 'UTC');
+    v_until timestamptz;
+    v_name text;
+    v_made integer := 0;
+BEGIN
+    SELECT coalesce(min(lower_at), date_trunc('day', now(), 'UTC')) INTO v_until
+      FROM sg_partitions WHERE parent = p_table;
+    WHILE v_day + interval '1 day' <= v_until LOOP
+        v_name := p_table || '_p' || to_char(v_day AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)', v_name, p_table,
+                       sg_uuid_at(v_day), sg_uuid_at(v_day + interval '1 day'));
+        INSERT INTO sg_partitions (name, parent, lower_at, upper_at)
+        VALUES (v_name, p_table, v_day, v_day + interval '1 day');
+        v_day := v_day + interval '1 day';
+        v_made := v_made + 1;
+    END LOOP;
+    RETURN v_made;
+END $$;

@@ -31,6 +31,15 @@ pub async fn fill(pool: &PgPool, n: usize) -> Result<usize> {
         return Ok(from);
     }
     let started = Instant::now();
+    // The history's days get their partitions, as a database that has
+    // run for a month has them.
+    sqlx::raw_sql(
+        "SELECT sg_add_past_partitions(t, now() - interval '31 days')
+           FROM unnest(ARRAY['sg_task_transitions', 'sg_step_transitions']) AS t",
+    )
+    .execute(pool)
+    .await
+    .context("making the history's partitions")?;
     let task_id = v7("at", "'t' || i");
     let step_id = v7("t.created_at + k * interval '1 ms'", "t.id::text || k");
     let parent_id = v7(
@@ -44,12 +53,12 @@ pub async fn fill(pool: &PgPool, n: usize) -> Result<usize> {
                SELECT i, now() - interval '30 days' + i * (interval '30 days' / {n}) AS at FROM generate_series({from}, {last}) AS i),
              t AS (
                INSERT INTO sg_tasks (id, namespace, name, version, context, state, priority, result, error,
-                                     created_at, updated_at, completed_at)
+                                     created_at, updated_at, completed_at, transitions)
                SELECT {task_id}, 'e2e', 'linear', '1.0.0', '{{\"even_number\": 6}}',
                       CASE WHEN i % 100 < 92 THEN 'complete' ELSE 'error' END, 0,
                       CASE WHEN i % 100 < 92 THEN '2821109907456' END::jsonb,
                       CASE WHEN i % 100 >= 92 THEN '{{\"step\": \"step_4\"}}' END::jsonb,
-                      at, at + interval '20 ms', at + interval '20 ms'
+                      at, at + interval '20 ms', at + interval '20 ms', 6
                  FROM g
                RETURNING id, state, created_at),
              s AS (
@@ -58,23 +67,23 @@ pub async fn fill(pool: &PgPool, n: usize) -> Result<usize> {
                  FROM t CROSS JOIN generate_series(1, 4) AS k),
              steps AS (
                INSERT INTO sg_steps (id, task_id, name, template_step, step_type, handler, config, state, attempts,
-                                     max_attempts, outcome, created_at)
+                                     max_attempts, outcome, created_at, transitions)
                SELECT id, task_id, 'step_' || k, 'step_' || k, 'standard', 'math.square', 'null', state, 1, 3,
-                      '{{\"status\": \"success\", \"result\": 36}}', created_at
+                      '{{\"status\": \"success\", \"result\": 36}}', created_at, 5
                  FROM s),
              edges AS (
                INSERT INTO sg_edges (task_id, from_step, to_step) SELECT task_id, parent, id FROM s WHERE k > 1),
              task_audit AS (
-               INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, most_recent, metadata, created_at)
-               SELECT t.id, p.f, CASE WHEN p.j = 6 THEN t.state ELSE p.s END, p.j, p.j = 6, '{{}}',
+               INSERT INTO sg_task_transitions (task_id, from_state, to_state, sort_key, metadata, created_at)
+               SELECT t.id, p.f, CASE WHEN p.j = 6 THEN t.state ELSE p.s END, p.j, '{{}}',
                       t.created_at + p.j * interval '3 ms'
                  FROM t CROSS JOIN (VALUES (1, NULL, 'pending'), (2, 'pending', 'initializing'),
                                            (3, 'initializing', 'enqueuing_steps'), (4, 'enqueuing_steps', 'steps_in_process'),
                                            (5, 'steps_in_process', 'evaluating_results'), (6, 'evaluating_results', NULL))
                       AS p (j, f, s))
              INSERT INTO sg_step_transitions (task_id, step_id, step_name, from_state, to_state, attempt, sort_key,
-                                              most_recent, metadata, created_at)
-             SELECT s.task_id, s.id, 'step_' || s.k, p.f, CASE WHEN p.j = 5 THEN s.state ELSE p.s END, 1, p.j, p.j = 5,
+                                              metadata, created_at)
+             SELECT s.task_id, s.id, 'step_' || s.k, p.f, CASE WHEN p.j = 5 THEN s.state ELSE p.s END, 1, p.j,
                     '{{}}', s.created_at + (s.k * 4 + p.j) * interval '1 ms'
                FROM s CROSS JOIN (VALUES (1, NULL, 'pending'), (2, 'pending', 'enqueued'), (3, 'enqueued', 'in_progress'),
                                          (4, 'in_progress', 'enqueued_for_orchestration'),
