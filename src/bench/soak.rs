@@ -18,6 +18,16 @@ use stepgraph_worker::{examples, Engine, EngineConfig, Transport};
 /// Tasks in flight at once: enough to keep the engine busy.
 const IN_FLIGHT: usize = 64;
 
+/// A quarter of the retention (at least a second): the audit rows of a
+/// minute go with their partition about a quarter of the retention after
+/// the retention, as a day's would a day after a month.
+fn partition(keep: Keep) -> Duration {
+    match keep {
+        Keep::For(d) => (d / 4).max(Duration::from_secs(1)),
+        Keep::Forever => RetentionConfig::default().partition,
+    }
+}
+
 pub async fn run(url: &str, transport: &Transport, soak: Duration, keep: Keep) -> Result<()> {
     let backend = PgBackend::connect(url, 16).await?;
     backend.migrate().await?;
@@ -29,6 +39,7 @@ pub async fn run(url: &str, transport: &Transport, soak: Duration, keep: Keep) -
             failed: keep,
         },
         every: Duration::from_secs(10),
+        partition: partition(keep),
         ..Default::default()
     });
     let engine = Arc::new(Engine::with_backends(
@@ -58,8 +69,9 @@ pub async fn run(url: &str, transport: &Transport, soak: Duration, keep: Keep) -
         })
         .collect();
     println!(
-        "soak: linear tasks, {IN_FLIGHT} in flight, for {}, retention {keep}",
-        humantime::format_duration(soak)
+        "soak: linear tasks, {IN_FLIGHT} in flight, for {}, retention {keep}, audit partitions {} wide",
+        humantime::format_duration(soak),
+        humantime::format_duration(partition(keep))
     );
     println!(
         "{:>6} {:>10} {:>9} {:>12} {:>12} {:>14}",
@@ -79,7 +91,8 @@ pub async fn run(url: &str, transport: &Transport, soak: Duration, keep: Keep) -
         let now = done.load(Ordering::Relaxed);
         let (held, size, audit): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM sg_tasks), pg_database_size(current_database()),
-                    pg_total_relation_size('sg_step_transitions')",
+                    (SELECT sum(pg_total_relation_size(relid))::bigint
+                       FROM pg_partition_tree('sg_step_transitions'))",
         )
         .fetch_one(backend.pool())
         .await?;
