@@ -45,35 +45,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(backend_error)?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS sg_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(backend_error)?;
-    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM sg_schema_migrations")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend_error)?;
-    let mut applied = Vec::new();
-    for (version, sql) in MIGRATIONS {
-        if done.contains(version) {
-            continue;
-        }
-        // A migration that only replaced functions keeps its comments alone.
-        if has_statements(sql) {
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
-        }
-        sqlx::query("INSERT INTO sg_schema_migrations (version) VALUES ($1)")
-            .bind(version)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_error)?;
-        applied.push(*version);
-    }
+    let applied = apply_migrations(&mut tx, i32::MAX).await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS sg_schema_functions (id integer PRIMARY KEY CHECK (id = 1), body text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
     )
@@ -109,26 +81,46 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, StoreError> {
 #[doc(hidden)]
 pub async fn migrate_tables_until(pool: &PgPool, last: i32) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(backend_error)?;
+    apply_migrations(&mut tx, last).await?;
+    tx.commit().await.map_err(backend_error)
+}
+
+/// Applies the migrations up to `last` not applied yet, recording each;
+/// which it applied.
+async fn apply_migrations(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    last: i32,
+) -> Result<Vec<i32>, StoreError> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS sg_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(backend_error)?;
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= last) {
+    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM sg_schema_migrations")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend_error)?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) || *version > last {
+            continue;
+        }
+        // A migration that only replaced functions keeps its comments alone.
         if has_statements(sql) {
             sqlx::raw_sql(sql)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(|e| StoreError::Backend(format!("migration {version}: {e}")))?;
         }
         sqlx::query("INSERT INTO sg_schema_migrations (version) VALUES ($1)")
             .bind(version)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(backend_error)?;
+        applied.push(*version);
     }
-    tx.commit().await.map_err(backend_error)
+    Ok(applied)
 }
 
 /// Whether SQL text has anything but comments and blank lines.
