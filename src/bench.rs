@@ -20,11 +20,11 @@ pub struct Scenario {
     pub expected: Value,
 }
 
-mod cpu;
-mod floor;
+pub(crate) mod cpu;
+pub(crate) mod floor;
 mod history;
 pub mod soak;
-mod table;
+pub(crate) mod table;
 
 use table::{print_table, FLOOR_RUNS};
 

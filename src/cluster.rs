@@ -1,9 +1,13 @@
 //! `stepgraph bench --cluster`: the seed's cluster rows against real
 //! processes: 2 `serve` (orchestrator + API) and 2 `worker` processes on one
-//! PostgreSQL database, driven over HTTP as a client would.
+//! PostgreSQL database, driven over HTTP as a client would; each row beside
+//! the durable-commit floor, and with `--throughput N` a burst of N tasks
+//! with the CPU each process spent per task (read from `/proc`).
 
+use crate::bench::{cpu, floor};
 use crate::fixtures;
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -30,6 +34,12 @@ async fn spawn(
         .arg("--templates")
         .arg(templates)
         .env("STEPGRAPH_DATABASE_URL", url)
+        // The table is the output: the processes say only what goes wrong,
+        // unless STEPGRAPH_LOG asks for more.
+        .env(
+            "STEPGRAPH_LOG",
+            std::env::var("STEPGRAPH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -89,6 +99,71 @@ async fn linear(addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// Tasks of the burst in flight at once: each holds a connection to a
+/// `serve` while it long-polls.
+const BURST_IN_FLIGHT: usize = 256;
+
+/// What the burst took and the CPU each kind of process spent on it.
+struct Burst {
+    tasks: usize,
+    took: Duration,
+    postgres: Duration,
+    serve: Duration,
+    worker: Duration,
+    client: Duration,
+}
+
+/// CPU so far of PostgreSQL's backends for the database, of the `serve`
+/// and `worker` processes (summed by kind) and of this process.
+async fn cpu_now(
+    pool: &sqlx::PgPool,
+    procs: &[(&'static str, Option<u32>)],
+) -> Option<(cpu::Snapshot, Duration, Duration)> {
+    let snap = cpu::snapshot(pool).await?;
+    let of = |kind: &str| -> Option<Duration> {
+        procs
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, pid)| cpu::cpu_of(&(*pid)?.to_string()))
+            .sum()
+    };
+    Some((snap, of("serve")?, of("worker")?))
+}
+
+/// `tasks` linear tasks created over HTTP across both servers, at most
+/// [`BURST_IN_FLIGHT`] at a time, each waited for by a long poll.
+async fn burst(
+    url: &str,
+    servers: &[String],
+    procs: &[(&'static str, Option<u32>)],
+    tasks: usize,
+) -> Result<Burst> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    let before = cpu_now(&pool, procs).await;
+    let start = Instant::now();
+    let mut done = futures::stream::iter(0..tasks)
+        .map(|i| linear(&servers[i % servers.len()]))
+        .buffer_unordered(BURST_IN_FLIGHT);
+    while let Some(r) = done.next().await {
+        r?;
+    }
+    let took = start.elapsed();
+    let after = cpu_now(&pool, procs).await;
+    pool.close().await;
+    let ((b, b_serve, b_worker), (a, a_serve, a_worker)) = before
+        .zip(after)
+        .context("the CPU of the processes cannot be read (/proc, or PostgreSQL elsewhere)")?;
+    let spent = b.until(&a);
+    Ok(Burst {
+        tasks,
+        took,
+        postgres: spent.postgres,
+        serve: a_serve.saturating_sub(b_serve),
+        worker: a_worker.saturating_sub(b_worker),
+        client: spent.own,
+    })
+}
+
 fn p(sorted: &[Duration], q: f64) -> Duration {
     sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
 }
@@ -100,6 +175,7 @@ pub async fn run(
     env: &[(&str, String)],
     iterations: usize,
     warmup: usize,
+    tasks: usize,
 ) -> Result<()> {
     let setting = |name: &str| {
         env.iter()
@@ -114,11 +190,19 @@ pub async fn run(
             .cloned()
             .collect();
         on_postgres.push(("STEPGRAPH_QUEUE", "postgres".into()));
-        Some(measure(url, &on_postgres, iterations, warmup).await?)
+        Some(
+            measure(url, &on_postgres, iterations, warmup, 0)
+                .await?
+                .rows,
+        )
     } else {
         None
     };
-    let (single, double) = measure(url, env, iterations, warmup).await?;
+    let floor = floor::durable_commit(url, crate::bench::table::FLOOR_RUNS).await?;
+    let Measured {
+        rows: (single, double),
+        burst,
+    } = measure(url, env, iterations, warmup, tasks).await?;
     let queue = if rabbitmq {
         "RabbitMQ queues, beside the PostgreSQL queue"
     } else {
@@ -141,9 +225,9 @@ pub async fn run(
         None => ("", ""),
     };
     println!(
-        "| Scenario | Steps | P50 | P95 | P99 |{pg_col} Reference P50 (published) | vs reference |"
+        "| Scenario | Steps | P50 | P95 | P99 | vs floor |{pg_col} Reference P50 (published) | vs reference |"
     );
-    println!("|---|--:|--:|--:|--:|{pg_rule}--:|--:|");
+    println!("|---|--:|--:|--:|--:|--:|{pg_rule}--:|--:|");
     let rows = [
         ("Cluster single (round robin)", 4, &single, 261.0),
         ("Cluster 2x (one task per orchestrator)", 8, &double, 332.0),
@@ -155,24 +239,60 @@ pub async fn run(
             None => String::new(),
         };
         println!(
-            "| {label} | {steps} | {} | {} | {} |{pg} {seed} ms | {:.0}x |",
+            "| {label} | {steps} | {} | {} | {} | {:.1}x |{pg} {seed} ms | {:.0}x |",
             ms(p50),
             ms(p(samples, 0.95)),
             ms(p(samples, 0.99)),
+            // Each task: a durable commit to create it and one per step.
+            p50.as_secs_f64() / (floor.as_secs_f64() * 5.0),
             seed / (p50.as_secs_f64() * 1e3)
+        );
+    }
+    println!();
+    println!(
+        "vs floor: P50 / (floor x 5), a linear task needing one durable commit to be created and one per step; \
+         the floor is a single-row INSERT committed durably on one connection, measured at the start: {} (median of {}).",
+        crate::bench::table::fmt_latency(floor),
+        crate::bench::table::FLOOR_RUNS
+    );
+    if let Some(b) = burst {
+        let per_task = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3 / b.tasks as f64);
+        println!(
+            "Burst: {} linear tasks over HTTP, {BURST_IN_FLIGHT} at a time across both servers, {} steps in {:.2} s = {:.0} steps/s ({:.0} tasks/s)",
+            b.tasks,
+            b.tasks * 4,
+            b.took.as_secs_f64(),
+            (b.tasks * 4) as f64 / b.took.as_secs_f64(),
+            b.tasks as f64 / b.took.as_secs_f64()
+        );
+        println!(
+            "CPU per task: PostgreSQL {}, serve {} (2 processes), worker {} (2 processes), this client {}; PostgreSQL per step {:.0} µs",
+            per_task(b.postgres),
+            per_task(b.serve),
+            per_task(b.worker),
+            per_task(b.client),
+            b.postgres.as_secs_f64() * 1e6 / (b.tasks * 4) as f64
         );
     }
     Ok(())
 }
 
+/// The rows' sorted latencies, and the burst's figures when asked for.
+struct Measured {
+    rows: (Vec<Duration>, Vec<Duration>),
+    burst: Option<Burst>,
+}
+
 /// Starts the processes and runs the two rows: one task at a time (round
-/// robin), then two at once (one per `serve`); sorted latencies of each.
+/// robin), then two at once (one per `serve`); then, for `tasks` > 0, the
+/// burst.
 async fn measure(
     url: &str,
     env: &[(&str, String)],
     iterations: usize,
     warmup: usize,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    tasks: usize,
+) -> Result<Measured> {
     let dir = std::env::temp_dir().join(format!("stepgraph-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     fixtures::write_templates(&dir)?;
@@ -180,11 +300,11 @@ async fn measure(
     let mut servers = Vec::new();
     for _ in 0..2 {
         let (proc, addr) = spawn(&["serve", "--listen", "127.0.0.1:0"], url, env, &dir).await?;
-        procs.push(proc);
+        procs.push(("serve", proc));
         servers.push(addr);
     }
     for _ in 0..2 {
-        procs.push(spawn(&["worker"], url, env, &dir).await?.0);
+        procs.push(("worker", spawn(&["worker"], url, env, &dir).await?.0));
     }
     let mut single = Vec::new();
     let mut double = Vec::new();
@@ -201,9 +321,18 @@ async fn measure(
             double.push(start.elapsed());
         }
     }
+    let burst = if tasks > 0 {
+        let pids: Vec<_> = procs.iter().map(|(k, p)| (*k, p.0.id())).collect();
+        Some(burst(url, &servers, &pids, tasks).await?)
+    } else {
+        None
+    };
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     single.sort();
     double.sort();
-    Ok((single, double))
+    Ok(Measured {
+        rows: (single, double),
+        burst,
+    })
 }

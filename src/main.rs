@@ -352,7 +352,7 @@ fn main() -> ExitCode {
                     let set = std::env::var("STEPGRAPH_THREADS").is_ok_and(|v| !v.is_empty());
                     let threads = if set { settings.threads } else { 1 };
                     env.push(("STEPGRAPH_THREADS", threads.to_string()));
-                    return cluster::run(url, &env, iterations.max(1), warmup)
+                    return cluster::run(url, &env, iterations.max(1), warmup, throughput)
                         .await
                         .map(|()| true);
                 }

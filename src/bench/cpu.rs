@@ -22,7 +22,7 @@ pub struct Spent {
 
 /// A process's user + system time from `/proc/<pid>/stat` (None when it
 /// is gone or unreadable).
-fn cpu_of(pid: &str) -> Option<Duration> {
+pub(crate) fn cpu_of(pid: &str) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command may hold spaces: the fields start after its ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

@@ -8,7 +8,7 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub(super) fn fmt_latency(d: Duration) -> String {
+pub(crate) fn fmt_latency(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 1000.0 {
         format!("{us:.0} µs")
@@ -18,7 +18,7 @@ pub(super) fn fmt_latency(d: Duration) -> String {
 }
 
 /// Durable commits timed for the floor.
-pub(super) const FLOOR_RUNS: usize = 300;
+pub(crate) const FLOOR_RUNS: usize = 300;
 
 /// The latency table (with `beside`: its P50s in a column of their own;
 /// with the durable-commit `floor`: each P50 against it), then steps/s.
