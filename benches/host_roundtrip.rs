@@ -24,7 +24,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::StepOutcome;
-use stepgraph_worker::roundtrip::roundtrip;
+use stepgraph_worker::roundtrip::{roundtrip, roundtrip_here};
 use stepgraph_worker::{HandlerResult, Host, HostConfig, StepContext, StepHandler, StepOutput};
 
 struct Noop;
@@ -98,7 +98,7 @@ impl Drop for Driver {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("host_roundtrip");
     group.bench_function("rust/direct", |b| {
-        b.iter_custom(|iters| roundtrip(&Noop, "noop", iters).unwrap())
+        b.iter_custom(|iters| roundtrip_here(&Noop, "noop", iters).unwrap())
     });
 
     group.bench_function("rust/host", |b| {
@@ -118,8 +118,9 @@ fn bench(c: &mut Criterion) {
                 }
             })
         };
-        let handler = host.handler("noop");
-        b.iter_custom(|iters| roundtrip(&handler, "noop", iters).unwrap());
+        let handler: Arc<dyn StepHandler> = Arc::new(host.handler("noop"));
+        let runtime = host.runtime().unwrap();
+        b.iter_custom(|iters| roundtrip(&runtime, handler.clone(), "noop", iters).unwrap());
         host.shutdown();
         side.join().unwrap();
     });

@@ -256,11 +256,8 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_completion_channel_applies_backpressure_and_loses_nothing() {
-    let host = Host::new(HostConfig {
-        completion_capacity: 1,
-        ..Default::default()
-    });
+async fn concurrent_completions_lose_nothing() {
+    let host = Host::new(HostConfig::default());
     let stop = Arc::new(AtomicBool::new(false));
     let threads = language_side(&host, 8, &stop, |h, e| {
         h.complete(e.event_id, math(&e)).unwrap()
@@ -370,4 +367,72 @@ async fn drain_stops_handing_out_events_but_takes_running_ones_results() {
     let late = handler.call(&sample_context("noop")).await.unwrap_err();
     assert_eq!(late.code.as_deref(), Some("host_unavailable"));
     host.shutdown();
+}
+
+/// Records the thread it runs on, then does `math.multiply_and_square`.
+struct OnThread(Arc<parking_lot::Mutex<Vec<std::thread::ThreadId>>>);
+
+#[async_trait::async_trait]
+impl stepgraph_worker::StepHandler for OnThread {
+    async fn call(&self, ctx: &stepgraph_worker::StepContext) -> stepgraph_worker::HandlerResult {
+        self.0.lock().push(std::thread::current().id());
+        let product: BigInt = ctx.dependency_results.values().map(int).product();
+        Ok(stepgraph_worker::StepOutput::Success(int_json(
+            &product * &product,
+        )))
+    }
+}
+
+/// An engine on the host's runtime is driven by the language thread that
+/// waits for events: the Rust step after the foreign ones runs on the one
+/// language thread that reported their results (no hand-off to another
+/// thread).
+#[test]
+fn the_language_thread_that_reports_a_result_drives_the_next_step() {
+    let host = Host::new(HostConfig::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let language = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = language.clone();
+    let threads = language_side(&host, 1, &stop, move |h, e| {
+        seen.lock().push(std::thread::current().id());
+        h.complete(e.event_id, math(&e)).unwrap()
+    });
+    let rust = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut handlers = HandlerRegistry::new();
+    handlers.register("math.multiply_and_square", OnThread(rust.clone()));
+    let engine = {
+        let _runtime = host.runtime().unwrap().enter();
+        engine_with_breakers(fixture_templates(), &host, &["math.square"], handlers)
+    };
+    let engine = Arc::new(engine);
+    for _ in 0..20 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e = engine.clone();
+        host.runtime().unwrap().spawn(async move {
+            let _ = tx.send(e.run("e2e", "diamond", json!({ "even_number": 6 })).await);
+        });
+        let report = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        assert_eq!(report.state(), TaskState::Complete);
+        assert_eq!(result(&report), &json!(SIX_16));
+    }
+    let language = language.lock().clone();
+    assert_eq!(language.len(), 60, "three foreign steps per task");
+    assert!(
+        language.iter().all(|t| *t == language[0]),
+        "one language thread"
+    );
+    let rust = rust.lock().clone();
+    assert_eq!(rust.len(), 20);
+    // A language thread descheduled for over a millisecond between its
+    // result and its next wait leaves the driving to the background thread
+    // (a loaded machine): most, not all, run on the language thread. With
+    // a runtime of worker threads of its own, none would.
+    let inline = rust.iter().filter(|t| **t == language[0]).count();
+    assert!(
+        inline >= 10,
+        "{inline} of 20 Rust steps ran on the language thread that drove them"
+    );
+    stop.store(true, Ordering::SeqCst);
+    host.shutdown();
+    threads.into_iter().for_each(|t| t.join().unwrap());
 }

@@ -18,7 +18,6 @@ class NativeEngine:
     def embedded(
         templates_dir: str,
         handlers: list[str],
-        completion_capacity: int = 1024,
         failure_threshold: int = 5,
         cool_down_ms: int = 30000,
         builtin_handlers: bool = False,
@@ -30,7 +29,6 @@ class NativeEngine:
         namespaces: list[str],
         handlers: list[str],
         concurrency: int = 4,
-        completion_capacity: int = 1024,
         failure_threshold: int = 5,
         cool_down_ms: int = 30000,
         queue: str | None = None,

@@ -189,7 +189,6 @@ class Engine:
         handlers: Iterable[StepHandler],
         concurrency: int = DEFAULT_CONCURRENCY,
         async_concurrency: int = 64,
-        completion_capacity: int = 1024,
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
         builtin_handlers: bool = False,
@@ -201,7 +200,6 @@ class Engine:
         native = NativeEngine.embedded(
             str(templates_dir),
             list(by_name),
-            completion_capacity,
             breaker_failure_threshold,
             int(breaker_cool_down * 1000),
             builtin_handlers,
@@ -237,9 +235,8 @@ class Engine:
         return self._native.roundtrip(handler, n) / 1e9 / max(1, n)
 
     def host_stats(self) -> dict[str, int]:
-        """What the Rust host holds and has done: ``pending`` (steps out with
-        the handlers here), ``completion_depth`` and ``completion_waits``
-        (completions that waited for room: backpressure, nothing dropped)."""
+        """What the Rust host holds: ``pending`` (steps out with the handlers
+        here; never more than the handler slots asked for them)."""
         return self._native.host_stats()
 
     def close(self) -> None:

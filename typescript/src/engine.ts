@@ -102,14 +102,10 @@ export function taskResult(report: any): TaskResult {
   return new FinishedTask(task.id, task.state, task.result, task.error, steps, report);
 }
 
-/** What the Rust host holds and has done ({@link Engine.hostStats}). */
+/** What the Rust host holds ({@link Engine.hostStats}). */
 export interface HostStats {
-  /** Steps out with the handlers of this process. */
+  /** Steps out with the handlers of this process (never more than the handler slots that asked for them). */
   pending: number;
-  /** Completions waiting for the host's router. */
-  completionDepth: number;
-  /** Completions that found the channel full and waited (backpressure). */
-  completionWaits: number;
 }
 
 export interface EngineOptions {
@@ -118,8 +114,6 @@ export interface EngineOptions {
   handlers: Iterable<HandlerLike>;
   /** Handlers running at once (async ones overlap on the event loop). Default {@link DEFAULT_CONCURRENCY} (8). */
   concurrency?: number;
-  /** Completions buffered in the engine before reporting one waits. Default 1024. */
-  completionCapacity?: number;
   /** Consecutive failures that open a handler's circuit breaker. Default 5. */
   breakerFailureThreshold?: number;
   /** How long an open breaker refuses its handler's steps. Default 30000. */
@@ -138,7 +132,6 @@ export function hostOptions(options: EngineOptions, names: string[]): Record<str
     templates_dir: options.templatesDir,
     handlers: names,
     builtin_handlers: options.builtinHandlers ?? false,
-    completion_capacity: options.completionCapacity ?? 1024,
     failure_threshold: options.breakerFailureThreshold ?? 5,
     cool_down_ms: options.breakerCoolDownMs ?? 30_000,
     language: "typescript",
@@ -201,18 +194,10 @@ export class Engine {
     return Number(nanos) / 1000 / Math.max(1, n);
   }
 
-  /**
-   * What the Rust host holds and has done: `pending` (steps out with the
-   * handlers here), `completionDepth` and `completionWaits` (completions
-   * that waited for room: backpressure, nothing dropped).
-   */
+  /** What the Rust host holds: `pending` (steps out with the handlers here). */
   async hostStats(): Promise<HostStats> {
     const s = (await this.#native.call(JSON.stringify({ op: "stats" }))) as Record<string, number | bigint>;
-    return {
-      pending: Number(s.pending),
-      completionDepth: Number(s.completion_depth),
-      completionWaits: Number(s.completion_waits),
-    };
+    return { pending: Number(s.pending) };
   }
 
   /** Graceful: running handlers finish and are recorded, then the engine stops. */

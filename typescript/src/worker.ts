@@ -23,7 +23,6 @@ export interface WorkerOptions {
   concurrency?: number;
   /** The templates (the worker orchestrates its own steps' results). Default $STEPGRAPH_TEMPLATES_DIR or ./templates. */
   templatesDir?: string;
-  completionCapacity?: number;
   breakerFailureThreshold?: number;
   breakerCoolDownMs?: number;
   backend?: BackendName;

@@ -1,6 +1,6 @@
 //! What every binding drives: an engine whose steps for some handler names
-//! are run by another language through a [`Host`], with a tokio runtime of
-//! its own. Either embedded (orchestrator, in-memory store and queue, and a
+//! are run by another language through a [`Host`], on the host's runtime
+//! (driven by the language side's waiting thread). Either embedded (orchestrator, in-memory store and queue, and a
 //! worker, for `run`) or a worker against PostgreSQL (tasks come from
 //! `stepgraph serve`). Every method blocks: a binding calls them with its
 //! interpreter lock released.
@@ -76,8 +76,6 @@ pub struct EngineOptions {
     /// the language side's handlers run here).
     #[serde(default)]
     pub builtin_handlers: bool,
-    #[serde(default = "default_capacity")]
-    pub completion_capacity: usize,
     #[serde(default = "default_threshold")]
     pub failure_threshold: u32,
     #[serde(default = "default_cool_down_ms")]
@@ -99,9 +97,6 @@ fn default_language() -> String {
     "c".into()
 }
 
-fn default_capacity() -> usize {
-    HostConfig::default().completion_capacity
-}
 fn default_threshold() -> u32 {
     BreakerConfig::default().failure_threshold
 }
@@ -109,8 +104,8 @@ fn default_cool_down_ms() -> u64 {
     BreakerConfig::default().cool_down.as_millis() as u64
 }
 
-/// What a binding tunes: the host's completion channel and the breakers of
-/// the handlers the engine runs.
+/// What a binding tunes: the host and the breakers of the handlers the
+/// engine runs.
 #[derive(Debug, Clone, Default)]
 pub struct Tuning {
     pub host: HostConfig,
@@ -118,14 +113,10 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// The completion channel's capacity and the breakers' threshold and
-    /// cool-down; defaults for the rest.
-    pub fn new(completion_capacity: usize, failure_threshold: u32, cool_down_ms: u64) -> Tuning {
+    /// The breakers' threshold and cool-down; defaults for the rest.
+    pub fn new(failure_threshold: u32, cool_down_ms: u64) -> Tuning {
         Tuning {
-            host: HostConfig {
-                completion_capacity,
-                ..Default::default()
-            },
+            host: HostConfig::default(),
             breakers: BreakerConfig {
                 failure_threshold,
                 cool_down: Duration::from_millis(cool_down_ms),
@@ -169,7 +160,6 @@ fn default_run_timeout_ms() -> u64 {
 }
 
 pub struct HostedEngine {
-    runtime: tokio::runtime::Runtime,
     engine: Mutex<Option<Arc<Engine>>>,
     /// A worker against PostgreSQL: its shutdown trigger and its task.
     worker: Mutex<Option<(ShutdownTrigger, JoinHandle<()>)>>,
@@ -184,21 +174,13 @@ pub struct HostedEngine {
 /// The templates, the host, the handler registry (the host's for the names
 /// the language side serves, and with `builtin` the example Rust handlers
 /// of the fixtures beside them, which the language's take precedence over;
-/// with the tuning's breakers) and a runtime.
+/// with the tuning's breakers).
 fn prepare(
     templates_dir: &Path,
     handlers: &[String],
     builtin: bool,
     tuning: Tuning,
-) -> Result<
-    (
-        TemplateRegistry,
-        Arc<Host>,
-        HandlerRegistry,
-        tokio::runtime::Runtime,
-    ),
-    HostedError,
-> {
+) -> Result<(TemplateRegistry, Arc<Host>, HandlerRegistry), HostedError> {
     let templates = TemplateRegistry::load_dir(templates_dir)
         .map_err(|e| HostedError::Config(e.to_string()))?;
     let host = Host::new(tuning.host);
@@ -211,13 +193,7 @@ fn prepare(
     for name in handlers {
         registry.register(name, host.handler(name));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("stepgraph-runtime")
-        .enable_all()
-        .build()
-        .map_err(|e| HostedError::Internal(format!("cannot start the runtime: {e}")))?;
-    Ok((templates, host, registry, runtime))
+    Ok((templates, host, registry))
 }
 
 impl HostedEngine {
@@ -232,8 +208,7 @@ impl HostedEngine {
     ) -> Result<HostedEngine, HostedError> {
         crate::logging::init(false).map_err(HostedError::Config)?;
         crate::telemetry::init_from_env("stepgraph-embedded").map_err(HostedError::Config)?;
-        let (templates, host, registry, runtime) =
-            prepare(templates_dir, handlers, builtin, tuning)?;
+        let (templates, host, registry) = prepare(templates_dir, handlers, builtin, tuning)?;
         // Nothing else runs this engine's steps: a step nobody serves would
         // only fail when it runs.
         let missing = registry.missing_for(&templates, None);
@@ -253,11 +228,10 @@ impl HostedEngine {
             ..Default::default()
         };
         let engine = {
-            let _guard = runtime.enter();
+            let _guard = host.runtime()?.enter();
             Engine::embedded(templates, registry, config)
         };
         Ok(HostedEngine {
-            runtime,
             engine: Mutex::new(Some(Arc::new(engine))),
             worker: Mutex::new(None),
             host,
@@ -283,11 +257,10 @@ impl HostedEngine {
         crate::logging::init(true).map_err(HostedError::Config)?;
         crate::telemetry::init_from_env(&format!("stepgraph-worker-{}", options.language))
             .map_err(HostedError::Config)?;
-        let (templates, host, registry, runtime) =
-            prepare(templates_dir, handlers, builtin, tuning)?;
+        let (templates, host, registry) = prepare(templates_dir, handlers, builtin, tuning)?;
         let breakers = registry.breakers().clone();
         let credits = host.credits();
-        let worker = runtime.block_on(async {
+        let worker = host.block_on(async {
             let worker =
                 crate::backend::connect_worker(&settings, templates, registry, Some(credits))
                     .await?
@@ -295,9 +268,8 @@ impl HostedEngine {
             let (trigger, shutdown) = shutdown_channel();
             let task = tokio::spawn(Arc::new(worker).run(shutdown));
             Ok::<_, HostedError>((trigger, task))
-        })?;
+        })??;
         Ok(HostedEngine {
-            runtime,
             engine: Mutex::new(None),
             worker: Mutex::new(Some(worker)),
             host,
@@ -308,11 +280,7 @@ impl HostedEngine {
 
     /// An embedded engine, or a worker when `options.database_url` is set.
     pub fn open(options: EngineOptions) -> Result<HostedEngine, HostedError> {
-        let config = Tuning::new(
-            options.completion_capacity,
-            options.failure_threshold,
-            options.cool_down_ms,
-        );
+        let config = Tuning::new(options.failure_threshold, options.cool_down_ms);
         match options.database_url {
             None => HostedEngine::embedded(
                 &options.templates_dir,
@@ -346,11 +314,21 @@ impl HostedEngine {
     }
 
     /// Creates a task in the embedded engine (delayed, if `request` says
-    /// so) and waits for it to end.
+    /// so) and waits for it to end. The task runs on the host's runtime:
+    /// this thread only waits, the language side's drives.
     pub fn run(&self, request: TaskRequest, timeout: Duration) -> Result<TaskReport, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
-        self.runtime
-            .block_on(submit_and_wait(&engine, request, timeout))
+        let task = async move { submit_and_wait(&engine, request, timeout).await };
+        let task = match self.host.drive_if_native(task) {
+            Ok(report) => return report.map_err(HostedError::from),
+            Err(task) => task,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.host.runtime()?.spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        rx.recv()
+            .map_err(|_| HostedError::from(crate::host::HostError::Closed))?
             .map_err(HostedError::from)
     }
 
@@ -379,7 +357,11 @@ impl HostedEngine {
                     Ok(r) => r,
                     Err(e) => return reply(Err(e)),
                 };
-            self.runtime.spawn(async move {
+            let runtime = match self.host.runtime() {
+                Ok(r) => r,
+                Err(e) => return reply(Err(e.into())),
+            };
+            runtime.spawn(async move {
                 let timeout = Duration::from_millis(timeout_ms);
                 let report = submit_and_wait(&engine, request, timeout)
                     .await
@@ -412,7 +394,9 @@ impl HostedEngine {
     /// Benchmarks: `n` steps, one after another, through the handler
     /// `handler` of the language side (see [`roundtrip::roundtrip`]).
     pub fn roundtrip(&self, handler: &str, n: u64) -> Result<Duration, HostedError> {
-        roundtrip::roundtrip(&self.host.handler(handler), handler, n).map_err(HostedError::Internal)
+        let runtime = self.host.runtime()?;
+        roundtrip::roundtrip(&runtime, Arc::new(self.host.handler(handler)), handler, n)
+            .map_err(HostedError::Internal)
     }
 
     /// Stops gracefully: no more events are handed out (waiting callers of
@@ -426,11 +410,11 @@ impl HostedEngine {
         self.host.drain();
         // `run` calls still waiting hold the engine; their waits end with it.
         if let Some(Ok(engine)) = engine.map(Arc::try_unwrap) {
-            self.runtime.block_on(engine.shutdown());
+            let _ = self.host.block_on(engine.shutdown());
         }
         if let Some((trigger, task)) = worker {
             trigger.trigger();
-            let _ = self.runtime.block_on(task);
+            let _ = self.host.block_on(task);
         }
         // The steps of `run` calls still waiting elsewhere finish too, within
         // the same grace: what outlives it is abandoned and redelivered.
@@ -438,6 +422,14 @@ impl HostedEngine {
             .wait_idle(deadline.saturating_duration_since(std::time::Instant::now()));
         self.host.shutdown();
         stepgraph_engine::trace::flush();
+    }
+}
+
+impl Drop for HostedEngine {
+    /// Without a `shutdown` first, the steps still running are abandoned
+    /// (and redelivered, in a worker); the runtime goes with the host.
+    fn drop(&mut self) {
+        self.host.shutdown();
     }
 }
 

@@ -6,6 +6,7 @@
 
 use crate::handler::{StepContext, StepHandler};
 use serde_json::{json, Map};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stepgraph_engine::new_id;
 
@@ -33,21 +34,40 @@ pub fn sample_context(handler: &str) -> StepContext {
     }
 }
 
-/// Runs `n` steps through `handler` (serving handler name `name`), one after another, and returns the
-/// total time; fails on the first step that does not succeed.
-pub fn roundtrip(handler: &dyn StepHandler, name: &str, n: u64) -> Result<Duration, String> {
+/// Runs `n` steps through `handler` (serving handler name `name`), one
+/// after another, as a task on `runtime` (a foreign handler's host runtime,
+/// driven by the language side as an engine's steps are), and returns the
+/// total time; fails on the first step that does not succeed. Call it from
+/// a thread outside any runtime: it waits for the task.
+pub fn roundtrip(
+    runtime: &tokio::runtime::Handle,
+    handler: Arc<dyn StepHandler>,
+    name: &str,
+    n: u64,
+) -> Result<Duration, String> {
+    let ctx = sample_context(name);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move { tx.send(steps(&*handler, &ctx, n).await) });
+    rx.recv()
+        .map_err(|_| "the runtime shut down during the round trips".to_string())?
+}
+
+/// [`roundtrip`] on a runtime of its own on this thread: for a handler
+/// that needs no one else to drive it (a native one).
+pub fn roundtrip_here(handler: &dyn StepHandler, name: &str, n: u64) -> Result<Duration, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let ctx = sample_context(name);
-    runtime.block_on(async {
-        let start = Instant::now();
-        for _ in 0..n {
-            if let Err(e) = handler.call(&ctx).await {
-                return Err(format!("round-trip step failed: {e}"));
-            }
+    runtime.block_on(steps(handler, &sample_context(name), n))
+}
+
+async fn steps(handler: &dyn StepHandler, ctx: &StepContext, n: u64) -> Result<Duration, String> {
+    let start = Instant::now();
+    for _ in 0..n {
+        if let Err(e) = handler.call(ctx).await {
+            return Err(format!("round-trip step failed: {e}"));
         }
-        Ok(start.elapsed())
-    })
+    }
+    Ok(start.elapsed())
 }

@@ -224,7 +224,7 @@ fn json_output(value: &impl serde::Serialize, what: &str) -> Result<SgBuffer, Fa
 }
 
 /// Creates an engine from `options` (JSON: `templates_dir`, `handlers`, and
-/// optionally `completion_capacity`, `failure_threshold`, `cool_down_ms`,
+/// optionally `failure_threshold`, `cool_down_ms`,
 /// `builtin_handlers` (the example Rust handlers beside `handlers`); with
 /// `database_url`, and optionally `queue`, `namespaces`, `concurrency`, a
 /// worker against PostgreSQL instead of an embedded engine, its other

@@ -30,17 +30,16 @@ impl NativeEngine {
     /// of the fixtures run beside them (the Python ones take precedence).
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (templates_dir, handlers, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, builtin_handlers=false))]
+    #[pyo3(signature = (templates_dir, handlers, failure_threshold=5, cool_down_ms=30000, builtin_handlers=false))]
     fn embedded(
         py: Python<'_>,
         templates_dir: &str,
         handlers: Vec<String>,
-        completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
         builtin_handlers: bool,
     ) -> PyResult<Self> {
-        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(failure_threshold, cool_down_ms);
         let dir = Path::new(templates_dir);
         let inner = py
             .allow_threads(|| HostedEngine::embedded(dir, &handlers, builtin_handlers, config))
@@ -53,7 +52,7 @@ impl NativeEngine {
     /// results of its own steps, so it loads the templates too. `queue`
     /// None: `STEPGRAPH_QUEUE` (default `postgres`).
     #[staticmethod]
-    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, completion_capacity=1024, failure_threshold=5, cool_down_ms=30000, queue=None, builtin_handlers=false))]
+    #[pyo3(signature = (database_url, templates_dir, namespaces, handlers, concurrency=4, failure_threshold=5, cool_down_ms=30000, queue=None, builtin_handlers=false))]
     #[allow(clippy::too_many_arguments)]
     fn postgres(
         py: Python<'_>,
@@ -62,13 +61,12 @@ impl NativeEngine {
         namespaces: Vec<String>,
         handlers: Vec<String>,
         concurrency: usize,
-        completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
         queue: Option<String>,
         builtin_handlers: bool,
     ) -> PyResult<Self> {
-        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url: Some(database_url.to_string()),
             queue,
@@ -107,8 +105,10 @@ impl NativeEngine {
                     "outcome of event {event_id} is not a step outcome: {e}"
                 ))
             })?;
-        let host = self.inner.host();
-        py.allow_threads(|| host.complete(event_id, outcome))
+        // It never waits: the GIL stays.
+        self.inner
+            .host()
+            .complete(event_id, outcome)
             .map_err(host_error)
     }
 
@@ -147,8 +147,7 @@ impl NativeEngine {
         serde_json::to_string(&report).map_err(internal)
     }
 
-    /// What the host holds and has done: `pending`, `completion_depth`,
-    /// `completion_waits` (completions that waited for a full channel).
+    /// What the host holds: `pending` (events out with the Python side).
     fn host_stats(&self, py: Python<'_>) -> PyResult<PyObject> {
         let stats = serde_json::to_value(self.inner.host().stats()).map_err(internal)?;
         convert::to_python(py, &stats)

@@ -80,12 +80,11 @@ impl NativeEngine {
         ruby: &Ruby,
         templates_dir: String,
         handlers: Vec<String>,
-        completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
         builtin: bool,
     ) -> Result<NativeEngine, Error> {
-        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(failure_threshold, cool_down_ms);
         without_gvl(ruby, || {
             HostedEngine::embedded(Path::new(&templates_dir), &handlers, builtin, config)
         })?
@@ -102,12 +101,11 @@ impl NativeEngine {
         namespaces: Vec<String>,
         handlers: Vec<String>,
         concurrency: usize,
-        completion_capacity: usize,
         failure_threshold: u32,
         cool_down_ms: u64,
         builtin: bool,
     ) -> Result<NativeEngine, Error> {
-        let config = Tuning::new(completion_capacity, failure_threshold, cool_down_ms);
+        let config = Tuning::new(failure_threshold, cool_down_ms);
         let options = WorkerOptions {
             database_url: Some(database_url),
             queue,
@@ -161,7 +159,9 @@ impl NativeEngine {
             )
         })?;
         let host = rb_self.inner.host();
-        without_gvl(ruby, || host.complete(event_id, outcome))?.map_err(|e| host_error(ruby, e))
+        // It never waits: the GVL stays.
+        host.complete(event_id, outcome)
+            .map_err(|e| host_error(ruby, e))
     }
 
     /// Creates a task in the embedded engine and waits (without the GVL)
@@ -209,9 +209,7 @@ impl NativeEngine {
         self.inner.host().pending_count()
     }
 
-    /// What the host holds and has done, a Hash: `pending`,
-    /// `completion_depth`, `completion_waits` (completions that waited for a
-    /// full channel).
+    /// What the host holds, a Hash: `pending` (events out with the Ruby side).
     fn host_stats(ruby: &Ruby, rb_self: &Self) -> Result<magnus::Value, Error> {
         let stats =
             serde_json::to_value(rb_self.inner.host().stats()).map_err(|e| internal(ruby, e))?;
@@ -239,8 +237,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("Stepgraph")?;
     let native = module.define_module("Native")?;
     let class = native.define_class("Engine", ruby.class_object())?;
-    class.define_singleton_method("embedded", function!(NativeEngine::embedded, 6))?;
-    class.define_singleton_method("worker", function!(NativeEngine::worker, 10))?;
+    class.define_singleton_method("embedded", function!(NativeEngine::embedded, 5))?;
+    class.define_singleton_method("worker", function!(NativeEngine::worker, 9))?;
     class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
     class.define_method("complete", method!(NativeEngine::complete, 2))?;
     class.define_method("run", method!(NativeEngine::run, 6))?;

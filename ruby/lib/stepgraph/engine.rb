@@ -107,10 +107,10 @@ module Stepgraph
   class Engine
     # +builtin_handlers+: the example Rust handlers of the fixture workflows
     # run beside the Ruby ones (which take precedence); off, only +handlers+ run.
-    def self.embedded(templates_dir:, handlers:, concurrency: DEFAULT_CONCURRENCY, completion_capacity: 1024,
+    def self.embedded(templates_dir:, handlers:, concurrency: DEFAULT_CONCURRENCY,
                       breaker_failure_threshold: 5, breaker_cool_down: 30.0, builtin_handlers: false)
       by_name = Stepgraph.handlers_by_name(handlers)
-      native = Native::Engine.embedded(templates_dir.to_s, by_name.keys, completion_capacity,
+      native = Native::Engine.embedded(templates_dir.to_s, by_name.keys,
                                        breaker_failure_threshold, (breaker_cool_down * 1000).to_i,
                                        builtin_handlers ? true : false)
       engine = new(native, by_name, concurrency)
@@ -151,9 +151,8 @@ module Stepgraph
       @native.breaker_state(handler.to_s)
     end
 
-    # What the Rust host holds and has done: "pending" (steps out with the
-    # handlers here), "completion_depth" and "completion_waits" (completions
-    # that waited for room: backpressure, nothing dropped).
+    # What the Rust host holds: "pending" (steps out with the handlers
+    # here; never more than the handler slots asked for them).
     def host_stats
       @native.host_stats
     end

@@ -13,11 +13,11 @@ module Stepgraph
   class Worker
     def initialize(database_url:, handlers:, templates_dir: ENV.fetch("STEPGRAPH_TEMPLATES_DIR", "templates"),
                    queue: nil, namespaces: [], concurrency: DEFAULT_CONCURRENCY,
-                   completion_capacity: 1024, breaker_failure_threshold: 5, breaker_cool_down: 30.0,
+                   breaker_failure_threshold: 5, breaker_cool_down: 30.0,
                    builtin_handlers: false)
       @handlers = Stepgraph.handlers_by_name(handlers)
       @args = [database_url.to_s, queue&.to_s, templates_dir.to_s, Array(namespaces).map(&:to_s), @handlers.keys,
-               [Integer(concurrency), 1].max, completion_capacity, breaker_failure_threshold,
+               [Integer(concurrency), 1].max, breaker_failure_threshold,
                (breaker_cool_down * 1000).to_i, builtin_handlers ? true : false]
       @concurrency = [Integer(concurrency), 1].max
       @pool = nil

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Completions buffered before `complete` waits.
-    pub completion_capacity: usize,
     /// For steps whose template sets no timeout.
     pub default_timeout: Duration,
     /// How often the reaper looks for overdue events.
@@ -15,7 +13,6 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
-            completion_capacity: 1024,
             default_timeout: Duration::from_secs(300),
             reaper_interval: Duration::from_millis(20),
         }

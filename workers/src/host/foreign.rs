@@ -81,9 +81,8 @@ impl StepHandler for ForeignHandler {
                 return Err(HandlerError::retryable("the worker is shutting down")
                     .with_code("host_unavailable"));
             }
-            ready.push_back(event);
+            inner.queue(&mut ready, event);
         }
-        inner.arrived.notify_one();
         let outcome = result.await;
         dispatched.done = true;
         match outcome {

@@ -11,12 +11,16 @@
 //!   steps (the host grants them as the permits of [`Host::credits`]).
 //! - Every dispatched event has a deadline; a reaper thread fails overdue ones
 //!   as retryable `timeout`s, and their late completions are refused.
-//! - Completions pass through one bounded channel: when it is full,
-//!   `complete` waits (backpressure), it never drops; [`HostStats`] counts
-//!   the waits.
+//! - A completion goes straight to its step, which is waiting for it: it
+//!   never waits and is never dropped; what is out at once is bounded by
+//!   the credits.
+//! - The host owns the engine's runtime, driven by the language thread
+//!   that waits for events (see `drive`): a step's commit and the next
+//!   step's dispatch run on the thread that reported its result.
 //! - The host remembers its process id and refuses use from a forked child.
 
 mod config;
+mod drive;
 mod foreign;
 mod pending;
 mod schema;
@@ -25,17 +29,18 @@ pub use config::{HostConfig, HostError};
 pub use foreign::ForeignHandler;
 pub use schema::{StepEvent, StepResult};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use drive::Drive;
 use parking_lot::{Condvar, Mutex};
-use pending::{reap, route, Completion, Pending};
+use pending::{reap, Pending};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stepgraph_engine::queue::Credits;
 use stepgraph_engine::{StepError, StepOutcome};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 struct Inner {
     pid: u32,
@@ -43,17 +48,22 @@ struct Inner {
     ready: Mutex<VecDeque<StepEvent>>,
     /// Handler slots of the callers waiting in `next_events` (changed under the `ready` lock).
     waiting: AtomicUsize,
+    /// Wakes the callers waiting on the condition variable.
     arrived: Condvar,
+    /// The events the driving caller (see `drive`) takes when it wakes: an
+    /// event it will take wakes it alone (changed under the `ready` lock).
+    driver_wants: AtomicUsize,
+    /// Wakes the driving caller.
+    driver_arrived: Notify,
     pending: Mutex<HashMap<u64, Pending>>,
     /// `complete` calls between taking an event off `pending` and handing
-    /// its result to the router (changed under the `pending` lock).
+    /// its result to its step (changed under the `pending` lock).
     completing: AtomicUsize,
     /// Notified when no event is pending or being completed.
     idle: Condvar,
-    completions: Mutex<Option<Sender<Completion>>>,
-    /// `complete` calls that found the completion channel full and waited.
-    completion_waits: AtomicU64,
     credits: Arc<Semaphore>,
+    /// Handler names served by the language side (see [`Host::handler`]).
+    serves: AtomicUsize,
     next_id: AtomicU64,
     /// No new events are handed out; completions are still taken.
     draining: AtomicBool,
@@ -65,43 +75,36 @@ struct Inner {
 pub struct HostStats {
     /// Events out with the language side.
     pub pending: usize,
-    /// Completions waiting for the router.
-    pub completion_depth: usize,
-    /// `complete` calls that waited because the completion channel was full.
-    pub completion_waits: u64,
 }
 
 pub struct Host {
     inner: Arc<Inner>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime (None once shut down: the steps' tasks hold the host,
+    /// so the runtime is dropped by `shutdown`, not with the host).
+    drive: Mutex<Option<Arc<Drive>>>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Host {
-    /// Starts the host's completion router and reaper threads.
+    /// Starts the host's runtime and its reaper thread.
     pub fn new(config: HostConfig) -> Arc<Host> {
-        let (tx, rx) = bounded(config.completion_capacity.max(1));
         let inner = Arc::new(Inner {
             pid: std::process::id(),
             config,
             ready: Mutex::new(VecDeque::new()),
             waiting: AtomicUsize::new(0),
             arrived: Condvar::new(),
+            driver_wants: AtomicUsize::new(0),
+            driver_arrived: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             completing: AtomicUsize::new(0),
             idle: Condvar::new(),
-            completions: Mutex::new(Some(tx)),
-            completion_waits: AtomicU64::new(0),
             credits: Arc::new(Semaphore::new(0)),
+            serves: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
-        let router = {
-            std::thread::Builder::new()
-                .name("stepgraph-completions".into())
-                .spawn(move || route(rx))
-                .expect("spawning the completion router")
-        };
         let reaper = {
             let inner = inner.clone();
             std::thread::Builder::new()
@@ -111,8 +114,42 @@ impl Host {
         };
         Arc::new(Host {
             inner,
-            threads: Mutex::new(vec![router, reaper]),
+            drive: Mutex::new(Some(Arc::new(Drive::new()))),
+            reaper: Mutex::new(Some(reaper)),
         })
+    }
+
+    fn drive(&self) -> Result<Arc<Drive>, HostError> {
+        self.drive.lock().clone().ok_or(HostError::Closed)
+    }
+
+    /// The runtime an engine on this host runs on: spawn its tasks here
+    /// (and enter it to build one) so that the language side drives them.
+    pub fn runtime(&self) -> Result<tokio::runtime::Handle, HostError> {
+        Ok(self.drive()?.handle().clone())
+    }
+
+    /// Runs `future` on the host's runtime from a thread outside any
+    /// runtime (setting up and shutting down; a caller that waits for a
+    /// task's end should rather spawn it and wait, leaving the driving to
+    /// the language side).
+    pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, HostError> {
+        Ok(self.drive()?.block_on(future))
+    }
+
+    /// Runs `future` here, driving the runtime, if the language side serves
+    /// no handler (it would never drive: its callers of `next_events` wait
+    /// for nothing) and no other thread drives as it would; else gives it
+    /// back unpolled. A task of Rust steps alone then runs on the thread
+    /// that waits for it, as in a native engine.
+    pub fn drive_if_native<F: Future>(&self, future: F) -> Result<F::Output, F> {
+        if self.inner.serves.load(Ordering::SeqCst) > 0 {
+            return Err(future);
+        }
+        match self.drive() {
+            Ok(drive) => drive.drive(future),
+            Err(_) => Err(future),
+        }
     }
 
     /// The permits the worker claims steps with (see [`crate::Worker::with_credits`]).
@@ -129,6 +166,7 @@ impl Host {
 
     /// The Rust-side handler that dispatches `name`'s steps to the language side.
     pub fn handler(self: &Arc<Self>, name: &str) -> ForeignHandler {
+        self.inner.serves.fetch_add(1, Ordering::SeqCst);
         ForeignHandler {
             host: self.clone(),
             name: name.to_string(),
@@ -159,31 +197,40 @@ impl Host {
             return Err(HostError::Closed);
         }
         let deadline = Instant::now() + timeout;
-        let mut ready = self.inner.ready.lock();
-        self.inner.waiting.fetch_add(max, Ordering::SeqCst);
-        self.inner.rebalance(ready.len());
-        while ready.is_empty()
-            && !self.inner.closed.load(Ordering::SeqCst)
-            && !self.inner.draining.load(Ordering::SeqCst)
-        {
-            if self
-                .inner
-                .arrived
-                .wait_until(&mut ready, deadline)
-                .timed_out()
-            {
-                break;
+        let inner = &*self.inner;
+        let mut ready = inner.ready.lock();
+        inner.waiting.fetch_add(max, Ordering::SeqCst);
+        inner.rebalance(ready.len());
+        if ready.is_empty() && !inner.stopped() {
+            drop(ready);
+            // Without handlers here no event comes: the waiter does not drive.
+            let drove = (inner.serves.load(Ordering::SeqCst) > 0)
+                .then(|| self.drive().ok())
+                .flatten()
+                .and_then(|d| d.drive(inner.wait_as_driver(max, deadline)).ok());
+            ready = inner.ready.lock();
+            if drove.is_some() {
+                inner.driver_wants.store(0, Ordering::SeqCst);
+            }
+            while ready.is_empty() && !inner.stopped() {
+                if inner.arrived.wait_until(&mut ready, deadline).timed_out() {
+                    break;
+                }
             }
         }
         let n = max.min(ready.len());
         let events: Vec<StepEvent> = ready.drain(..n).collect();
-        self.inner.waiting.fetch_sub(max, Ordering::SeqCst);
-        self.inner.rebalance(ready.len());
+        inner.waiting.fetch_sub(max, Ordering::SeqCst);
+        inner.rebalance(ready.len());
+        if !ready.is_empty() {
+            inner.arrived.notify_one();
+        }
         Ok(events)
     }
 
-    /// Reports an event's outcome. Waits while the completion channel is
-    /// full; refuses an event that is not pending (timed out, say).
+    /// Reports an event's outcome to its step (which a caller of
+    /// `next_events` then commits, see `drive`); refuses an event that is
+    /// not pending (timed out, say). Never waits.
     pub fn complete(&self, event_id: u64, result: StepResult) -> Result<(), HostError> {
         self.check()?;
         let p = {
@@ -194,26 +241,12 @@ impl Host {
             self.inner.completing.fetch_add(1, Ordering::SeqCst);
             p
         };
-        let tx = self.inner.completions.lock().clone();
-        let completion = Completion {
-            result,
-            reply: p.reply,
-        };
-        let sent = match tx {
-            None => Err(HostError::Closed),
-            Some(tx) => match tx.try_send(completion) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(completion)) => {
-                    self.inner.completion_waits.fetch_add(1, Ordering::Relaxed);
-                    tx.send(completion).map_err(|_| HostError::Closed)
-                }
-                Err(TrySendError::Disconnected(_)) => Err(HostError::Closed),
-            },
-        };
+        // The step may have stopped waiting (its worker timed it out): nothing to do then.
+        let _ = p.reply.send(result);
         let pending = self.inner.pending.lock();
         self.inner.completing.fetch_sub(1, Ordering::SeqCst);
         self.inner.notify_if_idle(&pending);
-        sent
+        Ok(())
     }
 
     /// Waits (call it without an interpreter lock) until no event is out
@@ -234,15 +267,6 @@ impl Host {
         true
     }
 
-    /// Completions waiting for the router (a metric).
-    pub fn completion_depth(&self) -> usize {
-        self.inner
-            .completions
-            .lock()
-            .as_ref()
-            .map_or(0, |tx| tx.len())
-    }
-
     /// Events dispatched and not yet completed.
     pub fn pending_count(&self) -> usize {
         self.inner.pending.lock().len()
@@ -251,8 +275,6 @@ impl Host {
     pub fn stats(&self) -> HostStats {
         HostStats {
             pending: self.pending_count(),
-            completion_depth: self.completion_depth(),
-            completion_waits: self.inner.completion_waits.load(Ordering::Relaxed),
         }
     }
 
@@ -267,6 +289,7 @@ impl Host {
             ready.drain(..).collect()
         };
         self.inner.arrived.notify_all();
+        self.inner.driver_arrived.notify_waiters();
         for event in undelivered {
             let removed = {
                 let mut pending = self.inner.pending.lock();
@@ -291,16 +314,19 @@ impl Host {
             return;
         }
         self.inner.arrived.notify_all();
+        self.inner.driver_arrived.notify_waiters();
         self.inner.ready.lock().clear();
         {
             let mut pending = self.inner.pending.lock();
             pending.clear();
             self.inner.idle.notify_all();
         }
-        self.inner.completions.lock().take();
-        for t in self.threads.lock().drain(..) {
+        if let Some(t) = self.reaper.lock().take() {
             let _ = t.join();
         }
+        // The runtime goes with its tasks (which hold this host).
+        let drive = self.drive.lock().take();
+        drop(drive);
     }
 }
 
@@ -311,6 +337,41 @@ impl Drop for Host {
 }
 
 impl Inner {
+    fn stopped(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Waits, driving the runtime, until an event is queued, the host
+    /// stops or `deadline` passes.
+    async fn wait_as_driver(&self, max: usize, deadline: Instant) {
+        loop {
+            let notified = self.driver_arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let ready = self.ready.lock();
+                self.driver_wants.store(max, Ordering::SeqCst);
+                if !ready.is_empty() || self.stopped() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline.into()) => return,
+            }
+        }
+    }
+
+    /// Queues an event (with the `ready` lock held) and wakes who takes it.
+    fn queue(&self, ready: &mut VecDeque<StepEvent>, event: StepEvent) {
+        ready.push_back(event);
+        if ready.len() <= self.driver_wants.load(Ordering::SeqCst) {
+            self.driver_arrived.notify_one();
+        } else {
+            self.arrived.notify_one();
+        }
+    }
+
     /// Grants the worker as many claims as waiting slots not already served
     /// by queued events. Call with the `ready` lock held (`queued` its length).
     /// A grant already taken by a claim that has not brought its event yet
@@ -365,17 +426,19 @@ mod tests {
                 ready: Mutex::new(VecDeque::new()),
                 waiting: AtomicUsize::new(0),
                 arrived: Condvar::new(),
+                driver_wants: AtomicUsize::new(0),
+                driver_arrived: Notify::new(),
                 pending: Mutex::new(HashMap::new()),
                 completing: AtomicUsize::new(0),
                 idle: Condvar::new(),
-                completions: Mutex::new(None),
-                completion_waits: AtomicU64::new(0),
                 credits: Arc::new(Semaphore::new(0)),
+                serves: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
             }),
-            threads: Mutex::new(Vec::new()),
+            drive: Mutex::new(None),
+            reaper: Mutex::new(None),
         };
         let err = forked.next_events(1, Duration::ZERO).unwrap_err();
         assert!(matches!(err, HostError::Forked { .. }));

@@ -1,11 +1,8 @@
 //! Events out with the language side: each with its deadline and the step
-//! waiting for its outcome. The router thread hands completions (through
-//! the one bounded channel) to their steps; the
-//! reaper thread fails overdue events as retryable `timeout`s, whose late
-//! completions are then refused.
+//! waiting for its outcome. The reaper thread fails overdue events as
+//! retryable `timeout`s, whose late completions are then refused.
 
-use super::{Inner, StepResult};
-use crossbeam_channel::Receiver;
+use super::Inner;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use stepgraph_engine::{StepError, StepOutcome};
@@ -15,18 +12,6 @@ pub(super) struct Pending {
     pub(super) handler: String,
     pub(super) deadline: Instant,
     pub(super) reply: oneshot::Sender<StepOutcome>,
-}
-
-pub(super) struct Completion {
-    pub(super) result: StepResult,
-    pub(super) reply: oneshot::Sender<StepOutcome>,
-}
-
-pub(super) fn route(rx: Receiver<Completion>) {
-    for c in rx {
-        // The step may have stopped waiting (its worker timed it out): nothing to do then.
-        let _ = c.reply.send(c.result);
-    }
 }
 
 pub(super) fn reap(inner: &Inner) {
