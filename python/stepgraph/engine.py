@@ -136,6 +136,9 @@ class _HandlerPool:
         except StepgraphError:
             pass  # timed out meanwhile, or shut down: the host refused the late result
 
+    def host_stats(self) -> dict[str, int]:
+        return self._native.host_stats()
+
     def stop(self) -> None:
         """Graceful: the native side hands out nothing new and waits (its
         grace period) for the handlers running here, threads and coroutines."""

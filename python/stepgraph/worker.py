@@ -63,6 +63,11 @@ class Worker:
             self._pool.stop()
             self._pool = None
 
+    def host_stats(self) -> dict[str, int]:
+        """What the Rust host holds: ``pending`` (steps out with the handlers
+        here); empty before ``start``."""
+        return self._pool.host_stats() if self._pool is not None else {}
+
     def run(self) -> None:
         """Serves until SIGINT or SIGTERM, then stops gracefully."""
         done = threading.Event()

@@ -447,3 +447,24 @@ def test_a_python_worker_serves_the_metrics_of_what_it_ran(database, server, mon
     assert attempts == {("math.square", "completed"): 4.0}, text
     ended = [s for s in families["stepgraph_tasks_ended"].samples if s.labels["template"] == "e2e/linear"]
     assert [(s.labels["outcome"], s.value) for s in ended] == [("completed", 1.0)], text
+
+
+def test_a_thousand_steps_at_once_through_a_python_worker_lose_no_completion(database, server):
+    """250 linear tasks created at once (1,000 steps) through one Python
+    worker of 8 handler threads, whose threads also drive its engine: every
+    step completes once, at its first attempt, with the exact result, and
+    nothing is left out with the Python side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square], concurrency=8) as worker:
+        with ThreadPoolExecutor(16) as pool:
+            body = {"namespace": "e2e", "name": "linear", "context": {"even_number": 6}}
+            ids = list(pool.map(lambda _: http(server, "POST", "/v1/tasks", body)["task_id"], range(250)))
+            tasks = list(pool.map(lambda i: http(server, "GET", f"/v1/tasks/{i}/wait?timeout_ms=60000"), ids))
+        stats = worker.host_stats()
+    assert len(set(ids)) == 250
+    for task in tasks:
+        assert task["state"] == "complete", task.get("error")
+        assert int(task["result"]) == 6**16
+        assert [s["attempts"] for s in task["steps"]] == [1] * 4, task["steps"]
+    assert stats["pending"] == 0
