@@ -110,16 +110,25 @@ class _HandlerPool:
                 events = self._native.next_events(1, 200)
             except StepgraphError:
                 return
-            for event in events:
-                ctx = Context(event)
-                outcome = start_handler(self._handlers[event["handler"]], ctx)
-                if isinstance(outcome, dict):
-                    self._complete(event["event_id"], outcome, ctx)
-                else:
-                    self._async_slots.acquire()
-                    future = asyncio.run_coroutine_threadsafe(self._finish(event["event_id"], outcome, ctx), self._loop)
-                    self._in_flight.add(future)
-                    future.add_done_callback(self._in_flight.discard)
+            self.serve(events)
+
+    @property
+    def has_handlers(self) -> bool:
+        return bool(self._handlers)
+
+    def serve(self, events: list) -> None:
+        """Runs the handlers of ``events`` and reports their outcomes: on
+        this pool's threads, and on a thread that waits in ``Engine.run``."""
+        for event in events:
+            ctx = Context(event)
+            outcome = start_handler(self._handlers[event["handler"]], ctx)
+            if isinstance(outcome, dict):
+                self._complete(event["event_id"], outcome, ctx)
+            else:
+                self._async_slots.acquire()
+                future = asyncio.run_coroutine_threadsafe(self._finish(event["event_id"], outcome, ctx), self._loop)
+                self._in_flight.add(future)
+                future.add_done_callback(self._in_flight.discard)
 
     async def _finish(self, event_id: int, awaitable: Any, ctx: Context) -> None:
         try:
@@ -225,8 +234,11 @@ class Engine:
                 raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
             run_at = run_at.isoformat()
         delay_ms = None if delay is None else int(delay * 1000)
+        # This thread runs handlers while it waits: a task whose steps it
+        # runs crosses no other thread.
+        serve = self._pool.serve if self._pool.has_handlers else None
         report = json.loads(
-            self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms)
+            self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms, serve)
         )
         task = report["task"]
         steps = {s["name"]: _step_view(s) for s in report["steps"]}

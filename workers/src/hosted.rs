@@ -332,6 +332,33 @@ impl HostedEngine {
             .map_err(HostedError::from)
     }
 
+    /// [`HostedEngine::run`], with the waiting thread running handlers too:
+    /// `serve` gets the events of this engine's steps that come while it
+    /// waits (it runs their handlers and completes them, and returns false
+    /// to stop waiting). While it waits, this thread drives the engine, so
+    /// a task whose steps it runs crosses no other thread.
+    pub fn run_serving(
+        &self,
+        request: TaskRequest,
+        timeout: Duration,
+        mut serve: impl FnMut(Vec<crate::host::StepEvent>) -> bool,
+    ) -> Result<TaskReport, HostedError> {
+        let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
+        let mut task = Box::pin(async move { submit_and_wait(&engine, request, timeout).await });
+        loop {
+            match self.host.serve(&mut task)? {
+                crate::host::Served::Done(report) => return report.map_err(HostedError::from),
+                crate::host::Served::Events(events) => {
+                    if !events.is_empty() && !serve(events) {
+                        return Err(HostedError::Internal(
+                            "the caller stopped serving the task's events".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs `call` without blocking the caller and hands `reply` its outcome
     /// (JSON) on another thread: the caller's own thread stays free to run
     /// the handlers the call waits for.

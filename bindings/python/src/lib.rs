@@ -124,7 +124,9 @@ impl NativeEngine {
 
     /// Creates a task (at once, at `run_at` (RFC 3339) or `delay_ms` from
     /// now) and waits (without the GIL) for it; its report as JSON text.
-    #[pyo3(signature = (namespace, name, context, timeout_ms=300000, run_at=None, delay_ms=None))]
+    /// With `serve`, this thread runs handlers while it waits: `serve` is
+    /// called (with the GIL) with a list of events to run and complete.
+    #[pyo3(signature = (namespace, name, context, timeout_ms=300000, run_at=None, delay_ms=None, serve=None))]
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -135,16 +137,45 @@ impl NativeEngine {
         timeout_ms: u64,
         run_at: Option<&str>,
         delay_ms: Option<u64>,
+        serve: Option<PyObject>,
     ) -> PyResult<String> {
         let context: Value = serde_json::from_str(context)
             .map_err(|e| internal(format!("context is not JSON: {e}")))?;
         let request =
             stepgraph_worker::hosted::task_request(namespace, name, context, run_at, delay_ms)
                 .map_err(error)?;
-        let report = py
-            .allow_threads(|| self.inner.run(request, Duration::from_millis(timeout_ms)))
-            .map_err(error)?;
-        serde_json::to_string(&report).map_err(internal)
+        let timeout = Duration::from_millis(timeout_ms);
+        let Some(serve) = serve else {
+            let report = py
+                .allow_threads(|| self.inner.run(request, timeout))
+                .map_err(error)?;
+            return serde_json::to_string(&report).map_err(internal);
+        };
+        let mut failed: Option<PyErr> = None;
+        let report = py.allow_threads(|| {
+            self.inner.run_serving(request, timeout, |events| {
+                Python::with_gil(|py| {
+                    let served = events
+                        .iter()
+                        .map(|e| {
+                            convert::to_python(py, &serde_json::to_value(e).map_err(internal)?)
+                        })
+                        .collect::<PyResult<Vec<PyObject>>>()
+                        .and_then(|events| serve.call1(py, (events,)));
+                    match served {
+                        Ok(_) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+                })
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        serde_json::to_string(&report.map_err(error)?).map_err(internal)
     }
 
     /// What the host holds: `pending` (events out with the Python side).

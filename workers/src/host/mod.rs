@@ -24,10 +24,12 @@ mod drive;
 mod foreign;
 mod pending;
 mod schema;
+mod serve;
 
 pub use config::{HostConfig, HostError};
 pub use foreign::ForeignHandler;
 pub use schema::{StepEvent, StepResult};
+pub use serve::Served;
 
 use drive::Drive;
 use parking_lot::{Condvar, Mutex};
@@ -64,6 +66,11 @@ struct Inner {
     credits: Arc<Semaphore>,
     /// Handler names served by the language side (see [`Host::handler`]).
     serves: AtomicUsize,
+    /// Callers of [`Host::serve`] (while one is, waiters in `next_events`
+    /// leave the driving to it).
+    runners: AtomicUsize,
+    /// When the last caller of `serve` left.
+    runner_left: Mutex<Instant>,
     next_id: AtomicU64,
     /// No new events are handed out; completions are still taken.
     draining: AtomicBool,
@@ -101,6 +108,8 @@ impl Host {
             idle: Condvar::new(),
             credits: Arc::new(Semaphore::new(0)),
             serves: AtomicUsize::new(0),
+            runners: AtomicUsize::new(0),
+            runner_left: Mutex::new(Instant::now() - serve::RUNNERS_LINGER),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -203,11 +212,13 @@ impl Host {
         inner.rebalance(ready.len());
         if ready.is_empty() && !inner.stopped() {
             drop(ready);
-            // Without handlers here no event comes: the waiter does not drive.
-            let drove = (inner.serves.load(Ordering::SeqCst) > 0)
-                .then(|| self.drive().ok())
-                .flatten()
-                .and_then(|d| d.drive(inner.wait_as_driver(max, deadline)).ok());
+            // Without handlers here no event comes: the waiter does not
+            // drive; nor while a caller of `serve` waits for its task.
+            let drive = inner.serves.load(Ordering::SeqCst) > 0 && !inner.runners_drive();
+            let drove = drive.then(|| self.drive().ok()).flatten().and_then(|d| {
+                d.drive(inner.wait_as_driver(max, Some(deadline), true))
+                    .ok()
+            });
             ready = inner.ready.lock();
             if drove.is_some() {
                 inner.driver_wants.store(0, Ordering::SeqCst);
@@ -342,8 +353,9 @@ impl Inner {
     }
 
     /// Waits, driving the runtime, until an event is queued, the host
-    /// stops or `deadline` passes.
-    async fn wait_as_driver(&self, max: usize, deadline: Instant) {
+    /// stops or `deadline` passes (or, with `yield_to_runners`, a caller of
+    /// `serve` comes to drive).
+    async fn wait_as_driver(&self, max: usize, deadline: Option<Instant>, yield_to_runners: bool) {
         loop {
             let notified = self.driver_arrived.notified();
             tokio::pin!(notified);
@@ -351,13 +363,19 @@ impl Inner {
             {
                 let ready = self.ready.lock();
                 self.driver_wants.store(max, Ordering::SeqCst);
-                if !ready.is_empty() || self.stopped() {
+                if !ready.is_empty()
+                    || self.stopped()
+                    || (yield_to_runners && self.runners.load(Ordering::SeqCst) > 0)
+                {
                     return;
                 }
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline.into()) => return,
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => return,
+                },
+                None => notified.await,
             }
         }
     }
@@ -433,6 +451,8 @@ mod tests {
                 idle: Condvar::new(),
                 credits: Arc::new(Semaphore::new(0)),
                 serves: AtomicUsize::new(0),
+                runners: AtomicUsize::new(0),
+                runner_left: Mutex::new(Instant::now()),
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
