@@ -40,8 +40,8 @@ def multiply_and_square(ctx):
 
 def _p50_us(engine: Engine, name: str, runs: int, warmup: int) -> float:
     samples = []
-    # As Engine.run does: the waiting thread runs handlers too.
-    serve = engine._pool.serve if engine._pool.has_handlers else None
+    # As Engine.run does (with inline_run, the waiting thread runs handlers too).
+    serve = engine._pool.serve if engine._inline_run and engine._pool.has_handlers else None
     for i in range(warmup + runs):
         start = time.perf_counter()
         report = engine._native.run("e2e", name, '{"even_number": 6}', 30000, None, None, serve)
@@ -73,14 +73,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             rust = _p50_us(native, name, args.runs, args.warmup)
         # The Python handlers take precedence over the built-in ones of the same names.
         with Engine.embedded(
-            args.templates, [Square(), multiply_and_square], concurrency=CONCURRENCY, builtin_handlers=True
+            args.templates,
+            [Square(), multiply_and_square],
+            concurrency=CONCURRENCY,
+            builtin_handlers=True,
+            inline_run=True,
         ) as python:
             py = _p50_us(python, name, args.runs, args.warmup)
         results.append((label, steps, rust, py, seed))
 
     print(
         f"stepgraph bench --language python: embedded mode, {args.runs} runs per row after {args.warmup} warm-up runs,"
-        f" concurrency {CONCURRENCY} in both columns"
+        f" concurrency {CONCURRENCY} in both columns; Python handlers with inline_run (run's own thread runs them)"
     )
     print()
     print("| Scenario    | Steps | Rust P50 | Python P50 | Python overhead/step | Python vs Rust | Reference FFI P50 (published) |")

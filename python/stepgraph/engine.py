@@ -189,10 +189,13 @@ def handlers_by_name(handlers: Iterable[Any]) -> dict:
 class Engine:
     """Runs tasks in this process, with Python handlers; needs no services."""
 
-    def __init__(self, native: NativeEngine, handlers: dict, concurrency: int, async_concurrency: int = 64):
+    def __init__(
+        self, native: NativeEngine, handlers: dict, concurrency: int, async_concurrency: int = 64, inline_run: bool = False
+    ):
         self._native = native
         self._pool = _HandlerPool(native, handlers, concurrency, async_concurrency)
         self._pool.start()
+        self._inline_run = inline_run
 
     @classmethod
     def embedded(
@@ -204,10 +207,20 @@ class Engine:
         breaker_failure_threshold: int = 5,
         breaker_cool_down: float = 30.0,
         builtin_handlers: bool = False,
+        inline_run: bool = False,
     ) -> "Engine":
         """An engine in this process with ``handlers``; with
         ``builtin_handlers`` the example Rust handlers of the fixture
-        workflows run beside them (the Python ones take precedence)."""
+        workflows run beside them (the Python ones take precedence).
+
+        With ``inline_run``, a thread waiting in ``run`` runs handlers too,
+        so a task whose steps it runs crosses no other thread (the fastest:
+        a Python step then costs about a function call more than a Rust
+        one). A handler running there cannot be interrupted: one that
+        outlives ``run``'s timeout makes it raise TaskTimeoutError only when
+        it returns (its step is still timed out and retried on the handler
+        threads). Off (the default), ``run`` only waits, and its timeout is
+        a bound on the wait."""
         by_name = handlers_by_name(handlers)
         native = NativeEngine.embedded(
             str(templates_dir),
@@ -216,7 +229,7 @@ class Engine:
             int(breaker_cool_down * 1000),
             builtin_handlers,
         )
-        return cls(native, by_name, concurrency, async_concurrency)
+        return cls(native, by_name, concurrency, async_concurrency, inline_run)
 
     def run(
         self,
@@ -236,7 +249,7 @@ class Engine:
         delay_ms = None if delay is None else int(delay * 1000)
         # This thread runs handlers while it waits: a task whose steps it
         # runs crosses no other thread.
-        serve = self._pool.serve if self._pool.has_handlers else None
+        serve = self._pool.serve if self._inline_run and self._pool.has_handlers else None
         report = json.loads(
             self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms, serve)
         )

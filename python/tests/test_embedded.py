@@ -188,9 +188,12 @@ def test_a_hung_handler_is_timed_out(tmp_path):
         'namespace: t\nname: h\nversion: "1"\nsteps:\n  - name: stuck\n    handler: { callable: hang }\n'
         "    timeout_seconds: 0.2\n    retry: { retryable: false, max_attempts: 1 }\n",
     )
+    # `run` only waits (no inline_run), and comes back at the timeout.
     with stepgraph.Engine.embedded(templates, [hang]) as e:
         result = e.run("t", "h", {})
+        released_before = release.is_set()
         release.set()
+    assert not released_before
     assert result.state == "error"
     assert result.steps["stuck"]["error"]["code"] == "timeout"
 
@@ -298,6 +301,45 @@ def test_the_breaker_opens_then_closes_after_a_probe(tmp_path):
     # open breaker, attempt 4 was the probe.
     assert calls == [1, 2, 4]
     assert result.steps["call"]["attempts"] == 4
+
+
+def test_inline_run_runs_handlers_on_the_waiting_thread(tmp_path):
+    """With inline_run, run's own thread runs the handlers of its task
+    (no hand-off to the handler threads); a handler there that outlives
+    run's timeout makes it raise TaskTimeoutError once it returns."""
+    seen = []
+
+    @stepgraph.handler("math.square")
+    def square(ctx):
+        seen.append(threading.current_thread().name)
+        deps = list(ctx.dependency_results.values())
+        x = int(deps[0]) if deps else ctx.input["even_number"]
+        return x * x
+
+    @stepgraph.handler("slow")
+    def slow(ctx):
+        time.sleep(0.3)
+        return 1
+
+    (tmp_path / "s.yaml").write_text(
+        'namespace: t\nname: s\nversion: "1"\nsteps:\n  - name: only\n    handler: { callable: slow }\n'
+    )
+    import shutil
+
+    shutil.copy(TEMPLATES / "linear.yaml", tmp_path / "linear.yaml")
+    with stepgraph.Engine.embedded(tmp_path, [square, slow], concurrency=2, inline_run=True) as e:
+        for _ in range(5):
+            result = e.run("e2e", "linear", {"even_number": 6})
+            assert result.state == "complete" and int(result.result) == SIX_16
+        start = time.monotonic()
+        with pytest.raises(stepgraph.TaskTimeoutError, match="did not finish"):
+            e.run("t", "s", {}, timeout=0.05)
+        waited = time.monotonic() - start
+    assert len(seen) == 20
+    # A waiting handler thread can take an event before run's thread comes
+    # to drive (the first run); the rest run where they are waited for.
+    assert seen.count(threading.current_thread().name) >= 16, seen
+    assert waited >= 0.3, "run waited for the handler it was running"
 
 
 def test_concurrent_tasks_lose_no_completion():

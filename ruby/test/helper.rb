@@ -4,6 +4,7 @@
 require "minitest/autorun"
 require "stepgraph"
 require "tmpdir"
+require "fileutils"
 
 ROOT = File.expand_path("../..", __dir__)
 TEMPLATES = File.join(ROOT, "tests", "fixtures", "templates")

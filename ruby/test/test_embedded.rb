@@ -232,6 +232,41 @@ class EmbeddedTest < Minitest::Test
   # 48 trees at once from 12 threads through 8 handler threads: the threads
   # that report results also drive the engine, and no completion is lost or
   # run twice: every step succeeds at its first attempt, nothing is left pending.
+  # With inline_run, #run's own thread runs the handlers of its task (no
+  # hand-off to the handler threads); a handler there that outlives #run's
+  # timeout makes it raise TaskTimeoutError once it returns.
+  def test_inline_run_runs_handlers_on_the_waiting_thread
+    seen = Queue.new
+    square = Stepgraph.handler("math.square") do |ctx|
+      seen << Thread.current
+      deps = ctx.dependency_results.values
+      x = deps.empty? ? ctx.input["even_number"] : Integer(deps.first)
+      x * x
+    end
+    slow = Stepgraph.handler("slow") { |_ctx| sleep 0.3 and 1 }
+    Dir.mktmpdir do |dir|
+      FileUtils.cp(File.join(TEMPLATES, "linear.yaml"), dir)
+      write_templates(dir, "s.yaml" => "namespace: t\nname: s\nversion: \"1\"\nsteps:\n" \
+                                       "  - name: only\n    handler: { callable: slow }\n")
+      Stepgraph::Engine.embedded(templates_dir: dir, handlers: [square, slow], concurrency: 2, inline_run: true) do |e|
+        5.times do
+          result = e.run("e2e", "linear", { "even_number" => 6 })
+          assert_equal "complete", result.state
+          assert_equal SIX_16, Integer(result.result)
+        end
+        start = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        error = assert_raises(Stepgraph::TaskTimeoutError) { e.run("t", "s", {}, timeout: 0.05) }
+        assert_match(/did not finish/, error.message)
+        assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - start, :>=, 0.3
+      end
+    end
+    threads = Array.new(seen.size) { seen.pop }
+    assert_equal 20, threads.size
+    # A waiting handler thread can take an event before #run's thread comes
+    # to drive (the first run); the rest run where they are waited for.
+    assert_operator threads.count(Thread.current), :>=, 16, threads.map(&:name).inspect
+  end
+
   def test_concurrent_tasks_lose_no_completion
     engine(ALL_HANDLERS, concurrency: 8) do |e|
       results = Array.new(12) { Thread.new { Array.new(4) { e.run("e2e", "tree", { "even_number" => 6 }) } } }
@@ -419,7 +454,7 @@ class EmbeddedTest < Minitest::Test
           native.complete(10**9, { "status" => "success", "result" => nil })
         end
       end
-      assert_raises(Stepgraph::ShutDownError) { native.run("t", "s", {}, 1000, nil, nil) }
+      assert_raises(Stepgraph::ShutDownError) { native.run("t", "s", {}, 1000, nil, nil, nil) }
       error = assert_raises(Stepgraph::BackendUnavailableError) do
         Stepgraph::Worker.new(database_url: "postgres://postgres@127.0.0.1:1/none", templates_dir: dir,
                               handlers: [slow]).start

@@ -336,7 +336,9 @@ impl HostedEngine {
     /// `serve` gets the events of this engine's steps that come while it
     /// waits (it runs their handlers and completes them, and returns false
     /// to stop waiting). While it waits, this thread drives the engine, so
-    /// a task whose steps it runs crosses no other thread.
+    /// a task whose steps it runs crosses no other thread. A handler run
+    /// here cannot be interrupted: when one returns after `timeout`, the
+    /// wait ends there with the timeout error (whatever the task's state).
     pub fn run_serving(
         &self,
         request: TaskRequest,
@@ -344,17 +346,45 @@ impl HostedEngine {
         mut serve: impl FnMut(Vec<crate::host::StepEvent>) -> bool,
     ) -> Result<TaskReport, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
-        let mut task = Box::pin(async move { submit_and_wait(&engine, request, timeout).await });
+        let deadline = std::time::Instant::now() + timeout;
+        let created = Arc::new(Mutex::new(None));
+        let mut task = Box::pin({
+            let (engine, created) = (engine.clone(), created.clone());
+            async move {
+                let task_id = engine.submit(request).await?.task_id;
+                *created.lock() = Some(task_id);
+                engine.wait(task_id, timeout).await
+            }
+        });
         loop {
-            match self.host.serve(&mut task)? {
+            let events = match self.host.serve(&mut task)? {
                 crate::host::Served::Done(report) => return report.map_err(HostedError::from),
-                crate::host::Served::Events(events) => {
-                    if !events.is_empty() && !serve(events) {
-                        return Err(HostedError::Internal(
-                            "the caller stopped serving the task's events".into(),
-                        ));
-                    }
+                crate::host::Served::Events(events) => events,
+            };
+            if events.is_empty() {
+                continue;
+            }
+            if !serve(events) {
+                return Err(HostedError::Internal(
+                    "the caller stopped serving the task's events".into(),
+                ));
+            }
+            let task_id = *created.lock();
+            if let Some(task_id) = task_id.filter(|_| std::time::Instant::now() >= deadline) {
+                let state = match self
+                    .host
+                    .block_on(engine.wait_task(task_id, Duration::ZERO))?
+                {
+                    Ok(task) => task.state,
+                    Err(EngineError::Timeout { state, .. }) => state,
+                    Err(e) => return Err(e.into()),
+                };
+                return Err(EngineError::Timeout {
+                    task_id,
+                    timeout,
+                    state,
                 }
+                .into());
             }
         }
     }

@@ -67,6 +67,40 @@ where
     }
 }
 
+/// Runs `f` with the GVL again, from inside [`without_gvl`] (a panic in it
+/// is caught and becomes None).
+fn with_gvl<F, R>(f: F) -> Option<R>
+where
+    F: FnOnce() -> R,
+{
+    struct Call<F, R> {
+        f: Option<F>,
+        result: Option<R>,
+    }
+    unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is the `Call` below, alive for the whole call.
+        let call = unsafe { &mut *(data as *mut Call<F, R>) };
+        if let Some(f) = call.f.take() {
+            call.result = std::panic::catch_unwind(AssertUnwindSafe(f)).ok();
+        }
+        std::ptr::null_mut()
+    }
+    let mut call = Call {
+        f: Some(f),
+        result: None,
+    };
+    // SAFETY: called on a Ruby thread that released the GVL in
+    // `without_gvl`; the trampoline catches panics, and the Ruby calls in
+    // `f` go through magnus, which rescues Ruby exceptions.
+    unsafe {
+        rb_sys::rb_thread_call_with_gvl(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+        );
+    }
+    call.result
+}
+
 /// An engine whose steps for the named handlers are run by Ruby threads.
 #[magnus::wrap(class = "Stepgraph::Native::Engine", free_immediately, size)]
 struct NativeEngine {
@@ -165,7 +199,9 @@ impl NativeEngine {
     }
 
     /// Creates a task in the embedded engine and waits (without the GVL)
-    /// for it; its report as a Hash.
+    /// for it; its report as a Hash. With `serve` (a Proc), this thread runs
+    /// handlers while it waits: `serve` is called (with the GVL) with an
+    /// Array of events to run and complete.
     #[allow(clippy::too_many_arguments)]
     fn run(
         ruby: &Ruby,
@@ -176,6 +212,7 @@ impl NativeEngine {
         timeout_ms: u64,
         run_at: Option<String>,
         delay_ms: Option<u64>,
+        serve: Option<magnus::Value>,
     ) -> Result<magnus::Value, Error> {
         let context = convert::from_ruby(ruby, context)?;
         let request = stepgraph_worker::hosted::task_request(
@@ -186,12 +223,41 @@ impl NativeEngine {
             delay_ms,
         )
         .map_err(|e| error(ruby, e))?;
-        let report = without_gvl(ruby, || {
-            rb_self
-                .inner
-                .run(request, Duration::from_millis(timeout_ms))
-        })?
-        .map_err(|e| error(ruby, e))?;
+        let timeout = Duration::from_millis(timeout_ms);
+        // `serve` stays referenced by this call's arguments (on Ruby's
+        // stack) for as long as the wait lasts.
+        let mut failed: Option<Error> = None;
+        let report = without_gvl(ruby, || match serve {
+            None => rb_self.inner.run(request, timeout),
+            Some(serve) => rb_self.inner.run_serving(request, timeout, |events| {
+                let served = with_gvl(|| {
+                    // With the GVL, this is a Ruby thread.
+                    let ruby = Ruby::get().ok()?;
+                    let list = ruby.ary_new_capa(events.len());
+                    let called = events
+                        .iter()
+                        .try_for_each(|e| {
+                            let value = serde_json::to_value(e).map_err(|e| internal(&ruby, e))?;
+                            list.push(convert::to_ruby(&ruby, &value)?)
+                        })
+                        .and_then(|()| serve.funcall::<_, _, magnus::Value>("call", (list,)));
+                    Some(called.map(|_| ()))
+                })
+                .flatten();
+                match served {
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        false
+                    }
+                    None => false,
+                }
+            }),
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let report = report.map_err(|e| error(ruby, e))?;
         let value = serde_json::to_value(&report).map_err(|e| internal(ruby, e))?;
         convert::to_ruby(ruby, &value)
     }
@@ -241,7 +307,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_singleton_method("worker", function!(NativeEngine::worker, 9))?;
     class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
     class.define_method("complete", method!(NativeEngine::complete, 2))?;
-    class.define_method("run", method!(NativeEngine::run, 6))?;
+    class.define_method("run", method!(NativeEngine::run, 7))?;
     class.define_method("roundtrip", method!(NativeEngine::roundtrip, 2))?;
     class.define_method("pending_count", method!(NativeEngine::pending_count, 0))?;
     class.define_method("breaker_state", method!(NativeEngine::breaker_state, 1))?;

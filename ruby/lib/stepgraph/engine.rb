@@ -38,6 +38,16 @@ module Stepgraph
       @threads = []
     end
 
+    # Runs +events+' handlers and reports their outcomes: on this pool's
+    # threads, and on a thread that waits in Engine#run.
+    def serve_events(events)
+      events.each { |event| handle(event) }
+    end
+
+    def handlers?
+      !@handlers.empty?
+    end
+
     private
 
     def serve
@@ -107,13 +117,21 @@ module Stepgraph
   class Engine
     # +builtin_handlers+: the example Rust handlers of the fixture workflows
     # run beside the Ruby ones (which take precedence); off, only +handlers+ run.
+    # +inline_run+: a thread waiting in #run runs handlers too, so a task whose
+    # steps it runs crosses no other thread (the fastest: a Ruby step then
+    # costs about a method call more than a Rust one). A handler running there
+    # cannot be interrupted: one that outlives #run's timeout makes it raise
+    # TaskTimeoutError only when it returns (its step is still timed out and
+    # retried on the handler threads). Off (the default), #run only waits, and
+    # its timeout bounds the wait.
     def self.embedded(templates_dir:, handlers:, concurrency: DEFAULT_CONCURRENCY,
-                      breaker_failure_threshold: 5, breaker_cool_down: 30.0, builtin_handlers: false)
+                      breaker_failure_threshold: 5, breaker_cool_down: 30.0, builtin_handlers: false,
+                      inline_run: false)
       by_name = Stepgraph.handlers_by_name(handlers)
       native = Native::Engine.embedded(templates_dir.to_s, by_name.keys,
                                        breaker_failure_threshold, (breaker_cool_down * 1000).to_i,
                                        builtin_handlers ? true : false)
-      engine = new(native, by_name, concurrency)
+      engine = new(native, by_name, concurrency, inline_run: inline_run)
       return engine unless block_given?
 
       begin
@@ -123,9 +141,10 @@ module Stepgraph
       end
     end
 
-    def initialize(native, handlers, concurrency)
+    def initialize(native, handlers, concurrency, inline_run: false)
       @native = native
       @pool = HandlerPool.new(native, handlers, concurrency).start
+      @inline_run = inline_run
     end
 
     # Creates a task and waits for it to end.
@@ -133,8 +152,11 @@ module Stepgraph
     # +delay+ seconds from now) and waits for it to end.
     def run(namespace, name, context, timeout: 300, run_at: nil, delay: nil)
       run_at = run_at.getutc.iso8601(3) if run_at.respond_to?(:getutc)
+      # This thread runs handlers while it waits: a task whose steps it runs
+      # crosses no other thread.
+      serve = @inline_run && @pool.handlers? ? @pool.method(:serve_events) : nil
       report = @native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i, run_at,
-                           delay && (delay * 1000).round)
+                           delay && (delay * 1000).round, serve)
       task = report.fetch("task")
       steps = report.fetch("steps").to_h { |s| [s["name"], Engine.step_view(s)] }
       TaskResult.new(task_id: task["id"], state: task["state"], result: task["result"], error: task["error"],
