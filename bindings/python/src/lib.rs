@@ -98,7 +98,7 @@ impl NativeEngine {
     /// Reports an event's outcome: a dict `{"status": "success", "result":
     /// ...}` (or a failure, decision or batch). A result that is not JSON
     /// raises ValueError naming what is not; the event stays pending then.
-    fn complete(&self, py: Python<'_>, event_id: u64, outcome: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn complete(&self, event_id: u64, outcome: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome: StepOutcome =
             serde_json::from_value(convert::from_python(outcome)?).map_err(|e| {
                 internal(format!(
