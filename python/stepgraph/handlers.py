@@ -36,13 +36,8 @@ class Batch:
     batch_size: int
 
     def to_outcome(self) -> dict:
-        size = max(1, self.batch_size)
-        count = -(-self.total_items // size)
-        cursors = [
-            {"batch_no": i + 1, "start": i * size, "end": min((i + 1) * size, self.total_items)}
-            for i in range(count)
-        ]
-        return {"worker_count": count, "total_items": self.total_items, "cursors": cursors}
+        """What crosses to the engine, which cuts the cursors."""
+        return {"total_items": self.total_items, "batch_size": max(1, self.batch_size)}
 
 
 class Context:

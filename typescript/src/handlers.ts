@@ -52,15 +52,9 @@ export class Batch {
     }
   }
 
-  /** The engine's batch outcome. */
-  toOutcome(): { worker_count: number; total_items: number; cursors: object[] } {
-    const count = Math.ceil(this.totalItems / this.batchSize);
-    const cursors = Array.from({ length: count }, (_, i) => ({
-      batch_no: i + 1,
-      start: i * this.batchSize,
-      end: Math.min((i + 1) * this.batchSize, this.totalItems),
-    }));
-    return { worker_count: count, total_items: this.totalItems, cursors };
+  /** What crosses to the engine, which cuts the cursors. */
+  toOutcome(): { total_items: number; batch_size: number } {
+    return { total_items: this.totalItems, batch_size: this.batchSize };
   }
 }
 

@@ -26,7 +26,9 @@ pub use error::{ErrorKind, HostedError};
 pub use handler::{
     HandlerError, HandlerRegistry, HandlerResult, StepContext, StepHandler, StepOutput,
 };
-pub use host::{ForeignHandler, Host, HostConfig, HostError, HostStats, StepEvent, StepResult};
+pub use host::{
+    BatchRequest, ForeignHandler, Host, HostConfig, HostError, HostStats, StepEvent, StepResult,
+};
 pub use hosted::{Call, EngineOptions, HostedEngine, Tuning, WorkerOptions};
 pub use runtime::{Worker, WorkerConfig};
 pub use settings::{Settings, SettingsError};

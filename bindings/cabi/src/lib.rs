@@ -26,8 +26,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{Call, EngineOptions, ErrorKind, HostError, HostedEngine, HostedError};
+use stepgraph_worker::{
+    Call, EngineOptions, ErrorKind, HostError, HostedEngine, HostedError, StepResult,
+};
 
 /// What every function returns.
 #[repr(i32)]
@@ -315,7 +316,7 @@ pub unsafe extern "C" fn sg_complete(
 ) -> i32 {
     guard(|| {
         let bytes = input(outcome, outcome_len, "outcome")?;
-        let outcome: StepOutcome = json_input(
+        let outcome: StepResult = json_input(
             bytes,
             &format!("outcome of event {event_id} is not a step outcome"),
         )?;

@@ -15,8 +15,9 @@ use napi::{Env, Error, JsObject, Status, Task};
 use napi_derive::napi;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{Call, EngineOptions, HostError, HostedEngine, HostedError, StepEvent};
+use stepgraph_worker::{
+    Call, EngineOptions, HostError, HostedEngine, HostedError, StepEvent, StepResult,
+};
 
 /// The error JavaScript sees: `code` says which (an [`ErrorKind`]'s code,
 /// or `InvalidArgument`), `message` says what; the TypeScript side makes
@@ -90,7 +91,7 @@ impl NativeEngine {
     /// engine's completion buffer is full (it drains on its own thread).
     #[napi]
     pub fn complete(&self, event_id: i64, outcome: String) -> napi::Result<()> {
-        let outcome: StepOutcome = serde_json::from_str(&outcome).map_err(|e| {
+        let outcome: StepResult = serde_json::from_str(&outcome).map_err(|e| {
             failure(
                 "InvalidArgument",
                 format!("outcome of event {event_id} is not a step outcome: {e}"),

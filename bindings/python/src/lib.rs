@@ -12,8 +12,7 @@ use pyo3::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostedEngine, Tuning, WorkerOptions};
+use stepgraph_worker::{HostedEngine, StepResult, Tuning, WorkerOptions};
 
 /// An engine whose steps for the named handlers are run by Python threads:
 /// embedded, or a worker against PostgreSQL (see `HostedEngine`).
@@ -99,7 +98,7 @@ impl NativeEngine {
     /// ...}` (or a failure, decision or batch). A result that is not JSON
     /// raises ValueError naming what is not; the event stays pending then.
     fn complete(&self, event_id: u64, outcome: &Bound<'_, PyAny>) -> PyResult<()> {
-        let outcome: StepOutcome =
+        let outcome: StepResult =
             serde_json::from_value(convert::from_python(outcome)?).map_err(|e| {
                 internal(format!(
                     "outcome of event {event_id} is not a step outcome: {e}"

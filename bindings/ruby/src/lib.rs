@@ -18,8 +18,7 @@ use std::ffi::c_void;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
-use stepgraph_engine::StepOutcome;
-use stepgraph_worker::{HostedEngine, Tuning, WorkerOptions};
+use stepgraph_worker::{HostedEngine, StepResult, Tuning, WorkerOptions};
 
 /// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
 /// not touch Ruby; a panic in it is caught and becomes an error.
@@ -186,7 +185,7 @@ impl NativeEngine {
     /// raises TypeError naming what is not; the event stays pending then.
     fn complete(ruby: &Ruby, rb_self: &Self, event_id: u64, outcome: RHash) -> Result<(), Error> {
         let value = convert::from_ruby(ruby, outcome.as_value())?;
-        let outcome: StepOutcome = serde_json::from_value(value).map_err(|e| {
+        let outcome: StepResult = serde_json::from_value(value).map_err(|e| {
             internal(
                 ruby,
                 format!("outcome of event {event_id} is not a step outcome: {e}"),

@@ -32,12 +32,9 @@ module Stepgraph
       @batch_size = [Integer(batch_size), 1].max
     end
 
+    # What crosses to the engine, which cuts the cursors.
     def to_outcome
-      count = (total_items + batch_size - 1) / batch_size
-      cursors = (0...count).map do |i|
-        { "batch_no" => i + 1, "start" => i * batch_size, "end" => [(i + 1) * batch_size, total_items].min }
-      end
-      { "worker_count" => count, "total_items" => total_items, "cursors" => cursors }
+      { "total_items" => total_items, "batch_size" => batch_size }
     end
   end
 

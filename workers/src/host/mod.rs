@@ -28,7 +28,7 @@ mod serve;
 
 pub use config::{HostConfig, HostError};
 pub use foreign::ForeignHandler;
-pub use schema::{StepEvent, StepResult};
+pub use schema::{BatchRequest, StepEvent, StepResult};
 pub use serve::Served;
 
 use drive::Drive;
@@ -242,7 +242,8 @@ impl Host {
     /// Reports an event's outcome to its step (which a caller of
     /// `next_events` then commits, see `drive`); refuses an event that is
     /// not pending (timed out, say). Never waits.
-    pub fn complete(&self, event_id: u64, result: StepResult) -> Result<(), HostError> {
+    pub fn complete(&self, event_id: u64, result: impl Into<StepOutcome>) -> Result<(), HostError> {
+        let result = result.into();
         self.check()?;
         let p = {
             let mut pending = self.inner.pending.lock();
