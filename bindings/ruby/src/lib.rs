@@ -20,34 +20,49 @@ use std::path::Path;
 use std::time::Duration;
 use stepgraph_worker::{HostedEngine, StepResult, Tuning, WorkerOptions};
 
-/// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
-/// not touch Ruby; a panic in it is caught and becomes an error.
-fn without_gvl<F, R>(ruby: &Ruby, f: F) -> Result<R, Error>
-where
-    F: FnOnce() -> R,
-{
-    struct Call<F, R> {
-        f: Option<F>,
-        result: Option<std::thread::Result<R>>,
+/// A closure handed through Ruby's C API, and what it returned (or its panic).
+struct Call<F, R> {
+    f: Option<F>,
+    result: Option<std::thread::Result<R>>,
+}
+
+impl<F: FnOnce() -> R, R> Call<F, R> {
+    fn new(f: F) -> Call<F, R> {
+        Call {
+            f: Some(f),
+            result: None,
+        }
     }
-    unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
-        // SAFETY: `data` is the `Call` below, alive for the whole call.
+
+    fn data(&mut self) -> *mut c_void {
+        self as *mut Call<F, R> as *mut c_void
+    }
+
+    /// Runs the closure of the `Call` at `data`, catching a panic.
+    unsafe extern "C" fn trampoline(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is a `Call<F, R>`, alive for the whole call.
         let call = unsafe { &mut *(data as *mut Call<F, R>) };
         if let Some(f) = call.f.take() {
             call.result = Some(std::panic::catch_unwind(AssertUnwindSafe(f)));
         }
         std::ptr::null_mut()
     }
-    let mut call = Call {
-        f: Some(f),
-        result: None,
-    };
+}
+
+/// Runs `f` without the GVL (other Ruby threads run meanwhile). `f` must
+/// not touch Ruby (but see [`with_gvl`]); a panic in it is caught and
+/// becomes an error.
+fn without_gvl<F, R>(ruby: &Ruby, f: F) -> Result<R, Error>
+where
+    F: FnOnce() -> R,
+{
+    let mut call = Call::new(f);
     // SAFETY: the trampoline only runs `f` (no Ruby calls) and returns;
     // without an unblocking function Ruby waits for it to return.
     unsafe {
         rb_sys::rb_thread_call_without_gvl(
-            Some(trampoline::<F, R>),
-            &mut call as *mut Call<F, R> as *mut c_void,
+            Some(Call::<F, R>::trampoline),
+            call.data(),
             None,
             std::ptr::null_mut(),
         );
@@ -72,32 +87,14 @@ fn with_gvl<F, R>(f: F) -> Option<R>
 where
     F: FnOnce() -> R,
 {
-    struct Call<F, R> {
-        f: Option<F>,
-        result: Option<R>,
-    }
-    unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
-        // SAFETY: `data` is the `Call` below, alive for the whole call.
-        let call = unsafe { &mut *(data as *mut Call<F, R>) };
-        if let Some(f) = call.f.take() {
-            call.result = std::panic::catch_unwind(AssertUnwindSafe(f)).ok();
-        }
-        std::ptr::null_mut()
-    }
-    let mut call = Call {
-        f: Some(f),
-        result: None,
-    };
+    let mut call = Call::new(f);
     // SAFETY: called on a Ruby thread that released the GVL in
     // `without_gvl`; the trampoline catches panics, and the Ruby calls in
     // `f` go through magnus, which rescues Ruby exceptions.
     unsafe {
-        rb_sys::rb_thread_call_with_gvl(
-            Some(trampoline::<F, R>),
-            &mut call as *mut Call<F, R> as *mut c_void,
-        );
+        rb_sys::rb_thread_call_with_gvl(Some(Call::<F, R>::trampoline), call.data());
     }
-    call.result
+    call.result.and_then(Result::ok)
 }
 
 /// An engine whose steps for the named handlers are run by Ruby threads.
