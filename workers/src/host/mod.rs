@@ -86,8 +86,8 @@ pub struct HostStats {
 
 pub struct Host {
     inner: Arc<Inner>,
-    /// The runtime (None once shut down: the steps' tasks hold the host,
-    /// so the runtime is dropped by `shutdown`, not with the host).
+    /// The runtime (None once released: the steps' tasks hold the host,
+    /// so the runtime is dropped by `release`, not with the host).
     drive: Mutex<Option<Arc<Drive>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -336,7 +336,12 @@ impl Host {
         if let Some(t) = self.reaper.lock().take() {
             let _ = t.join();
         }
-        // The runtime goes with its tasks (which hold this host).
+    }
+
+    /// Drops the runtime and its tasks. Its tasks hold this host, so
+    /// dropping the host would not: the owner of an engine on it calls
+    /// this when it drops the engine (waits still in progress end then).
+    pub fn release(&self) {
         let drive = self.drive.lock().take();
         drop(drive);
     }
@@ -345,6 +350,7 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.shutdown();
+        self.release();
     }
 }
 

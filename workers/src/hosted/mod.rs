@@ -348,9 +348,11 @@ impl HostedEngine {
 
 impl Drop for HostedEngine {
     /// Without a `shutdown` first, the steps still running are abandoned
-    /// (and redelivered, in a worker); the runtime goes with the host.
+    /// (and redelivered, in a worker). The runtime lives until here, so
+    /// that `run`s still waiting at `shutdown` get their task's end.
     fn drop(&mut self) {
         self.host.shutdown();
+        self.host.release();
     }
 }
 
