@@ -23,6 +23,8 @@ pub struct Scenario {
 pub(crate) mod cpu;
 pub(crate) mod floor;
 mod history;
+pub mod language;
+pub mod language_workers;
 pub mod soak;
 pub(crate) mod table;
 
@@ -95,87 +97,6 @@ fn checked(template: &str, result: &Value) -> Value {
     } else {
         result.clone()
     }
-}
-
-/// A language whose handlers `stepgraph bench --language` compares with Rust's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Language {
-    Python,
-    Ruby,
-    /// Under Bun (C ABI and napi), then under Node (napi).
-    Typescript,
-}
-
-/// The TypeScript package: $STEPGRAPH_TYPESCRIPT_DIR, or this checkout's.
-fn typescript_dir() -> std::path::PathBuf {
-    std::env::var_os("STEPGRAPH_TYPESCRIPT_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/typescript").into())
-}
-
-/// The seed's FFI rows: the language's own bench module runs linear and
-/// diamond with its handlers and with the native ones, and prints the table.
-pub fn foreign(language: Language, iterations: usize, warmup: usize) -> Result<()> {
-    let dir =
-        std::env::temp_dir().join(format!("stepgraph-bench-templates-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    fixtures::write_templates(&dir).context("writing the fixture templates")?;
-    let options = [
-        "--templates".to_string(),
-        dir.display().to_string(),
-        "--runs".into(),
-        iterations.to_string(),
-        "--warmup".into(),
-        warmup.to_string(),
-    ];
-    let runs: Vec<(String, Vec<String>)> = match language {
-        Language::Python => vec![(
-            "python3".into(),
-            vec!["-m".into(), "stepgraph.bench".into()],
-        )],
-        Language::Ruby => vec![(
-            "ruby".into(),
-            vec![
-                "-rstepgraph/bench".into(),
-                "-e".into(),
-                "Stepgraph::Bench.main(ARGV)".into(),
-                "--".into(),
-            ],
-        )],
-        Language::Typescript => {
-            let ts = typescript_dir();
-            let script = ts.join("dist/bench.js").display().to_string();
-            let bun = ts.join("node_modules/.bin/bun").display().to_string();
-            vec![(bun, vec![script.clone()]), ("node".into(), vec![script])]
-        }
-    };
-    let mut status = Ok(());
-    for (program, mut args) in runs {
-        args.extend(options.iter().cloned());
-        let ran = std::process::Command::new(&program)
-            .args(&args)
-            .status()
-            .with_context(|| {
-                format!(
-                    "cannot run {program} (is it installed? ./scripts/setup installs the package)"
-                )
-            });
-        match ran {
-            Ok(s) if s.success() => println!(),
-            Ok(_) => {
-                status = Err(anyhow::anyhow!(
-                    "the {language:?} bench failed under {program} (see above); ./scripts/setup installs its package"
-                ));
-                break;
-            }
-            Err(e) => {
-                status = Err(e);
-                break;
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    status
 }
 
 pub struct Options<'a> {

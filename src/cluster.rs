@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-struct Proc(Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -22,47 +22,58 @@ impl Drop for Proc {
     }
 }
 
-async fn spawn(
-    args: &[&str],
-    url: &str,
-    env: &[(&str, String)],
-    templates: &std::path::Path,
-) -> Result<(Proc, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .arg("--templates")
-        .arg(templates)
-        .env("STEPGRAPH_DATABASE_URL", url)
-        // The table is the output: the processes say only what goes wrong,
-        // unless STEPGRAPH_LOG asks for more.
-        .env(
-            "STEPGRAPH_LOG",
-            std::env::var("STEPGRAPH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+/// Starts `cmd` (stdout piped, killed on drop) and waits for the first line
+/// it prints, which says it is ready: returns that line.
+pub(crate) async fn started(mut cmd: Command, what: &str) -> Result<(Proc, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("starting a stepgraph process")?;
+        .with_context(|| format!("starting {what}"))?;
     let mut line = String::new();
     let stdout = child.stdout.take().context("no stdout")?;
     BufReader::new(stdout).read_line(&mut line).await?;
     if line.is_empty() {
-        bail!("stepgraph {args:?} exited at start-up");
+        bail!("{what} exited at start-up (see above)");
     }
+    Ok((Proc(child), line.trim().to_string()))
+}
+
+/// The environment of the processes a bench starts: the database, and only
+/// what goes wrong in their logs (the table is the output) unless
+/// STEPGRAPH_LOG asks for more.
+pub(crate) fn process_env(cmd: &mut Command, url: &str, env: &[(&str, String)]) {
+    cmd.env("STEPGRAPH_DATABASE_URL", url)
+        .env(
+            "STEPGRAPH_LOG",
+            std::env::var("STEPGRAPH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+}
+
+/// A `stepgraph` process (`serve` or `worker`); for `serve`, the address it
+/// listens on.
+pub(crate) async fn spawn(
+    args: &[&str],
+    url: &str,
+    env: &[(&str, String)],
+    templates: &std::path::Path,
+) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args).arg("--templates").arg(templates);
+    process_env(&mut cmd, url, env);
+    let (proc, line) = started(cmd, &format!("stepgraph {args:?}")).await?;
     let addr = line
-        .trim()
         .strip_prefix("listening on http://")
         .and_then(|a| a.split_whitespace().next())
         .unwrap_or_default()
         .to_string();
-    Ok((Proc(child), addr))
+    Ok((proc, addr))
 }
 
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<Value> {
+pub(crate) async fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<Value> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -79,12 +90,18 @@ async fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<Value>
 }
 
 async fn linear(addr: &str) -> Result<()> {
-    let body = json!({ "namespace": "e2e", "name": "linear", "context": { "even_number": 6 } })
+    run_task(addr, "e2e", "linear").await
+}
+
+/// Creates a task of `namespace`/`name` (linear or diamond: 6 squared four
+/// times) over HTTP and long-polls it to its end, which must be that result.
+pub(crate) async fn run_task(addr: &str, namespace: &str, name: &str) -> Result<()> {
+    let body = json!({ "namespace": namespace, "name": name, "context": { "even_number": 6 } })
         .to_string();
     let created = http(addr, "POST", "/v1/tasks", &body).await?;
     let id = created["task_id"]
         .as_str()
-        .context("no task id")?
+        .with_context(|| format!("no task id: {created}"))?
         .to_string();
     let done = http(
         addr,
@@ -94,7 +111,12 @@ async fn linear(addr: &str) -> Result<()> {
     )
     .await?;
     if done["state"] != "complete" || done["result"] != json!(2821109907456u64) {
-        bail!("task {id} ended {} with {}", done["state"], done["result"]);
+        bail!(
+            "{namespace}/{name} task {id} ended {} with {}: {}",
+            done["state"],
+            done["result"],
+            done["error"]
+        );
     }
     Ok(())
 }
@@ -164,7 +186,7 @@ async fn burst(
     })
 }
 
-fn p(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn p(sorted: &[Duration], q: f64) -> Duration {
     sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
 }
 

@@ -47,3 +47,19 @@ pub fn write_templates(dir: &std::path::Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Writes linear and diamond (the seed's FFI rows) into `dir` under
+/// `namespace` instead of e2e, as `{namespace}_{file}`.
+pub fn write_ffi_templates(dir: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+    for (file, text) in TEMPLATES {
+        if matches!(*file, "linear.yaml" | "diamond.yaml") {
+            let text = text.replacen(
+                "\nnamespace: e2e\n",
+                &format!("\nnamespace: {namespace}\n"),
+                1,
+            );
+            std::fs::write(dir.join(format!("{namespace}_{file}")), text)?;
+        }
+    }
+    Ok(())
+}

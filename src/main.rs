@@ -148,9 +148,10 @@ enum Command {
         #[arg(long, requires = "soak", default_value = "2m")]
         retention: stepgraph_engine::retention::Keep,
         /// The seed's FFI rows (linear, diamond) with this language's handlers
-        /// beside native Rust ones (its package must be installed: ./scripts/setup).
+        /// beside native Rust ones (its package must be installed: ./scripts/setup);
+        /// with --database-url, through its worker processes beside the Rust worker's.
         #[arg(long, value_enum)]
-        language: Option<bench::Language>,
+        language: Option<bench::language::Language>,
     },
 }
 
@@ -335,23 +336,43 @@ fn main() -> ExitCode {
                         .await
                         .map(|()| true);
                 }
+                // The processes' settings for a bench of several processes.
+                let mut env = vec![("STEPGRAPH_QUEUE", queue.clone())];
+                if let Some(u) = &amqp_url {
+                    env.push(("STEPGRAPH_AMQP_URL", u.clone()));
+                }
+                if no_eager_dispatch {
+                    env.push(("STEPGRAPH_WORKER_EAGER_DISPATCH", "false".into()));
+                }
+                // The processes share the cores: one runtime thread each,
+                // unless STEPGRAPH_THREADS says otherwise.
+                let set = std::env::var("STEPGRAPH_THREADS").is_ok_and(|v| !v.is_empty());
+                let threads = if set { settings.threads } else { 1 };
+                env.push(("STEPGRAPH_THREADS", threads.to_string()));
                 if let Some(language) = language {
-                    return bench::foreign(language, iterations.max(1), warmup).map(|()| true);
+                    let Some(url) = database_url.as_deref() else {
+                        return bench::language::embedded(language, iterations.max(1), warmup)
+                            .map(|()| true);
+                    };
+                    // On RabbitMQ, the PostgreSQL queue's rows first, as
+                    // the other database benches print them beside.
+                    let mut queues = vec![("PostgreSQL", env.clone())];
+                    if matches!(transport, stepgraph_worker::Transport::RabbitMq(_)) {
+                        queues[0].1[0].1 = "postgres".into();
+                        queues.push(("RabbitMQ", env));
+                    }
+                    return bench::language_workers::run(
+                        language,
+                        url,
+                        &queues,
+                        iterations.max(1),
+                        warmup,
+                    )
+                    .await
+                    .map(|()| true);
                 }
                 if cluster {
                     let url = database_url.as_deref().unwrap_or_default();
-                    let mut env = vec![("STEPGRAPH_QUEUE", queue.clone())];
-                    if let Some(u) = &amqp_url {
-                        env.push(("STEPGRAPH_AMQP_URL", u.clone()));
-                    }
-                    if no_eager_dispatch {
-                        env.push(("STEPGRAPH_WORKER_EAGER_DISPATCH", "false".into()));
-                    }
-                    // Four processes share the cores: one runtime thread
-                    // each, unless STEPGRAPH_THREADS says otherwise.
-                    let set = std::env::var("STEPGRAPH_THREADS").is_ok_and(|v| !v.is_empty());
-                    let threads = if set { settings.threads } else { 1 };
-                    env.push(("STEPGRAPH_THREADS", threads.to_string()));
                     return cluster::run(url, &env, iterations.max(1), warmup, throughput)
                         .await
                         .map(|()| true);

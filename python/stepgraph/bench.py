@@ -1,18 +1,25 @@
 """``python -m stepgraph.bench --templates DIR``: the seed's FFI rows (linear
 and diamond, embedded mode) with Python handlers beside the same workflows
 with the engine's native Rust handlers. ``stepgraph bench --language python``
-runs this with the fixture templates."""
+runs this with the fixture templates. With ``--worker``, a worker process
+serving the same handlers for one namespace (STEPGRAPH_DATABASE_URL and the
+other STEPGRAPH_* settings), which ``stepgraph bench --language python
+--database-url`` drives beside the Rust worker."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import threading
 import statistics
 import time
 from typing import Optional, Sequence
 
 from .engine import Engine
 from .handlers import StepHandler, handler
+from .worker import Worker
 
 SIX_16 = 6**16
 CONCURRENCY = 2
@@ -58,12 +65,36 @@ def _fmt(us: float) -> str:
     return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
 
 
+def serve_as_worker(templates: str, namespace: str, concurrency: int) -> None:
+    """Serves the handlers for ``namespace`` until SIGTERM or SIGINT; says so
+    on its first line of output once it does."""
+    url = os.environ.get("STEPGRAPH_DATABASE_URL")
+    if not url:
+        raise SystemExit("--worker needs STEPGRAPH_DATABASE_URL")
+    worker = Worker(url, templates, [Square(), multiply_and_square], namespaces=[namespace], concurrency=concurrency)
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    worker.start()
+    print(f"worker serving namespaces [{namespace!r}]", flush=True)
+    try:
+        stop.wait()
+    finally:
+        worker.stop()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stepgraph.bench", description=__doc__)
     parser.add_argument("--templates", required=True, help="directory holding the e2e fixture templates")
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--worker", action="store_true", help="serve the handlers as a worker process instead")
+    parser.add_argument("--namespace", default="e2e", help="with --worker: the namespace served")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="with --worker: handlers at once")
     args = parser.parse_args(argv)
+    if args.worker:
+        serve_as_worker(args.templates, args.namespace, args.concurrency)
+        return
 
     results = []
     for label, name, steps, seed in ROWS:

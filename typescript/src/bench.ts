@@ -2,12 +2,17 @@
 // seed's FFI rows (linear and diamond, embedded mode) with TypeScript
 // handlers, through every binding this runtime has, beside the same
 // workflows with the engine's native Rust handlers. `stepgraph bench
-// --language typescript` runs it under Bun and under Node.
+// --language typescript` runs it under Bun and under Node. With --worker, a
+// worker process serving the same handlers for one namespace through one
+// binding (STEPGRAPH_DATABASE_URL and the other STEPGRAPH_* settings), which
+// `stepgraph bench --language typescript --database-url` drives beside the
+// Rust worker.
 
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "./engine.js";
 import { StepHandler, defineHandler } from "./handlers.js";
 import { isBun, type BackendName } from "./native.js";
+import { Worker } from "./worker.js";
 
 const SIX_16 = 6n ** 16n;
 // The last column: the reference system's published FFI P50s, constants
@@ -55,15 +60,36 @@ async function p50(options: EngineOptions, name: string, runs: number, warmup: n
 
 const fmt = (us: number) => (us < 1000 ? `${us.toFixed(0)} µs` : `${(us / 1000).toFixed(2)} ms`);
 
+/** Serves the handlers for `namespace` until SIGTERM or SIGINT; says so on its first line of output once it does. */
+async function serveAsWorker(templatesDir: string, namespace: string, concurrency: number, backend?: BackendName): Promise<void> {
+  const databaseUrl = process.env.STEPGRAPH_DATABASE_URL;
+  if (!databaseUrl) throw new Error("--worker needs STEPGRAPH_DATABASE_URL");
+  const worker = new Worker({ databaseUrl, templatesDir, namespaces: [namespace], concurrency, backend, handlers: [Square, multiplyAndSquare] });
+  await worker.start();
+  process.stdout.write(`worker serving namespaces [${JSON.stringify(namespace)}]\n`);
+  await new Promise<void>((resolve) => {
+    process.once("SIGTERM", resolve);
+    process.once("SIGINT", resolve);
+  });
+  await worker.stop();
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       templates: { type: "string" },
       runs: { type: "string", default: "1000" },
       warmup: { type: "string", default: "100" },
+      worker: { type: "boolean", default: false },
+      namespace: { type: "string", default: "e2e" },
+      concurrency: { type: "string", default: "2" },
+      backend: { type: "string" },
     },
   });
   if (!values.templates) throw new Error("--templates DIR is required (the e2e fixture templates)");
+  if (values.worker) {
+    return serveAsWorker(values.templates, values.namespace!, Number(values.concurrency), values.backend as BackendName | undefined);
+  }
   const runs = Number(values.runs);
   const warmup = Number(values.warmup);
   const runtime = isBun ? "Bun" : "Node";

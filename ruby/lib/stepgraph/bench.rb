@@ -6,7 +6,10 @@ require "optparse"
 module Stepgraph
   # `stepgraph bench --language ruby`: the seed's FFI rows (linear and
   # diamond, embedded mode) with Ruby handlers beside the same workflows with
-  # the engine's native Rust handlers.
+  # the engine's native Rust handlers. With --worker, a worker process serving
+  # the same handlers for one namespace (STEPGRAPH_DATABASE_URL and the other
+  # STEPGRAPH_* settings), which `stepgraph bench --language ruby
+  # --database-url` drives beside the Rust worker.
   module Bench
     # The last column: the reference system's published FFI P50s, constants
     # (not measured here).
@@ -55,14 +58,34 @@ module Stepgraph
       micros < 1000 ? format("%.0f µs", micros) : format("%.2f ms", micros / 1000)
     end
 
+    # Serves the handlers for +namespace+ until TERM or INT; says so on its
+    # first line of output once it does.
+    def serve_as_worker(templates, namespace, concurrency)
+      url = ENV.fetch("STEPGRAPH_DATABASE_URL") { abort("--worker needs STEPGRAPH_DATABASE_URL") }
+      worker = Worker.new(database_url: url, templates_dir: templates, handlers: [Square, MULTIPLY_AND_SQUARE],
+                          namespaces: [namespace], concurrency: concurrency)
+      signals = Queue.new
+      %w[INT TERM].each { |s| Signal.trap(s) { signals << s } }
+      worker.start
+      $stdout.puts "worker serving namespaces [#{namespace.inspect}]"
+      $stdout.flush
+      signals.pop
+    ensure
+      worker&.stop
+    end
+
     def main(argv)
-      options = { runs: 1000, warmup: 100 }
+      options = { runs: 1000, warmup: 100, namespace: "e2e", concurrency: CONCURRENCY }
       OptionParser.new do |o|
         o.on("--templates DIR") { |v| options[:templates] = v }
         o.on("--runs N", Integer) { |v| options[:runs] = v }
         o.on("--warmup N", Integer) { |v| options[:warmup] = v }
+        o.on("--worker", "serve the handlers as a worker process instead") { options[:worker] = true }
+        o.on("--namespace NS", "with --worker: the namespace served") { |v| options[:namespace] = v }
+        o.on("--concurrency N", Integer, "with --worker: handlers at once") { |v| options[:concurrency] = v }
       end.parse!(argv)
       abort("--templates DIR is required") unless options[:templates]
+      return serve_as_worker(options[:templates], options[:namespace], options[:concurrency]) if options[:worker]
       results = ROWS.map do |label, name, steps, seed|
         # The Rust row: the example Rust handlers in an engine made the same
         # way (same binding, same concurrency).
