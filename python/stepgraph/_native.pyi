@@ -1,6 +1,22 @@
 """Type stubs for the PyO3 module `stepgraph._native` (bindings/python)."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, final
+
+from .boundary import StepEvent, StepResult
+
+__all__ = [
+    "NativeEngine",
+    "StepgraphError",
+    "ConfigurationError",
+    "TemplateNotFoundError",
+    "InvalidContextError",
+    "TaskTimeoutError",
+    "ConflictError",
+    "BackendUnavailableError",
+    "ForkedProcessError",
+    "ShutDownError",
+    "EventNotPendingError",
+]
 
 class StepgraphError(Exception): ...
 class ConfigurationError(StepgraphError): ...
@@ -13,6 +29,8 @@ class ForkedProcessError(StepgraphError): ...
 class ShutDownError(StepgraphError): ...
 class EventNotPendingError(StepgraphError): ...
 
+# A PyO3 class: it cannot be subclassed.
+@final
 class NativeEngine:
     @staticmethod
     def embedded(
@@ -34,8 +52,8 @@ class NativeEngine:
         queue: str | None = None,
         builtin_handlers: bool = False,
     ) -> NativeEngine: ...
-    def next_events(self, max: int, timeout_ms: int) -> list[dict[str, Any]]: ...
-    def complete(self, event_id: int, outcome: dict[str, Any]) -> None: ...
+    def next_events(self, max: int, timeout_ms: int) -> list[StepEvent]: ...
+    def complete(self, event_id: int, outcome: StepResult) -> None: ...
     def run(
         self,
         namespace: str,
@@ -44,7 +62,7 @@ class NativeEngine:
         timeout_ms: int = 300000,
         run_at: Optional[str] = None,
         delay_ms: Optional[int] = None,
-        serve: Optional[Callable[[list[dict[str, Any]]], None]] = None,
+        serve: Optional[Callable[[list[StepEvent]], None]] = None,
     ) -> str: ...
     def roundtrip(self, handler: str, n: int) -> int: ...
     def host_stats(self) -> dict[str, int]: ...

@@ -66,8 +66,9 @@ class Client:
             if isinstance(run_at, datetime.datetime):
                 if run_at.tzinfo is None:
                     raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
-                run_at = run_at.isoformat()
-            body["run_at"] = run_at
+                body["run_at"] = run_at.isoformat()
+            else:
+                body["run_at"] = run_at
         if delay is not None:
             body["delay_ms"] = int(delay * 1000)
         if version is not None:

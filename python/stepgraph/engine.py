@@ -9,9 +9,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional
 
 from ._native import NativeEngine, StepgraphError
+from .boundary import StepEvent, StepResult
 from .handlers import Context, StepHandler, finish_async, not_json, start_handler
 
 #: Handlers running at once in an engine or worker of this process (an
@@ -22,7 +23,7 @@ DEFAULT_CONCURRENCY = 8
 def _step_view(step: dict) -> dict:
     """A step as users see it: its latest outcome split into result and error."""
     outcome = step.get("outcome") or {}
-    status = outcome.get("status")
+    status = outcome.get("status") or ""
     result = {
         "success": outcome.get("result"),
         "decision": {"branches": outcome.get("branches")},
@@ -116,7 +117,7 @@ class _HandlerPool:
     def has_handlers(self) -> bool:
         return bool(self._handlers)
 
-    def serve(self, events: list) -> None:
+    def serve(self, events: List[StepEvent]) -> None:
         """Runs the handlers of ``events`` and reports their outcomes: on
         this pool's threads, and on a thread that waits in ``Engine.run``."""
         for event in events:
@@ -136,7 +137,7 @@ class _HandlerPool:
         finally:
             self._async_slots.release()
 
-    def _complete(self, event_id: int, outcome: dict, ctx: Context) -> None:
+    def _complete(self, event_id: int, outcome: StepResult, ctx: Context) -> None:
         try:
             try:
                 self._native.complete(event_id, outcome)
@@ -236,7 +237,7 @@ class Engine:
         namespace: str,
         name: str,
         context: Any,
-        timeout: Optional[float] = 300.0,
+        timeout: float = 300.0,
         run_at: Any = None,
         delay: Optional[float] = None,
     ) -> TaskResult:

@@ -9,6 +9,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional, Union
 
+from .boundary import BatchRequest, EventCursor, FailureKind, StepEvent, StepFailure, StepResult
+
 class PermanentError(Exception):
     """Fails the step without retrying."""
 
@@ -35,7 +37,7 @@ class Batch:
     total_items: int
     batch_size: int
 
-    def to_outcome(self) -> dict:
+    def to_outcome(self) -> BatchRequest:
         """What crosses to the engine, which cuts the cursors."""
         return {"total_items": self.total_items, "batch_size": max(1, self.batch_size)}
 
@@ -78,7 +80,7 @@ class Context:
     #: For a batchable step: the template's ``batch.batch_size``.
     batch_size: Optional[int]
     #: For a batch worker: ``{"batch_no", "start", "end"}`` of its slice.
-    cursor: Optional[Mapping[str, int]]
+    cursor: Optional[EventCursor]
     #: Seconds the handler has before the host times the step out.
     timeout: Optional[float]
     #: W3C trace context of the step's handler span when the task is traced
@@ -87,7 +89,7 @@ class Context:
     #: handler starts under it join the step's trace.
     traceparent: Optional[str]
 
-    def __init__(self, event: Mapping[str, Any]):
+    def __init__(self, event: StepEvent):
         self.task_id = event["task_id"]
         self.step_id = event["step_id"]
         self.step_name = event["step_name"]
@@ -118,7 +120,7 @@ class Context:
             raise KeyError(f"step {self.step_name!r} has no dependency {step_name!r} (it has: {known})") from None
 
     @classmethod
-    def from_event(cls, event: Mapping[str, Any]) -> "Context":
+    def from_event(cls, event: StepEvent) -> "Context":
         return cls(event)
 
     def __repr__(self) -> str:
@@ -170,9 +172,9 @@ def handler(name: Union[str, Callable[[Context], Any]]) -> Any:
     return wrap
 
 
-def _failure(kind: str, message: str, exc: BaseException, retry_after: Optional[float] = None) -> dict:
+def _failure(kind: FailureKind, message: str, exc: BaseException, retry_after: Optional[float] = None) -> StepResult:
     """A failure outcome carrying the exception's type and traceback."""
-    error = {
+    error: StepFailure = {
         "kind": kind,
         "message": message,
         "error_type": type(exc).__name__,
@@ -183,7 +185,7 @@ def _failure(kind: str, message: str, exc: BaseException, retry_after: Optional[
     return {"status": "failure", "error": error}
 
 
-def _exception_outcome(e: BaseException) -> dict:
+def _exception_outcome(e: BaseException) -> StepResult:
     if isinstance(e, PermanentError):
         return _failure("permanent", str(e), e)
     if isinstance(e, RetryableError):
@@ -191,7 +193,7 @@ def _exception_outcome(e: BaseException) -> dict:
     return _failure("retryable", f"{type(e).__name__}: {e}", e)
 
 
-def _value_outcome(value: Any) -> dict:
+def _value_outcome(value: Any) -> StepResult:
     if isinstance(value, Decision):
         return {"status": "decision", "branches": list(value.branches)}
     if isinstance(value, Batch):
@@ -199,12 +201,12 @@ def _value_outcome(value: Any) -> dict:
     return {"status": "success", "result": value}
 
 
-def not_json(ctx: Context, e: Exception) -> dict:
+def not_json(ctx: Context, e: Exception) -> StepResult:
     """The outcome of a step whose result the engine cannot take."""
     return _failure("permanent", f"step {ctx.step_name!r} returned a value that is not JSON: {e}", e)
 
 
-def start_handler(h: StepHandler, ctx: Context) -> Union[dict, Awaitable[Any]]:
+def start_handler(h: StepHandler, ctx: Context) -> Union[StepResult, Awaitable[Any]]:
     """Calls a handler: its outcome for the engine, or, for an ``async def``
     handler, the awaitable to finish with :func:`finish_async`. Never raises."""
     try:
@@ -216,7 +218,7 @@ def start_handler(h: StepHandler, ctx: Context) -> Union[dict, Awaitable[Any]]:
     return _value_outcome(value)
 
 
-async def finish_async(awaitable: Awaitable[Any]) -> dict:
+async def finish_async(awaitable: Awaitable[Any]) -> StepResult:
     """Awaits an async handler's result; its outcome for the engine."""
     try:
         value = await awaitable

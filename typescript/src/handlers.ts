@@ -1,6 +1,7 @@
 // Handler types, the step context, and the conversion of what a handler
 // returns or throws into the engine's outcome schema.
 
+import type { BatchRequest, FailureKind, StepEvent, StepFailure, StepResult } from "./boundary.js";
 import { checkJson } from "./json.js";
 
 /** Fails the step without retrying. */
@@ -53,30 +54,13 @@ export class Batch {
   }
 
   /** What crosses to the engine, which cuts the cursors. */
-  toOutcome(): { total_items: number; batch_size: number } {
+  toOutcome(): BatchRequest {
     return { total_items: this.totalItems, batch_size: this.batchSize };
   }
 }
 
-/** A step event as the engine sends it. */
-export interface StepEvent {
-  event_id: number;
-  task_id: string;
-  step_id: string;
-  namespace: string;
-  task_name: string;
-  step_name: string;
-  handler: string;
-  attempt: number;
-  max_attempts: number;
-  input: any;
-  config: any;
-  dependency_results: Record<string, any>;
-  batch_size: number | null;
-  cursor: { batch_no: number; start: number; end: number } | null;
-  timeout_ms: number;
-  traceparent?: string | null;
-}
+/** A step event as the engine sends it (generated from the Rust types). */
+export type { StepEvent } from "./boundary.js";
 
 /** What a handler sees of its step. */
 export class Context {
@@ -221,14 +205,11 @@ export function handlersByName(handlers: Iterable<HandlerLike>): Map<string, Ste
   return byName;
 }
 
-export type Outcome =
-  | { status: "success"; result: unknown }
-  | { status: "decision"; branches: string[] }
-  | { status: "batch"; batch: object }
-  | { status: "failure"; error: Record<string, unknown> };
+/** What a handler's run reports to the engine (generated from the Rust types). */
+export type Outcome = StepResult;
 
-function failure(kind: string, message: string, e: unknown, retryAfterMs?: number): Outcome {
-  const error: Record<string, unknown> = { kind, message };
+function failure(kind: FailureKind, message: string, e: unknown, retryAfterMs?: number): Outcome {
+  const error: StepFailure = { kind, message };
   if (e instanceof Error) {
     error.error_type = e.name || e.constructor.name;
     if (e.stack) error.backtrace = e.stack;

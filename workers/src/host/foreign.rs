@@ -69,7 +69,7 @@ impl StepHandler for ForeignHandler {
             config: ctx.config.clone(),
             dependency_results: ctx.dependency_results.clone(),
             batch_size: ctx.batch_size,
-            cursor: ctx.cursor.clone(),
+            cursor: ctx.cursor.clone().map(Into::into),
             timeout_ms: timeout.as_millis() as u64,
             traceparent: ctx.traceparent.clone(),
         };

@@ -19,6 +19,8 @@
 //!   step's dispatch run on the thread that reported its result.
 //! - The host remembers its process id and refuses use from a forked child.
 
+#[cfg(test)]
+mod boundary;
 mod config;
 mod drive;
 mod foreign;
