@@ -101,8 +101,8 @@ def main():
         client = stepgraph.Client(addr)
         t0 = time.time()
         batch = client.run("e2e", "csv_batch", {"csv_file_path": str(rows)}, timeout=600)
-        assert batch["state"] == "complete", batch["state"]
-        print(f"ran a csv_batch task of {len(batch['steps'])} steps in {time.time() - t0:.1f} s")
+        assert batch.state == "complete", batch.state
+        print(f"ran a csv_batch task of {len(batch.steps)} steps in {time.time() - t0:.1f} s")
 
         base = f"http://{addr}"
         results = []
@@ -114,7 +114,7 @@ def main():
             cases = [
                 (f"task list, {TASKS:,} tasks", "/tasks", "tr[data-task]", "<= 300 ms"),
                 ("task list, failed only", "/tasks?state=error", "tr[data-task]", "<= 300 ms"),
-                (f"task of {len(batch['steps'])} steps (DAG drawn)", f"/tasks/{batch['id']}", "#main[data-drawn=true]", "<= 1000 ms"),
+                (f"task of {len(batch.steps)} steps (DAG drawn)", f"/tasks/{batch.task_id}", "#main[data-drawn=true]", "<= 1000 ms"),
             ]
             for name, path, selector, target in cases:
                 times = [timed(page, base + path, selector) for _ in range(RUNS)]

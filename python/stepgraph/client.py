@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any, Optional
 
 from ._native import StepgraphError, TaskTimeoutError
+from .engine import TaskResult
 
 TERMINAL = frozenset({"complete", "error", "cancelled", "resolved_manually"})
 
@@ -81,15 +82,17 @@ class Client:
             body["traceparent"] = traceparent
         return self._request("POST", "/v1/tasks", body)
 
-    def get_task(self, task_id: str) -> dict:
-        """The task: state, result or error, its steps and its timeline."""
-        return self._request("GET", f"/v1/tasks/{_quote(task_id)}")
+    def get_task(self, task_id: str) -> TaskResult:
+        """The task, as ``Engine.run`` returns one: state, result or error,
+        its steps by name; ``report`` is the API's whole view (with the
+        audit trail under ``transitions``)."""
+        return TaskResult.from_api(self._request("GET", f"/v1/tasks/{_quote(task_id)}"))
 
-    def wait(self, task_id: str, timeout: float = 60.0) -> dict:
-        """Waits until the task ends and returns it; raises
-        :class:`TaskTimeoutError` (a :class:`StepgraphError` and a built-in
-        ``TimeoutError``, naming the task's state) if it has not ended after
-        ``timeout`` seconds."""
+    def wait(self, task_id: str, timeout: float = 60.0) -> TaskResult:
+        """Waits until the task ends and returns it (as :meth:`get_task`);
+        raises :class:`TaskTimeoutError` (a :class:`StepgraphError` and a
+        built-in ``TimeoutError``, naming the task's state) if it has not
+        ended after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())
@@ -98,11 +101,11 @@ class Client:
                 "GET", f"/v1/tasks/{_quote(task_id)}/wait?timeout_ms={wait_ms}", timeout=wait_ms / 1000 + self.timeout
             )
             if task["state"] in TERMINAL:
-                return task
+                return TaskResult.from_api(task)
             if time.monotonic() >= deadline:
                 raise TaskTimeoutError(f"task {task_id} did not end within {timeout}s (state {task['state']})")
 
-    def run(self, namespace: str, name: str, context: Any, timeout: float = 60.0, **kwargs: Any) -> dict:
+    def run(self, namespace: str, name: str, context: Any, timeout: float = 60.0, **kwargs: Any) -> TaskResult:
         """Creates a task and waits for it."""
         created = self.create_task(namespace, name, context, **kwargs)
         return self.wait(created["task_id"], timeout)

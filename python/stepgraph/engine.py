@@ -58,10 +58,18 @@ def _error_text(error: Any) -> str:
     return _short(error)
 
 
+#: A step's fields in :attr:`TaskResult.steps`, from an engine and a Client alike.
+STEP_FIELDS = ("name", "state", "attempts", "max_attempts", "cursor", "result", "error")
+
+
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished task: its state, result (or error), and its steps by name.
-    Its repr is one line; ``steps`` and ``report`` hold the full view."""
+    """A task: its state, result (or error), and its steps by name (each
+    with the fields of :data:`STEP_FIELDS`), the same from ``Engine.run``
+    and from a :class:`Client`'s ``run``, ``wait`` and ``get_task``. Its
+    repr is one line; ``report`` holds the whole view it was made from: the
+    engine's report (task, steps, edges, transitions) or the HTTP API's task
+    (its fields, steps and transitions)."""
 
     task_id: str
     state: str
@@ -70,8 +78,14 @@ class TaskResult:
     steps: dict
     report: dict
 
+    @classmethod
+    def from_api(cls, view: dict) -> "TaskResult":
+        """A task as the HTTP API returns it."""
+        steps = {s["name"]: {k: s.get(k) for k in STEP_FIELDS} for s in view.get("steps", [])}
+        return cls(view["id"], view["state"], view.get("result"), view.get("error"), steps, view)
+
     def __repr__(self) -> str:
-        task = self.report.get("task", {})
+        task = self.report.get("task", self.report)
         template = f"{task.get('namespace')}/{task.get('name')}@{task.get('version')}"
         outcome = f"error={_error_text(self.error)}" if self.error is not None else f"result={_short(self.result)}"
         return f"<TaskResult {self.task_id} {template} {self.state} {outcome}>"

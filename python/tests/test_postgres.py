@@ -146,17 +146,24 @@ def test_client_creates_waits_reads_and_cancels(database, server):
         again = client.create_task("e2e", "linear", {"even_number": 6}, idempotency_key="order-1")
         assert again == {**created, "created": False}
         task = client.wait(created["task_id"], timeout=30)
-        assert task["state"] == "complete" and int(task["result"]) == 6**16
-        assert client.get_task(created["task_id"])["state"] == "complete"
+        assert task.state == "complete" and int(task.result) == 6**16
+        # The same view as an engine's run: steps by name, one line printed.
+        assert task.task_id == created["task_id"] and list(task.steps) == ["step_1", "step_2", "step_3", "step_4"]
+        assert task.steps["step_4"] == {
+            "name": "step_4", "state": "complete", "attempts": 1, "max_attempts": 3, "cursor": None,
+            "result": 6**16, "error": None,
+        }
+        assert repr(task) == f"<TaskResult {task.task_id} e2e/linear@1.0.0 complete result={6**16}>"
+        assert client.get_task(created["task_id"]).state == "complete"
         # Delayed: stored scheduled, started at its time.
         later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
         delayed = client.create_task("e2e", "linear", {"even_number": 2}, run_at=later)
-        assert client.get_task(delayed["task_id"])["state"] == "scheduled"
+        assert client.get_task(delayed["task_id"]).state == "scheduled"
         done = client.wait(delayed["task_id"], timeout=30)
-        started = next(t for t in done["transitions"]["task"] if t["from"] == "scheduled")
-        assert _time(started["at"]) >= _time(done["run_at"]), done
+        started = next(t for t in done.report["transitions"]["task"] if t["from"] == "scheduled")
+        assert _time(started["at"]) >= _time(done.report["run_at"]), done
         by_delay = client.create_task("e2e", "linear", {"even_number": 2}, delay=0.3)
-        assert client.wait(by_delay["task_id"], timeout=30)["state"] == "complete"
+        assert client.wait(by_delay["task_id"], timeout=30).state == "complete"
         with pytest.raises(ValueError, match="timezone-aware"):
             client.create_task("e2e", "linear", {"even_number": 2}, run_at=datetime.datetime.now())
         with pytest.raises(stepgraph.ApiError, match="run_at or delay_ms"):
@@ -168,7 +175,7 @@ def test_client_creates_waits_reads_and_cancels(database, server):
         client.wait(pending["task_id"], timeout=0.2)
     assert isinstance(timed_out.value, TimeoutError) and isinstance(timed_out.value, stepgraph.StepgraphError)
     assert client.cancel(pending["task_id"])["state"] == "cancelled"
-    assert client.wait(pending["task_id"], timeout=5)["state"] == "cancelled"
+    assert client.wait(pending["task_id"], timeout=5).state == "cancelled"
 
 
 def test_client_errors_carry_the_status_and_the_servers_message(server):
@@ -331,32 +338,32 @@ def test_client_finds_retries_and_resolves_tasks_and_lists_the_python_worker(dat
         with stepgraph.Worker(database, EXTRA, [require_file, echo], namespaces=["e2e"]):
             first = ops.run("e2e", "repairable", {"required_file": str(flag)}, timeout=30)
             second = ops.run("e2e", "repairable", {"required_file": str(tmp_path / "never")}, timeout=30)
-            assert first["state"] == second["state"] == "error"
+            assert first.state == second.state == "error"
             page = reader.list_tasks(state="error", name="repairable", limit=1)
-            assert [t["id"] for t in page["tasks"]] == [second["id"]]
+            assert [t["id"] for t in page["tasks"]] == [second.task_id]
             rest = reader.list_tasks(state=["error"], has_failed_step=True, cursor=page["next_cursor"])
-            assert [t["id"] for t in rest["tasks"]] == [first["id"]] and rest["next_cursor"] is None
+            assert [t["id"] for t in rest["tasks"]] == [first.task_id] and rest["next_cursor"] is None
             stats = reader.stats()
             assert stats["recent"]["failed_tasks"] == 2
             with pytest.raises(stepgraph.ApiError) as e:
-                reader.retry(first["id"])
+                reader.retry(first.task_id)
             assert e.value.status == 403 and "needs admin" in e.value.message
 
             flag.write_text("")
-            assert ops.retry(first["id"], reason="flag restored")["task_id"] == first["id"]
-            done = ops.wait(first["id"], timeout=30)
-            assert done["state"] == "complete" and done["result"] == {"check": {"found": str(flag)}}
-            ops.resolve(second["id"], "check", {"found": "by hand"}, reason="checked")
-            done = ops.wait(second["id"], timeout=30)
-            assert done["result"] == {"check": {"found": "by hand"}}
-            resolved = [t for t in done["transitions"]["steps"] if t["to"] == "resolved_manually"]
+            assert ops.retry(first.task_id, reason="flag restored")["task_id"] == first.task_id
+            done = ops.wait(first.task_id, timeout=30)
+            assert done.state == "complete" and done.result == {"check": {"found": str(flag)}}
+            ops.resolve(second.task_id, "check", {"found": "by hand"}, reason="checked")
+            done = ops.wait(second.task_id, timeout=30)
+            assert done.result == {"check": {"found": "by hand"}}
+            resolved = [t for t in done.report["transitions"]["steps"] if t["to"] == "resolved_manually"]
             assert resolved[0]["metadata"] == {"action": "resolved", "by": "ops", "reason": "checked"}
             with pytest.raises(stepgraph.ApiError) as e:
-                ops.retry(first["id"], step="check")
+                ops.retry(first.task_id, step="check")
             assert e.value.status == 409
             later = ops.create_task("e2e", "repairable", {"required_file": str(flag)}, delay=600)["task_id"]
             assert ops.cancel(later, reason="not needed")["state"] == "cancelled"
-            cancelled = [t for t in ops.get_task(later)["transitions"]["task"] if t["to"] == "cancelled"]
+            cancelled = [t for t in ops.get_task(later).report["transitions"]["task"] if t["to"] == "cancelled"]
             assert cancelled[0]["metadata"] == {"action": "cancelled", "by": "ops", "reason": "not needed"}
 
             workers = reader.workers()
@@ -403,7 +410,7 @@ def test_a_python_worker_logs_its_steps_like_stepgraph_worker(database, tmp_path
         addr = serve.stdout.readline().split()[2].removeprefix("http://")
         client = stepgraph.Client(addr)
         task = client.run("e2e", "repairable", {"required_file": "/nope"}, timeout=30)
-        assert task["state"] == "error"
+        assert task.state == "error"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -412,9 +419,9 @@ def test_a_python_worker_logs_its_steps_like_stepgraph_worker(database, tmp_path
                 break
             time.sleep(0.05)
         assert failed, log.read_text()
-        assert failed[0]["task"] == task["id"] and failed[0]["handler"] == "util.require_file", failed
+        assert failed[0]["task"] == task.task_id and failed[0]["handler"] == "util.require_file", failed
         assert failed[0]["attempt"] == 1 and "no such file" in failed[0]["error"]
-        assert any(line.get("message") == "task failed" and line["task"] == task["id"] for line in lines)
+        assert any(line.get("message") == "task failed" and line["task"] == task.task_id for line in lines)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -436,7 +443,7 @@ def test_a_python_worker_serves_the_metrics_of_what_it_ran(database, server, mon
     client = stepgraph.Client(f"http://{server}")
     with stepgraph.Worker(database, TEMPLATES, [Square(), multiply_and_square]):
         created = client.create_task("e2e", "linear", {"even_number": 2})
-        assert client.wait(created["task_id"], timeout=30)["state"] == "complete"
+        assert client.wait(created["task_id"], timeout=30).state == "complete"
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     attempts = {

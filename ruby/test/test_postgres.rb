@@ -63,16 +63,16 @@ class PostgresTest < Minitest::Test
     begin
       { "linear" => SIX_16, "diamond" => SIX_16, "complex_dag" => SIX_64, "tree" => SIX_64 }.each do |name, expected|
         task = @client.run("e2e", name, { "even_number" => 6 }, timeout: 30)
-        assert_equal "complete", task["state"], task["error"].inspect
-        assert_equal expected, Integer(task["result"])
-        assert(task["steps"].all? { |s| s["state"] == "complete" && s["attempts"] == 1 })
+        assert_equal "complete", task.state, task.error.inspect
+        assert_equal expected, Integer(task.result)
+        assert(task.steps.values.all? { |s| s["state"] == "complete" && s["attempts"] == 1 })
       end
       approval = @client.run("e2e", "conditional_approval", { "amount" => 7500, "requester" => "rb" }, timeout: 30)
-      assert_equal "complete", approval["state"], approval["error"].inspect
-      assert_equal 5, approval["steps"].size
+      assert_equal "complete", approval.state, approval.error.inspect
+      assert_equal 5, approval.steps.size
       batch = @client.run("e2e", "csv_batch", { "csv_file_path" => csv }, timeout: 30)
-      assert_equal "complete", batch["state"], batch["error"].inspect
-      assert_equal 12_745_576_047, batch["result"]["total_inventory_value_cents"]
+      assert_equal "complete", batch.state, batch.error.inspect
+      assert_equal 12_745_576_047, batch.result["total_inventory_value_cents"]
     ensure
       w.stop
     end
@@ -86,15 +86,22 @@ class PostgresTest < Minitest::Test
       created = @client.create_task("e2e", "linear", { "even_number" => 6 }, idempotency_key: "rb-1")
       assert_equal true, created["created"]
       assert_equal false, @client.create_task("e2e", "linear", { "even_number" => 6 }, idempotency_key: "rb-1")["created"]
-      assert_equal SIX_16, Integer(@client.wait(created["task_id"], timeout: 30)["result"])
+      task = @client.wait(created["task_id"], timeout: 30)
+      assert_equal SIX_16, Integer(task.result)
+      # The same view as an engine's run: steps by name, one line printed.
+      assert_equal created["task_id"], task.task_id
+      assert_equal %w[step_1 step_2 step_3 step_4], task.steps.keys
+      assert_equal({ "name" => "step_4", "state" => "complete", "attempts" => 1, "max_attempts" => 3, "cursor" => nil,
+                     "result" => SIX_16, "error" => nil }, task.steps["step_4"])
+      assert_equal "#<Stepgraph::TaskResult #{task.task_id} e2e/linear@1.0.0 complete result=#{SIX_16}>", task.inspect
       # Delayed: stored scheduled, started at its time.
       delayed = @client.create_task("e2e", "linear", { "even_number" => 2 }, run_at: Time.now + 1)
-      assert_equal "scheduled", @client.get_task(delayed["task_id"])["state"]
+      assert_equal "scheduled", @client.get_task(delayed["task_id"]).state
       done = @client.wait(delayed["task_id"], timeout: 30)
-      started = done["transitions"]["task"].find { |t| t["from"] == "scheduled" }
-      assert Time.iso8601(started["at"]) >= Time.iso8601(done["run_at"]), done.inspect
+      started = done.report["transitions"]["task"].find { |t| t["from"] == "scheduled" }
+      assert Time.iso8601(started["at"]) >= Time.iso8601(done.report["run_at"]), done.inspect
       by_delay = @client.create_task("e2e", "linear", { "even_number" => 2 }, delay: 0.3)
-      assert_equal "complete", @client.wait(by_delay["task_id"], timeout: 30)["state"]
+      assert_equal "complete", @client.wait(by_delay["task_id"], timeout: 30).state
       error = assert_raises(Stepgraph::ApiError) do
         @client.create_task("e2e", "linear", { "even_number" => 2 }, run_at: Time.now + 5, delay: 1)
       end
@@ -156,8 +163,8 @@ class PolyglotTest < Minitest::Test
                                  namespaces: ["ruby"]).start
     begin
       task = client.run("polyglot", "mixed", { "even_number" => 6 }, timeout: 60)
-      assert_equal "complete", task["state"], task["error"].inspect
-      steps = task["steps"].to_h { |s| [s["name"], s["result"]] }
+      assert_equal "complete", task.state, task.error.inspect
+      steps = task.steps.transform_values { |s| s["result"] }
       assert_equal 36, steps["square"]
       assert_equal({ "value" => 72, "by" => "python" }, steps["double"])
       assert_equal({ "value" => 73, "by" => "ruby" }, steps["add_one"])
@@ -192,8 +199,8 @@ class RabbitTest < Minitest::Test
                                    queue: amqp_url).start
     begin
       task = client.run("e2e", "diamond", { "even_number" => 6 }, timeout: 60)
-      assert_equal "complete", task["state"], task["error"].inspect
-      assert_equal SIX_16, Integer(task["result"])
+      assert_equal "complete", task.state, task.error.inspect
+      assert_equal SIX_16, Integer(task.result)
       queues = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name").split
       assert_includes queues, "stepgraph.worker.e2e", "the steps went through this test's virtual host"
     ensure
@@ -247,14 +254,14 @@ class GracefulShutdownTest < Minitest::Test
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
     loop do
       task = @client.get_task(id)
-      return task if task["steps"].find { |s| s["name"] == step }["state"] == "in_progress"
+      return task if task.steps.fetch(step)["state"] == "in_progress"
       flunk("step #{step} never started") if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
       sleep 0.02
     end
   end
 
   def completions(task, step)
-    task["transitions"]["steps"].count { |t| t["step_name"] == step && t["to"] == "complete" }
+    task.report["transitions"]["steps"].count { |t| t["step_name"] == step && t["to"] == "complete" }
   end
 
   def stop(pid)
@@ -272,13 +279,13 @@ class GracefulShutdownTest < Minitest::Test
     await_running(id, "nap")
     status, = stop(worker)
     assert status.success?, status.inspect
-    nap = @client.get_task(id)["steps"].find { |s| s["name"] == "nap" }
+    nap = @client.get_task(id).steps.fetch("nap")
     assert_equal %w[complete 1], [nap["state"], nap["attempts"].to_s]
     rescuer = sleepy_worker
     task = @client.wait(id, timeout: 30)
     stop(rescuer)
-    assert_equal "complete", task["state"], task.inspect
-    assert_equal({ "slept_ms" => 1500 }, task["result"])
+    assert_equal "complete", task.state, task.inspect
+    assert_equal({ "slept_ms" => 1500 }, task.result)
     assert_equal [1, 1], [completions(task, "nap"), completions(task, "after")]
   end
 
@@ -295,8 +302,8 @@ class GracefulShutdownTest < Minitest::Test
     rescuer = sleepy_worker(worker_visibility_timeout_ms: 2500)
     task = @client.wait(id, timeout: 60)
     stop(rescuer)
-    assert_equal "complete", task["state"], task.inspect
-    assert_equal({ "slept_ms" => 4000 }, task["result"])
+    assert_equal "complete", task.state, task.inspect
+    assert_equal({ "slept_ms" => 4000 }, task.result)
     assert_equal 1, completions(task, "nap")
   end
 end
@@ -340,26 +347,26 @@ class OperationsTest < Minitest::Test
     begin
       first = ops.run("e2e", "repairable", { "required_file" => flag }, timeout: 30)
       second = ops.run("e2e", "repairable", { "required_file" => File.join(dir, "never") }, timeout: 30)
-      assert_equal %w[error error], [first["state"], second["state"]]
+      assert_equal %w[error error], [first.state, second.state]
       page = reader.list_tasks(state: "error", name: "repairable", limit: 1)
-      assert_equal [second["id"]], page["tasks"].map { |t| t["id"] }
+      assert_equal [second.task_id], page["tasks"].map { |t| t["id"] }
       rest = reader.list_tasks(state: ["error"], has_failed_step: true, cursor: page["next_cursor"])
-      assert_equal [first["id"]], rest["tasks"].map { |t| t["id"] }
+      assert_equal [first.task_id], rest["tasks"].map { |t| t["id"] }
       assert_nil rest["next_cursor"]
       assert_equal 2, reader.stats["recent"]["failed_tasks"]
-      denied = assert_raises(Stepgraph::ApiError) { reader.retry_task(first["id"]) }
+      denied = assert_raises(Stepgraph::ApiError) { reader.retry_task(first.task_id) }
       assert_equal 403, denied.status
 
       File.write(flag, "")
-      ops.retry_task(first["id"], reason: "flag restored")
-      done = ops.wait(first["id"], timeout: 30)
-      assert_equal({ "check" => { "found" => flag } }, done["result"])
-      ops.resolve(second["id"], "check", { "found" => "by hand" }, reason: "checked")
-      done = ops.wait(second["id"], timeout: 30)
-      assert_equal({ "check" => { "found" => "by hand" } }, done["result"])
-      resolved = done["transitions"]["steps"].find { |t| t["to"] == "resolved_manually" }
+      ops.retry_task(first.task_id, reason: "flag restored")
+      done = ops.wait(first.task_id, timeout: 30)
+      assert_equal({ "check" => { "found" => flag } }, done.result)
+      ops.resolve(second.task_id, "check", { "found" => "by hand" }, reason: "checked")
+      done = ops.wait(second.task_id, timeout: 30)
+      assert_equal({ "check" => { "found" => "by hand" } }, done.result)
+      resolved = done.report["transitions"]["steps"].find { |t| t["to"] == "resolved_manually" }
       assert_equal({ "action" => "resolved", "by" => "ops", "reason" => "checked" }, resolved["metadata"])
-      assert_equal 409, assert_raises(Stepgraph::ApiError) { ops.retry_task(first["id"], step: "check") }.status
+      assert_equal 409, assert_raises(Stepgraph::ApiError) { ops.retry_task(first.task_id, step: "check") }.status
 
       ruby = reader.workers.select { |x| x["language"] == "ruby" }
       assert_equal 1, ruby.size, reader.workers.inspect

@@ -136,7 +136,7 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         fine = ops.run("e2e", "repairable", {"required_file": str(flag)}, timeout=30)
         to_retry = ops.run("e2e", "repairable", {"required_file": str(tmp_path / "lost")}, timeout=30)
         to_resolve = ops.run("e2e", "repairable", {"required_file": str(tmp_path / "gone")}, timeout=30)
-        assert fine["state"] == "complete" and to_retry["state"] == to_resolve["state"] == "error"
+        assert fine.state == "complete" and to_retry.state == to_resolve.state == "error"
 
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         foreign = []
@@ -166,17 +166,17 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         expect(page).to_have_url(base + "/tasks?state=error")
         rows = page.locator("tr[data-task]")
         expect(rows).to_have_count(2)
-        expect(page.locator(f"tr[data-task='{fine['id']}']")).to_have_count(0)
+        expect(page.locator(f"tr[data-task='{fine.task_id}']")).to_have_count(0)
         expect(page.locator("[data-test=live]")).to_have_text("live")
         navigations = page.evaluate("performance.getEntriesByType('navigation').length")
         page.evaluate("window.__same_page = true")
         late = ops.run("e2e", "repairable", {"required_file": str(tmp_path / "late")}, timeout=30)
-        expect(page.locator(f"tr[data-task='{late['id']}']")).to_be_visible(timeout=10000)
+        expect(page.locator(f"tr[data-task='{late.task_id}']")).to_be_visible(timeout=10000)
         shot(page, "tasks-failed")
 
         # The failed step and its traceback.
-        page.click(f"tr[data-task='{to_retry['id']}'] a")
-        expect(page).to_have_url(re.compile(to_retry["id"]))
+        page.click(f"tr[data-task='{to_retry.task_id}'] a")
+        expect(page).to_have_url(re.compile(to_retry.task_id))
         page.wait_for_selector("#main[data-drawn=true]")
         expect(page.locator("[data-test=task-state]")).to_contain_text("error")
         expect(page.locator(".dag .node[data-step=check]")).to_have_attribute("data-state", "error")
@@ -192,7 +192,7 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         reader_ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
         reader = reader_ctx.new_page()
         login(reader, base, "reader")
-        ready(reader, f"/tasks/{to_retry['id']}")
+        ready(reader, f"/tasks/{to_retry.task_id}")
         expect(reader.locator("[data-test=step-error]")).to_be_visible()
         expect(reader.locator("[data-action]")).to_have_count(0)
         shot(reader, "task-read-only")
@@ -202,17 +202,17 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
                  const r = await fetch(`/v1/tasks/${id}/retry`, {method: 'POST', headers: {'X-Stepgraph-CSRF': s.csrf}});
                  return [r.status, (await r.json()).error];
                }""",
-            to_retry["id"],
+            to_retry.task_id,
         )
         assert refused[0] == 403 and "needs admin" in refused[1], refused
         reader_ctx.close()
         # The cookie alone, without the page's CSRF header, changes nothing.
         forged = page.evaluate(
             "async (id) => { const r = await fetch(`/v1/tasks/${id}/retry`, {method: 'POST'}); return [r.status, (await r.json()).error]; }",
-            to_retry["id"],
+            to_retry.task_id,
         )
         assert forged[0] == 403 and "x-stepgraph-csrf" in forged[1], forged
-        assert ops.get_task(to_retry["id"])["state"] == "error"
+        assert ops.get_task(to_retry.task_id).state == "error"
     finally:
         w.stop()
 
@@ -234,7 +234,7 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         shot(page, "task-retried")
 
         # A step resolved by hand, its result typed in the dialog's JSON editor.
-        ready(page, f"/tasks/{to_resolve['id']}")
+        ready(page, f"/tasks/{to_resolve.task_id}")
         page.click("[data-action=resolve-step]")
         page.fill("dialog [data-test=result]", '{"found": ')
         expect(page.locator("dialog .problem")).to_contain_text("Not JSON")
@@ -245,8 +245,8 @@ def test_an_operator_finds_retries_resolves_and_cancels_in_the_browser(database,
         expect(page.locator("[data-test=task-state]")).to_contain_text("complete", timeout=20000)
         expect(page.locator(".dag .node[data-step=check]")).to_have_attribute("data-state", "resolved_manually")
         shot(page, "task-resolved")
-        done = ops.get_task(to_resolve["id"])
-        assert done["result"] == {"check": {"found": "checked by hand"}}, done
+        done = ops.get_task(to_resolve.task_id)
+        assert done.result == {"check": {"found": "checked by hand"}}, done
 
         # A task waiting for its time is cancelled, with the reason kept.
         later = ops.create_task("e2e", "repairable", {"required_file": str(flag)}, delay=600)

@@ -3,7 +3,7 @@
 // find and count them, cancel, retry and resolve them, list the workers.
 // Uses fetch; big integers in results are BigInt.
 
-import { TERMINAL } from "./engine.js";
+import { TERMINAL, taskResultFromApi, type TaskResult } from "./engine.js";
 import { parseJson, stringifyJson } from "./json.js";
 import { StepgraphError, TaskTimeoutError } from "./native.js";
 
@@ -79,13 +79,16 @@ export class Client {
     return this.#request("POST", "/v1/tasks", body);
   }
 
-  /** The task: state, result or error, its steps and its timeline. */
-  getTask(taskId: string): Promise<any> {
-    return this.#request("GET", `/v1/tasks/${encodeURIComponent(taskId)}`);
+  /**
+   * The task, as `Engine.run` returns one: state, result or error, its steps
+   * by name; `report` is the API's whole view (the audit trail under `transitions`).
+   */
+  async getTask(taskId: string): Promise<TaskResult> {
+    return taskResultFromApi(await this.#request("GET", `/v1/tasks/${encodeURIComponent(taskId)}`));
   }
 
-  /** Waits until the task ends and returns it; rejects with a {@link TaskTimeoutError} naming its state. */
-  async wait(taskId: string, timeoutMs = 60_000): Promise<any> {
+  /** Waits until the task ends and returns it (as `getTask`); rejects with a {@link TaskTimeoutError} naming its state. */
+  async wait(taskId: string, timeoutMs = 60_000): Promise<TaskResult> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const waitMs = Math.max(0, Math.min(deadline - Date.now(), 25_000));
@@ -95,7 +98,7 @@ export class Client {
         undefined,
         waitMs + this.timeoutMs,
       );
-      if (TERMINAL.has(task.state)) return task;
+      if (TERMINAL.has(task.state)) return taskResultFromApi(task);
       if (Date.now() >= deadline) {
         throw new TaskTimeoutError("Timeout", `task ${taskId} did not end within ${timeoutMs} ms (state ${task.state})`);
       }
@@ -103,7 +106,12 @@ export class Client {
   }
 
   /** Creates a task and waits for it. */
-  async run(namespace: string, name: string, context: unknown, options: CreateTaskOptions & { timeoutMs?: number } = {}): Promise<any> {
+  async run(
+    namespace: string,
+    name: string,
+    context: unknown,
+    options: CreateTaskOptions & { timeoutMs?: number } = {},
+  ): Promise<TaskResult> {
     const created = await this.createTask(namespace, name, context, options);
     return this.wait(created.task_id, options.timeoutMs);
   }

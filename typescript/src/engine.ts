@@ -22,14 +22,20 @@ export interface StepView {
 /** Handlers running at once in an engine or worker of this process. */
 export const DEFAULT_CONCURRENCY = 8;
 
-/** A finished task: its state, result (or error), and its steps by name. */
+/**
+ * A task: its state, result (or error), and its steps by name, the same from
+ * `Engine.run` and from a `Client`'s `run`, `wait` and `getTask`.
+ */
 export interface TaskResult {
   taskId: string;
   state: string;
   result: any;
   error: any;
   steps: Record<string, StepView>;
-  /** The engine's whole report: task, steps, edges, transitions. */
+  /**
+   * The whole view it was made from: the engine's report (task, steps, edges,
+   * transitions) or the HTTP API's task (its fields, steps and transitions).
+   */
   report: any;
 }
 
@@ -64,7 +70,7 @@ class FinishedTask implements TaskResult {
   ) {}
 
   toString(): string {
-    const t = this.report?.task ?? {};
+    const t = this.report?.task ?? this.report ?? {};
     const outcome = this.error == null ? `result=${short(this.result)}` : `error=${errorText(this.error)}`;
     return `TaskResult ${this.taskId} ${t.namespace}/${t.name}@${t.version} ${this.state} ${outcome}`;
   }
@@ -93,6 +99,23 @@ function stepView(step: any): StepView {
     result,
     error: outcome.status === "failure" ? outcome.error : null,
   };
+}
+
+/** A task as the HTTP API returns it. */
+export function taskResultFromApi(view: any): TaskResult {
+  const steps: Record<string, StepView> = {};
+  for (const s of view.steps ?? []) {
+    steps[s.name] = {
+      name: s.name,
+      state: s.state,
+      attempts: s.attempts,
+      maxAttempts: s.max_attempts,
+      cursor: s.cursor ?? null,
+      result: s.result ?? null,
+      error: s.error ?? null,
+    };
+  }
+  return new FinishedTask(view.id, view.state, view.result, view.error, steps, view);
 }
 
 export function taskResult(report: any): TaskResult {

@@ -113,7 +113,7 @@ export function postgresScenarios(test, backend) {
         tasks.forEach((task, i) => {
           assert.equal(task.state, "complete", `${cases[i][0]}: ${JSON.stringify(task.error)}`);
           cases[i][2](task.result);
-          for (const s of task.steps) assert.equal(s.attempts, 1, `${cases[i][0]}.${s.name}`);
+          for (const s of Object.values(task.steps)) assert.equal(s.attempts, 1, `${cases[i][0]}.${s.name}`);
         });
       }),
     ));
@@ -131,12 +131,17 @@ export function postgresScenarios(test, backend) {
         const task = await client.wait(created.task_id, 30_000);
         assert.equal(task.state, "complete");
         assert.equal(BigInt(task.result), SIX_16);
+        // The same view as an engine's run: steps by name, one line printed.
+        assert.equal(task.taskId, created.task_id);
+        assert.deepEqual(Object.keys(task.steps), ["step_1", "step_2", "step_3", "step_4"]);
+        assert.deepEqual(Object.keys(task.steps.step_4), ["name", "state", "attempts", "maxAttempts", "cursor", "result", "error"]);
+        assert.equal(String(task), `TaskResult ${task.taskId} e2e/linear@1.0.0 complete result=${SIX_16}`);
         // Delayed: stored scheduled, started at its time.
         const delayed = await client.createTask("e2e", "linear", { even_number: 2 }, { runAt: new Date(Date.now() + 1000) });
         assert.equal((await client.getTask(delayed.task_id)).state, "scheduled");
         const done = await client.wait(delayed.task_id, 30_000);
-        const started = done.transitions.task.find((t) => t.from === "scheduled");
-        assert.ok(new Date(started.at) >= new Date(done.run_at), JSON.stringify(done.transitions.task));
+        const started = done.report.transitions.task.find((t) => t.from === "scheduled");
+        assert.ok(new Date(started.at) >= new Date(done.report.run_at), JSON.stringify(done.report.transitions.task));
         const byDelay = await client.createTask("e2e", "linear", { even_number: 2 }, { delayMs: 300 });
         assert.equal((await client.wait(byDelay.task_id, 30_000)).state, "complete");
         await assert.rejects(
@@ -206,7 +211,7 @@ Stepgraph::Worker.new(database_url: ARGV[0], templates_dir: ARGV[1], handlers: [
         await withWorker({ databaseUrl: url, templatesDir: POLYGLOT, namespaces: ["typescript"], handlers: [describe], backend }, async () => {
           const task = await client.run("polyglot", "four", { even_number: 6 }, { timeoutMs: 60_000 });
           assert.equal(task.state, "complete", JSON.stringify(task.error));
-          const results = Object.fromEntries(task.steps.map((s) => [s.name, s.result]));
+          const results = Object.fromEntries(Object.values(task.steps).map((s) => [s.name, s.result]));
           assert.equal(results.square, 36);
           assert.deepEqual(results.double, { value: 72, by: "python" });
           assert.deepEqual(results.add_one, { value: 73, by: "ruby" });
@@ -244,12 +249,12 @@ process.exit(0);
     const deadline = Date.now() + 30_000;
     for (;;) {
       const task = await client.getTask(id);
-      if (task.steps.find((s) => s.name === step).state === "in_progress") return task;
+      if (task.steps[step].state === "in_progress") return task;
       if (Date.now() > deadline) throw new Error(`step ${step} never started`);
       await sleep(20);
     }
   };
-  const completions = (task, step) => task.transitions.steps.filter((t) => t.step_name === step && t.to === "complete").length;
+  const completions = (task, step) => task.report.transitions.steps.filter((t) => t.step_name === step && t.to === "complete").length;
 
   // SIGTERM while a handler runs: the worker takes no new work, lets it
   // finish and records it within the grace, then exits 0; another worker
@@ -261,7 +266,7 @@ process.exit(0);
       await awaitRunning(client, id, "nap");
       worker.kill("SIGTERM");
       assert.equal(await exited(worker), 0);
-      const nap = (await client.getTask(id)).steps.find((s) => s.name === "nap");
+      const nap = (await client.getTask(id)).steps.nap;
       assert.deepEqual([nap.state, nap.attempts], ["complete", 1]);
       const rescuer = sleepyWorker(url);
       try {
@@ -322,7 +327,7 @@ process.exit(0);
             const task = await client.run("e2e", "diamond", { even_number: 6 }, { timeoutMs: 60_000 });
             assert.equal(task.state, "complete", JSON.stringify(task.error));
             assert.equal(BigInt(task.result), SIX_16);
-            for (const s of task.steps) assert.equal(s.attempts, 1, s.name);
+            for (const s of Object.values(task.steps)) assert.equal(s.attempts, 1, s.name);
             const queues = ctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name").split(/\s+/);
             assert.ok(queues.includes("stepgraph.worker.e2e"), queues.join(","));
           }),

@@ -39,23 +39,23 @@ export function operationsScenarios(test, backend) {
           const second = await ops.run("e2e", "repairable", { required_file: path.join(dir, "never") }, { timeoutMs: 30_000 });
           assert.deepEqual([first.state, second.state], ["error", "error"]);
           const page = await reader.listTasks({ state: "error", name: "repairable", limit: 1 });
-          assert.deepEqual(page.tasks.map((t) => t.id), [second.id]);
+          assert.deepEqual(page.tasks.map((t) => t.id), [second.taskId]);
           const rest = await reader.listTasks({ state: ["error"], hasFailedStep: true, cursor: page.next_cursor });
-          assert.deepEqual(rest.tasks.map((t) => t.id), [first.id]);
+          assert.deepEqual(rest.tasks.map((t) => t.id), [first.taskId]);
           assert.equal(rest.next_cursor, null);
           assert.equal((await reader.stats()).recent.failed_tasks, 2);
-          await assert.rejects(reader.retry(first.id), (e) => e.status === 403 && /needs admin/.test(e.message));
+          await assert.rejects(reader.retry(first.taskId), (e) => e.status === 403 && /needs admin/.test(e.message));
 
           writeFileSync(flag, "");
-          await ops.retry(first.id, { reason: "flag restored" });
-          let done = await ops.wait(first.id, 30_000);
+          await ops.retry(first.taskId, { reason: "flag restored" });
+          let done = await ops.wait(first.taskId, 30_000);
           assert.deepEqual(done.result, { check: { found: flag } });
-          await ops.resolve(second.id, "check", { found: "by hand" }, { reason: "checked" });
-          done = await ops.wait(second.id, 30_000);
+          await ops.resolve(second.taskId, "check", { found: "by hand" }, { reason: "checked" });
+          done = await ops.wait(second.taskId, 30_000);
           assert.deepEqual(done.result, { check: { found: "by hand" } });
-          const resolved = done.transitions.steps.find((t) => t.to === "resolved_manually");
+          const resolved = done.report.transitions.steps.find((t) => t.to === "resolved_manually");
           assert.deepEqual(resolved.metadata, { action: "resolved", by: "ops", reason: "checked" });
-          await assert.rejects(ops.retry(first.id, { step: "check" }), (e) => e.status === 409);
+          await assert.rejects(ops.retry(first.taskId, { step: "check" }), (e) => e.status === 409);
 
           const mine = (await reader.workers()).filter((w) => w.language === "typescript");
           assert.equal(mine.length, 1, JSON.stringify(mine));

@@ -45,19 +45,23 @@ module Stepgraph
       request(:post, "/v1/tasks", body)
     end
 
+    # The task, as Engine#run returns one (a TaskResult): state, result or
+    # error, its steps by name; +report+ is the API's whole view (with the
+    # audit trail under "transitions").
     def get_task(task_id)
-      request(:get, "/v1/tasks/#{escape(task_id)}")
+      TaskResult.from_api(request(:get, "/v1/tasks/#{escape(task_id)}"))
     end
 
-    # Waits (long-polling) until the task ends; Stepgraph::TaskTimeoutError
-    # (naming the task's state) if it has not after +timeout+ seconds.
+    # Waits (long-polling) until the task ends and returns it (as get_task);
+    # Stepgraph::TaskTimeoutError (naming the task's state) if it has not
+    # after +timeout+ seconds.
     def wait(task_id, timeout: 60)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
       loop do
         left = [deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 0].max
         wait_ms = ([left, 25].min * 1000).to_i
         task = request(:get, "/v1/tasks/#{escape(task_id)}/wait?timeout_ms=#{wait_ms}", nil, wait_ms / 1000.0)
-        return task if TERMINAL.include?(task["state"])
+        return TaskResult.from_api(task) if TERMINAL.include?(task["state"])
         if Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
           raise TaskTimeoutError, "task #{task_id} did not end within #{timeout}s (state #{task['state']})"
         end

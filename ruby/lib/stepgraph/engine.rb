@@ -77,15 +77,28 @@ module Stepgraph
   # Handlers running at once in an engine or worker of this process.
   DEFAULT_CONCURRENCY = 8
 
-  # A finished task: its state, result (or error), and its steps by name.
-  # Its inspect is one line; +steps+ and +report+ hold the full view.
+  # A step's fields in TaskResult#steps, from an engine and a Client alike.
+  STEP_FIELDS = %w[name state attempts max_attempts cursor result error].freeze
+
+  # A task: its state, result (or error), and its steps by name (each with
+  # the fields of STEP_FIELDS), the same from Engine#run and from a Client's
+  # run, wait and get_task. Its inspect is one line; +report+ holds the whole
+  # view it was made from: the engine's report (task, steps, edges,
+  # transitions) or the HTTP API's task (its fields, steps and transitions).
   TaskResult = Struct.new(:task_id, :state, :result, :error, :steps, :report, keyword_init: true) do
+    # A task as the HTTP API returns it.
+    def self.from_api(view)
+      steps = view.fetch("steps", []).to_h { |s| [s["name"], STEP_FIELDS.to_h { |k| [k, s[k]] }] }
+      new(task_id: view["id"], state: view["state"], result: view["result"], error: view["error"], steps: steps,
+          report: view)
+    end
+
     def complete?
       state == "complete"
     end
 
     def inspect
-      task = report.fetch("task", {})
+      task = report.fetch("task", report)
       template = "#{task['namespace']}/#{task['name']}@#{task['version']}"
       outcome = error.nil? ? "result=#{Stepgraph.short(result)}" : "error=#{Stepgraph.error_text(error)}"
       "#<Stepgraph::TaskResult #{task_id} #{template} #{state} #{outcome}>"
