@@ -352,6 +352,7 @@ fn main() -> ExitCode {
                 if let Some(language) = language {
                     let Some(url) = database_url.as_deref() else {
                         return bench::language::embedded(language, iterations.max(1), warmup)
+                            .await
                             .map(|()| true);
                     };
                     // On RabbitMQ, the PostgreSQL queue's rows first, as

@@ -35,13 +35,27 @@ fn bench(args: &[&str], env: &[(String, String)]) -> String {
 
 /// Both row kinds of `language`, whose bindings are `bindings`.
 fn check(language: &str, bindings: &[&str]) {
-    // Embedded: each binding's table has a linear and a diamond row.
+    // Embedded: each binding's table has a linear and a diamond row, its
+    // Rust column beside `stepgraph bench`'s own P50 measured in the run.
     let embedded = bench(&["--language", language], &[]);
-    let rows = embedded
+    let header = embedded
+        .lines()
+        .find(|l| l.starts_with("| Scenario"))
+        .unwrap_or_else(|| panic!("no table: {embedded}"));
+    let own = cells(header)
+        .iter()
+        .position(|c| c == "stepgraph bench P50")
+        .unwrap_or_else(|| panic!("no stepgraph bench column: {embedded}"));
+    let rows: Vec<Vec<String>> = embedded
         .lines()
         .filter(|l| l.starts_with("| FFI linear") || l.starts_with("| FFI diamond"))
-        .count();
-    assert_eq!(rows, 2 * bindings.len(), "{embedded}");
+        .map(cells)
+        .collect();
+    assert_eq!(rows.len(), 2 * bindings.len(), "{embedded}");
+    for row in &rows {
+        assert!(row[own].ends_with("µs") || row[own].ends_with("ms"), "{row:?}");
+        assert!(row[own + 2].ends_with('x'), "{row:?}");
+    }
 
     let rabbit = Rabbit::new();
     let t = TestEnv::new();

@@ -61,6 +61,12 @@ def _p50_us(engine: Engine, name: str, runs: int, warmup: int) -> float:
     return statistics.median(samples)
 
 
+def _native_p50s(text: str) -> dict:
+    """``linear=168.2,diamond=150.0`` (µs) as a dict; empty when not given."""
+    pairs = (item.split("=", 1) for item in text.split(",") if item)
+    return {name: float(us) for name, us in pairs}
+
+
 def _fmt(us: float) -> str:
     return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
 
@@ -91,11 +97,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--worker", action="store_true", help="serve the handlers as a worker process instead")
     parser.add_argument("--namespace", default="e2e", help="with --worker: the namespace served")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="with --worker: handlers at once")
+    parser.add_argument(
+        "--native-p50-us",
+        default="",
+        help="stepgraph bench's own P50s of this run (linear=168.2,diamond=150.0), for the Rust column's ratio to them",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         serve_as_worker(args.templates, args.namespace, args.concurrency)
         return
 
+    own_p50 = _native_p50s(args.native_p50_us)
     results = []
     for label, name, steps, seed in ROWS:
         # The Rust row: the example Rust handlers in an engine made the same
@@ -118,12 +130,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f" concurrency {CONCURRENCY} in both columns; Python handlers with inline_run (run's own thread runs them)"
     )
     print()
-    print("| Scenario    | Steps | Rust P50 | Python P50 | Python overhead/step | Python vs Rust | Reference FFI P50 (published) |")
-    print("|-------------|------:|---------:|-----------:|---------------------:|---------------:|------------------------------:|")
-    for label, steps, rust, py, seed in results:
+    print(
+        "| Scenario    | Steps | stepgraph bench P50 | Rust P50 | Rust vs stepgraph bench | Python P50 "
+        "| Python overhead/step | Python vs Rust | Reference FFI P50 (published) |"
+    )
+    print(
+        "|-------------|------:|--------------------:|---------:|------------------------:|-----------:"
+        "|---------------------:|---------------:|------------------------------:|"
+    )
+    for (label, steps, rust, py, seed), (_, name, _, _) in zip(results, ROWS):
+        own = own_p50.get(name)
+        own_col, ratio = (_fmt(own), f"{rust / own:.2f}x") if own else ("-", "-")
         print(
-            f"| {label:<11} | {steps:>5} | {_fmt(rust):>8} | {_fmt(py):>10} | {_fmt((py - rust) / steps):>20} "
-            f"| {py / rust:>13.2}x | {seed:>26.0f} ms |"
+            f"| {label:<11} | {steps:>5} | {own_col:>19} | {_fmt(rust):>8} | {ratio:>23} | {_fmt(py):>10} "
+            f"| {_fmt((py - rust) / steps):>20} | {py / rust:>13.2}x | {seed:>26.0f} ms |"
         )
 
 

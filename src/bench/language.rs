@@ -4,8 +4,12 @@
 //! that `language_workers` drives beside the Rust worker.
 
 use crate::fixtures;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use stepgraph_engine::{TaskRequest, TaskState};
+use stepgraph_worker::{examples, Engine, EngineConfig};
 
 /// A language whose handlers `stepgraph bench --language` compares with Rust's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,10 +120,44 @@ impl Drop for TemplatesDir {
     }
 }
 
+/// `stepgraph bench`'s own P50 of `template` (the native engine in this
+/// process, made and driven as `stepgraph bench` makes and drives it).
+async fn native_p50(template: &str, runs: usize, warmup: usize) -> Result<Duration> {
+    let engine = Engine::embedded(
+        fixtures::registry()?,
+        examples::registry(),
+        EngineConfig::default(),
+    );
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let request = TaskRequest::new("e2e", template, json!({ "even_number": 6 }));
+        let start = Instant::now();
+        let id = engine.submit(request).await?.task_id;
+        let task = engine.wait_task(id, Duration::from_secs(30)).await?;
+        let took = start.elapsed();
+        if task.state != TaskState::Complete {
+            bail!("{template}: the native task ended {}", task.state);
+        }
+        if i >= warmup {
+            samples.push(took);
+        }
+    }
+    engine.shutdown().await;
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
 /// Embedded mode: the language's bench module runs linear and diamond with
-/// its handlers and with the native ones, and prints the table.
-pub fn embedded(language: Language, iterations: usize, warmup: usize) -> Result<()> {
+/// its handlers and with the native ones, and prints the table, its Rust
+/// column beside `stepgraph bench`'s own P50 measured here first.
+pub async fn embedded(language: Language, iterations: usize, warmup: usize) -> Result<()> {
     let dir = TemplatesDir::new("bench-templates")?;
+    let mut native = Vec::new();
+    for template in ["linear", "diamond"] {
+        let p50 = native_p50(template, iterations, warmup).await?;
+        native.push(format!("{template}={:.1}", p50.as_secs_f64() * 1e6));
+    }
+    let native = native.join(",");
     for runtime in runtimes(language) {
         let ran = runtime
             .command()
@@ -127,6 +165,7 @@ pub fn embedded(language: Language, iterations: usize, warmup: usize) -> Result<
             .arg(&dir.0)
             .args(["--runs", &iterations.to_string()])
             .args(["--warmup", &warmup.to_string()])
+            .args(["--native-p50-us", &native])
             .status()
             .with_context(|| {
                 format!(

@@ -84,6 +84,8 @@ async function main(): Promise<void> {
       namespace: { type: "string", default: "e2e" },
       concurrency: { type: "string", default: "2" },
       backend: { type: "string" },
+      // stepgraph bench's own P50s of this run (linear=168.2,diamond=150.0), for the Rust column's ratio to them.
+      "native-p50-us": { type: "string", default: "" },
     },
   });
   if (!values.templates) throw new Error("--templates DIR is required (the e2e fixture templates)");
@@ -101,8 +103,21 @@ async function main(): Promise<void> {
       `concurrency ${base.concurrency}; each Rust P50 on the row's own binding`,
   );
   console.log();
-  console.log("| Scenario    | Binding        | Steps | Rust P50 | TypeScript P50 | overhead/step | vs Rust | Reference FFI P50 (published) |");
-  console.log("|-------------|----------------|------:|---------:|---------------:|--------------:|--------:|------------------------------:|");
+  const own = new Map(
+    values["native-p50-us"]!
+      .split(",")
+      .filter(Boolean)
+      .map((pair) => {
+        const [name, us] = pair.split("=");
+        return [name!, Number(us)] as const;
+      }),
+  );
+  console.log(
+    "| Scenario    | Binding        | Steps | stepgraph bench P50 | Rust P50 | Rust vs stepgraph bench | TypeScript P50 | overhead/step | vs Rust | Reference FFI P50 (published) |",
+  );
+  console.log(
+    "|-------------|----------------|------:|--------------------:|---------:|------------------------:|---------------:|--------------:|--------:|------------------------------:|",
+  );
   for (const [label, name, steps, seed] of ROWS) {
     for (const backend of backends) {
       // The Rust column: the example Rust handlers in an engine made the
@@ -111,8 +126,11 @@ async function main(): Promise<void> {
       // The TypeScript handlers take precedence over the built-in ones of the same names.
       const ts = await p50({ ...base, backend, handlers: [Square, multiplyAndSquare], builtinHandlers: true }, name, runs, warmup);
       const binding = `${runtime} ${backend === "napi" ? "napi" : "C ABI"}`;
+      const native = own.get(name);
+      const ownCol = native ? fmt(native) : "-";
+      const ratio = native ? `${(rust / native).toFixed(2)}x` : "-";
       console.log(
-        `| ${label.padEnd(11)} | ${binding.padEnd(14)} | ${String(steps).padStart(5)} | ${fmt(rust).padStart(8)} | ${fmt(ts).padStart(14)} | ${fmt((ts - rust) / steps).padStart(13)} | ${(ts / rust).toFixed(2).padStart(6)}x | ${String(seed).padStart(26)} ms |`,
+        `| ${label.padEnd(11)} | ${binding.padEnd(14)} | ${String(steps).padStart(5)} | ${ownCol.padStart(19)} | ${fmt(rust).padStart(8)} | ${ratio.padStart(23)} | ${fmt(ts).padStart(14)} | ${fmt((ts - rust) / steps).padStart(13)} | ${(ts / rust).toFixed(2).padStart(6)}x | ${String(seed).padStart(26)} ms |`,
       );
     }
   }

@@ -83,6 +83,9 @@ module Stepgraph
         o.on("--worker", "serve the handlers as a worker process instead") { options[:worker] = true }
         o.on("--namespace NS", "with --worker: the namespace served") { |v| options[:namespace] = v }
         o.on("--concurrency N", Integer, "with --worker: handlers at once") { |v| options[:concurrency] = v }
+        o.on("--native-p50-us LIST", "stepgraph bench's own P50s of this run (linear=168.2,diamond=150.0)") do |v|
+          options[:native] = v.split(",").to_h { |pair| name, us = pair.split("=", 2); [name, Float(us)] }
+        end
       end.parse!(argv)
       abort("--templates DIR is required") unless options[:templates]
       return serve_as_worker(options[:templates], options[:namespace], options[:concurrency]) if options[:worker]
@@ -104,11 +107,15 @@ module Stepgraph
            "#{options[:warmup]} warm-up runs, concurrency #{CONCURRENCY} in both columns; " \
            "Ruby handlers with inline_run (run's own thread runs them)"
       puts
-      puts "| Scenario    | Steps | Rust P50 | Ruby P50 | Ruby overhead/step | Ruby vs Rust | Reference FFI P50 (published) |"
-      puts "|-------------|------:|---------:|---------:|-------------------:|-------------:|------------------------------:|"
-      results.each do |label, steps, rust, ruby, seed|
-        puts format("| %-11s | %5d | %8s | %8s | %18s | %11.2fx | %26.0f ms |", label, steps, fmt(rust), fmt(ruby),
-                    fmt((ruby - rust) / steps), ruby / rust, seed)
+      puts "| Scenario    | Steps | stepgraph bench P50 | Rust P50 | Rust vs stepgraph bench | Ruby P50 " \
+           "| Ruby overhead/step | Ruby vs Rust | Reference FFI P50 (published) |"
+      puts "|-------------|------:|--------------------:|---------:|------------------------:|---------:" \
+           "|-------------------:|-------------:|------------------------------:|"
+      results.zip(ROWS).each do |(label, steps, rust, ruby, seed), (_, name)|
+        own = options.fetch(:native, {})[name]
+        own_col, ratio = own ? [fmt(own), format("%.2fx", rust / own)] : %w[- -]
+        puts format("| %-11s | %5d | %19s | %8s | %23s | %8s | %18s | %11.2fx | %26.0f ms |", label, steps, own_col,
+                    fmt(rust), ratio, fmt(ruby), fmt((ruby - rust) / steps), ruby / rust, seed)
       end
     end
   end
