@@ -53,7 +53,10 @@ fn check(language: &str, bindings: &[&str]) {
         .collect();
     assert_eq!(rows.len(), 2 * bindings.len(), "{embedded}");
     for row in &rows {
-        assert!(row[own].ends_with("µs") || row[own].ends_with("ms"), "{row:?}");
+        assert!(
+            row[own].ends_with("µs") || row[own].ends_with("ms"),
+            "{row:?}"
+        );
         assert!(row[own + 2].ends_with('x'), "{row:?}");
     }
 
