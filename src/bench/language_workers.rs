@@ -6,7 +6,7 @@
 //! at a time, to each worker in turn, so every row is measured in the same
 //! minutes as the Rust worker's it is compared with.
 
-use super::language::{runtimes, Language, TemplatesDir};
+use super::language::{runtimes, Language, Runtime, TemplatesDir};
 use super::table::fmt_latency;
 use crate::cluster::{p, process_env, run_task, spawn, started, Proc};
 use crate::fixtures;
@@ -35,10 +35,25 @@ fn namespace(binding: &str) -> String {
     format!("ffi_{}", binding.to_lowercase().replace(' ', "_"))
 }
 
-/// The Rust worker, then a worker of each binding of `language`, all
-/// started with `env` (the queue) and ready.
+/// Each binding of the language: its name, the runtime that starts its
+/// worker and the binding it loads there (`--backend`), if it has several.
+fn bindings(runtimes: &[Runtime]) -> Vec<(String, &Runtime, Option<&'static str>)> {
+    runtimes
+        .iter()
+        .flat_map(|r| match r.backends {
+            [] => vec![(r.binding(None), r, None)],
+            backends => backends
+                .iter()
+                .map(|b| (r.binding(Some(b)), r, Some(*b)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The Rust worker, then a worker of each of `bindings`, all started with
+/// `env` (the queue) and ready.
 async fn start_workers(
-    language: Language,
+    bindings: &[(String, &Runtime, Option<&'static str>)],
     url: &str,
     env: &[(&str, String)],
     dir: &std::path::Path,
@@ -57,40 +72,32 @@ async fn start_workers(
         namespace: ns,
         _proc: proc,
     }];
-    for runtime in runtimes(language) {
-        let backends: Vec<Option<&str>> = if runtime.backends.is_empty() {
-            vec![None]
-        } else {
-            runtime.backends.iter().map(|b| Some(*b)).collect()
-        };
-        for backend in backends {
-            let binding = runtime.binding(backend);
-            let ns = namespace(&binding);
-            let mut cmd = Command::from(runtime.command());
-            cmd.arg("--worker").arg("--templates").arg(dir).args([
-                "--namespace",
-                &ns,
-                "--concurrency",
-                &concurrency,
-            ]);
-            if let Some(b) = backend {
-                cmd.args(["--backend", b]);
-            }
-            process_env(&mut cmd, url, env);
-            let what = format!(
-                "the {binding} worker ({}; ./scripts/setup installs its package)",
-                runtime.program
-            );
-            let (proc, line) = started(cmd, &what).await?;
-            if !line.starts_with("worker serving") {
-                bail!("{what} said {line:?} instead of that it serves");
-            }
-            workers.push(Worker {
-                binding,
-                namespace: ns,
-                _proc: proc,
-            });
+    for (binding, runtime, backend) in bindings {
+        let ns = namespace(binding);
+        let mut cmd = Command::from(runtime.command());
+        cmd.arg("--worker").arg("--templates").arg(dir).args([
+            "--namespace",
+            &ns,
+            "--concurrency",
+            &concurrency,
+        ]);
+        if let Some(b) = backend {
+            cmd.args(["--backend", b]);
         }
+        process_env(&mut cmd, url, env);
+        let what = format!(
+            "the {binding} worker ({}; ./scripts/setup installs its package)",
+            runtime.program
+        );
+        let (proc, line) = started(cmd, &what).await?;
+        if !line.starts_with("worker serving") {
+            bail!("{what} said {line:?} instead of that it serves");
+        }
+        workers.push(Worker {
+            binding: binding.clone(),
+            namespace: ns,
+            _proc: proc,
+        });
     }
     Ok(workers)
 }
@@ -107,18 +114,14 @@ async fn measure(
     warmup: usize,
 ) -> Result<(Vec<String>, Samples)> {
     let dir = TemplatesDir::empty("bench-ffi")?;
-    let mut bindings = vec!["Rust".to_string()];
-    for r in runtimes(language) {
-        match r.backends {
-            [] => bindings.push(r.binding(None)),
-            backends => bindings.extend(backends.iter().map(|b| r.binding(Some(b)))),
-        }
-    }
-    for binding in &bindings {
+    let runtimes = runtimes(language);
+    let bindings = bindings(&runtimes);
+    let names = std::iter::once("Rust").chain(bindings.iter().map(|(b, _, _)| b.as_str()));
+    for binding in names {
         fixtures::write_ffi_templates(&dir.0, &namespace(binding))?;
     }
     let (_serve, addr) = spawn(&["serve", "--listen", "127.0.0.1:0"], url, env, &dir.0).await?;
-    let workers = start_workers(language, url, env, &dir.0).await?;
+    let workers = start_workers(&bindings, url, env, &dir.0).await?;
     let mut rows = Vec::new();
     for (_, template, _, _) in ROWS {
         let mut samples = vec![Vec::with_capacity(iterations); workers.len()];
