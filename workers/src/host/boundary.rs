@@ -20,6 +20,8 @@ enum Ty {
     Str,
     Bool,
     Ref(String),
+    /// The one string a tag field holds.
+    Const(String),
     Nullable(Box<Ty>),
     Array(Box<Ty>),
     Map,
@@ -37,8 +39,9 @@ struct Field {
 enum Def {
     Object(Vec<Field>),
     Strings(Vec<String>),
-    /// Variants told apart by the value of `tag`: (value, the other fields).
-    Tagged(String, Vec<(String, Vec<Field>)>),
+    /// Variants told apart by the value of a tag field (a [`Ty::Const`]
+    /// among their fields): (that value, the fields).
+    Tagged(Vec<(String, Vec<Field>)>),
 }
 
 struct Named {
@@ -68,6 +71,12 @@ fn ty(s: &Value, at: &str) -> Ty {
     };
     if let Some(r) = o.get("$ref").and_then(Value::as_str) {
         return Ty::Ref(r.trim_start_matches("#/$defs/").to_string());
+    }
+    if let Some(c) = o.get("const") {
+        let c = c
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: unsupported const {c}"));
+        return Ty::Const(c.to_string());
     }
     if let Some(any) = o.get("anyOf").and_then(Value::as_array) {
         match any.as_slice() {
@@ -102,7 +111,7 @@ fn doc(o: &Map<String, Value>) -> Option<String> {
         .map(|d| d.replace('\n', " "))
 }
 
-fn fields(o: &Map<String, Value>, at: &str, skip: Option<&str>) -> Vec<Field> {
+fn fields(o: &Map<String, Value>, at: &str) -> Vec<Field> {
     let required: Vec<&str> = o
         .get("required")
         .and_then(Value::as_array)
@@ -115,7 +124,6 @@ fn fields(o: &Map<String, Value>, at: &str, skip: Option<&str>) -> Vec<Field> {
     names.sort_by_key(|n| required.iter().position(|r| r == n).unwrap_or(usize::MAX));
     names
         .into_iter()
-        .filter(|n| Some(n.as_str()) != skip)
         .map(|n| Field {
             name: n.clone(),
             ty: ty(&props[n], &format!("{at}.{n}")),
@@ -140,7 +148,6 @@ fn defs(schema: &Value) -> Vec<Named> {
             } else if let Some(variants) = o.get("oneOf").and_then(Value::as_array) {
                 let tag = "status";
                 Def::Tagged(
-                    tag.into(),
                     variants
                         .iter()
                         .map(|v| {
@@ -150,12 +157,12 @@ fn defs(schema: &Value) -> Vec<Named> {
                                 .unwrap_or_else(|| panic!("{name}: a variant without {tag}"))
                                 .to_string();
                             let at = format!("{name}.{value}");
-                            (value, fields(v, &at, Some(tag)))
+                            (value, fields(v, &at))
                         })
                         .collect(),
                 )
             } else {
-                Def::Object(fields(o, name, None))
+                Def::Object(fields(o, name))
             };
             Named {
                 name: name.clone(),
@@ -178,6 +185,7 @@ fn python(defs: &[Named]) -> String {
             Ty::Str => "str".into(),
             Ty::Bool => "bool".into(),
             Ty::Ref(r) => format!("\"{r}\""),
+            Ty::Const(c) => format!("Literal[\"{c}\"]"),
             Ty::Nullable(x) => format!("Optional[{}]", t(x)),
             Ty::Array(x) => format!("List[{}]", t(x)),
             Ty::Map => "Dict[str, Any]".into(),
@@ -227,28 +235,11 @@ fn python(defs: &[Named]) -> String {
                 let vs: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
                 writeln!(out, "{} = Literal[{}]\n\n", d.name, vs.join(", ")).unwrap();
             }
-            Def::Tagged(tag, variants) => {
+            Def::Tagged(variants) => {
                 let mut names = Vec::new();
                 for (value, fields) in variants {
                     let name = format!("{}{}", d.name, camel(value));
-                    let mut all = vec![Field {
-                        name: tag.clone(),
-                        ty: Ty::Any,
-                        required: true,
-                        doc: None,
-                    }];
-                    all.extend(fields.iter().map(|f| Field {
-                        name: f.name.clone(),
-                        ty: f.ty.clone(),
-                        required: f.required,
-                        doc: f.doc.clone(),
-                    }));
-                    let mut c = String::new();
-                    class(&mut c, &name, None, &all);
-                    out.push_str(&c.replace(
-                        &format!("    {tag}: Any"),
-                        &format!("    {tag}: Literal[\"{value}\"]"),
-                    ));
+                    class(&mut out, &name, None, fields);
                     names.push(name);
                 }
                 if let Some(doc) = &d.doc {
@@ -269,6 +260,7 @@ fn typescript(defs: &[Named]) -> String {
             Ty::Str => "string".into(),
             Ty::Bool => "boolean".into(),
             Ty::Ref(r) => r.clone(),
+            Ty::Const(c) => format!("\"{c}\""),
             Ty::Nullable(x) => format!("{} | null", t(x)),
             Ty::Array(x) => format!("{}[]", t(x)),
             Ty::Map => "Record<string, unknown>".into(),
@@ -298,11 +290,10 @@ fn typescript(defs: &[Named]) -> String {
                 let vs: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
                 writeln!(out, "export type {} = {};\n", d.name, vs.join(" | ")).unwrap();
             }
-            Def::Tagged(tag, variants) => {
+            Def::Tagged(variants) => {
                 writeln!(out, "export type {} =", d.name).unwrap();
-                for (value, fields) in variants {
-                    let mut fs = vec![format!("{tag}: \"{value}\"")];
-                    fs.extend(fields.iter().map(field));
+                for (_, fields) in variants {
+                    let fs: Vec<String> = fields.iter().map(field).collect();
                     writeln!(out, "  | {{ {} }}", fs.join("; ")).unwrap();
                 }
                 out.pop();
@@ -321,6 +312,7 @@ fn rbs(defs: &[Named]) -> String {
             Ty::Str => "String".into(),
             Ty::Bool => "bool".into(),
             Ty::Ref(r) => snake(r),
+            Ty::Const(c) => format!("\"{c}\""),
             Ty::Nullable(x) => format!("{}?", t(x)),
             Ty::Array(x) => format!("Array[{}]", t(x)),
             Ty::Map => "Hash[String, untyped]".into(),
@@ -351,12 +343,11 @@ fn rbs(defs: &[Named]) -> String {
                 let vs: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
                 writeln!(out, "  type {name} = {}\n", vs.join(" | ")).unwrap();
             }
-            Def::Tagged(tag, variants) => {
+            Def::Tagged(variants) => {
                 let vs: Vec<String> = variants
                     .iter()
-                    .map(|(value, fields)| {
-                        let mut fs = vec![format!("\"{tag}\" => \"{value}\"")];
-                        fs.extend(fields.iter().map(field));
+                    .map(|(_, fields)| {
+                        let fs: Vec<String> = fields.iter().map(field).collect();
                         format!("{{ {} }}", fs.join(", "))
                     })
                     .collect();
