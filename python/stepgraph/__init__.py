@@ -19,6 +19,7 @@ from ._native import (
     InvalidContextError,
     ShutDownError,
     StepgraphError,
+    TaskNotFoundError,
     TaskTimeoutError,
     TemplateNotFoundError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidContextError",
     "ShutDownError",
     "StepgraphError",
+    "TaskNotFoundError",
     "TaskTimeoutError",
     "TemplateNotFoundError",
     "ApiError",

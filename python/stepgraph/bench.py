@@ -53,7 +53,7 @@ def _p50_us(engine: Engine, name: str, runs: int, warmup: int) -> float:
         start = time.perf_counter()
         report = engine._native.run("e2e", name, '{"even_number": 6}', 30000, None, None, serve)
         elapsed = time.perf_counter() - start
-        task = json.loads(report)["task"]
+        task = json.loads(report)
         if task["state"] != "complete" or int(task["result"]) != SIX_16:
             raise SystemExit(f"{name}: task ended {task['state']} with {task.get('result')!r}: {task.get('error')}")
         if i >= warmup:

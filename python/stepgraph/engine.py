@@ -20,26 +20,6 @@ from .handlers import Context, StepHandler, finish_async, not_json, start_handle
 DEFAULT_CONCURRENCY = 8
 
 
-def _step_view(step: dict) -> dict:
-    """A step as users see it: its latest outcome split into result and error."""
-    outcome = step.get("outcome") or {}
-    status = outcome.get("status") or ""
-    result = {
-        "success": outcome.get("result"),
-        "decision": {"branches": outcome.get("branches")},
-        "batch": outcome.get("batch"),
-    }.get(status)
-    return {
-        "name": step["name"],
-        "state": step["state"],
-        "attempts": step["attempts"],
-        "max_attempts": step["max_attempts"],
-        "cursor": step.get("cursor"),
-        "result": result,
-        "error": outcome.get("error") if status == "failure" else None,
-    }
-
-
 def _cut(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -65,11 +45,12 @@ STEP_FIELDS = ("name", "state", "attempts", "max_attempts", "cursor", "result", 
 @dataclass(frozen=True)
 class TaskResult:
     """A task: its state, result (or error), and its steps by name (each
-    with the fields of :data:`STEP_FIELDS`), the same from ``Engine.run``
-    and from a :class:`Client`'s ``run``, ``wait`` and ``get_task``. Its
-    repr is one line; ``report`` holds the whole view it was made from: the
-    engine's report (task, steps, edges, transitions) or the HTTP API's task
-    (its fields, steps and transitions)."""
+    with the fields of :data:`STEP_FIELDS`), the same from an
+    :class:`Engine`'s ``run`` and ``get_task`` and from a :class:`Client`'s
+    ``run``, ``wait`` and ``get_task``. Its repr is one line; ``report`` is
+    the whole view it was made from, as the HTTP API shows a task: its
+    fields, its steps and (but from ``Engine.run``) its audit trail under
+    ``transitions``."""
 
     task_id: str
     state: str
@@ -80,12 +61,12 @@ class TaskResult:
 
     @classmethod
     def from_api(cls, view: dict) -> "TaskResult":
-        """A task as the HTTP API returns it."""
+        """A task as the HTTP API (and an engine) shows it."""
         steps = {s["name"]: {k: s.get(k) for k in STEP_FIELDS} for s in view.get("steps", [])}
         return cls(view["id"], view["state"], view.get("result"), view.get("error"), steps, view)
 
     def __repr__(self) -> str:
-        task = self.report.get("task", self.report)
+        task = self.report
         template = f"{task.get('namespace')}/{task.get('name')}@{task.get('version')}"
         outcome = f"error={_error_text(self.error)}" if self.error is not None else f"result={_short(self.result)}"
         return f"<TaskResult {self.task_id} {template} {self.state} {outcome}>"
@@ -256,7 +237,8 @@ class Engine:
         delay: Optional[float] = None,
     ) -> TaskResult:
         """Creates a task (at once, at ``run_at``, an aware ``datetime`` or an
-        RFC 3339 string, or ``delay`` seconds from now) and waits for it to end."""
+        RFC 3339 string, or ``delay`` seconds from now) and waits for it to
+        end. Its ``report`` leaves out the audit trail: :meth:`get_task` has it."""
         if hasattr(run_at, "isoformat"):
             if run_at.tzinfo is None:
                 raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
@@ -265,12 +247,13 @@ class Engine:
         # This thread runs handlers while it waits: a task whose steps it
         # runs crosses no other thread.
         serve = self._pool.serve if self._inline_run and self._pool.has_handlers else None
-        report = json.loads(
-            self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms, serve)
-        )
-        task = report["task"]
-        steps = {s["name"]: _step_view(s) for s in report["steps"]}
-        return TaskResult(task["id"], task["state"], task["result"], task["error"], steps, report)
+        view = self._native.run(namespace, name, json.dumps(context), int(timeout * 1000), run_at, delay_ms, serve)
+        return TaskResult.from_api(json.loads(view))
+
+    def get_task(self, task_id: str) -> TaskResult:
+        """A task as it is now, with its audit trail (``report["transitions"]``);
+        :class:`TaskNotFoundError` when there is none with that id."""
+        return TaskResult.from_api(json.loads(self._native.get_task(str(task_id))))
 
     def roundtrip(self, handler: str, n: int) -> float:
         """Benchmarks: the mean seconds of one host round trip (the step

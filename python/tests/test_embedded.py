@@ -147,11 +147,12 @@ def test_retries_wait_the_backoff_or_the_retry_after_a_handler_gives():
 
     with stepgraph.Engine.embedded(ROOT / "tests" / "fixtures" / "retries", [raises_twice, says_when]) as e:
         result = e.run("t", "waits", {})
+        audited = e.get_task(result.task_id)
     assert result.state == "complete", result.error
     for step, planned in (("linear", [300, 600]), ("told", [400, 400])):
         recorded = [
             t["metadata"]["backoff_ms"]
-            for t in result.report["transitions"]["steps"]
+            for t in audited.report["transitions"]["steps"]
             if t["step_name"] == step and t["to"] == "waiting_for_retry"
         ]
         assert recorded == planned, step

@@ -80,8 +80,14 @@ steps:
         # Delayed: it waits `scheduled`, then runs.
         done = e.run("t", "s", {"n": 1}, delay=0.3)
         assert done.state == "complete"
-        assert done.report["task"]["run_at"] is not None
-        assert [t["to"] for t in done.report["transitions"]["task"]][:2] == ["scheduled", "initializing"]
+        assert done.report["run_at"] is not None
+        audited = e.get_task(done.task_id)
+        assert (audited.state, audited.result, audited.steps) == (done.state, done.result, done.steps)
+        assert [t["to"] for t in audited.report["transitions"]["task"]][:2] == ["scheduled", "initializing"]
+        with pytest.raises(stepgraph.TaskNotFoundError, match="not found"):
+            e.get_task("00000000-0000-0000-0000-000000000000")
+        with pytest.raises(stepgraph.ConfigurationError, match="not a task id"):
+            e.get_task("tomorrow")
         with pytest.raises(stepgraph.EventNotPendingError, match="not pending"):
             e._native.complete(10**9, {"status": "success", "result": None})
     finally:

@@ -89,7 +89,7 @@ def test_a_result_prints_on_one_line_and_keeps_the_full_view():
     assert "error=" in repr(failed) and len(repr(failed)) < 200, repr(failed)
     assert failed.state == "error" and "no squares today" in repr(failed)
     assert set(done.steps) == {"step_1", "step_2", "step_3", "step_4"}
-    assert done.report["task"]["id"] == done.task_id
+    assert done.report["id"] == done.task_id and "transitions" not in done.report
 
 
 def test_engines_and_workers_share_one_default_concurrency():

@@ -78,7 +78,7 @@ class EmbeddedTest < Minitest::Test
       result = e.run("t", "waits", {})
       assert_equal "complete", result.state, result.error.inspect
       { "linear" => [300, 600], "told" => [400, 400] }.each do |step, planned|
-        recorded = result.report["transitions"]["steps"]
+        recorded = e.get_task(result.task_id).report["transitions"]["steps"]
                          .select { |t| t["step_name"] == step && t["to"] == "waiting_for_retry" }
                          .map { |t| t["metadata"]["backoff_ms"] }
         assert_equal planned, recorded, step
@@ -448,8 +448,14 @@ class EmbeddedTest < Minitest::Test
         # Delayed: it waits "scheduled", then runs.
         done = e.run("t", "s", { "n" => 1 }, delay: 0.3)
         assert_equal "complete", done.state
-        refute_nil done.report["task"]["run_at"]
-        assert_equal %w[scheduled initializing], done.report["transitions"]["task"].first(2).map { |t| t["to"] }
+        refute_nil done.report["run_at"]
+        refute done.report.key?("transitions")
+        audited = e.get_task(done.task_id)
+        assert_equal [done.state, done.result, done.steps], [audited.state, audited.result, audited.steps]
+        assert_equal %w[scheduled initializing], audited.report["transitions"]["task"].first(2).map { |t| t["to"] }
+        assert_raises(Stepgraph::TaskNotFoundError) { e.get_task("00000000-0000-0000-0000-000000000000") }
+        error = assert_raises(Stepgraph::ConfigurationError) { e.get_task("tomorrow") }
+        assert_match(/not a task id/, error.message)
         assert_raises(Stepgraph::EventNotPendingError) do
           native.complete(10**9, { "status" => "success", "result" => nil })
         end

@@ -18,6 +18,7 @@ export const STATUS = [
   "Timeout",
   "Conflict",
   "Unavailable",
+  "TaskNotFound",
 ] as const;
 
 const { ptr, u64, i32, i64 } = FFIType;

@@ -24,7 +24,8 @@ export const DEFAULT_CONCURRENCY = 8;
 
 /**
  * A task: its state, result (or error), and its steps by name, the same from
- * `Engine.run` and from a `Client`'s `run`, `wait` and `getTask`.
+ * an `Engine`'s `run` and `getTask` and from a `Client`'s `run`, `wait` and
+ * `getTask`.
  */
 export interface TaskResult {
   taskId: string;
@@ -33,8 +34,9 @@ export interface TaskResult {
   error: any;
   steps: Record<string, StepView>;
   /**
-   * The whole view it was made from: the engine's report (task, steps, edges,
-   * transitions) or the HTTP API's task (its fields, steps and transitions).
+   * The whole view it was made from, as the HTTP API shows a task: its
+   * fields, its steps and (but from `Engine.run`) its audit trail under
+   * `transitions`.
    */
   report: any;
 }
@@ -70,7 +72,7 @@ class FinishedTask implements TaskResult {
   ) {}
 
   toString(): string {
-    const t = this.report?.task ?? this.report ?? {};
+    const t = this.report ?? {};
     const outcome = this.error == null ? `result=${short(this.result)}` : `error=${errorText(this.error)}`;
     return `TaskResult ${this.taskId} ${t.namespace}/${t.name}@${t.version} ${this.state} ${outcome}`;
   }
@@ -80,28 +82,7 @@ class FinishedTask implements TaskResult {
   }
 }
 
-function stepView(step: any): StepView {
-  const outcome = step.outcome ?? {};
-  const result =
-    outcome.status === "success"
-      ? outcome.result
-      : outcome.status === "decision"
-        ? { branches: outcome.branches }
-        : outcome.status === "batch"
-          ? outcome.batch
-          : null;
-  return {
-    name: step.name,
-    state: step.state,
-    attempts: step.attempts,
-    maxAttempts: step.max_attempts,
-    cursor: step.cursor ?? null,
-    result,
-    error: outcome.status === "failure" ? outcome.error : null,
-  };
-}
-
-/** A task as the HTTP API returns it. */
+/** A task as the HTTP API (and an engine) shows it. */
 export function taskResultFromApi(view: any): TaskResult {
   const steps: Record<string, StepView> = {};
   for (const s of view.steps ?? []) {
@@ -116,13 +97,6 @@ export function taskResultFromApi(view: any): TaskResult {
     };
   }
   return new FinishedTask(view.id, view.state, view.result, view.error, steps, view);
-}
-
-export function taskResult(report: any): TaskResult {
-  const steps: Record<string, StepView> = {};
-  for (const s of report.steps) steps[s.name] = stepView(s);
-  const task = report.task;
-  return new FinishedTask(task.id, task.state, task.result, task.error, steps, report);
 }
 
 /** What the Rust host holds ({@link Engine.hostStats}). */
@@ -188,7 +162,10 @@ export class Engine {
     return this.#pool.stats;
   }
 
-  /** Creates a task (at once, at `runAt`, or `delayMs` from now) and waits for it to end. */
+  /**
+   * Creates a task (at once, at `runAt`, or `delayMs` from now) and waits for
+   * it to end. Its `report` leaves out the audit trail: `getTask` has it.
+   */
   async run(
     namespace: string,
     name: string,
@@ -205,7 +182,12 @@ export class Engine {
       run_at: runAt,
       delay_ms: options.delayMs,
     });
-    return taskResult(await this.#native.call(request));
+    return taskResultFromApi(await this.#native.call(request));
+  }
+
+  /** A task as it is now, with its audit trail (`report.transitions`); TaskNotFoundError when there is none with that id. */
+  async getTask(taskId: string): Promise<TaskResult> {
+    return taskResultFromApi(await this.#native.call(JSON.stringify({ op: "get_task", task_id: String(taskId) })));
   }
 
   /**

@@ -26,6 +26,7 @@ export {
   InvalidContextError,
   ShutDownError,
   StepgraphError,
+  TaskNotFoundError,
   TaskTimeoutError,
   TemplateNotFoundError,
   type BackendName,

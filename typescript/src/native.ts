@@ -11,7 +11,7 @@ import path from "node:path";
 export class StepgraphError extends Error {
   override name = "StepgraphError";
   /**
-   * `Config`, `UnknownTemplate`, `InvalidContext`, `Timeout`, `Conflict`,
+   * `Config`, `UnknownTemplate`, `TaskNotFound`, `InvalidContext`, `Timeout`, `Conflict`,
    * `Unavailable`, `Forked`, `Closed`, `NotPending`, `InvalidArgument`,
    * `UnknownHandle`, `Panic` or `Error`.
    */
@@ -30,6 +30,10 @@ export class ConfigurationError extends StepgraphError {
 /** No template of that namespace and name (and version). */
 export class TemplateNotFoundError extends StepgraphError {
   override name = "TemplateNotFoundError";
+}
+/** No task with that id (never created here, or removed by retention). */
+export class TaskNotFoundError extends StepgraphError {
+  override name = "TaskNotFoundError";
 }
 /** The task context does not match the template's input_schema. */
 export class InvalidContextError extends StepgraphError {
@@ -63,6 +67,7 @@ export class EventNotPendingError extends StepgraphError {
 const CLASSES: Record<string, typeof StepgraphError> = {
   Config: ConfigurationError,
   UnknownTemplate: TemplateNotFoundError,
+  TaskNotFound: TaskNotFoundError,
   InvalidContext: InvalidContextError,
   Timeout: TaskTimeoutError,
   Conflict: ConflictError,

@@ -20,6 +20,7 @@ import {
   PermanentError,
   ShutDownError,
   StepgraphError,
+  TaskNotFoundError,
   TaskTimeoutError,
   TemplateNotFoundError,
   RetryableError,
@@ -175,7 +176,7 @@ steps:
         ["linear", [300, 600]],
         ["told", [400, 400]],
       ]) {
-        const recorded = r.report.transitions.steps
+        const recorded = (await engine.getTask(r.taskId)).report.transitions.steps
           .filter((t) => t.step_name === step && t.to === "waiting_for_retry")
           .map((t) => Number(t.metadata.backoff_ms));
         assert.deepEqual(recorded, planned, step);
@@ -493,8 +494,13 @@ steps:
       // Delayed: it waits `scheduled`, then runs.
       const done = await engine.run("t", "s", { n: 1 }, { delayMs: 300 });
       assert.equal(done.state, "complete");
-      assert.ok(done.report.task.run_at, JSON.stringify(done.report.task));
-      assert.deepEqual(done.report.transitions.task.slice(0, 2).map((t) => t.to), ["scheduled", "initializing"]);
+      assert.ok(done.report.run_at, JSON.stringify(done.report));
+      assert.equal(done.report.transitions, undefined);
+      const audited = await engine.getTask(done.taskId);
+      assert.deepEqual([audited.state, audited.result, audited.steps], [done.state, done.result, done.steps]);
+      assert.deepEqual(audited.report.transitions.task.slice(0, 2).map((t) => t.to), ["scheduled", "initializing"]);
+      await assert.rejects(engine.getTask("00000000-0000-0000-0000-000000000000"), is(TaskNotFoundError, "TaskNotFound", /not found/));
+      await assert.rejects(engine.getTask("tomorrow"), is(ConfigurationError, "Config", /not a task id/));
     } finally {
       await engine.close();
     }

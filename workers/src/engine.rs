@@ -11,7 +11,7 @@ use std::time::Duration;
 use stepgraph_engine::{
     shutdown_channel, Edge, MemoryQueue, MemoryStore, Orchestrator, OrchestratorConfig,
     OrchestratorError, Queue, ShutdownTrigger, Step, StepState, Store, StoreError, Task,
-    TaskCreated, TaskId, TaskRequest, TaskState, TemplateRegistry, Transitions,
+    TaskCreated, TaskId, TaskRequest, TaskState, TaskView, TemplateRegistry, Transitions,
 };
 use tokio::task::JoinHandle;
 
@@ -185,6 +185,17 @@ impl Engine {
             steps: graph.steps,
             edges: graph.edges,
             transitions,
+        })
+    }
+
+    /// The task as every surface shows it (see [`TaskView`]), with its
+    /// audit trail when `transitions`.
+    pub async fn view(&self, task_id: TaskId, transitions: bool) -> Result<TaskView, EngineError> {
+        Ok(if transitions {
+            let (graph, transitions) = self.store.graph_and_transitions(task_id).await?;
+            TaskView::new(graph, Some(transitions))
+        } else {
+            TaskView::new(self.store.graph(task_id).await?, None)
         })
     }
 

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Config,
     /// No template of that namespace, name (and version).
     UnknownTemplate,
+    /// No task with that id (never created here, or removed by retention).
+    TaskNotFound,
     /// The task context does not match the template's `input_schema`.
     InvalidContext,
     /// The task did not end in the time given.
@@ -42,6 +44,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Config => "Config",
             ErrorKind::UnknownTemplate => "UnknownTemplate",
+            ErrorKind::TaskNotFound => "TaskNotFound",
             ErrorKind::InvalidContext => "InvalidContext",
             ErrorKind::Timeout => "Timeout",
             ErrorKind::Conflict => "Conflict",
@@ -126,9 +129,8 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         | StoreError::DuplicateIdempotencyKey { .. }
         | StoreError::KeyTaken { .. } => ErrorKind::Conflict,
         StoreError::Unavailable(_) | StoreError::Backend(_) => ErrorKind::Unavailable,
-        StoreError::TaskNotFound(_) | StoreError::StepNotFound(_) | StoreError::Unreadable(_) => {
-            ErrorKind::Internal
-        }
+        StoreError::TaskNotFound(_) => ErrorKind::TaskNotFound,
+        StoreError::StepNotFound(_) | StoreError::Unreadable(_) => ErrorKind::Internal,
     }
 }
 
@@ -241,6 +243,7 @@ mod tests {
         let kinds = [
             ErrorKind::Config,
             ErrorKind::UnknownTemplate,
+            ErrorKind::TaskNotFound,
             ErrorKind::InvalidContext,
             ErrorKind::Timeout,
             ErrorKind::Conflict,

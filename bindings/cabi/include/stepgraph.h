@@ -70,6 +70,10 @@ enum SgStatus
    * The database or the message broker failed or cannot be reached.
    */
   SG_STATUS_UNAVAILABLE = 13,
+  /**
+   * No task with that id.
+   */
+  SG_STATUS_TASK_NOT_FOUND = 14,
 };
 #if __STDC_VERSION__ >= 202311L
 typedef enum SgStatus SgStatus;
@@ -132,7 +136,8 @@ int32_t sg_complete(uint64_t handle, uint64_t event_id, const uint8_t *outcome, 
 /**
  * Starts a blocking operation without blocking: `call` is JSON
  * `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
- * `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}` or `{"op": "shutdown"}`. Writes
+ * `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}`
+ * or `{"op": "shutdown"}`. Writes
  * its ticket to `*ticket`; its outcome comes from [`sg_next_replies`].
  *
  * # Safety

@@ -61,6 +61,8 @@ pub enum SgStatus {
     Conflict = 12,
     /// The database or the message broker failed or cannot be reached.
     Unavailable = 13,
+    /// No task with that id.
+    TaskNotFound = 14,
 }
 
 impl SgStatus {
@@ -73,6 +75,7 @@ impl SgStatus {
             ErrorKind::Timeout => SgStatus::Timeout,
             ErrorKind::Conflict => SgStatus::Conflict,
             ErrorKind::Unavailable => SgStatus::Unavailable,
+            ErrorKind::TaskNotFound => SgStatus::TaskNotFound,
             ErrorKind::Forked => SgStatus::Forked,
             ErrorKind::Closed => SgStatus::Closed,
             ErrorKind::NotPending => SgStatus::NotPending,
@@ -327,7 +330,8 @@ pub unsafe extern "C" fn sg_complete(
 
 /// Starts a blocking operation without blocking: `call` is JSON
 /// `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
-/// `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}` or `{"op": "shutdown"}`. Writes
+/// `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}`
+/// or `{"op": "shutdown"}`. Writes
 /// its ticket to `*ticket`; its outcome comes from [`sg_next_replies`].
 ///
 /// # Safety

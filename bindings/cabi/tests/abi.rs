@@ -114,10 +114,36 @@ fn a_task_through_the_c_abi_and_every_buffer_freed_once() {
     );
     let r = reply(handle);
     assert_eq!(r["ticket"], ticket);
-    assert_eq!(r["ok"]["task"]["state"], "complete", "{r}");
+    assert_eq!(r["ok"]["state"], "complete", "{r}");
     // 2 -> 4 -> 16 -> 256 -> 65536, every step by this test's thread.
-    assert_eq!(r["ok"]["task"]["result"], 65536, "{r}");
+    assert_eq!(r["ok"]["result"], 65536, "{r}");
     assert!(served.load(Ordering::SeqCst));
+    // The view `GET /v1/tasks/{id}` shows, without the audit trail; get_task has it.
+    assert_eq!(r["ok"]["steps"].as_array().map(Vec::len), Some(4), "{r}");
+    assert!(r["ok"].get("transitions").is_none(), "{r}");
+    call(
+        handle,
+        json!({"op": "get_task", "task_id": r["ok"]["id"].clone()}),
+    );
+    let audited = reply(handle);
+    assert_eq!(audited["ok"]["result"], 65536, "{audited}");
+    let completed = audited["ok"]["transitions"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["to"] == "complete")
+        .count();
+    assert_eq!(completed, 4, "{audited}");
+    call(
+        handle,
+        json!({"op": "get_task", "task_id": "00000000-0000-0000-0000-000000000000"}),
+    );
+    let missing = reply(handle);
+    assert_eq!(missing["code"], "TaskNotFound", "{missing}");
+    assert!(
+        missing["error"].as_str().unwrap().contains("not found"),
+        "{missing}"
+    );
 
     // A step outcome that is not one, and an event that is not pending.
     let garbage = b"{\"status\": \"maybe\"}";

@@ -104,7 +104,7 @@ impl NativeEngine {
     }
 
     /// Starts a blocking operation (JSON: `{"op": "run", ...}`,
-    /// `{"op": "roundtrip", ...}`, `{"op": "stats"}` or `{"op": "shutdown"}`); the Promise
+    /// `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", ...}`, `{"op": "stats"}` or `{"op": "shutdown"}`); the Promise
     /// resolves with its outcome as JSON text.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn call(&self, env: Env, call: String) -> napi::Result<JsObject> {

@@ -107,10 +107,18 @@ create_exception!(
     "A completion for an event that is not pending (timed out, say): refused."
 );
 
+create_exception!(
+    _native,
+    TaskNotFoundError,
+    StepgraphError,
+    "No task with that id (never created here, or removed by retention)."
+);
+
 fn raise(kind: ErrorKind, message: String) -> PyErr {
     match kind {
         ErrorKind::Config => ConfigurationError::new_err(message),
         ErrorKind::UnknownTemplate => TemplateNotFoundError::new_err(message),
+        ErrorKind::TaskNotFound => TaskNotFoundError::new_err(message),
         ErrorKind::InvalidContext => InvalidContextError::new_err(message),
         ErrorKind::Timeout => timeout_error(message),
         ErrorKind::Conflict => ConflictError::new_err(message),
@@ -144,6 +152,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "TemplateNotFoundError",
         py.get_type::<TemplateNotFoundError>(),
     )?;
+    m.add("TaskNotFoundError", py.get_type::<TaskNotFoundError>())?;
     m.add("InvalidContextError", py.get_type::<InvalidContextError>())?;
     m.add("TaskTimeoutError", task_timeout_class(py)?)?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;

@@ -122,7 +122,8 @@ impl NativeEngine {
     }
 
     /// Creates a task (at once, at `run_at` (RFC 3339) or `delay_ms` from
-    /// now) and waits (without the GIL) for it; its report as JSON text.
+    /// now) and waits (without the GIL) for it; its view (without the
+    /// audit trail) as JSON text.
     /// With `serve`, this thread runs handlers while it waits: `serve` is
     /// called (with the GIL) with a list of events to run and complete.
     #[pyo3(signature = (namespace, name, context, timeout_ms=300000, run_at=None, delay_ms=None, serve=None))]
@@ -175,6 +176,14 @@ impl NativeEngine {
             return Err(e);
         }
         serde_json::to_string(&report.map_err(error)?).map_err(internal)
+    }
+
+    /// A task of the embedded engine, with its audit trail, as JSON text.
+    fn get_task(&self, py: Python<'_>, task_id: &str) -> PyResult<String> {
+        let view = py
+            .allow_threads(|| self.inner.get_task(task_id))
+            .map_err(error)?;
+        serde_json::to_string(&view).map_err(internal)
     }
 
     /// What the host holds: `pending` (events out with the Python side).

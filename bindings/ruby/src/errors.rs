@@ -10,6 +10,7 @@ use stepgraph_worker::{ErrorKind, HostError, HostedError};
 const CLASSES: &[(ErrorKind, &str)] = &[
     (ErrorKind::Config, "ConfigurationError"),
     (ErrorKind::UnknownTemplate, "TemplateNotFoundError"),
+    (ErrorKind::TaskNotFound, "TaskNotFoundError"),
     (ErrorKind::InvalidContext, "InvalidContextError"),
     (ErrorKind::Timeout, "TaskTimeoutError"),
     (ErrorKind::Conflict, "ConflictError"),

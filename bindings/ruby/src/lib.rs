@@ -195,7 +195,7 @@ impl NativeEngine {
     }
 
     /// Creates a task in the embedded engine and waits (without the GVL)
-    /// for it; its report as a Hash. With `serve` (a Proc), this thread runs
+    /// for it; its view (without the audit trail) as a Hash. With `serve` (a Proc), this thread runs
     /// handlers while it waits: `serve` is called (with the GVL) with an
     /// Array of events to run and complete.
     #[allow(clippy::too_many_arguments)]
@@ -266,6 +266,14 @@ impl NativeEngine {
         Ok(took.as_nanos() as u64)
     }
 
+    /// A task of the embedded engine, with its audit trail, as a Hash.
+    fn get_task(ruby: &Ruby, rb_self: &Self, task_id: String) -> Result<magnus::Value, Error> {
+        let view =
+            without_gvl(ruby, || rb_self.inner.get_task(&task_id))?.map_err(|e| error(ruby, e))?;
+        let value = serde_json::to_value(&view).map_err(|e| internal(ruby, e))?;
+        convert::to_ruby(ruby, &value)
+    }
+
     /// Events handed to Ruby and not yet completed.
     fn pending_count(&self) -> usize {
         self.inner.host().pending_count()
@@ -304,6 +312,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("next_events", method!(NativeEngine::next_events, 2))?;
     class.define_method("complete", method!(NativeEngine::complete, 2))?;
     class.define_method("run", method!(NativeEngine::run, 7))?;
+    class.define_method("get_task", method!(NativeEngine::get_task, 1))?;
     class.define_method("roundtrip", method!(NativeEngine::roundtrip, 2))?;
     class.define_method("pending_count", method!(NativeEngine::pending_count, 0))?;
     class.define_method("breaker_state", method!(NativeEngine::breaker_state, 1))?;

@@ -20,6 +20,7 @@ pub mod store;
 pub mod template;
 pub mod trace;
 pub mod txn;
+pub mod view;
 
 pub use model::*;
 pub use orchestrator::{
@@ -33,3 +34,4 @@ pub use store::{MemoryStore, Store, StoreError, Stranded, StrandedStep};
 pub use template::{
     TaskTemplate, TemplateError, TemplateErrorKind, TemplateErrors, TemplateRegistry,
 };
+pub use view::{StepView, TaskView};

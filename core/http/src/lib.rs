@@ -34,7 +34,8 @@ pub use error::ApiError;
 pub use find::{filter as task_filter, page as task_page, TaskPage};
 pub use openapi::{document as openapi_document, document_json as openapi_json};
 pub use server::Limits;
-pub use tasks::{view as task_view, TaskView};
+pub use stepgraph_engine::TaskView;
+pub use tasks::view as task_view;
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;

@@ -7,18 +7,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::repair::Requested;
 use stepgraph_engine::store::live_handlers;
-use stepgraph_engine::template::StepType;
 use stepgraph_engine::{
-    OrchestratorError, Step, StepError, StepState, StoreError, Task, TaskCreated, TaskGraph,
-    TaskRequest, TaskState, Transitions,
+    OrchestratorError, StepState, StoreError, TaskCreated, TaskGraph, TaskRequest, TaskState,
+    TaskView, Transitions,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -99,94 +96,23 @@ fn caller_trace(headers: &axum::http::HeaderMap) -> Option<String> {
     }
 }
 
-/// A step as the API shows it.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct StepView {
-    name: String,
-    state: StepState,
-    /// The template step it was made from (a batch worker's differs from its name).
-    template_step: String,
-    #[serde(rename = "type")]
-    step_type: StepType,
-    handler: String,
-    /// The handler's configuration from the template.
-    config: Value,
-    /// The steps whose results it is given, by name.
-    dependencies: Vec<String>,
-    attempts: u32,
-    max_attempts: u32,
-    /// What its dependents see (null until it has one).
-    result: Option<Value>,
-    /// The latest attempt's error, with the handler's traceback where there is one.
-    error: Option<StepError>,
-    /// A batch worker's slice of the work.
-    cursor: Option<Value>,
-    /// The step's handler, when the step is enqueued and no live worker
-    /// serves that handler: it waits for one.
-    waiting_for_handler: Option<String>,
-    created_at: DateTime<Utc>,
-}
-
-impl StepView {
-    fn new(s: &Step, graph: &TaskGraph) -> Self {
-        StepView {
-            name: s.name.clone(),
-            state: s.state,
-            template_step: s.template_step.clone(),
-            step_type: s.step_type,
-            handler: s.handler.clone(),
-            config: s.config.clone(),
-            dependencies: graph
-                .parents_of(s.id)
-                .filter_map(|id| graph.step(id))
-                .map(|p| p.name.clone())
-                .collect(),
-            attempts: s.attempts,
-            max_attempts: s.max_attempts,
-            result: s.result_value(),
-            error: s.error().cloned(),
-            cursor: s.cursor.clone(),
-            waiting_for_handler: None,
-            created_at: s.created_at,
-        }
-    }
-}
-
-/// A task with its steps and its audit trail.
-#[derive(Serialize, ToSchema)]
-pub struct TaskView {
-    #[serde(flatten)]
-    task: Task,
-    steps: Vec<StepView>,
-    transitions: Transitions,
-}
-
-impl TaskView {
-    /// The view of a task; an enqueued step whose handler no live worker
-    /// serves is marked as waiting for it (the registry is read only then).
-    async fn new(
-        s: &ApiState,
-        (graph, transitions): (TaskGraph, Transitions),
-    ) -> Result<TaskView, ApiError> {
-        let mut steps: Vec<StepView> = graph
-            .steps
-            .iter()
-            .map(|st| StepView::new(st, &graph))
-            .collect();
-        if steps.iter().any(|v| v.state == StepState::Enqueued) {
-            let served = live_handlers(s.store.as_ref()).await?;
-            for (view, step) in steps.iter_mut().zip(&graph.steps) {
-                if view.state == StepState::Enqueued && !served.contains(&step.handler) {
-                    view.waiting_for_handler = Some(step.handler.clone());
-                }
+/// The view of a task with its audit trail; an enqueued step whose handler
+/// no live worker serves is marked as waiting for it (the registry is read
+/// only then).
+async fn task_view(
+    s: &ApiState,
+    (graph, transitions): (TaskGraph, Transitions),
+) -> Result<TaskView, ApiError> {
+    let mut view = TaskView::new(graph, Some(transitions));
+    if view.steps.iter().any(|v| v.state == StepState::Enqueued) {
+        let served = live_handlers(s.store.as_ref()).await?;
+        for step in view.steps.iter_mut() {
+            if step.state == StepState::Enqueued && !served.contains(&step.handler) {
+                step.waiting_for_handler = Some(step.handler.clone());
             }
         }
-        Ok(TaskView {
-            steps,
-            task: graph.task,
-            transitions,
-        })
     }
+    Ok(view)
 }
 
 #[utoipa::path(
@@ -212,7 +138,7 @@ pub async fn view(s: &ApiState, id: Uuid) -> Result<TaskView, ApiError> {
         Ok(graph) => graph,
         Err(e) => return Err(missing(s, e).await),
     };
-    TaskView::new(s, graph).await
+    task_view(s, graph).await
 }
 
 /// A task that is not found is a 404 that says why when it can: removed
@@ -269,7 +195,7 @@ pub(crate) async fn wait_task(
         Ok(view) => view,
         Err(e) => return Err(missing(&s, e).await),
     };
-    Ok(Json(TaskView::new(&s, view).await?))
+    Ok(Json(task_view(&s, view).await?))
 }
 
 /// A task's state after a change asked through the API.

@@ -82,11 +82,11 @@ module Stepgraph
 
   # A task: its state, result (or error), and its steps by name (each with
   # the fields of STEP_FIELDS), the same from Engine#run and from a Client's
-  # run, wait and get_task. Its inspect is one line; +report+ holds the whole
-  # view it was made from: the engine's report (task, steps, edges,
-  # transitions) or the HTTP API's task (its fields, steps and transitions).
+  # run, wait and get_task. Its inspect is one line; +report+ is the whole
+  # view it was made from, as the HTTP API shows a task: its fields, its
+  # steps and (but from Engine#run) its audit trail under "transitions".
   TaskResult = Struct.new(:task_id, :state, :result, :error, :steps, :report, keyword_init: true) do
-    # A task as the HTTP API returns it.
+    # A task as the HTTP API (and an engine) shows it.
     def self.from_api(view)
       steps = view.fetch("steps", []).to_h { |s| [s["name"], STEP_FIELDS.to_h { |k| [k, s[k]] }] }
       new(task_id: view["id"], state: view["state"], result: view["result"], error: view["error"], steps: steps,
@@ -98,7 +98,7 @@ module Stepgraph
     end
 
     def inspect
-      task = report.fetch("task", report)
+      task = report
       template = "#{task['namespace']}/#{task['name']}@#{task['version']}"
       outcome = error.nil? ? "result=#{Stepgraph.short(result)}" : "error=#{Stepgraph.error_text(error)}"
       "#<Stepgraph::TaskResult #{task_id} #{template} #{state} #{outcome}>"
@@ -160,20 +160,22 @@ module Stepgraph
       @inline_run = inline_run
     end
 
-    # Creates a task and waits for it to end.
     # Creates a task (at once, at +run_at+ (a Time or an RFC 3339 string), or
-    # +delay+ seconds from now) and waits for it to end.
+    # +delay+ seconds from now) and waits for it to end. Its +report+ leaves
+    # out the audit trail: get_task has it.
     def run(namespace, name, context, timeout: 300, run_at: nil, delay: nil)
       run_at = run_at.getutc.iso8601(3) if run_at.respond_to?(:getutc)
       # This thread runs handlers while it waits: a task whose steps it runs
       # crosses no other thread.
       serve = @inline_run && @pool.handlers? ? @pool.method(:serve_events) : nil
-      report = @native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i, run_at,
-                           delay && (delay * 1000).round, serve)
-      task = report.fetch("task")
-      steps = report.fetch("steps").to_h { |s| [s["name"], Engine.step_view(s)] }
-      TaskResult.new(task_id: task["id"], state: task["state"], result: task["result"], error: task["error"],
-                     steps: steps, report: report)
+      TaskResult.from_api(@native.run(namespace.to_s, name.to_s, context, (timeout * 1000).to_i, run_at,
+                                      delay && (delay * 1000).round, serve))
+    end
+
+    # A task as it is now, with its audit trail (report["transitions"]);
+    # TaskNotFoundError when there is none with that id.
+    def get_task(task_id)
+      TaskResult.from_api(@native.get_task(task_id.to_s))
     end
 
     # Benchmarks: the mean seconds of one host round trip through +handler+, over +n+.
@@ -194,21 +196,6 @@ module Stepgraph
 
     def close
       @pool.stop
-    end
-
-    # A step as users see it: its latest outcome split into result and error.
-    def self.step_view(step)
-      outcome = step["outcome"] || {}
-      result = case outcome["status"]
-               when "success" then outcome["result"]
-               when "decision" then { "branches" => outcome["branches"] }
-               when "batch" then outcome["batch"]
-               end
-      {
-        "name" => step["name"], "state" => step["state"], "attempts" => step["attempts"],
-        "max_attempts" => step["max_attempts"], "cursor" => step["cursor"], "result" => result,
-        "error" => outcome["status"] == "failure" ? outcome["error"] : nil
-      }
     end
   end
 end

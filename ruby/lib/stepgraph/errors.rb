@@ -17,6 +17,8 @@ module Stepgraph
   # Options, STEPGRAPH_* settings or templates that cannot work.
   class ConfigurationError < StepgraphError; end
   class TemplateNotFoundError < StepgraphError; end
+  # No task with that id (never created here, or removed by retention).
+  class TaskNotFoundError < StepgraphError; end
   # The context fails the template's input_schema.
   class InvalidContextError < StepgraphError; end
   class ConflictError < StepgraphError; end

@@ -6,7 +6,7 @@
 //! interpreter lock released.
 
 use crate::breaker::{BreakerState, Breakers};
-use crate::engine::{Engine, EngineConfig, EngineError, TaskReport};
+use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::HostedError;
 use crate::handler::HandlerRegistry;
 use crate::host::Host;
@@ -17,7 +17,9 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::{shutdown_channel, ShutdownTrigger, TaskRequest, TemplateRegistry};
+use stepgraph_engine::{
+    shutdown_channel, ShutdownTrigger, TaskId, TaskRequest, TaskView, TemplateRegistry,
+};
 use tokio::task::JoinHandle;
 
 mod options;
@@ -178,9 +180,10 @@ impl HostedEngine {
     }
 
     /// Creates a task in the embedded engine (delayed, if `request` says
-    /// so) and waits for it to end. The task runs on the host's runtime:
+    /// so) and waits for it to end; its view without the audit trail (see
+    /// [`HostedEngine::get_task`]). The task runs on the host's runtime:
     /// this thread only waits, the language side's drives.
-    pub fn run(&self, request: TaskRequest, timeout: Duration) -> Result<TaskReport, HostedError> {
+    pub fn run(&self, request: TaskRequest, timeout: Duration) -> Result<TaskView, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
         let task = async move { submit_and_wait(&engine, request, timeout).await };
         let task = match self.host.drive_if_native(task) {
@@ -208,7 +211,7 @@ impl HostedEngine {
         request: TaskRequest,
         timeout: Duration,
         mut serve: impl FnMut(Vec<crate::host::StepEvent>) -> bool,
-    ) -> Result<TaskReport, HostedError> {
+    ) -> Result<TaskView, HostedError> {
         let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
         let deadline = std::time::Instant::now() + timeout;
         let created = Arc::new(Mutex::new(None));
@@ -217,7 +220,8 @@ impl HostedEngine {
             async move {
                 let task_id = engine.submit(request).await?.task_id;
                 *created.lock() = Some(task_id);
-                engine.wait(task_id, timeout).await
+                engine.wait_task(task_id, timeout).await?;
+                engine.view(task_id, false).await
             }
         });
         loop {
@@ -250,6 +254,17 @@ impl HostedEngine {
                 }
                 .into());
             }
+        }
+    }
+
+    /// A task of the embedded engine as it is now, with its audit trail.
+    pub fn get_task(&self, task_id: &str) -> Result<TaskView, HostedError> {
+        let engine = self.engine.lock().clone().ok_or(HostedError::NoEngine)?;
+        let task_id = parse_task_id(task_id)?;
+        let view = async move { engine.view(task_id, true).await };
+        match self.host.drive_if_native(view) {
+            Ok(view) => view.map_err(HostedError::from),
+            Err(view) => self.host.block_on(view)?.map_err(HostedError::from),
         }
     }
 
@@ -295,12 +310,15 @@ impl HostedEngine {
             return;
         }
         let this = self.clone();
-        // Both block a thread for as long as the language side's handlers take.
+        // They block a thread for as long as the language side's handlers take.
         std::thread::spawn(move || {
             reply(match call {
                 Call::Roundtrip { handler, n } => this
                     .roundtrip(&handler, n)
                     .map(|took| Value::from(took.as_nanos() as u64)),
+                Call::GetTask { task_id } => this.get_task(&task_id).and_then(|view| {
+                    serde_json::to_value(view).map_err(|e| HostedError::Internal(e.to_string()))
+                }),
                 Call::Stats => serde_json::to_value(this.host.stats())
                     .map_err(|e| HostedError::Internal(e.to_string())),
                 Call::Shutdown => {
@@ -385,12 +403,18 @@ pub fn task_request(
     })
 }
 
+fn parse_task_id(id: &str) -> Result<TaskId, HostedError> {
+    id.parse()
+        .map_err(|e| HostedError::Config(format!("{id:?} is not a task id (a UUID): {e}")))
+}
+
 /// Creates a task in `engine` and waits for it to end.
 async fn submit_and_wait(
     engine: &Engine,
     request: TaskRequest,
     timeout: Duration,
-) -> Result<TaskReport, EngineError> {
+) -> Result<TaskView, EngineError> {
     let created = engine.submit(request).await?;
-    engine.wait(created.task_id, timeout).await
+    engine.wait_task(created.task_id, timeout).await?;
+    engine.view(created.task_id, false).await
 }

@@ -119,7 +119,8 @@ impl Tuning {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Call {
-    /// Creates a task and waits for it; replies with its report.
+    /// Creates a task and waits for it; replies with its view (without
+    /// the audit trail).
     Run {
         namespace: String,
         name: String,
@@ -135,6 +136,8 @@ pub enum Call {
         #[serde(default)]
         delay_ms: Option<u64>,
     },
+    /// Replies with a task's view, with its audit trail.
+    GetTask { task_id: String },
     /// Benchmarks: replies with the nanoseconds `n` round trips took.
     Roundtrip { handler: String, n: u64 },
     /// Replies with the host's [`crate::HostStats`].
