@@ -44,13 +44,17 @@ class EmbeddedTest < Minitest::Test
   end
 
   def test_symbol_keys_and_big_integers_cross_as_json
-    big = Stepgraph.handler("big") { |_ctx| { total: 2**70, items: [1, 2.5, nil, true, :sym] } }
+    big = Stepgraph.handler("big") { |_ctx| { total: 2**70, items: [1, 2.5, nil, true, :sym], "größe" => "Mühle" } }
     Dir.mktmpdir do |dir|
       write_templates(dir, "t.yaml" => "namespace: t\nname: b\nversion: \"1\"\nsteps:\n" \
                                        "  - name: only\n    handler: { callable: big }\n")
       Stepgraph::Engine.embedded(templates_dir: dir, handlers: [big]) do |e|
         result = e.run("t", "b", {})
-        assert_equal({ "total" => (2**70).to_s, "items" => [1, 2.5, nil, true, "sym"] }, result.result)
+        assert_equal({ "total" => (2**70).to_s, "items" => [1, 2.5, nil, true, "sym"], "größe" => "Mühle" },
+                     result.result)
+        # Keys come back frozen and UTF-8, as Ruby's own Hash literals make them.
+        result.result.each_key { |k| assert_equal [Encoding::UTF_8, true], [k.encoding, k.frozen?], k }
+        assert_equal Encoding::UTF_8, result.result["größe"].encoding
       end
     end
   end

@@ -3,6 +3,7 @@
 //! beyond 64 bits travel as decimal Strings (the engine's JSON has no wider
 //! integers); NaN and infinities are refused, as JSON has none.
 
+use magnus::rb_sys::AsRawValue;
 use magnus::{
     value::ReprValue, Error, Float, Integer, RArray, RHash, RString, Ruby, Symbol, Value,
 };
@@ -24,17 +25,36 @@ pub fn to_ruby(ruby: &Ruby, value: &serde_json::Value) -> Result<Value, Error> {
             }
         }
         serde_json::Value::String(s) => ruby.str_new(s).as_value(),
+        // Ruby's own functions rather than magnus's: magnus guards each
+        // insertion with `rb_protect` (a setjmp), which cost more than the
+        // insertion itself, and neither of these raises for a new container.
         serde_json::Value::Array(items) => {
             let array = ruby.ary_new_capa(items.len());
             for item in items {
-                array.push(to_ruby(ruby, item)?)?;
+                let item = to_ruby(ruby, item)?;
+                // SAFETY: both are live Ruby objects (the item on this stack,
+                // which Ruby's GC scans); appending to a new Array cannot raise.
+                unsafe { rb_sys::rb_ary_push(array.as_raw(), item.as_raw()) };
             }
             array.as_value()
         }
         serde_json::Value::Object(map) => {
             let hash = ruby.hash_new();
             for (k, v) in map {
-                hash.aset(ruby.str_new(k), to_ruby(ruby, v)?)?;
+                let v = to_ruby(ruby, v)?;
+                // A frozen, deduplicated key: a Hash copies any other String
+                // key it is given, and a view repeats the same few keys.
+                // SAFETY: `k` is valid UTF-8 for its length; the key, value
+                // and Hash are live (on this stack); inserting a frozen String
+                // into a new Hash cannot raise.
+                unsafe {
+                    let key = rb_sys::rb_enc_interned_str(
+                        k.as_ptr().cast(),
+                        k.len() as std::os::raw::c_long,
+                        rb_sys::rb_utf8_encoding(),
+                    );
+                    rb_sys::rb_hash_aset(hash.as_raw(), key, v.as_raw());
+                }
             }
             hash.as_value()
         }
