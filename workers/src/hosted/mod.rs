@@ -14,6 +14,7 @@ use crate::runtime::WorkerConfig;
 use crate::{examples, roundtrip};
 use parking_lot::Mutex;
 use serde_json::Value;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,57 +277,80 @@ impl HostedEngine {
         call: Call,
         reply: impl FnOnce(Result<Value, HostedError>) + Send + 'static,
     ) {
-        if let Call::Run {
-            namespace,
-            name,
-            context,
-            timeout_ms,
-            run_at,
-            delay_ms,
-        } = call
-        {
-            let Some(engine) = self.engine.lock().clone() else {
-                return reply(Err(HostedError::NoEngine));
-            };
-            let request =
-                match task_request(&namespace, &name, context, run_at.as_deref(), delay_ms) {
-                    Ok(r) => r,
+        match call {
+            Call::Run {
+                namespace,
+                name,
+                context,
+                timeout_ms,
+                run_at,
+                delay_ms,
+            } => {
+                let request =
+                    match task_request(&namespace, &name, context, run_at.as_deref(), delay_ms) {
+                        Ok(r) => r,
+                        Err(e) => return reply(Err(e)),
+                    };
+                let timeout = Duration::from_millis(timeout_ms);
+                self.spawn_on_engine(reply, move |engine| async move {
+                    submit_and_wait(&engine, request, timeout).await
+                });
+            }
+            Call::GetTask { task_id } => {
+                let task_id = match parse_task_id(&task_id) {
+                    Ok(id) => id,
                     Err(e) => return reply(Err(e)),
                 };
-            let runtime = match self.host.runtime() {
-                Ok(r) => r,
-                Err(e) => return reply(Err(e.into())),
-            };
-            runtime.spawn(async move {
-                let timeout = Duration::from_millis(timeout_ms);
-                let report = submit_and_wait(&engine, request, timeout)
-                    .await
-                    .map_err(HostedError::from)
-                    .and_then(|r| {
-                        serde_json::to_value(r).map_err(|e| HostedError::Internal(e.to_string()))
-                    });
-                reply(report);
-            });
-            return;
+                self.spawn_on_engine(reply, move |engine| async move {
+                    engine.view(task_id, true).await
+                });
+            }
+            call => {
+                let this = self.clone();
+                // They block a thread for as long as the language side's handlers take.
+                std::thread::spawn(move || {
+                    reply(match call {
+                        Call::Roundtrip { handler, n } => this
+                            .roundtrip(&handler, n)
+                            .map(|took| Value::from(took.as_nanos() as u64)),
+                        Call::Stats => serde_json::to_value(this.host.stats())
+                            .map_err(|e| HostedError::Internal(e.to_string())),
+                        Call::Shutdown => {
+                            this.shutdown();
+                            Ok(Value::Null)
+                        }
+                        Call::Run { .. } | Call::GetTask { .. } => {
+                            unreachable!("the engine's calls run on its runtime")
+                        }
+                    })
+                });
+            }
         }
-        let this = self.clone();
-        // They block a thread for as long as the language side's handlers take.
-        std::thread::spawn(move || {
-            reply(match call {
-                Call::Roundtrip { handler, n } => this
-                    .roundtrip(&handler, n)
-                    .map(|took| Value::from(took.as_nanos() as u64)),
-                Call::GetTask { task_id } => this.get_task(&task_id).and_then(|view| {
-                    serde_json::to_value(view).map_err(|e| HostedError::Internal(e.to_string()))
-                }),
-                Call::Stats => serde_json::to_value(this.host.stats())
-                    .map_err(|e| HostedError::Internal(e.to_string())),
-                Call::Shutdown => {
-                    this.shutdown();
-                    Ok(Value::Null)
-                }
-                Call::Run { .. } => unreachable!("runs are spawned above"),
-            })
+    }
+
+    /// Runs `op` on the embedded engine, as a task of the host's runtime
+    /// (which the language side drives), and replies with the view it
+    /// comes to, as JSON.
+    fn spawn_on_engine<F, Fut>(
+        &self,
+        reply: impl FnOnce(Result<Value, HostedError>) + Send + 'static,
+        op: F,
+    ) where
+        F: FnOnce(Arc<Engine>) -> Fut,
+        Fut: Future<Output = Result<TaskView, EngineError>> + Send + 'static,
+    {
+        let Some(engine) = self.engine.lock().clone() else {
+            return reply(Err(HostedError::NoEngine));
+        };
+        let runtime = match self.host.runtime() {
+            Ok(r) => r,
+            Err(e) => return reply(Err(e.into())),
+        };
+        let op = op(engine);
+        runtime.spawn(async move {
+            reply(op.await.map_err(HostedError::from).and_then(|view| {
+                serde_json::to_value(view).map_err(|e| HostedError::Internal(e.to_string()))
+            }));
         });
     }
 
