@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         17,
         include_str!("../migrations/0017_partitioned_history.sql"),
     ),
+    (18, include_str!("../migrations/0018_task_fillfactor.sql")),
 ];
 
 /// Every server-side function as it is now (CREATE OR REPLACE).
