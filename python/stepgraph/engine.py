@@ -66,8 +66,8 @@ class TaskResult:
         return cls(view["id"], view["state"], view.get("result"), view.get("error"), steps, view)
 
     def __repr__(self) -> str:
-        task = self.report
-        template = f"{task.get('namespace')}/{task.get('name')}@{task.get('version')}"
+        view = self.report
+        template = f"{view.get('namespace')}/{view.get('name')}@{view.get('version')}"
         outcome = f"error={_error_text(self.error)}" if self.error is not None else f"result={_short(self.result)}"
         return f"<TaskResult {self.task_id} {template} {self.state} {outcome}>"
 

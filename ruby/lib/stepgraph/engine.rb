@@ -98,8 +98,7 @@ module Stepgraph
     end
 
     def inspect
-      task = report
-      template = "#{task['namespace']}/#{task['name']}@#{task['version']}"
+      template = "#{report['namespace']}/#{report['name']}@#{report['version']}"
       outcome = error.nil? ? "result=#{Stepgraph.short(result)}" : "error=#{Stepgraph.error_text(error)}"
       "#<Stepgraph::TaskResult #{task_id} #{template} #{state} #{outcome}>"
     end
