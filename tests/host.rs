@@ -4,44 +4,14 @@
 
 mod common;
 
+use common::host::*;
 use common::*;
-use num_bigint::BigInt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stepgraph_engine::{
-    StepError, StepOutcome, StepState, TaskRequest, TaskState, TemplateRegistry,
-};
-use stepgraph_worker::{
-    Engine, EngineConfig, HandlerRegistry, Host, HostConfig, HostError, StepEvent,
-};
-
-fn int(v: &Value) -> BigInt {
-    match v {
-        Value::String(s) => s.parse().unwrap(),
-        other => other.as_i64().unwrap().into(),
-    }
-}
-
-fn int_json(n: BigInt) -> Value {
-    i64::try_from(&n)
-        .map(Value::from)
-        .unwrap_or_else(|_| Value::String(n.to_string()))
-}
-
-/// The math handlers as a language side would write them.
-fn math(e: &StepEvent) -> StepOutcome {
-    let deps: Vec<BigInt> = e.dependency_results.values().map(int).collect();
-    let x: BigInt = match (e.handler.as_str(), deps.as_slice()) {
-        ("math.square", []) => int(&e.input["even_number"]),
-        ("math.square", [one]) => one.clone(),
-        _ => deps.iter().product(),
-    };
-    StepOutcome::Success {
-        result: int_json(&x * &x),
-    }
-}
+use stepgraph_engine::{StepError, StepOutcome, StepState, TaskRequest, TaskState};
+use stepgraph_worker::{HandlerRegistry, Host, HostConfig, HostError, StepEvent};
 
 /// `threads` language-side threads, each with one handler slot, until `stop`.
 fn language_side(
@@ -76,30 +46,6 @@ fn language_side_polling(
         })
         .collect()
 }
-
-fn engine(templates: TemplateRegistry, host: &Arc<Host>, names: &[&str]) -> Engine {
-    engine_with_breakers(templates, host, names, HandlerRegistry::new())
-}
-
-/// The host's handlers `names` registered in `handlers` (with its breakers).
-fn engine_with_breakers(
-    templates: TemplateRegistry,
-    host: &Arc<Host>,
-    names: &[&str],
-    mut handlers: HandlerRegistry,
-) -> Engine {
-    for n in names {
-        handlers.register(n, host.handler(n));
-    }
-    let config = EngineConfig {
-        credits: Some(host.credits()),
-        run_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    Engine::embedded(templates, handlers, config)
-}
-
-const MATH: &[&str] = &["math.square", "math.multiply_and_square"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_handlers_run_the_seed_shapes_exactly() {
@@ -370,19 +316,6 @@ async fn drain_stops_handing_out_events_but_takes_running_ones_results() {
 }
 
 /// Records the thread it runs on, then does `math.multiply_and_square`.
-struct OnThread(Arc<parking_lot::Mutex<Vec<std::thread::ThreadId>>>);
-
-#[async_trait::async_trait]
-impl stepgraph_worker::StepHandler for OnThread {
-    async fn call(&self, ctx: &stepgraph_worker::StepContext) -> stepgraph_worker::HandlerResult {
-        self.0.lock().push(std::thread::current().id());
-        let product: BigInt = ctx.dependency_results.values().map(int).product();
-        Ok(stepgraph_worker::StepOutput::Success(int_json(
-            &product * &product,
-        )))
-    }
-}
-
 /// An engine on the host's runtime is driven by the language thread that
 /// waits for events: the Rust step after the foreign ones runs on the one
 /// language thread that reported their results (no hand-off to another

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod host;
 pub mod ops;
 pub mod proxy;
 pub mod rabbit;

@@ -3,7 +3,7 @@
 // the two that do wait run in Bun Workers (bun-waiter.ts) and post their
 // results back. No JSCallback is ever handed to Rust.
 
-import { encoder, failure, open, type Library } from "./bun-abi.js";
+import { encoder, failure, open, takeText, type Library } from "./bun-abi.js";
 import { parseJson } from "./json.js";
 import { cAbiFile, StepgraphError, stepgraphError, type NativeEngine } from "./native.js";
 
@@ -31,6 +31,7 @@ export function openBunFfi(options: string): NativeEngine {
   const bytes = encoder.encode(options);
   check(lib.sg_engine_new(bytes, bytes.length, out));
   const handle = out[0]!;
+  const next = new BigUint64Array(2);
 
   // Events: one wait at a time, asked for by the main thread.
   let events: Worker | undefined;
@@ -80,6 +81,11 @@ export function openBunFfi(options: string): NativeEngine {
     complete(eventId, outcome) {
       const bytes = encoder.encode(outcome);
       check(lib!.sg_complete(handle, eventId, bytes, bytes.length));
+    },
+    completeAndNext(eventId, outcome, max) {
+      const bytes = encoder.encode(outcome);
+      check(lib!.sg_complete_and_next(handle, eventId, bytes, bytes.length, max, next));
+      return takeText(lib!, next);
     },
     call(request) {
       const bytes = encoder.encode(request);

@@ -9,6 +9,7 @@ interface Module {
   NativeEngine: new (options: string) => {
     nextEvents(max: number, timeoutMs: number): Promise<string>;
     complete(eventId: number, outcome: string): void;
+    completeAndNext(eventId: number, outcome: string, max: number): string;
     call(request: string): Promise<string>;
   };
 }
@@ -36,6 +37,13 @@ export function openNapi(options: string): NativeEngine {
     complete(eventId, outcome) {
       try {
         engine.complete(eventId, outcome);
+      } catch (e) {
+        throw translate(e);
+      }
+    },
+    completeAndNext(eventId, outcome, max) {
+      try {
+        return engine.completeAndNext(eventId, outcome, max);
       } catch (e) {
         throw translate(e);
       }

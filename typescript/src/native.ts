@@ -90,6 +90,11 @@ export interface NativeEngine {
   nextEvents(max: number, timeoutMs: number): Promise<string>;
   /** Reports an event's outcome (JSON text); throws StepgraphError (`NotPending`, say). */
   complete(eventId: number, outcome: string): void;
+  /**
+   * Reports an event's outcome and returns, without waiting, up to `max` next
+   * events (JSON text, "[]" when none came at once). Not while a nextEvents is out.
+   */
+  completeAndNext(eventId: number, outcome: string, max: number): string;
   /** A blocking operation (JSON `{"op": ...}`); resolves with its outcome (parsed, big integers as BigInt). */
   call(request: string): Promise<unknown>;
   /** Releases the engine (after a shutdown call). */

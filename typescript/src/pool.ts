@@ -3,6 +3,12 @@
 // event loop, and reports its outcome. A handler that outlives its step's
 // timeout gives its slot back when the engine times the step out; if it
 // settles later, the engine refuses that result and `refused` counts it.
+//
+// A handler that ends while no wait is out reports with `completeAndNext`,
+// which runs the step's commit on this thread and hands back the events it
+// made ready: a chain of quick steps never leaves the event loop's thread.
+// The loop gives such handlers one turn of the event loop before it waits
+// on another thread for events.
 
 import { Context, runHandler, type StepEvent, type StepHandler } from "./handlers.js";
 import { parseJson, stringifyJson } from "./json.js";
@@ -11,6 +17,9 @@ import { StepgraphError, type NativeEngine } from "./native.js";
 /** How long one wait for events lasts before it is renewed. */
 const WAIT_MS = 1000;
 
+/** Steps reported and taken in one call, in a row, before the event loop gets a turn. */
+const INLINE_CHAIN = 64;
+
 export interface PoolStats {
   /** Handlers running now. */
   running: number;
@@ -18,6 +27,8 @@ export interface PoolStats {
   completed: number;
   /** Late outcomes the engine refused (their step had timed out). */
   refused: number;
+  /** Events that came back with a step's report (completeAndNext), not from a wait. */
+  inline: number;
 }
 
 export class HandlerPool {
@@ -27,10 +38,15 @@ export class HandlerPool {
   #running = 0;
   #completed = 0;
   #refused = 0;
+  #inline = 0;
   #slotFreed: (() => void) | undefined;
   #stopping = false;
   #loop: Promise<void> | undefined;
   #idle: (() => void) | undefined;
+  /** A nextEvents is out (its slots are counted: completeAndNext must not count them again). */
+  #waiting = false;
+  /** completeAndNext calls since the loop last had a turn. */
+  #chain = 0;
 
   constructor(native: NativeEngine, handlers: Map<string, StepHandler>, concurrency: number) {
     this.#native = native;
@@ -39,7 +55,7 @@ export class HandlerPool {
   }
 
   get stats(): PoolStats {
-    return { running: this.#running, completed: this.#completed, refused: this.#refused };
+    return { running: this.#running, completed: this.#completed, refused: this.#refused, inline: this.#inline };
   }
 
   start(): void {
@@ -52,12 +68,21 @@ export class HandlerPool {
         await new Promise<void>((resolve) => (this.#slotFreed = resolve));
         continue;
       }
+      if (this.#running > 0) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        this.#chain = 0;
+        if (this.#stopping) return;
+        if (this.#running >= this.#concurrency) continue;
+      }
       let text: string;
+      this.#waiting = true;
       try {
         text = await this.#native.nextEvents(this.#concurrency - this.#running, WAIT_MS);
       } catch (e) {
         if (e instanceof StepgraphError && e.code === "Closed") return;
         throw e;
+      } finally {
+        this.#waiting = false;
       }
       for (const event of parseJson(text) as StepEvent[]) this.#dispatch(event);
     }
@@ -81,8 +106,17 @@ export class HandlerPool {
     const deadline = setTimeout(release, event.timeout_ms + 50);
     runHandler(handler, ctx).then((outcome) => {
       clearTimeout(deadline);
+      let next: StepEvent[] = [];
       try {
-        this.#native.complete(event.event_id, stringifyJson(outcome));
+        const text = stringifyJson(outcome);
+        if (!this.#waiting && !this.#stopping && this.#chain < INLINE_CHAIN) {
+          this.#chain++;
+          const free = this.#concurrency - this.#running + (released ? 0 : 1);
+          next = parseJson(this.#native.completeAndNext(event.event_id, text, free)) as StepEvent[];
+          this.#inline += next.length;
+        } else {
+          this.#native.complete(event.event_id, text);
+        }
         this.#completed++;
       } catch (e) {
         if (!(e instanceof StepgraphError)) throw e;
@@ -91,6 +125,7 @@ export class HandlerPool {
       } finally {
         release();
       }
+      for (const e of next) this.#dispatch(e);
     });
   }
 

@@ -27,6 +27,7 @@ import {
   StepHandler,
   defineHandler,
 } from "../dist/index.js";
+import { opener } from "../dist/native.js";
 import {
   PRODUCTS,
   ROOT,
@@ -355,6 +356,37 @@ steps:
       },
       { concurrency: 8 },
     ));
+
+  // Handlers that return at once report with completeAndNext, which runs
+  // the commit on the event loop's thread and hands back the next events:
+  // most steps after a task's first never wait on another thread.
+  test(`[${backend}] quick handlers take their task's next steps with their report`, () =>
+    seed(async (engine) => {
+      for (let i = 0; i < 20; i++) {
+        const r = await engine.run("e2e", i % 2 ? "diamond" : "linear", { even_number: 6 });
+        assert.equal(BigInt(r.result), SIX_16);
+      }
+      const { completed, inline } = engine.stats;
+      assert.equal(completed, 20 * 4);
+      // 60 events follow a task's first; a loaded machine that deschedules
+      // the event loop for over a millisecond leaves some to the driver.
+      assert.ok(inline >= 30 && inline <= 60, `${inline} of 60 events came back with a report`);
+    }));
+
+  test(`[${backend}] completeAndNext refuses what complete refuses`, async () => {
+    const native = (await opener(backend))(JSON.stringify({ templates_dir: TEMPLATES, handlers: ["math.square"], builtin_handlers: true }));
+    try {
+      assert.throws(() => native.completeAndNext(12345, JSON.stringify({ status: "success", result: 1 }), 1), (e) =>
+        e instanceof EventNotPendingError && /12345/.test(e.message),
+      );
+      assert.throws(() => native.completeAndNext(1, "{not json", 1), (e) =>
+        e instanceof StepgraphError && e.code === "InvalidArgument" && /outcome of event 1 is not a step outcome/.test(e.message),
+      );
+    } finally {
+      await native.call(JSON.stringify({ op: "shutdown" }));
+      native.free();
+    }
+  });
 
   test(`[${backend}] async handlers overlap up to the concurrency`, async () => {
     const spans = [];

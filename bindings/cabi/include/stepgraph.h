@@ -134,6 +134,24 @@ int32_t sg_next_events(uint64_t handle, size_t max, uint64_t timeout_ms, struct 
 int32_t sg_complete(uint64_t handle, uint64_t event_id, const uint8_t *outcome, size_t outcome_len);
 
 /**
+ * Reports the outcome of event `event_id` as [`sg_complete`] does, then
+ * writes to `*events`, without waiting, up to `max` next events (a JSON
+ * array, empty when none came at once: then wait with [`sg_next_events`]).
+ * Called from the thread that runs the handlers, it runs the commit and the
+ * next step's dispatch itself when no other thread drives the engine. Not
+ * while an [`sg_next_events`] of the same caller is waiting.
+ *
+ * # Safety
+ * `outcome` points at `outcome_len` readable bytes; `events` is writable.
+ */
+int32_t sg_complete_and_next(uint64_t handle,
+                             uint64_t event_id,
+                             const uint8_t *outcome,
+                             size_t outcome_len,
+                             size_t max,
+                             struct SgBuffer *events);
+
+/**
  * Starts a blocking operation without blocking: `call` is JSON
  * `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
  * `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}`

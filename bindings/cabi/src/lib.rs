@@ -190,6 +190,13 @@ fn json_input<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
         .map_err(|e| Failure::new(SgStatus::InvalidArgument, format!("{what}: {e}")))
 }
 
+fn step_outcome(event_id: u64, bytes: &[u8]) -> Result<StepResult, Failure> {
+    json_input(
+        bytes,
+        &format!("outcome of event {event_id} is not a step outcome"),
+    )
+}
+
 enum Reply {
     Done(u64, Result<Value, HostedError>),
     /// The engine was freed: wakes every waiter in `sg_next_replies`.
@@ -318,12 +325,38 @@ pub unsafe extern "C" fn sg_complete(
     outcome_len: usize,
 ) -> i32 {
     guard(|| {
-        let bytes = input(outcome, outcome_len, "outcome")?;
-        let outcome: StepResult = json_input(
-            bytes,
-            &format!("outcome of event {event_id} is not a step outcome"),
-        )?;
+        let outcome = step_outcome(event_id, input(outcome, outcome_len, "outcome")?)?;
         entry(handle)?.engine.host().complete(event_id, outcome)?;
+        Ok(())
+    })
+}
+
+/// Reports the outcome of event `event_id` as [`sg_complete`] does, then
+/// writes to `*events`, without waiting, up to `max` next events (a JSON
+/// array, empty when none came at once: then wait with [`sg_next_events`]).
+/// Called from the thread that runs the handlers, it runs the commit and the
+/// next step's dispatch itself when no other thread drives the engine. Not
+/// while an [`sg_next_events`] of the same caller is waiting.
+///
+/// # Safety
+/// `outcome` points at `outcome_len` readable bytes; `events` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn sg_complete_and_next(
+    handle: u64,
+    event_id: u64,
+    outcome: *const u8,
+    outcome_len: usize,
+    max: usize,
+    events: *mut SgBuffer,
+) -> i32 {
+    guard(|| {
+        let events = out(events, "sg_complete_and_next")?;
+        let outcome = step_outcome(event_id, input(outcome, outcome_len, "outcome")?)?;
+        let batch = entry(handle)?
+            .engine
+            .host()
+            .complete_and_next(event_id, outcome, max)?;
+        *events = json_output(&batch, "events")?;
         Ok(())
     })
 }

@@ -70,16 +70,24 @@ fn reply(handle: u64) -> Value {
     replies[0].take()
 }
 
-/// Serves `math.square` (within 64 bits) until the engine closes.
+/// Serves `math.square` (within 64 bits) until the engine closes: waits
+/// with `sg_next_events` only when it holds no event, and reports with
+/// `sg_complete_and_next`, which hands back the next ones.
 fn serve(handle: u64, served: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || loop {
-        let mut buf = EMPTY;
-        let status = unsafe { sg_next_events(handle, 4, 200, &mut buf) };
-        if status == SgStatus::Closed as i32 {
-            return;
-        }
-        assert_eq!(status, SgStatus::Ok as i32, "{}", last_error());
-        for event in take(buf).as_array().unwrap() {
+    std::thread::spawn(move || {
+        let mut held: Vec<Value> = Vec::new();
+        loop {
+            if held.is_empty() {
+                let mut buf = EMPTY;
+                let status = unsafe { sg_next_events(handle, 4, 200, &mut buf) };
+                if status == SgStatus::Closed as i32 {
+                    return;
+                }
+                assert_eq!(status, SgStatus::Ok as i32, "{}", last_error());
+                held = take(buf).as_array().unwrap().clone();
+                continue;
+            }
+            let event = held.remove(0);
             let x = event["dependency_results"]
                 .as_object()
                 .and_then(|d| d.values().next().cloned())
@@ -88,8 +96,13 @@ fn serve(handle: u64, served: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
                 .unwrap();
             let outcome = json!({"status": "success", "result": x * x}).to_string();
             let id = event["event_id"].as_u64().unwrap();
-            let status = unsafe { sg_complete(handle, id, outcome.as_ptr(), outcome.len()) };
+            let mut buf = EMPTY;
+            let free = 4 - held.len();
+            let status = unsafe {
+                sg_complete_and_next(handle, id, outcome.as_ptr(), outcome.len(), free, &mut buf)
+            };
             assert_eq!(status, SgStatus::Ok as i32, "{}", last_error());
+            held.extend(take(buf).as_array().unwrap().iter().cloned());
             served.store(true, Ordering::SeqCst);
         }
     })
@@ -154,6 +167,15 @@ fn a_task_through_the_c_abi_and_every_buffer_freed_once() {
     let status = unsafe { sg_complete(handle, 999_999, ok.as_ptr(), ok.len()) };
     assert_eq!(status, SgStatus::NotPending as i32);
     assert!(last_error().contains("event 999999 is not pending"));
+    let mut buf = EMPTY;
+    let status =
+        unsafe { sg_complete_and_next(handle, 1, garbage.as_ptr(), garbage.len(), 1, &mut buf) };
+    assert_eq!(status, SgStatus::InvalidArgument as i32);
+    assert!(last_error().contains("outcome of event 1 is not a step outcome"));
+    let status =
+        unsafe { sg_complete_and_next(handle, 999_999, ok.as_ptr(), ok.len(), 1, &mut buf) };
+    assert_eq!(status, SgStatus::NotPending as i32);
+    assert_eq!(buf.len, 0, "nothing handed out with a refusal");
 
     // A run of an unknown template fails with a message, as a reply.
     call(

@@ -34,6 +34,15 @@ fn engine_failure(e: HostedError) -> Error {
     failure(e.kind().code(), e)
 }
 
+fn step_result(event_id: i64, outcome: &str) -> napi::Result<StepResult> {
+    serde_json::from_str(outcome).map_err(|e| {
+        failure(
+            "InvalidArgument",
+            format!("outcome of event {event_id} is not a step outcome: {e}"),
+        )
+    })
+}
+
 #[napi]
 pub struct NativeEngine {
     inner: Arc<HostedEngine>,
@@ -91,16 +100,32 @@ impl NativeEngine {
     /// engine's completion buffer is full (it drains on its own thread).
     #[napi]
     pub fn complete(&self, event_id: i64, outcome: String) -> napi::Result<()> {
-        let outcome: StepResult = serde_json::from_str(&outcome).map_err(|e| {
-            failure(
-                "InvalidArgument",
-                format!("outcome of event {event_id} is not a step outcome: {e}"),
-            )
-        })?;
+        let outcome = step_result(event_id, &outcome)?;
         self.inner
             .host()
             .complete(event_id as u64, outcome)
             .map_err(host_failure)
+    }
+
+    /// Reports the outcome (JSON) of event `event_id` and returns, without
+    /// waiting, up to `max` next events (a JSON array, empty when none came
+    /// at once: then wait with `nextEvents`). Run on the event loop's
+    /// thread, the commit and the next step's dispatch need no other thread.
+    /// Not while a `nextEvents` is out.
+    #[napi]
+    pub fn complete_and_next(
+        &self,
+        event_id: i64,
+        outcome: String,
+        max: u32,
+    ) -> napi::Result<String> {
+        let outcome = step_result(event_id, &outcome)?;
+        let events = self
+            .inner
+            .host()
+            .complete_and_next(event_id as u64, outcome, max as usize)
+            .map_err(host_failure)?;
+        serde_json::to_string(&events).map_err(|e| failure("Error", e))
     }
 
     /// Starts a blocking operation (JSON: `{"op": "run", ...}`,

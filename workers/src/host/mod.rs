@@ -16,7 +16,9 @@
 //!   the credits.
 //! - The host owns the engine's runtime, driven by the language thread
 //!   that waits for events (see `drive`): a step's commit and the next
-//!   step's dispatch run on the thread that reported its result.
+//!   step's dispatch run on the thread that reported its result. An event
+//!   loop, which cannot wait, reports with [`Host::complete_and_next`] and
+//!   drives in that call (see `inline`).
 //! - The host remembers its process id and refuses use from a forked child.
 
 #[cfg(test)]
@@ -24,6 +26,7 @@ mod boundary;
 mod config;
 mod drive;
 mod foreign;
+mod inline;
 mod pending;
 mod schema;
 mod serve;
