@@ -10,14 +10,14 @@
 // The loop gives such handlers one turn of the event loop before it waits
 // on another thread for events.
 
-import { Context, runHandler, type StepEvent, type StepHandler } from "./handlers.js";
+import { Context, runHandler, type Outcome, type StepEvent, type StepHandler } from "./handlers.js";
 import { parseJson, stringifyJson } from "./json.js";
 import { StepgraphError, type NativeEngine } from "./native.js";
 
 /** How long one wait for events lasts before it is renewed. */
 const WAIT_MS = 1000;
 
-/** Steps reported and taken in one call, in a row, before the event loop gets a turn. */
+/** Steps reported with completeAndNext in a row before the event loop gets a turn. */
 const INLINE_CHAIN = 64;
 
 export interface PoolStats {
@@ -104,12 +104,11 @@ export class HandlerPool {
     };
     // The engine fails the step at its deadline; the slot comes back then too.
     const deadline = setTimeout(release, event.timeout_ms + 50);
-    runHandler(handler, ctx).then((outcome) => {
-      clearTimeout(deadline);
+    const report = (outcome: Outcome) => {
       let next: StepEvent[] = [];
       try {
         const text = stringifyJson(outcome);
-        if (!this.#waiting && !this.#stopping && this.#chain < INLINE_CHAIN) {
+        if (!this.#waiting && !this.#stopping) {
           this.#chain++;
           const free = this.#concurrency - this.#running + (released ? 0 : 1);
           next = parseJson(this.#native.completeAndNext(event.event_id, text, free)) as StepEvent[];
@@ -126,6 +125,15 @@ export class HandlerPool {
         release();
       }
       for (const e of next) this.#dispatch(e);
+    };
+    runHandler(handler, ctx).then((outcome) => {
+      clearTimeout(deadline);
+      if (this.#chain < INLINE_CHAIN) return report(outcome);
+      // A long chain of steps that end at once gives the event loop a turn.
+      setImmediate(() => {
+        this.#chain = 0;
+        report(outcome);
+      });
     });
   }
 
