@@ -250,7 +250,9 @@ impl Slots {
         match self {
             Slots::Concurrency(_) => {
                 let slot = Slot(Some(Arc::new(parking_lot::Mutex::new(Some(permit)))));
-                let run = work(slot.clone());
+                // Boxed: a step's future is several KB, and tokio would
+                // copy it whole into the task and again at each stage.
+                let run = Box::pin(work(slot.clone()));
                 tokio::spawn(async move {
                     run.await;
                     drop(slot.take());
@@ -258,7 +260,7 @@ impl Slots {
             }
             Slots::Credits(c) => {
                 let settle = c.settle.clone();
-                let run = work(Slot(None));
+                let run = Box::pin(work(Slot(None)));
                 tokio::spawn(async move {
                     run.await;
                     permit.forget();
