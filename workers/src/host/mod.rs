@@ -41,7 +41,7 @@ use parking_lot::{Condvar, Mutex};
 use pending::{reap, Pending};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ impl Host {
     /// Starts the host's runtime and its reaper thread.
     pub fn new(config: HostConfig) -> Arc<Host> {
         let inner = Arc::new(Inner {
-            pid: std::process::id(),
+            pid: current_pid(),
             config,
             ready: Mutex::new(VecDeque::new()),
             waiting: AtomicUsize::new(0),
@@ -188,7 +188,7 @@ impl Host {
     }
 
     fn check(&self) -> Result<(), HostError> {
-        let current = std::process::id();
+        let current = current_pid();
         if current != self.inner.pid {
             return Err(HostError::Forked {
                 created: self.inner.pid,
@@ -349,6 +349,29 @@ impl Host {
     pub fn release(&self) {
         let drive = self.drive.lock().take();
         drop(drive);
+    }
+}
+
+/// This process's id. `getpid` is a system call and `check` runs on every
+/// completion, so it is read once per process: a fork handler clears it in
+/// the child, which reads its own.
+fn current_pid() -> u32 {
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        PID.store(0, Ordering::SeqCst);
+    }
+    HANDLER.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    match PID.load(Ordering::SeqCst) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Ordering::SeqCst);
+            pid
+        }
+        pid => pid,
     }
 }
 
