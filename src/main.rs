@@ -244,6 +244,12 @@ enum RuntimeKind {
     MultiThread,
 }
 
+/// mimalloc rather than glibc's allocator: a step allocates and frees many
+/// blocks of a few KB (futures, JSON), on which glibc consolidates its free
+/// lists again and again (benches/README.md, 2026-12-08).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Serve { .. } | Command::Worker { .. });
