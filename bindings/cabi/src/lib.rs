@@ -30,6 +30,12 @@ use stepgraph_worker::{
     Call, EngineOptions, ErrorKind, HostError, HostedEngine, HostedError, StepResult,
 };
 
+/// The engine's allocator, as in the stepgraph binary (see its README):
+/// for the Rust side only, here and in the Node-API module that links this
+/// crate; the runtime keeps its own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What every function returns.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

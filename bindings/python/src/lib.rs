@@ -14,6 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 use stepgraph_worker::{HostedEngine, StepResult, Tuning, WorkerOptions};
 
+/// The engine's allocator, as in the stepgraph binary (see its README):
+/// for the Rust side only; the interpreter keeps its own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An engine whose steps for the named handlers are run by Python threads:
 /// embedded, or a worker against PostgreSQL (see `HostedEngine`).
 // Frozen: handler threads use it concurrently, each without the GIL.

@@ -20,6 +20,11 @@ use std::path::Path;
 use std::time::Duration;
 use stepgraph_worker::{HostedEngine, StepResult, Tuning, WorkerOptions};
 
+/// The engine's allocator, as in the stepgraph binary (see its README):
+/// for the Rust side only; the interpreter keeps its own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A closure handed through Ruby's C API, and what it returned (or its panic).
 struct Call<F, R> {
     f: Option<F>,
