@@ -64,14 +64,7 @@ async fn foreign_handlers_run_the_seed_shapes_exactly() {
             .run("e2e", name, json!({ "even_number": 6 }))
             .await
             .unwrap();
-        assert_eq!(
-            report.state(),
-            TaskState::Complete,
-            "{name}: {:?}",
-            report.task.error
-        );
-        assert_eq!(result(&report), &expected, "{name}");
-        assert_audit_chains(&report.transitions);
+        assert_completed_with(&report, name, &expected);
     }
     engine.shutdown().await;
     stop.store(true, Ordering::SeqCst);

@@ -86,14 +86,7 @@ fn results_come_back_with_the_next_events_on_the_reporting_thread() {
                 let _ = tx.send(e.run("e2e", name, json!({ "even_number": 6 })).await);
             });
             let report = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
-            assert_eq!(
-                report.state(),
-                TaskState::Complete,
-                "{name}: {:?}",
-                report.task.error
-            );
-            assert_eq!(result(&report), &expected, "{name}");
-            assert_audit_chains(&report.transitions);
+            assert_completed_with(&report, name, &expected);
             foreign += steps;
         }
     }

@@ -108,6 +108,18 @@ pub fn result(report: &TaskReport) -> &Value {
     report.result().expect("task has a result")
 }
 
+/// Task `name` completed with `expected`, its audit trail unbroken.
+pub fn assert_completed_with(report: &TaskReport, name: &str, expected: &Value) {
+    assert_eq!(
+        report.state(),
+        stepgraph_engine::TaskState::Complete,
+        "{name}: {:?}",
+        report.task.error
+    );
+    assert_eq!(result(report), expected, "{name}");
+    assert_audit_chains(&report.transitions);
+}
+
 type Runs = std::collections::HashMap<String, Vec<(u64, u64)>>;
 
 /// Records when handlers ran, on one global sequence, by a key per run.
