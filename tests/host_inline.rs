@@ -165,3 +165,48 @@ fn a_refused_result_loses_no_queued_event() {
         Err(HostError::Closed)
     ));
 }
+
+/// `poll_events` after starting a task: the caller takes what is queued
+/// (running the task's first work itself when nothing else drives) without
+/// waiting, and what it does not take `next_events` hands out; the task
+/// ends with its result either way.
+#[test]
+fn a_task_just_started_gives_its_first_events_to_a_poll() {
+    let host = Host::new(HostConfig::default());
+    let engine = {
+        let _runtime = host.runtime().unwrap().enter();
+        Arc::new(engine(fixture_templates(), &host, MATH))
+    };
+    for _ in 0..20 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e = engine.clone();
+        host.runtime().unwrap().spawn(async move {
+            let _ = tx.send(e.run("e2e", "diamond", json!({ "even_number": 6 })).await);
+        });
+        let mut held = host.poll_events(4).unwrap();
+        assert!(held.len() <= 1, "one first step: {held:?}");
+        let report = loop {
+            if let Ok(report) = rx.try_recv() {
+                break report.unwrap();
+            }
+            if held.is_empty() {
+                held = host.next_events(4, Duration::from_millis(20)).unwrap();
+                continue;
+            }
+            let event = held.remove(0);
+            let free = 4 - held.len();
+            held.extend(
+                host.complete_and_next(event.event_id, math(&event), free)
+                    .unwrap(),
+            );
+        };
+        assert!(
+            held.is_empty(),
+            "events left after the task ended: {held:?}"
+        );
+        assert_completed_with(&report, "diamond", &json!(SIX_16));
+    }
+    assert!(host.poll_events(0).unwrap().is_empty());
+    host.shutdown();
+    assert!(matches!(host.poll_events(1), Err(HostError::Closed)));
+}

@@ -29,6 +29,7 @@ export const symbols = {
   sg_next_events: { args: [u64, u64, u64, ptr], returns: i32 },
   sg_complete: { args: [u64, u64, ptr, u64], returns: i32 },
   sg_complete_and_next: { args: [u64, u64, ptr, u64, u64, ptr], returns: i32 },
+  sg_poll_events: { args: [u64, u64, ptr], returns: i32 },
   sg_call: { args: [u64, ptr, u64, ptr], returns: i32 },
   sg_next_replies: { args: [u64, u64, u64, ptr], returns: i32 },
   sg_last_error: { args: [ptr], returns: i32 },

@@ -87,6 +87,10 @@ export function openBunFfi(options: string): NativeEngine {
       check(lib!.sg_complete_and_next(handle, eventId, bytes, bytes.length, max, next));
       return takeText(lib!, next);
     },
+    pollEvents(max) {
+      check(lib!.sg_poll_events(handle, max, next));
+      return takeText(lib!, next);
+    },
     call(request) {
       const bytes = encoder.encode(request);
       const ticket = new BigUint64Array(1);

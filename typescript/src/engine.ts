@@ -182,7 +182,13 @@ export class Engine {
       run_at: runAt,
       delay_ms: options.delayMs,
     });
-    return taskResultFromApi(await this.#native.call(request));
+    const reply = this.#native.call(request);
+    const ended = this.#pool.runStarted();
+    try {
+      return taskResultFromApi(await reply);
+    } finally {
+      ended();
+    }
   }
 
   /** A task as it is now, with its audit trail (`report.transitions`); TaskNotFoundError when there is none with that id. */

@@ -10,6 +10,7 @@ interface Module {
     nextEvents(max: number, timeoutMs: number): Promise<string>;
     complete(eventId: number, outcome: string): void;
     completeAndNext(eventId: number, outcome: string, max: number): string;
+    pollEvents(max: number): string;
     call(request: string): Promise<string>;
   };
 }
@@ -44,6 +45,13 @@ export function openNapi(options: string): NativeEngine {
     completeAndNext(eventId, outcome, max) {
       try {
         return engine.completeAndNext(eventId, outcome, max);
+      } catch (e) {
+        throw translate(e);
+      }
+    },
+    pollEvents(max) {
+      try {
+        return engine.pollEvents(max);
       } catch (e) {
         throw translate(e);
       }

@@ -95,6 +95,8 @@ export interface NativeEngine {
    * events (JSON text, "[]" when none came at once). Not while a nextEvents is out.
    */
   completeAndNext(eventId: number, outcome: string, max: number): string;
+  /** Up to `max` events (JSON text) without waiting, after running what is runnable here. Not while a nextEvents is out. */
+  pollEvents(max: number): string;
   /** A blocking operation (JSON `{"op": ...}`); resolves with its outcome (parsed, big integers as BigInt). */
   call(request: string): Promise<unknown>;
   /** Releases the engine (after a shutdown call). */

@@ -47,6 +47,10 @@ export class HandlerPool {
   #waiting = false;
   /** completeAndNext calls since the loop last had a turn. */
   #chain = 0;
+  /** Engine.run calls waiting for their task here. */
+  #runs = 0;
+  /** Steps reported or tasks started on this thread since the loop's last turn. */
+  #active = false;
 
   constructor(native: NativeEngine, handlers: Map<string, StepHandler>, concurrency: number) {
     this.#native = native;
@@ -69,8 +73,15 @@ export class HandlerPool {
         continue;
       }
       if (this.#running > 0) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        this.#chain = 0;
+        // While runs of this process keep ending and starting on this
+        // thread, the loop keeps out of the way: a wait of its own would
+        // take the driving to another thread. A run's reply comes a turn
+        // after its task ends, and its caller may start the next one then.
+        do {
+          this.#active = false;
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          this.#chain = 0;
+        } while (!this.#stopping && this.#running === 0 && this.#runs > 0 && this.#active);
         if (this.#stopping) return;
         if (this.#running >= this.#concurrency) continue;
       }
@@ -86,6 +97,29 @@ export class HandlerPool {
       }
       for (const event of parseJson(text) as StepEvent[]) this.#dispatch(event);
     }
+  }
+
+  /**
+   * Engine.run's start: takes the new task's first events on this thread
+   * (running what is runnable when nothing else drives) unless a wait is
+   * out, which gets them; the returned function marks the run's end.
+   */
+  runStarted(): () => void {
+    this.#runs++;
+    this.#active = true;
+    if (!this.#waiting && !this.#stopping && this.#running < this.#concurrency) {
+      try {
+        const next = parseJson(this.#native.pollEvents(this.#concurrency - this.#running)) as StepEvent[];
+        this.#inline += next.length;
+        for (const e of next) this.#dispatch(e);
+      } catch (e) {
+        // The run itself reports a closed or forked engine.
+        if (!(e instanceof StepgraphError)) throw e;
+      }
+    }
+    return () => {
+      this.#runs--;
+    };
   }
 
   #dispatch(event: StepEvent): void {
@@ -110,6 +144,7 @@ export class HandlerPool {
         const text = stringifyJson(outcome);
         if (!this.#waiting && !this.#stopping) {
           this.#chain++;
+          this.#active = true;
           const free = this.#concurrency - this.#running + (released ? 0 : 1);
           next = parseJson(this.#native.completeAndNext(event.event_id, text, free)) as StepEvent[];
           this.#inline += next.length;

@@ -368,9 +368,10 @@ steps:
       }
       const { completed, inline } = engine.stats;
       assert.equal(completed, 20 * 4);
-      // 60 events follow a task's first; a loaded machine that deschedules
-      // the event loop for over a millisecond leaves some to the driver.
-      assert.ok(inline >= 30 && inline <= 60, `${inline} of 60 events came back with a report`);
+      // 60 events follow a task's first, which `run` itself may take; a
+      // loaded machine that deschedules the event loop for over a
+      // millisecond leaves some to the driver.
+      assert.ok(inline >= 30 && inline <= 80, `${inline} of 80 events came back with a report or a run`);
     }));
 
   test(`[${backend}] completeAndNext refuses what complete refuses`, async () => {

@@ -152,6 +152,18 @@ int32_t sg_complete_and_next(uint64_t handle,
                              struct SgBuffer *events);
 
 /**
+ * Writes to `*events`, without waiting, up to `max` events (a JSON array),
+ * after running on this thread what is runnable when no other thread
+ * drives the engine: called right after an `{"op": "run"}` [`sg_call`],
+ * it takes the task's first events. Not while an [`sg_next_events`] of the
+ * same caller is waiting.
+ *
+ * # Safety
+ * `events` is writable.
+ */
+int32_t sg_poll_events(uint64_t handle, size_t max, struct SgBuffer *events);
+
+/**
  * Starts a blocking operation without blocking: `call` is JSON
  * `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
  * `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}`

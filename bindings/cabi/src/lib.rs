@@ -367,6 +367,24 @@ pub unsafe extern "C" fn sg_complete_and_next(
     })
 }
 
+/// Writes to `*events`, without waiting, up to `max` events (a JSON array),
+/// after running on this thread what is runnable when no other thread
+/// drives the engine: called right after an `{"op": "run"}` [`sg_call`],
+/// it takes the task's first events. Not while an [`sg_next_events`] of the
+/// same caller is waiting.
+///
+/// # Safety
+/// `events` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn sg_poll_events(handle: u64, max: usize, events: *mut SgBuffer) -> i32 {
+    guard(|| {
+        let events = out(events, "sg_poll_events")?;
+        let batch = entry(handle)?.engine.host().poll_events(max)?;
+        *events = json_output(&batch, "events")?;
+        Ok(())
+    })
+}
+
 /// Starts a blocking operation without blocking: `call` is JSON
 /// `{"op": "run", "namespace", "name", "context", "timeout_ms"}`,
 /// `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", "handler", "n"}`, `{"op": "stats"}`

@@ -128,6 +128,19 @@ impl NativeEngine {
         serde_json::to_string(&events).map_err(|e| failure("Error", e))
     }
 
+    /// Up to `max` events (a JSON array) without waiting, after running
+    /// on this thread what is runnable when no other thread drives: called
+    /// right after a `run` call, it takes the task's first events.
+    #[napi]
+    pub fn poll_events(&self, max: u32) -> napi::Result<String> {
+        let events = self
+            .inner
+            .host()
+            .poll_events(max as usize)
+            .map_err(host_failure)?;
+        serde_json::to_string(&events).map_err(|e| failure("Error", e))
+    }
+
     /// Starts a blocking operation (JSON: `{"op": "run", ...}`,
     /// `{"op": "get_task", "task_id"}`, `{"op": "roundtrip", ...}`, `{"op": "stats"}` or `{"op": "shutdown"}`); the Promise
     /// resolves with its outcome as JSON text.

@@ -59,30 +59,57 @@ impl Host {
         max: usize,
     ) -> Result<Vec<StepEvent>, HostError> {
         let mut result = Some(result.into());
-        self.check()?;
-        let inner = &*self.inner;
-        if max > 0 && !inner.stopped() {
-            if let Ok(drive) = self.drive() {
-                let _asking = Asking::enter(inner, max);
-                let driving = async {
-                    // Inside the runtime the step's wake-up is a push on
-                    // this thread's run queue, not a signal to a driver.
-                    self.complete(event_id, result.take().expect("taken once"))?;
-                    inner.run_runnable(max).await;
-                    Ok::<_, HostError>(())
-                };
-                if let Ok(done) = drive.drive(driving) {
-                    done?;
-                    return Ok(inner.take(max));
-                }
-            }
-        }
+        // Inside the runtime the step's wake-up is a push on this thread's
+        // run queue, not a signal to a driver.
+        let driven = self.drive_inline(max, || {
+            self.complete(event_id, result.take().expect("taken once"))
+        })?;
         // Another thread drives (or nothing more is handed out): it runs
         // the step on; what it queues comes through `next_events`.
         if let Some(result) = result {
             self.complete(event_id, result)?;
         }
-        Ok(inner.take(max))
+        Ok(driven.unwrap_or_else(|| self.inner.take(max)))
+    }
+
+    /// Up to `max` events without waiting, after running here what is
+    /// runnable when no other thread drives: the caller that has just
+    /// started a task (`HostedEngine::call`) takes its first steps' events
+    /// in the same turn. The same rule as [`Host::complete_and_next`].
+    pub fn poll_events(&self, max: usize) -> Result<Vec<StepEvent>, HostError> {
+        let driven = self.drive_inline(max, || Ok(()))?;
+        Ok(driven.unwrap_or_else(|| self.inner.take(max)))
+    }
+
+    /// Runs `first`, then what is runnable, on this thread when it may
+    /// drive, and takes up to `max` events: None when it may not (`first`
+    /// not run then).
+    fn drive_inline(
+        &self,
+        max: usize,
+        first: impl FnOnce() -> Result<(), HostError>,
+    ) -> Result<Option<Vec<StepEvent>>, HostError> {
+        self.check()?;
+        let inner = &*self.inner;
+        if max == 0 || inner.stopped() {
+            return Ok(None);
+        }
+        let Ok(drive) = self.drive() else {
+            return Ok(None);
+        };
+        let _asking = Asking::enter(inner, max);
+        let driving = async {
+            first()?;
+            inner.run_runnable(max).await;
+            Ok::<_, HostError>(())
+        };
+        match drive.drive(driving) {
+            Ok(done) => {
+                done?;
+                Ok(Some(inner.take(max)))
+            }
+            Err(_) => Ok(None),
+        }
     }
 }
 
