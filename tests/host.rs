@@ -332,11 +332,7 @@ fn the_language_thread_that_reports_a_result_drives_the_next_step() {
     };
     let engine = Arc::new(engine);
     for _ in 0..20 {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let e = engine.clone();
-        host.runtime().unwrap().spawn(async move {
-            let _ = tx.send(e.run("e2e", "diamond", json!({ "even_number": 6 })).await);
-        });
+        let rx = spawn_run(&host, &engine, "diamond");
         let report = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
         assert_eq!(report.state(), TaskState::Complete);
         assert_eq!(result(&report), &json!(SIX_16));

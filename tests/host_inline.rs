@@ -80,11 +80,7 @@ fn results_come_back_with_the_next_events_on_the_reporting_thread() {
             ("diamond", json!(SIX_16), 3),
             ("tree", json!(SIX_64), 7),
         ] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let e = engine.clone();
-            host.runtime().unwrap().spawn(async move {
-                let _ = tx.send(e.run("e2e", name, json!({ "even_number": 6 })).await);
-            });
+            let rx = spawn_run(&host, &engine, name);
             let report = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
             assert_completed_with(&report, name, &expected);
             foreign += steps;
@@ -122,11 +118,7 @@ fn a_refused_result_loses_no_queued_event() {
         let _runtime = host.runtime().unwrap().enter();
         Arc::new(engine(fixture_templates(), &host, MATH))
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let e = engine.clone();
-    host.runtime().unwrap().spawn(async move {
-        let _ = tx.send(e.run("e2e", "linear", json!({ "even_number": 6 })).await);
-    });
+    let rx = spawn_run(&host, &engine, "linear");
     let first = loop {
         let mut events = host.next_events(1, Duration::from_secs(5)).unwrap();
         if let Some(event) = events.pop() {
@@ -178,11 +170,7 @@ fn a_task_just_started_gives_its_first_events_to_a_poll() {
         Arc::new(engine(fixture_templates(), &host, MATH))
     };
     for _ in 0..20 {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let e = engine.clone();
-        host.runtime().unwrap().spawn(async move {
-            let _ = tx.send(e.run("e2e", "diamond", json!({ "even_number": 6 })).await);
-        });
+        let rx = spawn_run(&host, &engine, "diamond");
         let mut held = host.poll_events(4).unwrap();
         assert!(held.len() <= 1, "one first step: {held:?}");
         let report = loop {

@@ -4,10 +4,13 @@
 
 use num_bigint::BigInt;
 use serde_json::Value;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 use stepgraph_engine::{StepOutcome, TemplateRegistry};
-use stepgraph_worker::{Engine, EngineConfig, HandlerRegistry, Host, StepEvent};
+use stepgraph_worker::{
+    Engine, EngineConfig, EngineError, HandlerRegistry, Host, StepEvent, TaskReport,
+};
 
 pub const MATH: &[&str] = &["math.square", "math.multiply_and_square"];
 
@@ -57,6 +60,24 @@ pub fn engine_with_breakers(
         ..Default::default()
     };
     Engine::embedded(templates, handlers, config)
+}
+
+/// Runs the fixture task `name` (`even_number` 6) on the host's runtime,
+/// which the language side drives; its report comes through the receiver.
+pub fn spawn_run(
+    host: &Host,
+    engine: &Arc<Engine>,
+    name: &'static str,
+) -> Receiver<Result<TaskReport, EngineError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = engine.clone();
+    host.runtime().unwrap().spawn(async move {
+        let _ = tx.send(
+            e.run("e2e", name, serde_json::json!({ "even_number": 6 }))
+                .await,
+        );
+    });
+    rx
 }
 
 /// A Rust handler of `math.multiply_and_square` that records the thread it ran on.
