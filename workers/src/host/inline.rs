@@ -61,7 +61,7 @@ impl Host {
         let mut result = Some(result.into());
         // Inside the runtime the step's wake-up is a push on this thread's
         // run queue, not a signal to a driver.
-        let driven = self.drive_inline(max, || {
+        self.drive_inline(max, || {
             self.complete(event_id, result.take().expect("taken once"))
         })?;
         // Another thread drives (or nothing more is handed out): it runs
@@ -69,7 +69,7 @@ impl Host {
         if let Some(result) = result {
             self.complete(event_id, result)?;
         }
-        Ok(driven.unwrap_or_else(|| self.inner.take(max)))
+        Ok(self.inner.take(max))
     }
 
     /// Up to `max` events without waiting, after running here what is
@@ -77,39 +77,32 @@ impl Host {
     /// started a task (`HostedEngine::call`) takes its first steps' events
     /// in the same turn. The same rule as [`Host::complete_and_next`].
     pub fn poll_events(&self, max: usize) -> Result<Vec<StepEvent>, HostError> {
-        let driven = self.drive_inline(max, || Ok(()))?;
-        Ok(driven.unwrap_or_else(|| self.inner.take(max)))
+        self.drive_inline(max, || Ok(()))?;
+        Ok(self.inner.take(max))
     }
 
     /// Runs `first`, then what is runnable, on this thread when it may
-    /// drive, and takes up to `max` events: None when it may not (`first`
-    /// not run then).
+    /// drive (else runs neither).
     fn drive_inline(
         &self,
         max: usize,
         first: impl FnOnce() -> Result<(), HostError>,
-    ) -> Result<Option<Vec<StepEvent>>, HostError> {
+    ) -> Result<(), HostError> {
         self.check()?;
         let inner = &*self.inner;
         if max == 0 || inner.stopped() {
-            return Ok(None);
+            return Ok(());
         }
         let Ok(drive) = self.drive() else {
-            return Ok(None);
+            return Ok(());
         };
         let _asking = Asking::enter(inner, max);
         let driving = async {
             first()?;
             inner.run_runnable(max).await;
-            Ok::<_, HostError>(())
+            Ok(())
         };
-        match drive.drive(driving) {
-            Ok(done) => {
-                done?;
-                Ok(Some(inner.take(max)))
-            }
-            Err(_) => Ok(None),
-        }
+        drive.drive(driving).unwrap_or(Ok(()))
     }
 }
 
